@@ -1,0 +1,33 @@
+"""Accuracy on a split, and the plain size figures every report starts from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from evaluators.batches import Batcher
+from evaluators.datasets import ImageSet
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: ImageSet, batcher: Batcher, *, device: torch.device | str = "cpu",
+             batch_size: int = 500) -> float:
+    """Top-1 accuracy in percent; the caller names the split it passes, and reports it with the number."""
+    model.eval().to(device)
+    correct = 0
+    for x, y in batcher.eval_batches(data, batch_size):
+        correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
+    return 100.0 * correct / len(data)
+
+
+def model_summary(model: nn.Module, input_shape: Sequence[int]) -> dict[str, float]:
+    """Parameters, multiply-accumulates at batch 1 and the fp32 size of the weights in bytes."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    macs, params = tp.utils.count_ops_and_params(model, torch.zeros((1, *input_shape), device=device))
+    model.train(was_training)
+    return {"params": int(params), "macs": int(macs), "size_bytes_fp32": int(params) * 4}

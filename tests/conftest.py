@@ -1,0 +1,44 @@
+"""Shared fixtures: the real datasets, found where the tool itself would look, and a test cache."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from evaluators.datasets import Dataset  # noqa: E402
+from evaluators.datasets import candidate_roots  # noqa: E402
+from evaluators.datasets import find_layout  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def _root_with(dataset: Dataset) -> Path:
+    roots = candidate_roots(None) + [REPO / "data", REPO.parent / "shared" / "data"]
+    found = find_layout(dataset, roots)
+    if found is None:
+        pytest.fail(f"{dataset.value} is needed by the tests: put it under one of {roots} or set EDGE_SEARCH_DATA")
+    layout, folder = found
+    return Path(str(folder)[: -len(layout.folder)])
+
+
+@pytest.fixture(scope="session")
+def cifar_root() -> Path:
+    return _root_with(Dataset.CIFAR10)
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    return _root_with(Dataset.MNIST)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One teacher cache for the whole session, so each smoke teacher is trained once per test run."""
+    return tmp_path_factory.mktemp("cache")

@@ -1,0 +1,90 @@
+"""The `python -m search.run` command as a user runs it: error paths, interruption, the smoke study."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+
+def test_help_documents_every_option() -> None:
+    out = run_cli("--help").stdout
+    for option in ("--study", "--profile", "--data-root", "--out", "--cache-dir", "--device", "--no-download"):
+        assert option in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--study", "nope"], "error: unknown study 'nope'; available: mlp_mnist, resnet50_cifar10"),
+    (["--study", "mlp_mnist", "--profile", "huge"], "unknown profile 'huge'; available: cpu, paper, smoke"),
+    (["--study", "missing.toml"], "error: study file missing.toml does not exist"),
+])
+def test_bad_study_or_profile_fails_in_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    result = run_cli(*args, "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_data_says_where_to_put_it(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("--study", "mlp_mnist", "--profile", "smoke", "--data-root", str(empty), "--no-download",
+                     "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"))
+    assert result.returncode == 2
+    assert f"mnist not found under {empty}" in result.stderr and "train-images-idx3-ubyte.gz" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_sigterm_mid_training_then_rerun_continues(mnist_root: Path, tmp_path: Path) -> None:
+    study = tmp_path / "long_mlp.toml"
+    study.write_text((REPO / "studies" / "mlp_mnist.toml").read_text().replace(
+        "[profiles.smoke.teacher.train]\nepochs = 2", "[profiles.smoke.teacher.train]\nepochs = 12"))
+    args = ["-m", "search.run", "--study", str(study), "--profile", "smoke", "--data-root", str(mnist_root),
+            "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "cache").glob("teachers/*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(4.0)  # well into training
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "rerun the same command to continue" in err
+    assert list((tmp_path / "cache").glob("teachers/*/checkpoint.pt"))
+
+    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    teacher = json.loads((tmp_path / "out" / "baseline.json").read_text())["teacher"]
+    assert 0 < teacher["resumed_from_step"] < teacher["train_steps"]
+    assert not list((tmp_path / "cache").glob("teachers/*/checkpoint.pt"))
+
+
+@pytest.mark.slow
+def test_resnet50_smoke_study_trains_a_useful_teacher_in_time(cifar_root: Path, cache_dir: Path,
+                                                               tmp_path: Path) -> None:
+    start = time.monotonic()
+    result = run_cli("--study", "resnet50_cifar10", "--profile", "smoke", "--data-root", str(cifar_root),
+                     "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--no-progress")
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr
+    baseline = json.loads((tmp_path / "baseline.json").read_text())
+    teacher = baseline["teacher"]
+    assert teacher["test_accuracy"] > 40.0
+    assert teacher["params"] > 23_000_000 and teacher["macs"] > 80_000_000
+    assert "test" in result.stdout and "validation" in result.stdout
+    assert (tmp_path / "config.json").exists()
+    assert elapsed < 300

@@ -1,0 +1,98 @@
+"""Study configs: every shipped study validates at every profile; bad files fail with file, key and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from evaluators.datasets import Dataset
+from evaluators.training import Optimizer
+from search.config import ConfigError
+from search.config import available_studies
+from search.config import load_study
+from search.config import validate_all_profiles
+
+STUDIES = ("resnet50_cifar10", "mlp_mnist")
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_shipped_studies_validate_at_every_profile(study: str) -> None:
+    configs = {c.profile: c for c in validate_all_profiles(study)}
+    assert {"smoke", "cpu", "paper"} <= set(configs)
+    assert configs["paper"].teacher.train.epochs == 10
+    assert configs["paper"].teacher.train.optimizer is Optimizer.ADAM
+    assert configs["paper"].teacher.train.lr == pytest.approx(1e-3)
+
+
+def test_profiles_override_the_base_and_configs_are_frozen() -> None:
+    smoke = load_study("resnet50_cifar10", "smoke")
+    paper = load_study("resnet50_cifar10", "paper")
+    assert smoke.data.dataset is Dataset.CIFAR10 and smoke.teacher.arch == "resnet50"
+    assert smoke.data.resolution == 32 and paper.data.resolution == 224
+    assert smoke.data.split.train_size > 0 and paper.data.split.train_size == 0
+    assert paper.data.split.val_size == smoke.data.split.val_size  # inherited from the base
+    with pytest.raises(AttributeError):
+        smoke.teacher.arch = "resnet18"  # type: ignore[misc]
+    assert set(STUDIES) <= set(available_studies())
+
+
+BASE = """
+[study]
+name = "t"
+[data]
+dataset = "cifar10"
+[teacher]
+arch = "resnet18"
+[profiles.smoke]
+[profiles.cpu]
+[profiles.paper]
+"""
+
+
+def _write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(("edit", "pattern"), [
+    ("[teacher]\narch = \"resnet18\"\nepochs = 3",
+     r"study\.toml \(profile smoke\)\.teacher: unknown key 'epochs'; allowed keys: arch, train"),
+    ("[teacher.train]\nepochs = \"three\"", r"teacher\.train\.epochs: expected int, got str 'three'"),
+    ("[teacher.train]\nepochs = 0", r"teacher\.train\.epochs: 0 is out of range; allowed 1 \.\. 1000"),
+    ("[teacher.train]\noptimizer = \"lion\"", r"optimizer: 'lion' is not allowed; use one of 'sgd', 'adam', 'adamw'"),
+    ("[data.split]\nval_size = 5.5", r"data\.split\.val_size: expected int, got float"),
+    ("[bogus]\nx = 1", r"unknown section \[bogus\]"),
+])
+def test_invalid_values_are_rejected_with_file_key_and_allowed_values(tmp_path: Path, edit: str, pattern: str) -> None:
+    text = BASE + "\n" + edit if "arch" not in edit else BASE.replace('[teacher]\narch = "resnet18"', edit)
+    with pytest.raises(ConfigError, match=pattern):
+        load_study(_write(tmp_path, text), "smoke")
+
+
+def test_unknown_architecture_lists_the_registry(tmp_path: Path) -> None:
+    path = _write(tmp_path, BASE.replace('arch = "resnet18"', 'arch = "resnet1000"'))
+    with pytest.raises(ConfigError, match=r"teacher\.arch: 'resnet1000' is not allowed; use one of .*'resnet50'"):
+        load_study(path, "smoke")
+
+
+def test_unknown_profile_and_study_and_missing_profiles(tmp_path: Path) -> None:
+    path = _write(tmp_path, BASE)
+    with pytest.raises(ConfigError, match=r"unknown profile 'huge'; available: cpu, paper, smoke"):
+        load_study(path, "huge")
+    with pytest.raises(ConfigError, match=r"unknown study 'nope'; available: .*resnet50_cifar10"):
+        load_study("nope", "smoke")
+    short = _write(tmp_path, BASE.replace("[profiles.paper]", ""))
+    with pytest.raises(ConfigError, match=r"no \[profiles\.paper\]"):
+        load_study(short, "smoke")
+    bad = _write(tmp_path, "[study\nname=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_study(bad, "smoke")
+
+
+def test_profile_values_are_validated_too(tmp_path: Path) -> None:
+    path = _write(tmp_path, BASE.replace("[profiles.cpu]", "[profiles.cpu.teacher.train]\nlr = -1.0"))
+    load_study(path, "smoke")
+    with pytest.raises(ConfigError, match=r"\(profile cpu\)\.teacher\.train\.lr: -1\.0 is out of range"):
+        load_study(path, "cpu")

@@ -1,0 +1,98 @@
+"""Training resumes to the exact step, and cached teachers are verified before they are trusted."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from evaluators.data import DataConfig
+from evaluators.data import prepare_data
+from evaluators.datasets import Dataset
+from evaluators.splits import SplitConfig
+from evaluators.teacher import TeacherConfig
+from evaluators.teacher import prepare_teacher
+from evaluators.training import TrainConfig
+from evaluators.training import TrainingDiverged
+from evaluators.training import cross_entropy_loss
+from evaluators.training import train
+from spaces.architectures import create_model
+
+SPLIT = SplitConfig(val_size=1000, calib_size=100, train_size=4000, seed=0)
+TRAIN = TrainConfig(epochs=2, batch_size=100, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="onecycle")
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_root: Path):
+    return prepare_data(DataConfig(dataset=Dataset.MNIST, resolution=28, split=SPLIT), mnist_root,
+                        allow_download=False)
+
+
+def _fresh() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("mlp", in_channels=1)
+
+
+def test_interrupted_training_resumes_to_identical_weights(mnist, tmp_path: Path) -> None:
+    splits, batcher = mnist
+    straight = _fresh()
+    train(straight, splits.train, batcher, TRAIN, progress=False)
+
+    ckpt = tmp_path / "ckpt.pt"
+    base_loss = cross_entropy_loss(0.0)
+    calls = {"n": 0}
+
+    def interrupting_loss(model, x, y):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 53:  # mid-epoch, as Ctrl-C would land
+            raise KeyboardInterrupt
+        return base_loss(model, x, y)
+
+    interrupted = _fresh()
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, splits.train, batcher, TRAIN, checkpoint=ckpt, loss_fn=interrupting_loss, progress=False)
+    assert ckpt.exists()
+    resumed = _fresh()
+    result = train(resumed, splits.train, batcher, TRAIN, checkpoint=ckpt, progress=False)
+    assert result.resumed_from == 52 and result.steps == 80
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_of_another_configuration_is_not_resumed(mnist, tmp_path: Path) -> None:
+    splits, batcher = mnist
+    ckpt = tmp_path / "ckpt.pt"
+    train(_fresh(), splits.train, batcher, replace(TRAIN, epochs=1), checkpoint=ckpt, progress=False)
+    result = train(_fresh(), splits.train, batcher, replace(TRAIN, lr=5e-4), checkpoint=ckpt, progress=False)
+    assert result.resumed_from == 0
+
+
+def test_diverging_loss_raises(mnist) -> None:
+    splits, batcher = mnist
+    with pytest.raises(TrainingDiverged, match="loss is nan"):
+        train(_fresh(), splits.train, batcher, TRAIN, loss_fn=lambda m, x, y: m(x).sum() * float("nan"),
+              progress=False)
+
+
+def test_teacher_is_cached_verified_and_retrained_when_corrupt(mnist, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    splits, batcher = mnist
+    config = TeacherConfig(arch="mlp", train=TRAIN)
+    first = prepare_teacher(config, splits, batcher, SPLIT, cache_dir=tmp_path, progress=False)
+    assert not first.from_cache and first.metrics["val_accuracy"] > 70.0
+    assert {"val_accuracy", "test_accuracy", "params", "macs", "sha256"} <= set(first.metrics)
+    again = prepare_teacher(config, splits, batcher, SPLIT, cache_dir=tmp_path, progress=False)
+    assert again.from_cache and again.metrics == first.metrics
+
+    weights = first.folder / "teacher.pt"
+    weights.write_bytes(weights.read_bytes()[:-10] + b"corrupted!")
+    healed = prepare_teacher(config, splits, batcher, SPLIT, cache_dir=tmp_path, progress=False)
+    assert not healed.from_cache
+    assert "corrupt" in capsys.readouterr().err
+    assert healed.metrics["val_accuracy"] == first.metrics["val_accuracy"]  # deterministic retraining
+
+    other = prepare_teacher(replace(config, train=replace(TRAIN, seed=1)), splits, batcher, SPLIT,
+                            cache_dir=tmp_path, progress=False)
+    assert other.folder != first.folder
