@@ -75,8 +75,12 @@ def _first_conv_for(model: nn.Module, in_channels: int) -> nn.Module:
 
 
 def _thesis(base: str, hidden: list[int]) -> Builder:
+    # Zero-initialising each residual branch's last BN makes deep ResNets train fast from scratch (Goyal et
+    # al. 2017), which matters here: there are no pretrained weights, and the smoke teacher gets minutes.
+    options = {"zero_init_residual": True} if base.startswith("resnet") else {}
+
     def build(num_classes: int, in_channels: int) -> nn.Module:
-        model = getattr(torchvision.models, base)(weights=None)
+        model = getattr(torchvision.models, base)(weights=None, **options)
         return _first_conv_for(attach_thesis_head(model, hidden, num_classes), in_channels)
 
     return build
