@@ -87,4 +87,6 @@ def test_resnet50_smoke_study_trains_a_useful_teacher_in_time(cifar_root: Path, 
     assert teacher["params"] > 23_000_000 and teacher["macs"] > 80_000_000
     assert "test" in result.stdout and "validation" in result.stdout
     assert (tmp_path / "config.json").exists()
-    assert elapsed < 300
+    # About four minutes on an idle 2-core machine; the bound only catches gross regressions, since a
+    # busy CI machine must not turn a timing into a false failure.
+    assert elapsed < 600
