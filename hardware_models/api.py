@@ -1,0 +1,162 @@
+"""`estimate(model, input_shape, target)`: what a network costs on a board.
+
+One call traces the network once (cached by structure), applies what the target's runtime does with
+it (dead branches removed, batch norm folded), and then either predicts with the target's calibrated
+profile (zcu104, zcu102, rpi4, rpi5, or a profile JSON) or measures (host). The result is a plain dict
+so that it serialises to JSON and into a trials table unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from hardware_models.graph import Network
+from hardware_models.graph import extract
+from hardware_models.graph import with_policy
+from hardware_models.networks import count_parameters
+from hardware_models.precision import PrecisionSpec
+from hardware_models.precision import resolve
+from hardware_models.precision import unknown_layers
+from hardware_models.profiles import Profile
+from hardware_models.profiles import builtin_profile_path
+from hardware_models.profiles import load_profile
+from hardware_models.targets import TARGETS
+from hardware_models.targets import get_target
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """Keyword options of `estimate`, validated once."""
+
+    precision: PrecisionSpec = None
+    per_layer: bool = False
+    threads: int | None = None
+    runtime: str | None = None
+    as_int8: bool = False
+    clock_ghz: float | None = None
+    use_cache: bool = True
+
+
+Estimator = Callable[[nn.Module, Network, Profile, Options], dict[str, Any]]
+ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register_estimator(family: str) -> Callable[[Estimator], Estimator]:
+    def decorate(fn: Estimator) -> Estimator:
+        ESTIMATORS[family] = fn
+        return fn
+
+    return decorate
+
+
+@functools.lru_cache(maxsize=32)
+def _load(path: str, mtime: float) -> Profile:
+    return load_profile(path)
+
+
+def resolve_profile(target: str | Path) -> Profile:
+    """A built-in target name or the path of a profile JSON."""
+    name = str(target)
+    if name in TARGETS:
+        spec = get_target(name)
+        if spec.family == "host":
+            from hardware_models.host import available_cores
+            from hardware_models.power import host_power
+
+            return Profile(target="host", family="host", board="host", params={},
+                           power=host_power(available_cores()), default_runtime="onnxruntime",
+                           default_threads=1, default_precision="fp32")
+        path = builtin_profile_path(name)
+    elif name.endswith(".json") or Path(name).is_file():
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"profile {name} does not exist; built-in targets: "
+                                    f"{', '.join(sorted(TARGETS))}")
+    else:
+        get_target(name)  # raises the KeyError that lists the targets
+        raise AssertionError("unreachable")
+    return _load(str(path), path.stat().st_mtime)
+
+
+def _input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ValueError(f"input_shape must be C x H x W with positive sizes, got {tuple(input_shape)}")
+    return shape
+
+
+def estimate(model: nn.Module, input_shape: Sequence[int], target: str | Path, *,
+             precision: PrecisionSpec = None, per_layer: bool = False, threads: int | None = None,
+             runtime: str | None = None, as_int8: bool = False, clock_ghz: float | None = None,
+             use_cache: bool = True) -> dict[str, Any]:
+    """Latency (ms), throughput (fps) and energy (mJ) of one inference at batch 1 on `target`.
+
+    `precision`: "fp32", "int8", a bit width, or {layer name: bits, "*": default}. The DPU runs only
+    INT8: other widths make the result `deployable: False` unless `as_int8=True` (quantize to INT8 on
+    deployment; the thesis saw 5-bit models stored and run as 8-bit). `threads`/`runtime`/`clock_ghz`
+    override the target's defaults (CPU targets). `per_layer=True` adds a per-layer breakdown.
+    Every result lists its `assumptions`, and `measured` says whether latency was measured or modelled.
+    """
+    shape = _input_shape(input_shape)
+    profile = resolve_profile(target)
+    options = Options(precision=precision, per_layer=per_layer, threads=threads, runtime=runtime, as_int8=as_int8,
+                      clock_ghz=clock_ghz, use_cache=use_cache)
+    network = with_policy(extract(model, shape, use_cache=use_cache), profile.graph_policy)
+    plan = resolve(precision, profile.default_precision)
+    typos = unknown_layers(plan, network)
+    if typos:
+        raise KeyError(f"precision map names layers the network does not have: {', '.join(typos[:5])}")
+    from hardware_models import estimators  # noqa: F401  (registers the families)
+
+    if profile.family not in ESTIMATORS:
+        raise ValueError(f"profile for {profile.target!r} has unknown family {profile.family!r}; "
+                         f"known: {', '.join(sorted(ESTIMATORS))}")
+    result = ESTIMATORS[profile.family](model, network, profile, options)
+    common = _common(network, model, profile)
+    common["assumptions"] += result.pop("assumptions", [])
+    return {**common, **result}
+
+
+def _basis(profile: Profile) -> str:
+    """One line saying whether the numbers are measured or modelled, and on what the model rests."""
+    if profile.family == "host":
+        return "measured on this machine with onnxruntime (latency); energy is an assumption"
+    cal = profile.calibration
+    text = (f"modelled: {profile.family} cost model calibrated on {cal.get('measurements', '?')} "
+            f"({cal.get('rows_used', '?')} rows")
+    if "loo_mape_pct" in cal:
+        text += f", leave-one-out MAPE {cal['loo_mape_pct']:.1f}%"
+    text += ")"
+    if profile.target != profile.calibration.get("calibrated_board", profile.target):
+        text += f"; transferred to {profile.target}, which has no measurements of its own"
+    return text
+
+
+def _common(network: Network, model: nn.Module, profile: Profile) -> dict[str, Any]:
+    statuses = Counter(s.value for s in network.status)
+    removed = sorted({layer.name for layer, s in zip(network.layers, network.status, strict=True)
+                      if s.value in ("removed", "folded") and layer.kind.value != "input"})
+    notes = []
+    if removed:
+        notes.append(f"{len(removed)} layers cannot affect the output (dead branches, zero edges, constants) "
+                     "and are removed as a deployment runtime's graph optimiser does")
+    if statuses.get("fused"):
+        notes.append(f"{statuses['fused']} batch-norm/activation layers are folded into the preceding "
+                     "convolution, as on deployment")
+    if network.output_is_constant:
+        notes.append("the output does not depend on the input: the whole network folds to a constant")
+    if network.policy != "optimised":
+        notes.append(f"graph policy {network.policy!r}: this profile's runtime computes operations whose inputs "
+                     "are constant (it fitted the calibration data better than full constant folding)")
+    return {"target": profile.target, "board": profile.board, "family": profile.family, "basis": _basis(profile),
+            "macs": network.macs, "macs_total": network.macs_literal, "params": count_parameters(model),
+            "layers": dict(sorted(statuses.items())), "removed_layers": removed,
+            "assumptions": notes}

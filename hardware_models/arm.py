@@ -1,0 +1,216 @@
+"""ARM Cortex-A CPU latency (Raspberry Pi 4 / 5): a per-layer roofline of compute and memory.
+
+Each executed layer costs compute (work / (throughput per cycle x clock x thread speed-up)) plus memory
+(activation and weight bytes over an effective bandwidth) plus a fixed per-layer cost (kernel dispatch,
+thread wake-up). Throughput is per layer class, because CPU inference libraries run them with different
+kernels: 3x3 stride-1 convolutions with Winograd, 1x1 convolutions as a plain GEMM, other convolutions
+through im2col, depthwise convolutions with direct loops, fully connected layers as GEMV, elementwise/
+pooling passes and pure data movement (concat, channel shuffle). The memory term is *added*, not
+max()-ed: fitted on the ncnn rows both ways, the sum fits better (the A72's small out-of-order window hides little
+memory latency behind NEON arithmetic; `combine="max"` is the strict roofline, and
+benchmarks/hardware_accuracy.py prints the fit error of both).
+
+Parameters are fitted per (runtime, precision): ncnn's fp32 and int8 kernels and PyTorch/qnnpack behave
+too differently to share rates. Multi-thread speed-up is 1 + (threads - 1) x parallel_efficiency on the
+compute term only - memory bandwidth is shared. Rows measured with an older build of the same runtime
+get a build factor on their compute rates (ncnn's 1.5 GHz rows come from an older commit).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from hardware_models.costmodel import Case
+from hardware_models.costmodel import CostModel
+from hardware_models.costmodel import LayerTable
+from hardware_models.costmodel import Prediction
+from hardware_models.fitting import ParamSpec
+from hardware_models.ops import Kind
+from hardware_models.trace import Layer
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArmBoard:
+    name: str
+    core: str
+    cores: int
+    clock_ghz: float
+    memory: str
+
+
+ARM_BOARDS: dict[str, ArmBoard] = {
+    "rpi4": ArmBoard(name="Raspberry Pi 4 B", core="Cortex-A72", cores=4, clock_ghz=1.8, memory="LPDDR4-3200, 32-bit"),
+    "rpi5": ArmBoard(name="Raspberry Pi 5", core="Cortex-A76", cores=4, clock_ghz=2.4, memory="LPDDR4X-4267, 32-bit"),
+}
+
+CLASSES = ("winograd", "gemm1x1", "conv", "dwconv", "fc", "eltwise", "move")
+# Physical guesses (the weak prior of the fit), per core per cycle for fp32 on a Cortex-A72: two 128-bit
+# NEON FMA pipes peak at 8 MAC/cycle; Winograd F(4,3) saves ~4x multiplies; GEMV and depthwise loops are
+# load-bound; elementwise passes move an element or two per cycle. int8 kernels: 1.5x (SMLAL widening).
+_CLASS_DEFAULTS = (8.0, 4.0, 2.0, 1.0, 1.0, 0.5, 1.0)
+_INT8_SPEEDUP = 1.5
+# Activations ncnn and qnnpack fuse into the preceding convolution (TFLite fuses the clamp-like ones).
+_CPU_FUSED = frozenset({"silu", "SiLU", "hardswish", "Hardswish", "sigmoid", "Sigmoid", "hardsigmoid",
+                        "Hardsigmoid", "mish", "Mish"})
+BYTES = {"fp32": 4.0, "int8": 1.0}
+RUNTIMES = ("ncnn", "pytorch")
+PRECISIONS = ("fp32", "int8")
+
+
+def runtime_of(text: str) -> str:
+    """`ncnn (benchncnn, ...)` -> ncnn; `PyTorch qnnpack ...` -> pytorch; empty -> ncnn."""
+    lowered = text.lower()
+    return "pytorch" if "pytorch" in lowered or "qnnpack" in lowered else "ncnn"
+
+
+def build_of(source: str) -> str:
+    """The commit a measurement row came from (`github:owner/repo@<sha>:...`), shortened."""
+    match = re.search(r"@([0-9a-f]{7,40})", source)
+    return match.group(1)[:8] if match else ""
+
+
+def _class_of(layer: Layer, layers: tuple[Layer, ...]) -> int | None:
+    kind = layer.kind
+    if kind is Kind.CONV:
+        dense = layer.groups == 1
+        if dense and layer.kernel == (3, 3) and layer.stride == (1, 1) and min(layer.in_channels,
+                                                                             layer.out_channels) >= 16:
+            return 0
+        return 1 if dense and layer.kernel == (1, 1) else 2
+    if kind is Kind.DWCONV:
+        return 3
+    if kind is Kind.FC:
+        return 4
+    if kind in (Kind.CONCAT, Kind.COPY):
+        return 6
+    if kind is Kind.ACT and layer.op in _CPU_FUSED and len(layer.inputs) == 1 and \
+            layers[layer.inputs[0]].kind in (Kind.CONV, Kind.DWCONV, Kind.FC, Kind.BN):
+        return None
+    if kind in (Kind.POOL, Kind.ELTWISE, Kind.ACT, Kind.BN):
+        return 5
+    return None
+
+
+def param_specs(runtime: str, precision: str) -> tuple[ParamSpec, ...]:
+    prefix = f"{runtime}.{precision}."
+    boost = _INT8_SPEEDUP if precision == "int8" else 1.0
+    rates = tuple(ParamSpec(prefix + f"{c}_per_cycle", v * boost, 0.0, "MAC/cycle/core" if i < 5 else "elem/cycle/core",
+                            f"{c} throughput per core per cycle") for i, (c, v) in
+                  enumerate(zip(CLASSES, _CLASS_DEFAULTS, strict=True)))
+    return rates + (
+        ParamSpec(prefix + "activation_gbps", 2.0, 0.0, "GB/s", "effective bandwidth for activations"),
+        ParamSpec(prefix + "weight_gbps", 4.0, 0.0, "GB/s", "effective bandwidth for weights"),
+        ParamSpec(prefix + "layer_overhead_us", 50.0, 0.0, "us", "per layer, one thread"),
+        ParamSpec(prefix + "layer_overhead_mt_us", 100.0, 0.0, "us", "per layer, several threads"),
+        ParamSpec(prefix + "parallel_efficiency", 0.4, 0.0, "", "each extra thread adds this much speed"),
+        ParamSpec(prefix + "call_overhead_ms", 0.05, 0.0, "ms", "per inference (framework call)"),
+    )
+
+
+class ArmModel(CostModel):
+    family = "arm"
+
+    def __init__(self, board: ArmBoard, builds: tuple[str, ...] = (), combine: str = "sum") -> None:
+        if combine not in ("max", "sum"):
+            raise ValueError(f"combine must be 'sum' or 'max' (strict roofline), not {combine!r}")
+        self.combine = combine
+        self.board = board
+        self.builds = builds
+        specs: list[ParamSpec] = []
+        for runtime in RUNTIMES:
+            for precision in PRECISIONS:
+                specs += param_specs(runtime, precision)
+                specs += [ParamSpec(f"{runtime}.{precision}.build_{b}", 1.0, 0.0, "x",
+                                    f"compute speed of build {b} relative to the reference build")
+                          for b in builds]
+        self.params = tuple(specs)
+        layout: dict[str, list] = {}
+        for runtime in RUNTIMES:
+            for precision in PRECISIONS:
+                prefix = f"{runtime}.{precision}."
+                for spec in param_specs(runtime, precision):
+                    layout.setdefault(spec.name[len(prefix):], []).append(spec.name)
+                layout.setdefault("builds", []).append([f"{prefix}build_{b}" for b in builds])
+        self._layout = layout
+
+    def table(self, case: Case) -> LayerTable:
+        cls, work, act, weights, names, kinds = [], [], [], [], [], []
+        layers = case.network.layers
+        for layer in case.network.computed():
+            c = _class_of(layer, layers)
+            if c is None:
+                continue
+            cls.append(c)
+            work.append(layer.macs if c <= 4 else layer.in_elements + layer.out_elements)
+            act.append(layer.in_elements + layer.out_elements)
+            weights.append(layer.weights)
+            names.append(layer.name)
+            kinds.append(CLASSES[c])
+        precision = case.precision if case.precision in PRECISIONS else "fp32"
+        return LayerTable(
+            columns={"cls": np.array(cls, int), "work": np.array(work, float), "act": np.array(act, float),
+                     "weights": np.array(weights, float), "count": np.ones(len(cls))},
+            case=np.zeros(len(cls), int),
+            case_columns={"threads": np.array([float(max(case.threads, 1))]),
+                          "clock_ghz": np.array([case.clock_ghz or self.board.clock_ghz]),
+                          "group": np.array([self.group_index(case.runtime, precision, "")]),
+                          "build": np.array([self.build_index(case.runtime)])},
+            names=tuple(names), kinds=tuple(kinds))
+
+    def compact(self, table: LayerTable) -> LayerTable:
+        """Every term is linear in the per-class sums, so one row per (case, class) gives the same totals."""
+        if self.combine != "sum":
+            return table  # max() is per layer: no aggregation
+        key = table.case * len(CLASSES) + table["cls"]
+        unique, inverse = np.unique(key, return_inverse=True)
+
+        def total(column: np.ndarray) -> np.ndarray:
+            return np.bincount(inverse, column, minlength=unique.size)
+
+        columns = {"cls": unique % len(CLASSES), "work": total(table["work"]), "act": total(table["act"]),
+                   "weights": total(table["weights"]), "count": total(table["count"])}
+        return LayerTable(columns, unique // len(CLASSES), table.case_columns, n_cases=table.n_cases)
+
+    def group_key(self, case: Case) -> str:
+        precision = case.precision if case.precision in PRECISIONS else "fp32"
+        return f"{(case.runtime or 'ncnn').partition('@')[0]}.{precision}."
+
+    def group_params(self, key: str) -> list[int]:
+        return [i for i, s in enumerate(self.params) if s.name.startswith(key)]
+
+    def group_index(self, runtime: str, precision: str, _: str) -> int:
+        return RUNTIMES.index((runtime or "ncnn").partition("@")[0]) * len(PRECISIONS) + PRECISIONS.index(precision)
+
+    def build_index(self, runtime: str) -> int:
+        """Runtime strings may carry a build (`ncnn@d9e45ec7`); -1 is the reference build."""
+        _, _, build = runtime.partition("@")
+        return self.builds.index(build) if build in self.builds else -1
+
+    def _group_values(self, values: Mapping[str, float]) -> dict[str, np.ndarray]:
+        """Parameter arrays indexed by group (runtime x precision)."""
+        return {short: np.array([values[n] for n in names] if short != "builds" else
+                                [[values[n] for n in row] + [1.0] for row in names], float)
+                for short, names in self._layout.items()}
+
+    def predict(self, values: Mapping[str, float], table: LayerTable) -> Prediction:
+        g = self._group_values(values)
+        group = table.case_columns["group"].astype(int)
+        layer_group = group[table.case]
+        rates = np.stack([g[f"{c}_per_cycle"] for c in CLASSES], axis=1)[layer_group, table["cls"]]
+        build = g["builds"][layer_group, table.case_columns["build"].astype(int)[table.case]]
+        threads = table.per_layer_case("threads")
+        speedup = 1.0 + (threads - 1.0) * g["parallel_efficiency"][layer_group]
+        cycles_per_ms = table.per_layer_case("clock_ghz") * 1e6
+        compute = table["work"] / (rates * build * speedup * cycles_per_ms)
+        width = np.where(layer_group % len(PRECISIONS) == 1, BYTES["int8"], BYTES["fp32"])
+        memory = (table["act"] * width / g["activation_gbps"][layer_group]
+                  + table["weights"] * width / g["weight_gbps"][layer_group]) * 1e-6
+        overhead = np.where(threads > 1, g["layer_overhead_mt_us"][layer_group],
+                            g["layer_overhead_us"][layer_group]) * 1e-3 * (self.board.clock_ghz * 1e6 /
+                                                                            cycles_per_ms) * table["count"]
+        layer = compute + memory if self.combine == "sum" else np.maximum(compute, memory)
+        return Prediction(layer + overhead, g["call_overhead_ms"][group], compute, memory)

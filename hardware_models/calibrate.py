@@ -1,0 +1,303 @@
+"""Fit a target's parameters to a measurement table and write a profile (also the CLI).
+
+    python -m hardware_models.calibrate --target zcu104 --measurements hardware_models/data/zcu104_dpu.csv \
+        --out profile.json
+
+Every row is interpreted with the board, runtime, threads, precision and clock it was measured at;
+the fitted parameters are then transferred to the requested target (ZCU102 and Raspberry Pi 5 have no
+rows of their own). Prints, per row, the measured, fitted and leave-one-out latencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hardware_models import arm
+from hardware_models import dpu
+from hardware_models.costmodel import Case
+from hardware_models.costmodel import CostModel
+from hardware_models.costmodel import LayerTable
+from hardware_models.costmodel import stack_tables
+from hardware_models.fitting import fit_log
+from hardware_models.fitting import from_theta
+from hardware_models.fitting import identifiable
+from hardware_models.fitting import kfold_indices
+from hardware_models.fitting import mape
+from hardware_models.fitting import to_theta
+from hardware_models.fitting import within
+from hardware_models.graph import POLICIES
+from hardware_models.graph import extract_spec
+from hardware_models.graph import with_policy
+from hardware_models.measurements import Measurement
+from hardware_models.measurements import MeasurementTable
+from hardware_models.measurements import load_measurements
+from hardware_models.profiles import Profile
+from hardware_models.profiles import builtin_profile_path
+from hardware_models.profiles import save_profile
+from hardware_models.targets import TargetSpec
+from hardware_models.targets import builtin_power
+from hardware_models.targets import cost_model
+from hardware_models.targets import get_target
+
+# Weight of the physical defaults (a weak prior, see fitting.fit_log).
+PRIOR_WEIGHT = 0.1
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A fitted model over the rows of one table, ready for cross-validation."""
+
+    spec: TargetSpec
+    model: CostModel
+    table: MeasurementTable
+    cases: tuple[Case, ...]
+    layers: tuple[LayerTable, ...]
+    theta: np.ndarray
+    prior: np.ndarray
+    policy: str = "optimised"
+
+    @property
+    def measured(self) -> np.ndarray:
+        return np.array([r.latency_ms for r in self.table.rows])
+
+    def predict(self, theta: np.ndarray, rows: Sequence[int]) -> np.ndarray:
+        return self.model.predict_theta(theta, self.stacked(rows))
+
+    def stacked(self, rows: Sequence[int]) -> LayerTable:
+        return self.model.compact(stack_tables([self.layers[i] for i in rows]))
+
+
+def _board(spec: TargetSpec, row: Measurement) -> str:
+    text = row.board.lower()
+    if spec.family == "dpu" and row.board:
+        return dpu.board_of(row.board)
+    if spec.family == "arm" and ("pi 5" in text or "pi5" in text):
+        return "rpi5"
+    return spec.board
+
+
+def _arm_builds(spec: TargetSpec, rows: Sequence[Measurement]) -> dict[int, str]:
+    """Row -> build tag for rows from a non-reference build (the reference runs at the board's clock)."""
+    tags: dict[int, str] = {}
+    default_clock = arm.ARM_BOARDS[spec.board].clock_ghz
+    for runtime in {arm.runtime_of(r.runtime) for r in rows}:
+        mine = [r for r in rows if arm.runtime_of(r.runtime) == runtime]
+        builds = Counter(arm.build_of(r.source) for r in mine)
+        at_clock = [arm.build_of(r.source) for r in mine if r.clock_ghz in (0.0, default_clock)]
+        reference = Counter(at_clock).most_common(1)[0][0] if at_clock else builds.most_common(1)[0][0]
+        tags.update({r.row: arm.build_of(r.source) for r in mine if arm.build_of(r.source) != reference})
+    return tags
+
+
+def cases_for(spec: TargetSpec, table: MeasurementTable) -> tuple[list[Case], tuple[str, ...]]:
+    builds = _arm_builds(spec, table.rows) if spec.family == "arm" else {}
+    cases = []
+    for row in table.rows:
+        network = extract_spec(row.spec, row.input_shape)
+        if spec.family == "dpu":
+            runtime = dpu.runtime_of(row.runtime) if row.runtime else spec.default_runtime
+        else:
+            runtime = arm.runtime_of(row.runtime) if row.runtime else spec.default_runtime
+            runtime += f"@{builds[row.row]}" if row.row in builds else ""
+        cases.append(Case(network=network, board=_board(spec, row), threads=row.threads or spec.default_threads,
+                          precision=row.precision or spec.default_precision, runtime=runtime,
+                          clock_ghz=row.clock_ghz))
+    return cases, tuple(sorted(set(builds.values())))
+
+
+def fit_rows(calibration: Calibration, rows: Sequence[int], theta0: np.ndarray, restarts: int) -> np.ndarray:
+    """Fit each independent parameter group on its own rows (ARM: runtime x precision)."""
+    theta = theta0.copy()
+    model, cases = calibration.model, calibration.cases
+    groups: dict[str, list[int]] = {}
+    for i in rows:
+        groups.setdefault(model.group_key(cases[i]), []).append(i)
+    for key, members in sorted(groups.items()):
+        stacked = calibration.stacked(members)
+        free = np.zeros(theta.size, bool)
+        free[model.group_params(key)] = True
+
+        def predict(t: np.ndarray, s: LayerTable = stacked) -> np.ndarray:
+            return model.predict_theta(t, s)
+
+        free = identifiable(predict, theta, free)
+        y = np.array([calibration.table.rows[i].latency_ms for i in members])
+        theta = fit_log(predict, y, theta, free, restarts=restarts, prior=calibration.prior,
+                        prior_weight=PRIOR_WEIGHT)
+    return theta
+
+
+def _fit_contention(calibration: Calibration, theta: np.ndarray) -> np.ndarray:
+    """DPU only: the DDR-sharing factor from the multi-thread FPS column, when the table has one."""
+    model = calibration.model
+    rows = [i for i, r in enumerate(calibration.table.rows) if not math.isnan(r.fps_multi_thread)]
+    if not isinstance(model, dpu.DpuModel) or not rows:
+        return theta
+    stacked = stack_tables([calibration.layers[i] for i in rows])
+    fps = np.array([calibration.table.rows[i].fps_multi_thread for i in rows])
+    free = np.array([s.name == "memory_contention" for s in model.params])
+
+    def predict(t: np.ndarray) -> np.ndarray:
+        return model.multi_core_fps(from_theta(model.params, t), stacked)
+
+    return fit_log(predict, fps, theta, free, restarts=1)
+
+
+def _with_policy(calibration: Calibration, policy: str) -> Calibration:
+    cases = tuple(dataclasses.replace(c, network=with_policy(c.network, policy)) for c in calibration.cases)
+    return dataclasses.replace(calibration, cases=cases, layers=tuple(calibration.model.table(c) for c in cases),
+                               policy=policy)
+
+
+def _log_rms(calibration: Calibration, theta: np.ndarray) -> float:
+    predicted = calibration.predict(theta, range(len(calibration.cases)))
+    return float(np.sqrt(np.mean(np.log(predicted / calibration.measured) ** 2)))
+
+
+def _choose_policy(calibration: Calibration) -> Calibration:
+    """The graph policy (what the measured runtime folds/removes) that fits the table best.
+
+    Only policies that change some row's executed layers are tried; ties keep the full optimisation.
+    """
+    best, best_error = calibration, math.inf
+    seen: set[tuple] = set()
+    for policy in POLICIES:
+        candidate = _with_policy(calibration, policy)
+        key = tuple(tuple(c.network.status) for c in candidate.cases)
+        if key in seen:
+            continue
+        seen.add(key)
+        error = _log_rms(candidate, fit_rows(candidate, range(len(candidate.cases)), candidate.theta, 1))
+        if error < best_error - 1e-9:
+            best, best_error = candidate, error
+    return best
+
+
+def prepare(target: str, measurements: str | Path, combine: str | None = None) -> Calibration:
+    """Load, trace and fit; `combine` swaps the model's compute/memory rule (to compare alternatives)."""
+    spec = get_target(target)
+    if spec.family == "host":
+        raise SystemExit("error: the host target is measured, not calibrated; pick one of "
+                         "zcu104, zcu102, rpi4, rpi5")
+    table = load_measurements(measurements)
+    if not table.rows:
+        raise SystemExit(f"error: {measurements} has no usable rows (need spec, input and a latency)")
+    cases, builds = cases_for(spec, table)
+    model = cost_model(spec.family, spec.board, builds, combine)
+    layers = tuple(model.table(c) for c in cases)
+    theta0 = to_theta(model.params, model.defaults())
+    calibration = _choose_policy(Calibration(spec, model, table, tuple(cases), layers, theta0, theta0))
+    theta = fit_rows(calibration, range(len(cases)), theta0, restarts=4 if len(cases) < 100 else 2)
+    return dataclasses.replace(calibration, theta=_fit_contention(calibration, theta))
+
+
+def leave_one_out(calibration: Calibration, rows: Sequence[int] | None = None) -> np.ndarray:
+    """Prediction of each row (all when `rows` is None) by a fit on every other row; NaN elsewhere."""
+    n = len(calibration.cases)
+    out = np.full(n, np.nan)
+    for i in range(n) if rows is None else rows:
+        others = [j for j in range(n) if j != i]
+        theta = fit_rows(calibration, others, calibration.theta, restarts=1)
+        out[i] = calibration.predict(theta, [i])[0]
+    return out
+
+
+def held_out(calibration: Calibration, folds: Sequence[Sequence[int]], restarts: int = 2) -> np.ndarray:
+    """Predictions of each fold's rows by a fit on all other rows; NaN for rows in no fold."""
+    n = len(calibration.cases)
+    out = np.full(n, np.nan)
+    for held in folds:
+        train = sorted(set(range(n)) - set(held))
+        theta = fit_rows(calibration, train, calibration.theta, restarts=restarts)
+        out[list(held)] = calibration.predict(theta, list(held))
+    return out
+
+
+def cross_validate(calibration: Calibration, folds: int, seed: int = 0) -> np.ndarray:
+    """Out-of-fold predictions of every row (k-fold, deterministic shuffle)."""
+    return held_out(calibration, [f.tolist() for f in kfold_indices(len(calibration.cases), folds, seed)])
+
+
+def leave_network_out(calibration: Calibration) -> np.ndarray:
+    """Stricter than leave-one-out: every row of the same network (other clock/threads/precision) is held out."""
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(calibration.table.rows):
+        groups.setdefault(row.spec, []).append(i)
+    return held_out(calibration, list(groups.values()), restarts=1)
+
+
+def make_profile(calibration: Calibration, loo: np.ndarray | None = None) -> Profile:
+    spec, model = calibration.spec, calibration.model
+    fitted = calibration.predict(calibration.theta, range(len(calibration.cases)))
+    y = calibration.measured
+    summary: dict[str, object] = {
+        "measurements": Path(calibration.table.path).name, "sha256": calibration.table.sha256,
+        "calibrated_board": spec.board,
+        "rows_used": len(y), "rows_skipped": len(calibration.table.skipped),
+        "fit_mape_pct": mape(fitted, y), "fit_within_10pct": within(fitted, y),
+        "builds": list(getattr(model, "builds", ())),
+        "fitted_groups": sorted({model.group_key(c) for c in calibration.cases}),
+    }
+    if loo is not None:
+        summary.update(loo_mape_pct=mape(loo, y), loo_within_10pct=within(loo, y))
+    profile = Profile(
+        target=spec.name, family=spec.family, board=spec.board,
+        params=from_theta(model.params, calibration.theta), power=builtin_power(spec.name),
+        default_runtime=spec.default_runtime, default_threads=spec.default_threads,
+        default_precision=spec.default_precision,
+        runtimes=tuple(sorted({c.runtime.partition("@")[0] for c in calibration.cases})),
+        graph_policy=calibration.policy,
+        assumptions=(), calibration=summary)
+    return spec.transfer(profile) if spec.transfer else profile
+
+
+def _report(calibration: Calibration, loo: np.ndarray | None) -> str:
+    fitted = calibration.predict(calibration.theta, range(len(calibration.cases)))
+    lines = [f"{'row':>4} {'network':54s} {'measured':>9} {'fitted':>9} {'err%':>6} {'LOO':>9} {'LOO%':>6}"]
+    for i, row in enumerate(calibration.table.rows):
+        loo_i = loo[i] if loo is not None else math.nan
+        lines.append(f"{row.row:4d} {row.label[:54]:54s} {row.latency_ms:9.3f} {fitted[i]:9.3f} "
+                     f"{100 * (fitted[i] / row.latency_ms - 1):6.1f} {loo_i:9.3f} "
+                     f"{100 * (loo_i / row.latency_ms - 1):6.1f}")
+    y = calibration.measured
+    lines.append(f"fit: MAPE {mape(fitted, y):.2f}%  within 10%: {100 * within(fitted, y):.0f}%")
+    if loo is not None:
+        lines.append(f"leave-one-out: MAPE {mape(loo, y):.2f}%  within 10%: {100 * within(loo, y):.0f}%")
+    lines += [f"skipped {s}" for s in calibration.table.skipped]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hardware_models.calibrate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", required=True, help="zcu104, zcu102, rpi4 or rpi5")
+    parser.add_argument("--measurements", required=True, help="CSV in the format of hardware_models/data")
+    parser.add_argument("--out", help="profile JSON to write (default: print only)")
+    parser.add_argument("--builtin", action="store_true", help="write hardware_models/profiles/TARGET.json")
+    parser.add_argument("--no-loo", action="store_true", help="skip the leave-one-out refits")
+    args = parser.parse_args(argv)
+    try:
+        calibration = prepare(args.target, args.measurements)
+    except (KeyError, ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"error: {error.args[0] if error.args else error}\n")
+    loo = None if args.no_loo else leave_one_out(calibration)
+    print(_report(calibration, loo))
+    profile = make_profile(calibration, loo)
+    out = builtin_profile_path(args.target) if args.builtin else args.out
+    if out:
+        save_profile(profile, out)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

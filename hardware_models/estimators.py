@@ -1,0 +1,156 @@
+"""Per-family estimators behind `estimate()`: DPU and ARM predict from a profile, host measures."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from torch import nn
+
+from hardware_models import arm
+from hardware_models import dpu
+from hardware_models import host
+from hardware_models.api import Options
+from hardware_models.api import register_estimator
+from hardware_models.costmodel import Case
+from hardware_models.costmodel import LayerTable
+from hardware_models.costmodel import Prediction
+from hardware_models.graph import Network
+from hardware_models.graph import signature
+from hardware_models.precision import PrecisionPlan
+from hardware_models.precision import resolve
+from hardware_models.profiles import Profile
+
+
+def _per_layer(table: LayerTable, prediction: Prediction) -> list[dict[str, Any]]:
+    return [{"name": n, "kind": k, "latency_ms": float(t), "compute_ms": float(c), "memory_ms": float(m),
+             "bound": b}
+            for n, k, t, c, m, b in zip(table.names, table.kinds, prediction.layer_ms, prediction.compute_ms,
+                                        prediction.memory_ms, prediction.bound, strict=True)]
+
+
+def _timing(latency_ms: float, watts: float, source: str) -> dict[str, Any]:
+    return {"latency_ms": latency_ms, "fps": 1000.0 / latency_ms if latency_ms > 0 else float("inf"),
+            "power_w": watts, "energy_mj": watts * latency_ms, "energy_source": source}
+
+
+def _not_int8(bits: dict[str, int]) -> list[str]:
+    return [f"{name} ({b}-bit)" for name, b in bits.items() if b != 8]
+
+
+@register_estimator("dpu")
+def _dpu(model: nn.Module, network: Network, profile: Profile, options: Options) -> dict[str, Any]:
+    plan = resolve(options.precision, "int8")
+    odd = _not_int8(plan.weight_bits(network))
+    runtime = options.runtime or profile.default_runtime
+    if runtime not in dpu.RUNTIMES:
+        raise ValueError(f"unknown DPU runtime {runtime!r}; known: {', '.join(dpu.RUNTIMES)}")
+    notes = [*profile.assumptions, *profile.power.notes]
+    base = {"measured": False, "precision": plan.label(network), "threads": 1, "runtime": runtime}
+    if odd and not options.as_int8:
+        reason = (f"the DPUCZDX8G runs only INT8, but {len(odd)} layers are not 8-bit (e.g. {odd[0]}); quantize "
+                  "to INT8 or pass as_int8=True to cost it as INT8 (the thesis saw 5-bit models run as 8-bit)")
+        return {**base, "deployable": False, "reason": reason, "latency_ms": None, "fps": None,
+                "fps_multi_thread": None, "energy_mj": None, "power_w": None, "energy_source": None,
+                "assumptions": notes}
+    if odd:
+        notes.append(f"{len(odd)} non-8-bit layers are costed as INT8 (as_int8=True): the DPU stores and runs "
+                     "sub-8-bit weights as 8-bit, so they are not faster")
+    board = dpu.DPU_BOARDS[profile.board]
+    cost = dpu.DpuModel(board)
+    case = Case(network=network, board=profile.board, threads=1, precision="int8", runtime=runtime,
+                clock_ghz=options.clock_ghz or 0.0)
+    table = cost.table(case)
+    prediction = cost.predict(profile.params, table)
+    latency = float(prediction.totals(table)[0])
+    fps_multi = float(cost.multi_core_fps(profile.params, table)[0])
+    unsupported = cost.unsupported(case)
+    if unsupported:
+        notes.append(f"{len(unsupported)} layers ({', '.join(unsupported[:3])}...) are not DPU operations; "
+                     "Vitis AI would run them on the ARM cores - costed here as DPU elementwise passes")
+    result = {**base, "deployable": True, "reason": None, **_timing(latency, profile.power.watts(1),
+                                                                     profile.power.source),
+              "fps_multi_thread": fps_multi,
+              "energy_mj_multi_thread": profile.power.watts(board.cores) / fps_multi * 1e3,
+              "assumptions": notes}
+    if options.per_layer:
+        result["per_layer"] = _per_layer(table, prediction)
+    return result
+
+
+def _arm_precision(plan: PrecisionPlan, network: Network) -> tuple[str, list[str]]:
+    """One kernel family per network: int8 when most MACs are <= 8 bit (mixed maps are noted)."""
+    bits = plan.weight_bits(network)
+    macs = {layer.name: layer.macs for layer in network.computed()}
+    low = sum(macs.get(n, 0) for n, b in bits.items() if b <= 8)
+    total = max(sum(macs.get(n, 0) for n in bits), 1)
+    precision = "int8" if (low / total >= 0.5 if bits else plan.default_bits <= 8) else "fp32"
+    notes = []
+    if len(set(bits.values())) > 1:
+        notes.append(f"mixed precision: every layer is costed with the {precision} kernels (most MACs)")
+    if any(b < 8 for b in bits.values()):
+        notes.append("sub-8-bit weights run with int8 kernels on the CPU: no faster than int8")
+    if any(8 < b < 32 for b in bits.values()):
+        notes.append("16-bit weights are costed with fp32 kernels (no fp16 arithmetic on the Cortex-A72)")
+    return precision, notes
+
+
+@register_estimator("arm")
+def _arm(model: nn.Module, network: Network, profile: Profile, options: Options) -> dict[str, Any]:
+    precision, notes = _arm_precision(resolve(options.precision, profile.default_precision), network)
+    runtime = options.runtime or profile.default_runtime
+    board = arm.ARM_BOARDS[profile.board]
+    threads = options.threads or profile.default_threads
+    if runtime not in arm.RUNTIMES:
+        raise ValueError(f"unknown CPU runtime {runtime!r}; known: {', '.join(arm.RUNTIMES)}")
+    if not 1 <= threads <= board.cores:
+        raise ValueError(f"threads must be 1..{board.cores} on {board.name}, got {threads}")
+    if f"{runtime}.{precision}." not in profile.calibration.get("fitted_groups", []):
+        notes.append(f"no {runtime} {precision} measurements were in the calibration data: these "
+                     "parameters are uncalibrated physical defaults")
+    cost = arm.ArmModel(board, tuple(profile.calibration.get("builds", ())))
+    table = cost.table(Case(network=network, board=profile.board, threads=threads, precision=precision,
+                            runtime=runtime, clock_ghz=options.clock_ghz or 0.0))
+    prediction = cost.predict(profile.params, table)
+    watts = profile.power.watts(threads)
+    result = {"measured": False, "deployable": True, "reason": None, "precision": precision,
+              "threads": threads, "runtime": runtime,
+              **_timing(float(prediction.totals(table)[0]), watts, profile.power.source),
+              "assumptions": [*profile.assumptions, *profile.power.notes, *notes]}
+    if options.per_layer:
+        result["per_layer"] = _per_layer(table, prediction)
+    return result
+
+
+_HOST_CACHE: OrderedDict[tuple, host.HostMeasurement] = OrderedDict()
+
+
+@register_estimator("host")
+def _host(model: nn.Module, network: Network, profile: Profile, options: Options) -> dict[str, Any]:
+    host.require_real_weights(model)
+    plan = resolve(options.precision, "fp32")
+    bits = plan.weight_bits(network) or {"*": plan.default_bits}
+    precision = "int8" if max(bits.values()) <= 8 else "fp32"
+    threads = options.threads or profile.default_threads
+    key = (signature(model, network.input_shape), precision, threads)
+    cached = options.use_cache and key in _HOST_CACHE
+    measurement = _HOST_CACHE[key] if cached else host.measure(model, network.input_shape, precision=precision,
+                                                                threads=threads)
+    if options.use_cache:
+        _HOST_CACHE[key] = measurement
+        while len(_HOST_CACHE) > 64:
+            _HOST_CACHE.popitem(last=False)
+    watts = profile.power.watts(threads)
+    notes = [*profile.power.notes, f"measured with onnxruntime {measurement.onnxruntime} on {measurement.cpu}, "
+             f"{threads} thread(s), median of {measurement.runs} runs after {measurement.warmup} warm-up runs"]
+    if cached:
+        notes.append("repeated call: the measurement of this network structure is reused (use_cache=False "
+                     "to measure again)")
+    result = {"measured": True, "deployable": True, "reason": None, "precision": precision,
+              "threads": threads, "runtime": "onnxruntime", **_timing(measurement.latency_ms, watts, "assumed"),
+              "latency_p10_ms": measurement.p10_ms, "latency_p90_ms": measurement.p90_ms,
+              "runs": measurement.runs, "cpu": measurement.cpu, "cached": cached, "assumptions": notes}
+    if options.per_layer:
+        result["per_layer"] = []
+        result["assumptions"].append("no per-layer breakdown for the measured target")
+    return result

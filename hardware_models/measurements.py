@@ -1,0 +1,113 @@
+"""Read a measurement table in the format of the calibration data (data/README.md).
+
+Columns used: `spec` and `input` (the network), a latency column (`latency_ms`, or one ending in
+`_latency_ms` such as HW-NAS-Bench's `raspi4_latency_ms`), and where present `board`, `runtime`,
+`threads`, `precision`, `fps_multi_thread`, `source`. Missing settings take the target's defaults, so
+a bare `spec,input,latency_ms` table calibrates too. Rows without a spec (networks with no torch
+equivalent) are skipped and reported, never guessed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hardware_models.graph import parse_input
+
+
+@dataclass(frozen=True)
+class Measurement:
+    row: int                       # 1-based data row number in the file
+    spec: str
+    input_shape: tuple[int, ...]
+    latency_ms: float
+    board: str = ""
+    runtime: str = ""
+    threads: int = 0               # 0: the target's default
+    precision: str = ""
+    clock_ghz: float = 0.0
+    fps_multi_thread: float = math.nan
+    source: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec} [{self.input_shape[-1]}px, {self.precision or 'default'}, {self.threads or '-'}t]"
+
+
+@dataclass(frozen=True)
+class MeasurementTable:
+    path: str
+    sha256: str
+    rows: tuple[Measurement, ...]
+    skipped: tuple[str, ...]
+
+
+def _latency_column(header: Sequence[str]) -> str:
+    if "latency_ms" in header:
+        return "latency_ms"
+    candidates = [h for h in header if h.endswith("_latency_ms")]
+    if len(candidates) != 1:
+        raise ValueError(f"measurement table needs one latency column (latency_ms or *_latency_ms); "
+                         f"found columns {list(header)}")
+    return candidates[0]
+
+
+def _precision(text: str, note: str) -> str:
+    """`fp32`/`int8`; PyTorch tutorial rows say 'see note' and the note says int8 (quantize=True)."""
+    text = text.strip().lower()
+    if text in ("fp32", "int8", "fp16"):
+        return text
+    if "int8" in note.lower() or "quantiz" in note.lower():
+        return "int8"
+    return ""
+
+
+def _clock_ghz(board: str) -> float:
+    match = re.search(r"([\d.]+)\s*GHz", board)
+    return float(match.group(1)) if match else 0.0
+
+
+def _float(text: str | None) -> float:
+    try:
+        return float(text) if text not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def _int(text: str | None) -> int:
+    value = _float(text)
+    return 0 if math.isnan(value) else int(value)
+
+
+def load_measurements(path: str | Path) -> MeasurementTable:
+    path = Path(path)
+    raw = path.read_bytes()
+    reader = csv.DictReader(raw.decode("utf-8").splitlines())
+    header = reader.fieldnames or []
+    if "spec" not in header or "input" not in header:
+        raise ValueError(f"{path}: a measurement table needs 'spec' and 'input' columns; found {header}")
+    latency = _latency_column(header)
+    rows, skipped = [], []
+    for number, record in enumerate(reader, start=1):
+        spec = (record.get("spec") or "").strip()
+        name = record.get("model") or record.get("arch_index") or spec
+        if not spec:
+            skipped.append(f"row {number} ({name}): no spec (no torch equivalent named)")
+            continue
+        value = _float(record.get(latency))
+        if not value > 0:
+            skipped.append(f"row {number} ({name}): no positive latency")
+            continue
+        board = record.get("board") or ""
+        rows.append(Measurement(
+            row=number, spec=spec, input_shape=parse_input(record["input"]), latency_ms=value, board=board,
+            runtime=record.get("runtime") or "", threads=_int(record.get("threads")),
+            precision=_precision(record.get("precision") or "", record.get("note") or ""),
+            clock_ghz=_clock_ghz(board), fps_multi_thread=_float(record.get("fps_multi_thread")),
+            source=record.get("source") or ""))
+    return MeasurementTable(str(path), hashlib.sha256(raw).hexdigest(), tuple(rows), tuple(skipped))

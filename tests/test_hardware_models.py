@@ -1,0 +1,107 @@
+"""Physics of the DPU and ARM models, precision rules, energy bookkeeping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from hardware_models import build_network
+from hardware_models import estimate
+from hardware_models import resolve_profile
+from hardware_models.costmodel import Case
+from hardware_models.dpu import DPU_BOARDS
+from hardware_models.dpu import DpuModel
+from hardware_models.graph import extract
+
+torch.set_num_threads(1)
+SHAPE = (3, 56, 56)
+
+
+def convnet(width: int, depthwise: bool = False) -> nn.Module:
+    groups = width if depthwise else 1
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(width, width, 3, padding=1, groups=groups), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.Conv2d(width, width, 1), nn.ReLU()).eval()
+
+
+def dpu_cycles(model: nn.Module) -> float:
+    table = DpuModel(DPU_BOARDS["zcu104"]).table(Case(network=extract(model, SHAPE), board="zcu104"))
+    return float(table["cycles"].sum())
+
+
+def test_dpu_channels_round_up_to_the_array() -> None:
+    """Pruning 64 -> 49 channels saves nothing on a 16 x 16 channel array; 64 -> 48 does."""
+    assert dpu_cycles(convnet(49)) == dpu_cycles(convnet(64))
+    assert dpu_cycles(convnet(48)) < dpu_cycles(convnet(49))
+    latency = {w: estimate(convnet(w), SHAPE, "zcu104")["latency_ms"] for w in (48, 49, 64)}
+    assert latency[48] < latency[49]
+    assert latency[49] == pytest.approx(latency[64], rel=0.02)  # only DDR bytes differ
+
+
+def test_depthwise_uses_the_array_poorly() -> None:
+    profile = resolve_profile("zcu104")
+    assert profile.params["dwconv_cycle_factor"] > profile.params["conv_cycle_factor"] >= 1.0
+
+
+def test_dpu_runs_only_int8() -> None:
+    model = convnet(32)
+    int5 = estimate(model, SHAPE, "zcu104", precision="int5")
+    assert int5["deployable"] is False and "INT8" in int5["reason"] and int5["latency_ms"] is None
+    as8 = estimate(model, SHAPE, "zcu104", precision="int5", as_int8=True)
+    int8 = estimate(model, SHAPE, "zcu104", precision="int8")
+    assert as8["deployable"] and as8["latency_ms"] == int8["latency_ms"]
+    assert any("8-bit" in a for a in as8["assumptions"])
+    mixed = estimate(model, SHAPE, "zcu104", precision={"*": 8, "2": 4})
+    assert mixed["deployable"] is False and "'2'" not in mixed["reason"] and "2 (4-bit)" in mixed["reason"]
+    with pytest.raises(KeyError, match="does not have"):
+        estimate(model, SHAPE, "zcu104", precision={"conv9": 8})
+
+
+def test_zcu104_power_is_declared_unmeasured() -> None:
+    result = estimate(convnet(32), SHAPE, "zcu104")
+    assert result["energy_source"] == "assumed"
+    assert any("NO measurement of ZCU104 power" in a for a in result["assumptions"])
+
+
+def test_multi_thread_throughput_uses_all_cores() -> None:
+    model = build_network("torchvision:resnet18", device="meta")
+    one = estimate(model, (3, 224, 224), "zcu104")
+    three = estimate(model, (3, 224, 224), "zcu102")
+    assert one["fps"] < one["fps_multi_thread"] <= 2 * one["fps"] * 1.2
+    assert three["fps_multi_thread"] > one["fps_multi_thread"]  # 3 cores at 281 MHz vs 2 at 300 MHz
+    assert three["latency_ms"] > one["latency_ms"]  # one core, lower clock
+    assert "transferred" in three["basis"]
+
+
+def test_vart_python_costs_more_than_cpp() -> None:
+    model = convnet(32)
+    python = estimate(model, SHAPE, "zcu104")["latency_ms"]
+    cpp = estimate(model, SHAPE, "zcu104", runtime="vart-cpp")["latency_ms"]
+    assert python > cpp
+    with pytest.raises(ValueError, match="vart-python"):
+        estimate(model, SHAPE, "zcu104", runtime="tensorrt")
+
+
+def test_arm_threads_precision_and_clock() -> None:
+    model = build_network("torchvision:resnet18", device="meta")
+    shape = (3, 224, 224)
+    four = estimate(model, shape, "rpi4")
+    one = estimate(model, shape, "rpi4", threads=1)
+    int8 = estimate(model, shape, "rpi4", precision="int8")
+    slow = estimate(model, shape, "rpi4", clock_ghz=1.5)
+    assert (four["threads"], four["precision"], four["runtime"]) == (4, "fp32", "ncnn")
+    assert one["latency_ms"] > four["latency_ms"] and one["power_w"] < four["power_w"]
+    assert int8["latency_ms"] < four["latency_ms"]
+    assert slow["latency_ms"] > four["latency_ms"]
+    with pytest.raises(ValueError, match="threads must be 1..4"):
+        estimate(model, shape, "rpi4", threads=8)
+
+
+def test_rpi5_is_derived_from_rpi4_with_stated_assumptions() -> None:
+    model = build_network("torchvision:mobilenet_v2", device="meta")
+    pi4 = estimate(model, (3, 224, 224), "rpi4", precision="int8", runtime="pytorch")
+    pi5 = estimate(model, (3, 224, 224), "rpi5", precision="int8", runtime="pytorch")
+    assert 1.2 < pi4["latency_ms"] / pi5["latency_ms"] < 1.6
+    assert any("Raspberry Pi 5 has NO calibration data" in a for a in pi5["assumptions"])
+    assert pi5["energy_source"] == "assumed"
