@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
@@ -113,6 +114,27 @@ class Recipe:
         data.pop("label")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
+    def problems(self, teacher_arch: str | None = None, *, resolution: int | None = None) -> list[str]:
+        """Every reason this recipe cannot be applied; network-specific checks need `teacher_arch`.
+
+        `resolution` is the study's input size (default: the teacher's design resolution).
+        """
+        found = [reason for rule in RULES if (reason := rule(self))]
+        if teacher_arch is not None:
+            student_arch = teacher_arch if self.student == TEACHER else self.student
+            unknown = _known_student(student_arch, teacher_arch, resolution)
+            rules = () if unknown else NETWORK_RULES  # the other rules build the networks
+            found += [unknown] if unknown else []
+            found += [reason for rule in rules if (reason := rule(self, student_arch, teacher_arch))]
+        return found
+
+    def validate(self, teacher_arch: str | None = None, *, resolution: int | None = None) -> None:
+        """Raise ValueError naming every problem (one line) when the recipe cannot be applied."""
+        found = self.problems(teacher_arch, resolution=resolution)
+        if found:
+            name = f" {self.label!r}" if self.label else ""
+            raise ValueError(f"invalid recipe{name}: " + "; ".join(found))
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
@@ -143,3 +165,103 @@ ENUMS = {e.__name__: e for e in (DistillKind, PruneKind, Importance, PruneSchedu
 def _enum(type_name: Any, value: Any) -> Any:
     enum = ENUMS.get(str(type_name))
     return enum(value) if enum is not None else value
+
+
+# --- validation: each rule returns the reason a recipe is invalid, or None ------------------------------------
+
+VALID_BITS = frozenset({*range(2, 9), 16, 32})
+MAX_PRUNE_RATIO = 0.95
+MAGNITUDE_ONLY = frozenset({Importance.L1, Importance.L2, Importance.RANDOM})  # single weights have no BN/Taylor
+
+
+def _ratio(r: Recipe) -> str | None:
+    p = r.prune
+    if not 0.0 <= p.ratio <= MAX_PRUNE_RATIO:
+        return f"prune.ratio {p.ratio} is outside 0 .. {MAX_PRUNE_RATIO}"
+    if p.kind in (PruneKind.STRUCTURED, PruneKind.UNSTRUCTURED) and p.ratio == 0.0:
+        return f"{p.kind.value} pruning with ratio 0 removes nothing; use prune.kind 'none'"
+    if p.kind in (PruneKind.NONE, PruneKind.LAYER) and p.ratio != 0.0:
+        return f"prune.ratio {p.ratio} has no meaning for prune.kind {p.kind.value!r} (layer pruning counts blocks)"
+    return None
+
+
+def _layer_counts(r: Recipe) -> str | None:
+    p = r.prune
+    if p.kind == PruneKind.LAYER and p.blocks_removed < 1:
+        return "layer pruning needs prune.blocks_removed >= 1"
+    if p.kind != PruneKind.LAYER and p.blocks_removed:
+        return f"prune.blocks_removed is only for layer pruning, not {p.kind.value!r}"
+    return None
+
+
+def _prune_settings(r: Recipe) -> str | None:
+    p = r.prune
+    if p.round_to < 1 or p.candidates < 1 or p.steps < 1:
+        return "prune.round_to, prune.candidates and prune.steps must all be >= 1"
+    if p.kind == PruneKind.UNSTRUCTURED and p.importance not in MAGNITUDE_ONLY:
+        return f"unstructured pruning ranks single weights: importance {p.importance.value!r} needs channels"
+    return None
+
+
+def _bits(r: Recipe) -> str | None:
+    q = r.quant
+    bits = [q.weight_bits, q.act_bits, *(b for _, w, a in q.layer_bits for b in (w, a))]
+    bad = sorted({b for b in bits if b not in VALID_BITS})
+    return f"bit widths {bad} are not supported; use 2..8, 16 or 32" if bad else None
+
+
+def _distill(r: Recipe) -> str | None:
+    d = r.distill
+    if d.temperature <= 0 or not 0.0 <= d.alpha <= 1.0 or d.feature_weight < 0:
+        return "distillation needs temperature > 0, 0 <= alpha <= 1 and feature_weight >= 0"
+    if d.kind == DistillKind.FEATURE and r.student == TEACHER:
+        return "feature distillation needs a separate student; the teacher compressed in place uses 'logit'"
+    if d.kind == DistillKind.FEATURE and not d.feature_pairs:
+        return "feature distillation needs distill.feature_pairs (spaces.distillation.default_pairs proposes them)"
+    if d.kind != DistillKind.FEATURE and d.feature_pairs:
+        return f"distill.feature_pairs are only used by feature distillation, not {d.kind.value!r}"
+    return None
+
+
+RULES: tuple[Callable[[Recipe], str | None], ...] = (_ratio, _layer_counts, _prune_settings, _bits, _distill)
+
+
+def _known_student(student: str, teacher: str, resolution: int | None) -> str | None:
+    from spaces.architectures import ARCHITECTURES  # lazily: recipe.py stays free of torch
+
+    unknown = [a for a in (student, teacher) if a not in ARCHITECTURES]
+    if unknown:
+        return f"unknown architecture {unknown[0]!r}; known: {', '.join(sorted(ARCHITECTURES))}"
+    s, t = ARCHITECTURES[student], ARCHITECTURES[teacher]
+    if s.fixed_resolution and (resolution or t.default_resolution) != s.default_resolution:
+        return f"student {student} only takes {s.default_resolution}x{s.default_resolution} inputs"
+    return None
+
+
+def _removable_blocks(r: Recipe, student: str, teacher: str) -> str | None:
+    from spaces.pruning import network_facts  # lazily: builds networks
+
+    available = network_facts(student).removable_blocks
+    if r.prune.kind == PruneKind.LAYER and r.prune.blocks_removed > available:
+        return f"layer pruning removes {r.prune.blocks_removed} residual blocks but {student} has {available}"
+    return None
+
+
+def _batchnorm(r: Recipe, student: str, teacher: str) -> str | None:
+    from spaces.pruning import network_facts  # lazily: builds networks
+
+    uses_bn = r.prune.kind in (PruneKind.STRUCTURED, PruneKind.LAYER) and r.prune.importance == Importance.BN_SCALE
+    if uses_bn and not network_facts(student).has_batchnorm:
+        return f"importance 'bn_scale' needs BatchNorm layers; {student} has none"
+    return None
+
+
+def _feature_layers(r: Recipe, student: str, teacher: str) -> str | None:
+    from spaces.pruning import network_facts  # lazily: builds networks
+
+    missing = [f"{s} (student)" for s, _ in r.distill.feature_pairs if s not in network_facts(student).module_names]
+    missing += [f"{t} (teacher)" for _, t in r.distill.feature_pairs if t not in network_facts(teacher).module_names]
+    return f"distill.feature_pairs name no such layer: {', '.join(missing)}" if missing else None
+
+
+NETWORK_RULES: tuple[Callable[[Recipe, str, str], str | None], ...] = (_removable_blocks, _batchnorm, _feature_layers)

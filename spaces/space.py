@@ -1,0 +1,207 @@
+"""The joint search space: which recipes a study may try, sampled define-by-run through an optuna trial.
+
+Parameter names are namespaced (`student`, `distill.kind`, `prune.ratio`, `quant.bits.layer3`, ...) and a
+name always carries the same distribution, as optuna's samplers require. Where a choice is impossible
+for the sampled student (feature distillation of the teacher itself, layer pruning of a network without
+residual blocks, BN-scale importance without BatchNorm) the parameter gets a name that lists the choices
+left, e.g. `prune.kind[none|structured|unstructured]`: samplers then learn each variant separately instead
+of seeing one name with two meanings. Every suggested recipe is validated before it is returned.
+
+The same function serves Ray Tune (`ray.tune.search.optuna.OptunaSearch(space=space.define_by_run)`);
+`from_params` rebuilds the recipe of a finished trial from its parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from dataclasses import field
+from enum import StrEnum
+from typing import Any
+
+import optuna
+
+from spaces.architectures import create_model
+from spaces.architectures import list_architectures
+from spaces.distillation import HINT_LAYERS
+from spaces.distillation import default_pairs
+from spaces.pruning import MAX_RATIO
+from spaces.pruning import network_facts
+from spaces.quantization import layer_groups
+from spaces.quantization import quantizable_layers
+from spaces.recipe import TEACHER
+from spaces.recipe import VALID_BITS
+from spaces.recipe import Calibration
+from spaces.recipe import Distillation
+from spaces.recipe import DistillKind
+from spaces.recipe import Importance
+from spaces.recipe import PruneKind
+from spaces.recipe import PruneSchedule
+from spaces.recipe import Pruning
+from spaces.recipe import Quantization
+from spaces.recipe import QuantKind
+from spaces.recipe import Recipe
+
+
+class BitGrouping(StrEnum):
+    UNIFORM = "uniform"  # one weight bit-width for the whole network
+    GROUP = "group"  # one per coarse group (`spaces.quantization.layer_groups`: stem, stages, head)
+    LAYER = "layer"  # one per Conv2d/Linear: the most freedom, the hardest search
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpaceConfig:
+    """What a study lets the search vary. Tuples list the allowed choices (strings are accepted)."""
+
+    students: tuple[str, ...] = (TEACHER, "resnet18", "mobilenet_v2", "squeezenet1_1")
+    distill_kinds: tuple[DistillKind, ...] = (DistillKind.NONE, DistillKind.LOGIT, DistillKind.FEATURE)
+    temperature_min: float = field(default=2.0, metadata={"min": 0.1, "max": 100.0})
+    temperature_max: float = field(default=8.0, metadata={"min": 0.1, "max": 100.0})
+    alpha_min: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
+    alpha_max: float = field(default=0.95, metadata={"min": 0.0, "max": 1.0})
+    prune_kinds: tuple[PruneKind, ...] = tuple(PruneKind)
+    importances: tuple[Importance, ...] = (Importance.L1, Importance.L2, Importance.BN_SCALE, Importance.TAYLOR)
+    schedules: tuple[PruneSchedule, ...] = tuple(PruneSchedule)
+    search_global: bool = True  # also try one global channel ranking instead of the same ratio everywhere
+    ratio_min: float = field(default=0.1, metadata={"min": 0.0, "max": MAX_RATIO})
+    ratio_max: float = field(default=0.7, metadata={"min": 0.0, "max": MAX_RATIO})
+    sparsity_min: float = field(default=0.3, metadata={"min": 0.0, "max": MAX_RATIO})
+    sparsity_max: float = field(default=0.9, metadata={"min": 0.0, "max": MAX_RATIO})
+    ratio_step: float = field(default=0.05, metadata={"min": 0.01, "max": 0.5})
+    round_to: int = field(default=8, metadata={"min": 1, "max": 256})  # the ZCU104 DPU computes 16 channels at once
+    candidates: int = field(default=8, metadata={"min": 1, "max": 256})
+    iterative_steps: int = field(default=3, metadata={"min": 2, "max": 100})
+    quant_kinds: tuple[QuantKind, ...] = (QuantKind.NONE, QuantKind.PTQ, QuantKind.QAT)
+    bit_choices: tuple[int, ...] = (4, 6, 8)
+    act_bit_choices: tuple[int, ...] = (8,)
+    grouping: BitGrouping = BitGrouping.GROUP
+    calibrations: tuple[Calibration, ...] = tuple(Calibration)
+    per_channel: bool = True
+
+    def __post_init__(self) -> None:
+        for name, enum in (("distill_kinds", DistillKind), ("prune_kinds", PruneKind), ("importances", Importance),
+                           ("schedules", PruneSchedule), ("quant_kinds", QuantKind), ("calibrations", Calibration)):
+            object.__setattr__(self, name, tuple(enum(v) for v in getattr(self, name)))
+        object.__setattr__(self, "grouping", BitGrouping(self.grouping))
+        problem = self.problem()
+        if problem:
+            raise ValueError(f"invalid search space: {problem}")
+
+    def problem(self) -> str | None:
+        """The first reason this configuration is unusable, or None."""
+        lists = ("students", "distill_kinds", "prune_kinds", "importances", "schedules", "quant_kinds", "bit_choices",
+                 "act_bit_choices", "calibrations")
+        empty = [name for name in lists if not getattr(self, name)]
+        unknown = [s for s in self.students if s != TEACHER and s not in list_architectures()]
+        bad_bits = sorted({b for b in (*self.bit_choices, *self.act_bit_choices) if b not in VALID_BITS})
+        checks = [
+            (empty, f"{', '.join(empty)} must list at least one choice"),
+            (unknown, f"unknown students {unknown}; known: {', '.join(list_architectures())} or {TEACHER!r}"),
+            (bad_bits, f"bit widths {bad_bits} are not supported; use 2..8, 16 or 32"),
+            (self.ratio_min > self.ratio_max or self.sparsity_min > self.sparsity_max, "a minimum exceeds its maximum"),
+            (self.ratio_min <= 0 or self.sparsity_min <= 0, "ratio_min and sparsity_min must be > 0 (kind none is 0)"),
+            (self.temperature_min > self.temperature_max or self.alpha_min > self.alpha_max,
+             "a minimum exceeds its maximum"),
+        ]
+        return next((reason for failed, reason in checks if failed), None)
+
+
+@functools.cache
+def _layer_names(arch: str, grouping: BitGrouping) -> tuple[str, ...]:
+    """Names that get their own bit-width parameter: groups or layers of the (unpruned) student."""
+    model = create_model(arch)
+    return tuple(layer_groups(model)) if grouping == BitGrouping.GROUP else tuple(quantizable_layers(model))
+
+
+def _choose(trial: optuna.Trial, name: str, allowed: list[Any], configured: tuple[Any, ...]) -> Any:
+    """suggest_categorical, with the remaining choices in the name when some are impossible here."""
+    if len(allowed) == 1:
+        return allowed[0]
+    if tuple(allowed) != tuple(configured):
+        name = f"{name}[{'|'.join(str(getattr(a, 'value', a)) for a in allowed)}]"
+    values = [getattr(a, "value", a) for a in allowed]
+    picked = trial.suggest_categorical(name, values)
+    return allowed[values.index(picked)]
+
+
+def _float(trial: optuna.Trial, name: str, low: float, high: float, **kwargs: Any) -> float:
+    return low if low == high else trial.suggest_float(name, low, high, **kwargs)
+
+
+class SearchSpace:
+    """Recipes for one teacher architecture, suggested through any optuna trial (or Ray Tune's wrapper)."""
+
+    def __init__(self, config: SpaceConfig, teacher_arch: str) -> None:
+        if teacher_arch not in list_architectures():
+            raise KeyError(f"unknown teacher {teacher_arch!r}; known: {', '.join(list_architectures())}")
+        self.config, self.teacher_arch = config, teacher_arch
+
+    def arch(self, student: str) -> str:
+        return self.teacher_arch if student == TEACHER else student
+
+    def suggest(self, trial: optuna.Trial) -> Recipe:
+        student = trial.suggest_categorical("student", list(self.config.students))
+        prune = self._prune(trial, self.arch(student))
+        recipe = Recipe(student=student, distill=self._distill(trial, student), prune=prune,
+                        quant=self._quant(trial, self.arch(student)))
+        recipe.validate(self.teacher_arch)  # failing here is a bug in the space, not in the trial
+        return recipe
+
+    def define_by_run(self, trial: optuna.Trial) -> dict[str, str]:
+        """Ray Tune's define-by-run form: samples through `trial`, returns the recipe as a constant."""
+        return {"recipe": self.suggest(trial).to_json()}
+
+    def from_params(self, params: dict[str, Any]) -> Recipe:
+        """The recipe a trial with these parameters got (replays `suggest` on a FixedTrial)."""
+        return self.suggest(optuna.trial.FixedTrial({k: v for k, v in params.items() if k != "recipe"}))
+
+    def _distill(self, trial: optuna.Trial, student: str) -> Distillation:
+        c = self.config
+        feature_ok = student != TEACHER and {self.arch(student), self.teacher_arch} <= set(HINT_LAYERS)
+        allowed = [k for k in c.distill_kinds if k != DistillKind.FEATURE or feature_ok]
+        kind = _choose(trial, "distill.kind", allowed, c.distill_kinds)
+        if kind == DistillKind.NONE:
+            return Distillation()
+        temperature = _float(trial, "distill.temperature", c.temperature_min, c.temperature_max, log=True)
+        alpha = _float(trial, "distill.alpha", c.alpha_min, c.alpha_max)
+        pairs = default_pairs(self.arch(student), self.teacher_arch) if kind == DistillKind.FEATURE else ()
+        return Distillation(kind=kind, temperature=temperature, alpha=alpha, feature_pairs=pairs)
+
+    def _prune(self, trial: optuna.Trial, arch: str) -> Pruning:
+        c, facts = self.config, network_facts(arch)
+        kinds = [k for k in c.prune_kinds if k != PruneKind.LAYER or facts.removable_blocks > 0]
+        kind = _choose(trial, "prune.kind", kinds, c.prune_kinds)
+        if kind == PruneKind.NONE:
+            return Pruning()
+        schedule = _choose(trial, "prune.schedule", list(c.schedules), c.schedules)
+        steps = c.iterative_steps if schedule == PruneSchedule.ITERATIVE else 1
+        common = {"kind": kind, "schedule": schedule, "steps": steps, "round_to": c.round_to}
+        if kind == PruneKind.UNSTRUCTURED:
+            sparsity = _float(trial, "prune.sparsity", c.sparsity_min, c.sparsity_max, step=c.ratio_step)
+            return Pruning(ratio=sparsity, global_ranking=self._global(trial), **common)
+        importances = [i for i in c.importances if i != Importance.BN_SCALE or facts.has_batchnorm]
+        importance = _choose(trial, "prune.importance", importances, c.importances)
+        ratio = _float(trial, "prune.ratio", c.ratio_min, c.ratio_max, step=c.ratio_step)
+        if kind == PruneKind.LAYER:
+            blocks = min(facts.removable_blocks, max(1, round(ratio * facts.removable_blocks)))
+            return Pruning(blocks_removed=blocks, importance=importance, **common)
+        candidates = c.candidates if schedule == PruneSchedule.ONESHOT else Pruning().candidates
+        return Pruning(ratio=ratio, importance=importance, global_ranking=self._global(trial), candidates=candidates,
+                       **common)
+
+    def _global(self, trial: optuna.Trial) -> bool:
+        return bool(trial.suggest_categorical("prune.global", [False, True])) if self.config.search_global else False
+
+    def _quant(self, trial: optuna.Trial, arch: str) -> Quantization:
+        c = self.config
+        kind = _choose(trial, "quant.kind", list(c.quant_kinds), c.quant_kinds)
+        if kind not in (QuantKind.PTQ, QuantKind.QAT):
+            return Quantization(kind=kind)
+        calibration = _choose(trial, "quant.calibration", list(c.calibrations), c.calibrations)
+        act_bits = _choose(trial, "quant.abits", list(c.act_bit_choices), c.act_bit_choices)
+        common = {"kind": kind, "act_bits": act_bits, "calibration": calibration, "per_channel": c.per_channel}
+        if c.grouping == BitGrouping.UNIFORM:
+            return Quantization(weight_bits=_choose(trial, "quant.bits", list(c.bit_choices), c.bit_choices), **common)
+        names = _layer_names(arch, c.grouping)
+        bits = [_choose(trial, f"quant.bits.{n}", list(c.bit_choices), c.bit_choices) for n in names]
+        return Quantization(layer_bits=tuple((n, b, act_bits) for n, b in zip(names, bits, strict=True)), **common)

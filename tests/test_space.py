@@ -1,0 +1,172 @@
+"""The search space and recipe validation: suggestions are valid, names keep one distribution, the recipe hash
+is stable across processes, and Ray Tune's OptunaSearch drives the same space."""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from search.config import build
+from spaces.recipe import TEACHER
+from spaces.recipe import Distillation
+from spaces.recipe import DistillKind
+from spaces.recipe import Importance
+from spaces.recipe import PruneKind
+from spaces.recipe import Pruning
+from spaces.recipe import Quantization
+from spaces.recipe import QuantKind
+from spaces.recipe import Recipe
+from spaces.space import BitGrouping
+from spaces.space import SearchSpace
+from spaces.space import SpaceConfig
+
+REPO = Path(__file__).resolve().parent.parent
+ALL_CNN_STUDENTS = (TEACHER, "resnet18", "resnet50", "mobilenet_v2", "squeezenet1_0", "squeezenet1_1", "small_cnn")
+FIXED = Recipe(student="resnet18", distill=Distillation(kind=DistillKind.LOGIT, temperature=3.0),
+               prune=Pruning(kind=PruneKind.STRUCTURED, ratio=0.25, round_to=16),
+               quant=Quantization(kind=QuantKind.PTQ, layer_bits=(("layer3", 4, 8),)), label="fixed")
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, two OpenMP threads per process thrash (10-25x slower)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _ask(space: SearchSpace, trials: int, seed: int, sampler: type = optuna.samplers.RandomSampler) -> optuna.Study:
+    study = optuna.create_study(sampler=sampler(seed=seed))
+    for _ in range(trials):
+        trial = study.ask()
+        trial.set_user_attr("recipe", space.suggest(trial).to_json())
+        study.tell(trial, 0.0)
+    return study
+
+
+@pytest.mark.parametrize("grouping", list(BitGrouping))
+def test_suggestions_validate_and_each_name_keeps_one_distribution(grouping: BitGrouping) -> None:
+    space = SearchSpace(SpaceConfig(students=ALL_CNN_STUDENTS, grouping=grouping), "resnet50")
+    study = _ask(space, 120, seed=0)
+    seen: dict[str, optuna.distributions.BaseDistribution] = {}
+    kinds = collections.defaultdict(set)
+    for trial in study.trials:
+        recipe = Recipe.from_json(trial.user_attrs["recipe"])
+        recipe.validate("resnet50")
+        assert space.from_params(trial.params) == recipe  # parameters alone rebuild the recipe
+        for name, dist in trial.distributions.items():
+            assert seen.setdefault(name, dist) == dist, name
+        for part in ("distill", "prune", "quant"):
+            kinds[part].add(getattr(recipe, part).kind)
+        kinds["student"].add(recipe.student)
+    assert kinds["distill"] == set(DistillKind) and kinds["prune"] == set(PruneKind)
+    assert kinds["quant"] == {QuantKind.NONE, QuantKind.PTQ, QuantKind.QAT}
+    assert kinds["student"] == set(ALL_CNN_STUDENTS)
+    assert any(n.startswith("quant.bits") for n in seen)
+
+
+def test_impossible_choices_are_never_suggested() -> None:
+    space = SearchSpace(SpaceConfig(students=(TEACHER, "squeezenet1_1")), "resnet50")
+    for trial in _ask(space, 60, seed=1).trials:
+        recipe = Recipe.from_json(trial.user_attrs["recipe"])
+        if recipe.student == TEACHER:
+            assert recipe.distill.kind != DistillKind.FEATURE
+        else:  # no residual blocks, no BatchNorm
+            assert recipe.prune.kind != PruneKind.LAYER and recipe.prune.importance != Importance.BN_SCALE
+
+
+def test_same_seed_same_recipes_and_tpe_runs() -> None:
+    space = SearchSpace(SpaceConfig(), "resnet50")
+    runs = [[t.user_attrs["recipe"] for t in _ask(space, 15, seed=7).trials] for _ in range(2)]
+    assert runs[0] == runs[1]
+    _ask(space, 15, seed=0, sampler=optuna.samplers.TPESampler)
+
+
+def test_space_config_rejects_bad_values_and_builds_from_a_table() -> None:
+    bad = [{"ratio_min": 0.8, "ratio_max": 0.2}, {"bit_choices": (4, 9)}, {"students": ("resnet999",)},
+           {"quant_kinds": ()}, {"ratio_min": 0.0}]
+    for kwargs in bad:
+        with pytest.raises(ValueError, match="invalid search space"):
+            SpaceConfig(**kwargs)
+    assert SpaceConfig(distill_kinds=("none", "logit")).distill_kinds == (DistillKind.NONE, DistillKind.LOGIT)
+    built = build(SpaceConfig, {"ratio_max": 0.5, "round_to": 16, "grouping": "layer"}, "study.toml [space]")
+    assert built.round_to == 16 and built.grouping == BitGrouping.LAYER
+
+
+@pytest.mark.parametrize(("recipe", "reason"), [
+    (Recipe(distill=Distillation(kind=DistillKind.FEATURE, feature_pairs=(("layer4", "layer4"),))),
+     "feature distillation needs a separate student"),
+    (Recipe(prune=Pruning(kind=PruneKind.STRUCTURED, ratio=0.99)), "outside 0 .. 0.95"),
+    (Recipe(prune=Pruning(kind=PruneKind.STRUCTURED)), "removes nothing"),
+    (Recipe(quant=Quantization(kind=QuantKind.PTQ, weight_bits=9)), "bit widths [9]"),
+    (Recipe(quant=Quantization(kind=QuantKind.PTQ, layer_bits=(("layer1", 4, 12),))), "bit widths [12]"),
+    (Recipe(student="squeezenet1_0", prune=Pruning(kind=PruneKind.LAYER, blocks_removed=1)), "has 0"),
+    (Recipe(student="squeezenet1_0", prune=Pruning(kind=PruneKind.STRUCTURED, ratio=0.3,
+                                                    importance=Importance.BN_SCALE)), "needs BatchNorm"),
+    (Recipe(prune=Pruning(kind=PruneKind.UNSTRUCTURED, ratio=0.5, importance=Importance.TAYLOR)), "single weights"),
+    (Recipe(student="mlp"), "only takes 28x28"),
+    (Recipe(student="resnet999"), "unknown architecture"),
+    (Recipe(student="resnet18", distill=Distillation(kind=DistillKind.FEATURE, feature_pairs=(("layer9", "fc"),))),
+     "layer9 (student)"),
+])
+def test_invalid_recipes_are_rejected_with_a_reason(recipe: Recipe, reason: str) -> None:
+    with pytest.raises(ValueError, match="invalid recipe") as err:
+        recipe.validate("resnet50")
+    assert reason in str(err.value) and "\n" not in str(err.value)
+
+
+def test_recipe_hash_is_the_same_in_another_process() -> None:
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from spaces.recipe import Recipe; "
+            "print(Recipe.from_json(sys.argv[2]).hash())")
+    out = subprocess.run([sys.executable, "-c", code, str(REPO), FIXED.to_json()], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert out.stdout.strip() == FIXED.hash()
+    assert FIXED.hash() == Recipe.from_json(FIXED.to_json()).hash()
+
+
+def test_ray_tune_optuna_search_drives_the_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ray = pytest.importorskip("ray")
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = SearchSpace(SpaceConfig(students=(TEACHER, "resnet18")), "resnet18")
+    searcher = OptunaSearch(space=space.define_by_run, metric="score", mode="max",
+                            sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(5):
+        config = searcher.suggest(f"t{i}")
+        Recipe.from_json(config["recipe"]).validate("resnet18")
+        assert space.from_params(config) == Recipe.from_json(config["recipe"])
+
+    def trainable(config: dict) -> dict:
+        recipe = Recipe.from_json(config["recipe"])
+        recipe.validate("resnet18")
+        return {"score": recipe.prune.ratio, "hash": recipe.hash()}
+
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the workers import spaces too
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # nothing written under ~/.ray
+    # A short folder: Ray's socket paths under it must stay within the 107 bytes AF_UNIX allows.
+    ray_dir = tempfile.TemporaryDirectory(prefix="ray")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_dir.name, log_to_driver=False)
+    try:
+        searcher = OptunaSearch(space=space.define_by_run, metric="score", mode="max",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+        tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=2,
+                                                                  max_concurrent_trials=1),
+                           run_config=tune.RunConfig(storage_path=str(tmp_path / "results"), verbose=0))
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+        ray_dir.cleanup()
+    assert not results.errors and len(results) == 2
+    assert all(len(r.metrics["hash"]) == 16 for r in results)
