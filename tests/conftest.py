@@ -42,3 +42,13 @@ def mnist_root() -> Path:
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One teacher cache for the whole session, so each smoke teacher is trained once per test run."""
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: when other processes share the 2 cores, two OpenMP threads per
+    process thrash (10-25x slower). Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -18,13 +18,7 @@ from spaces.recipe import Quantization
 MLP_MACS = 784 * 64 + 64 * 64 + 64 * 10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():  # noqa: ANN201
-    """On a shared 2-core machine a second thread thrashes more than it helps."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bias_free() -> nn.Module:

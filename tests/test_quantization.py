@@ -265,13 +265,7 @@ QAT_TRAIN = TrainConfig(epochs=1, batch_size=128, optimizer="adam", lr=5e-4, wei
 QAT_STEPS = 60
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():  # noqa: ANN201
-    """Small networks gain nothing from a second thread, and on a shared 2-core machine it thrashes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 
 from search.config import build
 from spaces.recipe import TEACHER
@@ -37,13 +36,7 @@ FIXED = Recipe(student="resnet18", distill=Distillation(kind=DistillKind.LOGIT, 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, two OpenMP threads per process thrash (10-25x slower)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ask(space: SearchSpace, trials: int, seed: int, sampler: type = optuna.samplers.RandomSampler) -> optuna.Study:
