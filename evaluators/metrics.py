@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from evaluators.batches import Batcher
+from evaluators.cost import model_cost
 from evaluators.datasets import ImageSet
 
 
@@ -24,10 +24,7 @@ def accuracy(model: nn.Module, data: ImageSet, batcher: Batcher, *, device: torc
 
 
 def model_summary(model: nn.Module, input_shape: Sequence[int]) -> dict[str, float]:
-    """Parameters, multiply-accumulates at batch 1 and the fp32 size of the weights in bytes."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    macs, params = tp.utils.count_ops_and_params(model, torch.zeros((1, *input_shape), device=device))
-    model.train(was_training)
-    return {"params": int(params), "macs": int(macs), "size_bytes_fp32": int(params) * 4}
+    """Parameters, multiply-accumulates at batch 1 and the fp32 size in bytes, counted by the one cost model
+    every candidate is scored with, so the baseline and the compressed models are comparable."""
+    cost = model_cost(model, tuple(input_shape), storage="fp32")
+    return {"params": cost.params, "macs": cost.macs, "size_bytes_fp32": cost.size_bytes}
