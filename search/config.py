@@ -14,12 +14,17 @@ import dataclasses
 import tomllib
 import typing
 from dataclasses import dataclass
+from dataclasses import field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from evaluators.candidate import FidelityConfig
+from evaluators.candidate import HardwareConfig
 from evaluators.data import DataConfig
 from evaluators.teacher import TeacherConfig
+from search.engine import SearchConfig
+from spaces.space import SpaceConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_REQUIRED = ("smoke", "cpu", "paper")
@@ -40,6 +45,10 @@ class StudyConfig:
     study: StudyInfo
     data: DataConfig
     teacher: TeacherConfig
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    fidelity: FidelityConfig = field(default_factory=FidelityConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
     # Filled in by the loader, not by the file.
     profile: str = ""
     source: str = ""
@@ -49,13 +58,25 @@ class StudyConfig:
         return self.study.name
 
 
-FILE_SECTIONS = ("study", "data", "teacher")
+FILE_SECTIONS = ("study", "data", "teacher", "space", "search", "fidelity", "hardware")
 
 
 def _describe(tp: Any) -> str:
     if isinstance(tp, type) and issubclass(tp, Enum):
         return "one of " + ", ".join(repr(m.value) for m in tp)
     return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(tp: Any, value: Any, meta: typing.Mapping[str, Any], where: str) -> Any:
+    """A scalar, or a tuple of scalars (`tuple[int, ...]`), checked element by element."""
+    if typing.get_origin(tp) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        args = typing.get_args(tp)
+        if len(args) != 2 or args[1] is not Ellipsis:
+            raise TypeError(f"config field type {tp} is not supported (use tuple[X, ...])")
+        return tuple(_check_value(args[0], v, meta, f"{where}[{i}]") for i, v in enumerate(value))
+    return _check_scalar(tp, value, meta, where)
 
 
 def _check_scalar(tp: Any, value: Any, meta: typing.Mapping[str, Any], where: str) -> Any:
@@ -102,10 +123,28 @@ def build(cls: type, raw: Any, where: str) -> Any:
             continue
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = build(tp, raw[name], key)
+            kwargs[name] = build(tp, _over_default(f, raw[name]), key)
         else:
-            kwargs[name] = _check_scalar(tp, raw[name], f.metadata, key)
-    return cls(**kwargs)
+            kwargs[name] = _check_value(tp, raw[name], f.metadata, key)
+    try:
+        return cls(**kwargs)
+    except ValueError as err:  # a dataclass's own cross-field check (`__post_init__`)
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _over_default(f: dataclasses.Field, raw: Any) -> Any:
+    """A partial table overrides the field's *default value* key by key, not the nested class's own defaults:
+    `[fidelity.f2.budget.finetune_train] lr = 1e-4` keeps the rest of that level's default schedule."""
+    if not isinstance(raw, dict) or f.default_factory is dataclasses.MISSING:
+        return raw
+    return merge(as_table(f.default_factory()), raw)
+
+
+def as_table(obj: Any) -> Any:
+    """A dataclass instance as nested dicts of its init fields (values kept as they are)."""
+    if not dataclasses.is_dataclass(obj):
+        return obj
+    return {f.name: as_table(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
 
 
 def merge(base: dict, override: dict) -> dict:

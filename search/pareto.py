@@ -66,15 +66,22 @@ def _hso(p: np.ndarray, ref: np.ndarray) -> float:
     return volume
 
 
-def knee_index(points: np.ndarray, directions: Directions) -> int:
+def knee_index(points: np.ndarray, directions: Directions, weights: Sequence[float] | None = None) -> int:
     """The front point closest to the utopia point after scaling every objective to [0, 1].
 
-    A simple, scale-free notion of "the best compromise"; returned as an index into `points`.
+    A simple, scale-free notion of "the best compromise"; returned as an index into `points`. `weights`
+    scale each objective's axis (e.g. accuracy as heavy as all the cost objectives together).
     """
     p = to_minimisation(points, directions)
     lo, hi = p.min(axis=0), p.max(axis=0)
     span = np.where(hi > lo, hi - lo, 1.0)
-    scaled = (p - lo) / span
+    scaled = (p - lo) / span * np.sqrt(np.asarray(weights if weights is not None else np.ones(p.shape[1])))
     candidates = np.flatnonzero(pareto_mask(points, directions))
     distances = np.linalg.norm(scaled[candidates], axis=1)
     return int(candidates[np.argmin(distances)])
+
+
+def knee_weights(objectives: Sequence[str]) -> list[float]:
+    """Accuracy weighs as much as all the cost objectives together, so five costs do not drown it."""
+    costs = max(len(objectives) - 1, 1)
+    return [float(costs) if o == "accuracy" else 1.0 for o in objectives]

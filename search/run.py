@@ -1,7 +1,8 @@
 """`python -m search.run --study NAME`: run a compression study end to end.
 
-Today it resolves the study, prepares the data and the teacher and writes the baseline every
-compressed candidate is compared against; the search itself grows here. Errors a user can fix are one
+It resolves the study, prepares the data and the teacher, writes the baseline every compressed candidate
+is compared against, then searches (`search.study`) and writes trials.csv, pareto.csv, pareto.png and
+report.md. The optuna storage makes every run resumable: the same command continues it. Errors a user can fix are one
 line on stderr with a non-zero exit; Ctrl-C or SIGTERM saves progress, and rerunning continues.
 """
 
@@ -10,22 +11,29 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from evaluators.data import prepare_data
 from evaluators.datasets import DATA_ROOT_ENV
 from evaluators.datasets import DataError
 from evaluators.teacher import CACHE_ENV
-from evaluators.teacher import prepare_teacher
 from search.config import ConfigError
 from search.config import StudyConfig
 from search.config import available_studies
 from search.config import load_study
+from search.context import Context
+from search.context import RunSpec
+from search.context import load_context
+from search.context import make_plan
+from search.study import Backend
+from search.study import run_study
+from search.study import storage_url
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -58,6 +66,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to train and evaluate (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars (logs stay)")
+    p.add_argument("--trials", type=int, default=None, help="number of search trials (default: the profile's)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start the study over (default: resume it; finished trials are never repeated)")
+    p.add_argument("--storage", default=None,
+                   help="optuna RDB URL, e.g. postgresql://... (default: sqlite under the output folder)")
+    p.add_argument("--backend", default="local", choices=["local", "ray"],
+                   help="run trials in this process, or as Ray tasks (local Ray, or the cluster at --address)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
+    p.add_argument("--workers", type=int, default=2, help="Ray: trials evaluated at once (default 2)")
+    p.add_argument("--baseline-only", action="store_true",
+                   help="prepare data and teacher, write the baseline, and stop before the search")
     return p.parse_args(argv)
 
 
@@ -73,20 +92,27 @@ def config_as_json(config: StudyConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config), default=lambda o: getattr(o, "value", str(o))))
 
 
-def run(args: argparse.Namespace) -> dict:
-    config = load_study(args.study, args.profile or default_profile())
-    device = resolve_device(args.device)
-    out = Path(args.out or Path("runs") / config.name / config.profile)
-    out.mkdir(parents=True, exist_ok=True)
-    log = lambda msg: print(msg, flush=True)  # noqa: E731 - one sink for every line the run prints
-    log(f"study {config.name} (profile {config.profile}) from {config.source}; device {device}; output {out}")
-    t0 = time.monotonic()
-    splits, batcher = prepare_data(config.data, args.data_root, allow_download=not args.no_download)
-    log(f"data: {splits.info.name.value} from {splits.fingerprint}, splits {splits.sizes()}, "
-        f"resolution {batcher.resolution}")
-    teacher = prepare_teacher(config.teacher, splits, batcher, config.data.split,
-                              cache_dir=Path(args.cache_dir) if args.cache_dir else None, device=device,
-                              progress=not args.no_progress)
+def spec_from_args(args: argparse.Namespace, config: StudyConfig, out: Path, device: torch.device) -> RunSpec:
+    return RunSpec(study=str(config.source), profile=config.profile, out=str(out), data_root=args.data_root,
+                   cache_dir=args.cache_dir, device=device.type, allow_download=not args.no_download,
+                   progress=not args.no_progress, trials=args.trials or 0)
+
+
+def start_fresh(out: Path, storage: str | None) -> None:
+    """--fresh: forget the stored study and every cached result of this run folder (teachers stay cached)."""
+    if storage is None:
+        (out / "study.db").unlink(missing_ok=True)
+    else:
+        import optuna
+
+        for summary in optuna.get_all_study_summaries(storage):
+            optuna.delete_study(study_name=summary.study_name, storage=storage)
+    for folder in ("results", "checkpoints"):
+        shutil.rmtree(out / folder, ignore_errors=True)
+
+
+def write_baseline(ctx: Context, out: Path, log: Callable[[str], None], t0: float) -> dict:
+    teacher, config = ctx.teacher, ctx.config
     m = teacher.metrics
     source = "cache" if teacher.from_cache else "trained now"
     log(f"teacher {config.teacher.arch} ({source}, {teacher.folder}):")
@@ -99,6 +125,31 @@ def run(args: argparse.Namespace) -> dict:
     (out / "baseline.json").write_text(json.dumps(baseline, indent=2))
     log(f"wrote {out / 'baseline.json'} in {baseline['wall_seconds']:.0f} s")
     return baseline
+
+
+def run(args: argparse.Namespace) -> dict:
+    config = load_study(args.study, args.profile or default_profile())
+    make_plan(config)  # objectives and constraints are checked before any data is read
+    device = resolve_device(args.device)
+    out = Path(args.out or Path("runs") / config.name / config.profile)
+    if args.fresh:
+        start_fresh(out, args.storage)
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda msg: print(msg, flush=True)  # noqa: E731 - one sink for every line the run prints
+    log(f"study {config.name} (profile {config.profile}) from {config.source}; device {device}; output {out}")
+    t0 = time.monotonic()
+    spec = spec_from_args(args, config, out, device)
+    ctx = load_context(spec)
+    splits, batcher = ctx.splits, ctx.evaluator.batcher
+    log(f"data: {splits.info.name.value} from {splits.fingerprint}, splits {splits.sizes()}, "
+        f"resolution {batcher.resolution}")
+    baseline = write_baseline(ctx, out, log, t0)
+    if args.baseline_only:
+        return baseline
+    backend = Backend(kind=args.backend, address=args.address, workers=args.workers)
+    summary = run_study(ctx, storage_url(out, args.storage), backend, log)
+    log(f"done in {time.monotonic() - t0:.0f} s; report: {out / 'report.md'}")
+    return {**baseline, "summary": summary.__dict__}
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

@@ -136,6 +136,21 @@ class Recipe:
             raise ValueError(f"invalid recipe{name}: " + "; ".join(found))
 
 
+def describe(recipe: Recipe) -> str:
+    """One line for logs and tables: `resnet18 kd:logit prune:structured:0.3 ptq:4/8b`."""
+    parts = [recipe.student]
+    if recipe.distill.kind != DistillKind.NONE:
+        parts.append(f"kd:{recipe.distill.kind.value}")
+    if recipe.prune.kind != PruneKind.NONE:
+        parts.append(f"prune:{recipe.prune.kind.value}:{recipe.prune.ratio or recipe.prune.blocks_removed}")
+    if recipe.quant.kind in (QuantKind.PTQ, QuantKind.QAT):
+        bits = sorted({b for _, b, _ in recipe.quant.layer_bits}) or [recipe.quant.weight_bits]
+        parts.append(f"{recipe.quant.kind.value}:{'/'.join(map(str, bits))}b")
+    elif recipe.quant.kind != QuantKind.NONE:
+        parts.append(recipe.quant.kind.value)
+    return " ".join(parts)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}

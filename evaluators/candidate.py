@@ -1,0 +1,250 @@
+"""Score one recipe at one rung of the fidelity ladder: accuracy, cost and what it costs on each board.
+
+The ladder (DESIGN.md), cheapest first:
+- F0: cost only. The F1 build's structure is costed (params, MACs, bytes, latency and energy on every
+  target) and a `gate` may reject it before a single accuracy batch is run.
+- F1: no training spent on the recipe itself: prune + BN recalibration + PTQ calibration, accuracy on the
+  first `val_images` of the validation split. A fresh student is trained once per (student, distillation,
+  budget) and shared from the cache by every recipe that starts from it.
+- F2: a short KD/QAT recovery, scored the same way.
+- F3: the full fine-tune, scored on the whole validation split *and* the test split (final reports only);
+  its model is saved so that export can reuse it.
+
+Every result is cached on disk by recipe hash, level and budget fingerprint: no candidate is built twice,
+across processes (Ray workers share the folder) and across reruns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from dataclasses import dataclass
+from dataclasses import field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from evaluators.batches import Batcher
+from evaluators.cost import model_cost
+from evaluators.metrics import accuracy
+from evaluators.splits import Splits
+from evaluators.training import atomic_save
+from hardware_models import estimate
+from hardware_models import get_target
+from spaces.apply import Budget
+from spaces.apply import CompressedModel
+from spaces.apply import apply
+from spaces.fake_quant import float_mode
+from spaces.quantization import bit_widths
+from spaces.recipe import QuantKind
+from spaces.recipe import Recipe
+
+Gate = Callable[[dict[str, Any]], str | None]
+
+
+class Fidelity(StrEnum):
+    F1 = "f1"
+    F2 = "f2"
+    F3 = "f3"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LevelConfig:
+    """One rung: what `apply` may spend and how many validation images score it (0: the whole split)."""
+
+    val_images: int = field(default=1000, metadata={"min": 0, "max": 60000})
+    test_images: int = field(default=0, metadata={"min": 0, "max": 60000})  # F3 only; 0: the whole test split
+    budget: Budget = field(default_factory=lambda: Budget(cache_students=True))
+
+
+def _f2() -> LevelConfig:
+    return LevelConfig(val_images=2000, budget=Budget(finetune_steps=200, cache_students=True))
+
+
+def _f3() -> LevelConfig:
+    return LevelConfig(val_images=0, budget=Budget(finetune_steps=1000, cache_students=True))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FidelityConfig:
+    f1: LevelConfig = field(default_factory=LevelConfig)
+    f2: LevelConfig = field(default_factory=_f2)
+    f3: LevelConfig = field(default_factory=_f3)
+
+    def level(self, fidelity: Fidelity) -> LevelConfig:
+        return getattr(self, fidelity.value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HardwareConfig:
+    """Which boards score a candidate, at which input size, and which storage rule sizes it."""
+
+    targets: tuple[str, ...] = ("zcu104", "rpi4")
+    # Latency and energy are modelled at this input size (0: the study's resolution). The thesis deployed at
+    # 224x224 while the CPU profiles train at 32x32: accuracy then comes from 32, cost from 224.
+    resolution: int = field(default=0, metadata={"min": 0, "max": 1024})
+    storage: str = field(default="packed", metadata={"choices": ("packed", "dpu_int8", "fp32", "packed_sparse")})
+
+    def __post_init__(self) -> None:
+        for target in self.targets:
+            try:
+                get_target(target)
+            except KeyError as err:
+                raise ValueError(f"hardware.targets: {err.args[0]}") from None
+
+
+def level_fingerprint(level: LevelConfig, hardware: HardwareConfig) -> str:
+    blob = json.dumps({"level": asdict(level), "hardware": asdict(hardware)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+class ResultStore:
+    """Results as small JSON files, written atomically so that concurrent workers never read half a file."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def path(self, recipe: Recipe, fidelity: Fidelity, fingerprint: str) -> Path:
+        return self.folder / fidelity.value / f"{recipe.hash()}-{fingerprint}.json"
+
+    def get(self, recipe: Recipe, fidelity: Fidelity, fingerprint: str) -> dict[str, Any] | None:
+        path = self.path(recipe, fidelity, fingerprint)
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def put(self, recipe: Recipe, fidelity: Fidelity, fingerprint: str, result: dict[str, Any]) -> None:
+        path = self.path(recipe, fidelity, fingerprint)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
+        tmp.replace(path)
+
+
+def _precision(model: nn.Module, recipe: Recipe) -> dict[str, int] | str:
+    """What each layer runs at: the fake-quant bit-widths, fp16, or fp32 for an unquantized network."""
+    if recipe.quant.kind == QuantKind.FP16:
+        return "fp16"
+    if recipe.quant.kind == QuantKind.NONE:
+        return "fp32"
+    return {name: wbits for name, (wbits, _) in bit_widths(model).items()}
+
+
+def hardware_metrics(model: nn.Module, recipe: Recipe, shape: tuple[int, int, int],
+                     hardware: HardwareConfig) -> dict[str, Any]:
+    """latency_<target> (ms) and energy_<target> (mJ) per target; the DPU costs sub-8-bit layers as INT8
+    (it runs nothing else) and an unquantized network as the INT8 model Vitis AI would make of it."""
+    if hardware.resolution:
+        shape = (shape[0], hardware.resolution, hardware.resolution)
+    out: dict[str, Any] = {}
+    with float_mode(model):
+        for target in hardware.targets:
+            family = get_target(target).family
+            precision = _precision(model, recipe)
+            if family == "dpu" and isinstance(precision, str):
+                precision = "int8"
+            result = estimate(model, shape, target, precision=precision, as_int8=family == "dpu")
+            if result.get("latency_ms") is None:
+                raise ValueError(f"{target} cannot run this recipe: {result.get('reason')}")
+            out[f"latency_{target}"] = float(result["latency_ms"])
+            out[f"energy_{target}"] = float(result["energy_mj"])
+    return out
+
+
+def cost_metrics(compressed: CompressedModel, hardware: HardwareConfig) -> dict[str, Any]:
+    model, shape = compressed.model, compressed.input_shape
+    cost = model_cost(model, shape, storage=hardware.storage)
+    return {"params": cost.params, "macs": cost.macs, "bops": cost.bops, "sparsity": round(cost.sparsity, 4),
+            "size_mb": cost.size_bytes / 1e6, "storage": hardware.storage,
+            **hardware_metrics(model, compressed.recipe, shape, hardware)}
+
+
+@dataclass
+class Evaluator:
+    """Builds and scores recipes for one teacher and one dataset; the search engine only sees dicts."""
+
+    teacher: nn.Module
+    splits: Splits
+    batcher: Batcher
+    fidelity: FidelityConfig
+    hardware: HardwareConfig
+    store: ResultStore
+    cache_dir: Path | None = None
+    checkpoints: Path | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _teacher_acc: dict[int, float] = field(default_factory=dict)
+
+    def teacher_accuracy(self, val_images: int) -> float:
+        if val_images not in self._teacher_acc:
+            self._teacher_acc[val_images] = accuracy(self.teacher, self._val(val_images), self.batcher,
+                                                     device=self.device)
+        return self._teacher_acc[val_images]
+
+    def _val(self, images: int):  # noqa: ANN202 - an ImageSet
+        val = self.splits.val
+        return val if not images or images >= len(val) else val.subset(torch.arange(images))
+
+    def _test(self, images: int):  # noqa: ANN202 - an ImageSet
+        test = self.splits.test
+        return test if not images or images >= len(test) else test.subset(torch.arange(images))
+
+    def cached(self, recipe: Recipe, fidelity: Fidelity) -> dict[str, Any] | None:
+        return self.store.get(recipe, fidelity, self._fingerprint(fidelity))
+
+    def _fingerprint(self, fidelity: Fidelity) -> str:
+        return level_fingerprint(self.fidelity.level(fidelity), self.hardware)
+
+    def build(self, recipe: Recipe, fidelity: Fidelity) -> CompressedModel:
+        budget = self.fidelity.level(fidelity).budget
+        return apply(recipe, self.teacher, self.splits, self.batcher, budget, cache_dir=self.cache_dir,
+                     device=self.device)
+
+    def evaluate(self, recipe: Recipe, fidelity: Fidelity, gate: Gate | None = None) -> dict[str, Any]:
+        """Metrics of `recipe` at `fidelity` (from the cache when known); `gate` sees the F0 cost metrics and
+        returns a reason to stop before accuracy is measured (the result then carries `rejected`)."""
+        known = self.cached(recipe, fidelity)
+        if known is not None:
+            reason = gate(known) if gate else None
+            return {**known, "rejected": reason} if reason else known
+        t0 = time.monotonic()
+        compressed = self.build(recipe, fidelity)
+        metrics: dict[str, Any] = {"fidelity": fidelity.value, "recipe_hash": recipe.hash(),
+                                   **cost_metrics(compressed, self.hardware)}
+        reason = gate(metrics) if gate else None
+        if reason:
+            return {**metrics, "rejected": reason, "seconds": round(time.monotonic() - t0, 2)}
+        metrics.update(self._accuracy(compressed, fidelity))
+        metrics["seconds"] = round(time.monotonic() - t0, 2)
+        metrics["apply_seconds"] = compressed.info.get("seconds", {})
+        self.store.put(recipe, fidelity, self._fingerprint(fidelity), metrics)
+        return metrics
+
+    def _accuracy(self, compressed: CompressedModel, fidelity: Fidelity) -> dict[str, Any]:
+        images = self.fidelity.level(fidelity).val_images
+        acc = accuracy(compressed.model, self._val(images), self.batcher, device=self.device)
+        if not math.isfinite(acc):
+            raise ValueError("accuracy is not a number")
+        n = len(self._val(images))
+        out: dict[str, Any] = {"accuracy": acc, "accuracy_split": f"validation (first {n} images)",
+                               "accuracy_drop": self.teacher_accuracy(images) - acc}
+        if fidelity == Fidelity.F3:
+            test = self._test(self.fidelity.level(fidelity).test_images)
+            out["test_accuracy"] = accuracy(compressed.model, test, self.batcher, device=self.device)
+            out["test_split"] = f"test (first {len(test)} images)"
+            if self.checkpoints is not None:
+                self.checkpoints.mkdir(parents=True, exist_ok=True)
+                path = self.checkpoints / f"{compressed.recipe.hash()}.pt"
+                atomic_save({"recipe": compressed.recipe.to_json(), "input_shape": list(compressed.input_shape),
+                             "model": compressed.model.cpu()}, path)
+                compressed.model.to(self.device)
+                out["checkpoint"] = path.name
+        return out

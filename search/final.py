@@ -1,0 +1,103 @@
+"""After the search: the front chosen on validation metrics gets the full fine-tune (F3), and so do the
+baseline recipes (the thesis's table), through the same pipeline and the same budgets.
+
+The front is selected with F2 *validation* numbers only; F3 then reports test accuracy for those
+recipes. Selecting on test would leak it into model selection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from evaluators.candidate import Evaluator
+from evaluators.candidate import Fidelity
+from search.engine import BaselineSet
+from search.objectives import direction
+from search.pareto import knee_index
+from search.pareto import knee_weights
+from search.pareto import pareto_mask
+from spaces.recipe import Recipe
+from spaces.thesis_recipes import survey_quantization_recipes
+from spaces.thesis_recipes import thesis_table_recipes
+
+BASELINES: dict[BaselineSet, Callable[[str], list[Recipe]]] = {
+    BaselineSet.THESIS: thesis_table_recipes,
+    BaselineSet.SURVEY: lambda teacher: survey_quantization_recipes(),
+    BaselineSet.NONE: lambda teacher: [],
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One recipe with its metrics per fidelity (`f1`, `f2`, `f3`), from the search or a baseline."""
+
+    recipe: Recipe
+    source: str  # "trial 12" or "baseline"
+    metrics: dict[str, dict[str, Any]]
+    trial: int | None = None
+    feasible: bool = True
+
+
+def completed(study: optuna.Study) -> list[Candidate]:
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        metrics = {k: t.user_attrs[k] for k in ("f1", "f2") if k in t.user_attrs}
+        out.append(Candidate(Recipe.from_json(t.user_attrs["recipe"]), f"trial {t.number}", metrics, t.number,
+                             bool(t.user_attrs.get("feasible", True))))
+    return _unique(out)
+
+
+def _unique(candidates: list[Candidate]) -> list[Candidate]:
+    """The same recipe sampled twice is one candidate (the first trial that found it)."""
+    seen: dict[str, Candidate] = {}
+    for c in candidates:
+        seen.setdefault(c.recipe.hash(), c)
+    return list(seen.values())
+
+
+def points(candidates: list[Candidate], objectives: tuple[str, ...], level: str,
+           accuracy_key: str = "accuracy") -> np.ndarray:
+    return np.array([[float(c.metrics[level][accuracy_key if o == "accuracy" else o]) for o in objectives]
+                     for c in candidates], dtype=float).reshape(len(candidates), len(objectives))
+
+
+def front(candidates: list[Candidate], objectives: tuple[str, ...], level: str = "f2") -> list[Candidate]:
+    """Feasible, non-dominated candidates at `level` (validation metrics)."""
+    pool = [c for c in candidates if c.feasible and level in c.metrics]
+    if not pool:
+        return []
+    mask = pareto_mask(points(pool, objectives, level), [direction(o) for o in objectives])
+    return [c for c, keep in zip(pool, mask, strict=True) if keep]
+
+
+def spread(front_: list[Candidate], objectives: tuple[str, ...], limit: int) -> list[Candidate]:
+    """At most `limit` front members: the knee, then evenly spaced along accuracy, so F3 covers the front."""
+    if len(front_) <= limit:
+        return front_
+    dirs = [direction(o) for o in objectives]
+    knee = front_[knee_index(points(front_, objectives, "f2"), dirs, knee_weights(objectives))]
+    ordered = sorted(front_, key=lambda c: c.metrics["f2"]["accuracy"])
+    picks = {knee.recipe.hash(): knee}
+    for i in np.linspace(0, len(ordered) - 1, limit).round().astype(int):
+        if len(picks) >= limit:
+            break
+        picks.setdefault(ordered[i].recipe.hash(), ordered[i])
+    return list(picks.values())
+
+
+def finish(candidate: Candidate, evaluator: Evaluator, levels: tuple[Fidelity, ...]) -> Candidate:
+    metrics = dict(candidate.metrics)
+    for level in levels:
+        if level.value not in metrics:
+            metrics[level.value] = evaluator.evaluate(candidate.recipe, level)
+    return Candidate(candidate.recipe, candidate.source, metrics, candidate.trial, candidate.feasible)
+
+
+def baselines(which: BaselineSet, teacher_arch: str) -> list[Candidate]:
+    return [Candidate(r, "baseline", {}) for r in BASELINES[which](teacher_arch)]

@@ -1,0 +1,100 @@
+"""What a study optimises and what it forbids, as names of result metrics.
+
+Metric names are those `evaluators.candidate` writes: `accuracy` (%, validation), `accuracy_drop` (points
+below the teacher on the same images), `latency_<target>` (ms), `energy_<target>` (mJ), `size_mb`,
+`macs`, `params`, `bops`. A constraint is a string such as `"latency_zcu104 <= 5"` or
+`"accuracy_drop <= 1"`; the same grammar serves `search.export --pick "max accuracy with ..."`.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MAXIMISED = frozenset({"accuracy", "test_accuracy"})
+ACCURACY_METRICS = frozenset({"accuracy", "accuracy_drop", "test_accuracy"})  # known only after F1
+OPERATORS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, ">=": operator.ge, "<": operator.lt,
+                                                          ">": operator.gt}
+_CONSTRAINT = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(<=|>=|<|>)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*$")
+
+
+def direction(metric: str) -> str:
+    return "max" if metric in MAXIMISED else "min"
+
+
+def default_objectives(targets: Sequence[str]) -> tuple[str, ...]:
+    """Accuracy, then latency and energy on every target, then size."""
+    return ("accuracy", *(f"{kind}_{t}" for t in targets for kind in ("latency", "energy")), "size_mb")
+
+
+def known_metrics(targets: Sequence[str]) -> tuple[str, ...]:
+    return (*default_objectives(targets), "accuracy_drop", "test_accuracy", "macs", "params", "bops", "sparsity")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    metric: str
+    op: str
+    bound: float
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+    def violation(self, metrics: Mapping[str, Any]) -> float:
+        """How far `metrics` is past the bound (<= 0: satisfied), as optuna's constraints expect."""
+        value = float(metrics[self.metric])
+        return value - self.bound if self.op in ("<=", "<") else self.bound - value
+
+    def satisfied(self, metrics: Mapping[str, Any]) -> bool:
+        return OPERATORS[self.op](float(metrics[self.metric]), self.bound)
+
+    @property
+    def needs_accuracy(self) -> bool:
+        return self.metric in ACCURACY_METRICS
+
+
+def parse_constraint(text: str, known: Sequence[str]) -> Constraint:
+    match = _CONSTRAINT.match(text)
+    if not match:
+        raise ValueError(f"constraint {text!r} is not 'METRIC OP NUMBER' (OP one of <=, >=, <, >), "
+                         "e.g. 'latency_zcu104 <= 5'")
+    metric, op, bound = match.groups()
+    if metric not in known:
+        raise ValueError(f"constraint {text!r} names unknown metric {metric!r}; known: {', '.join(known)}")
+    return Constraint(metric, op, float(bound))
+
+
+def cost_gate(constraints: Sequence[Constraint]) -> Callable[[Mapping[str, Any]], str | None]:
+    """F0: the first violated constraint that needs no accuracy, as a reason; None when all hold."""
+    def gate(metrics: Mapping[str, Any]) -> str | None:
+        for c in constraints:
+            if not c.needs_accuracy and not c.satisfied(metrics):
+                return f"infeasible at F0: {c.metric} = {float(metrics[c.metric]):.4g} violates {c}"
+        return None
+    return gate
+
+
+@dataclass(frozen=True)
+class Pick:
+    """`max accuracy with latency_zcu104 <= 5 and size_mb < 2`: the best row under constraints."""
+
+    goal: str  # "max" or "min"
+    metric: str
+    constraints: tuple[Constraint, ...]
+
+
+def parse_pick(text: str, known: Sequence[str]) -> Pick:
+    head, _, tail = text.strip().partition(" with ")
+    words = head.split()
+    if len(words) != 2 or words[0] not in ("max", "min"):
+        raise ValueError(f"--pick {text!r}: expected 'knee', or 'max|min METRIC [with CONSTRAINT [and ...]]', "
+                         "e.g. 'max accuracy with latency_zcu104 <= 5'")
+    if words[1] not in known:
+        raise ValueError(f"--pick {text!r} names unknown metric {words[1]!r}; known: {', '.join(known)}")
+    parts = [p for p in re.split(r"\s+and\s+", tail) if p.strip()] if tail else []
+    return Pick(words[0], words[1], tuple(parse_constraint(p, known) for p in parts))

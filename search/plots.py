@@ -1,0 +1,54 @@
+"""pareto.png: accuracy against latency on each target, the front highlighted, the baselines marked."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers, CI or Ray workers
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _numeric(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    if frame.empty or any(c not in frame for c in columns):
+        return frame.iloc[0:0]
+    out = frame.copy()
+    for c in columns:
+        out[c] = pd.to_numeric(out[c], errors="coerce")
+    return out.dropna(subset=list(columns))
+
+
+def pareto_plot(path: Path, trials: pd.DataFrame, front: pd.DataFrame, baselines: pd.DataFrame,
+                targets: Sequence[str], *, title: str, highlight: dict[str, float] | None = None) -> None:
+    """One panel per target. Grey: every trial at F2 (validation). Red: the front at F3 (test).
+    Blue squares: the baseline recipes at F3 (test). `highlight` ({"latency_<t>": x, "accuracy": y}) marks one
+    point, e.g. the recipe an export bundle holds."""
+    fig, axes = plt.subplots(1, len(targets), figsize=(6.5 * len(targets), 5), squeeze=False)
+    for ax, target in zip(axes[0], targets, strict=True):
+        lat = f"latency_{target}"
+        t = _numeric(trials, f"f2_{lat}", "f2_accuracy")
+        ax.scatter(t[f"f2_{lat}"], t["f2_accuracy"], s=14, c="0.65", label="trials (F2, validation)")
+        f = _numeric(front, f"f3_{lat}", "f3_test_accuracy").sort_values(f"f3_{lat}")
+        ax.plot(f[f"f3_{lat}"], f["f3_test_accuracy"], "o-", c="tab:red", ms=6, label="front (F3, test)")
+        b = _numeric(baselines, f"f3_{lat}", "f3_test_accuracy")
+        ax.scatter(b[f"f3_{lat}"], b["f3_test_accuracy"], marker="s", s=36, c="tab:blue",
+                   label="baselines (F3, test)")
+        for _, row in b.iterrows():
+            ax.annotate(str(row.get("label", ""))[:24], (row[f"f3_{lat}"], row["f3_test_accuracy"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points", color="tab:blue")
+        if highlight and lat in highlight:
+            ax.scatter([highlight[lat]], [highlight["accuracy"]], marker="*", s=260, c="gold", edgecolors="k",
+                       zorder=5, label="this bundle (test)")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"modelled latency on {target} (ms, log scale)")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,128 @@
+"""One whole study: search (local or Ray), F3 for the front and the baselines, then every output file.
+
+Order of work, each step resumable: the optuna storage holds the search; the result cache holds every
+F1/F2/F3 evaluation, so a rerun after an interruption in the final stage re-does nothing it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from evaluators.candidate import Fidelity
+from search import engine
+from search import final
+from search import results
+from search.context import Context
+from search.plots import pareto_plot
+from spaces.recipe import Recipe
+from spaces.space import SearchSpace
+
+Log = Callable[[str], None]
+ALL_LEVELS = (Fidelity.F1, Fidelity.F2, Fidelity.F3)
+
+
+@dataclass(frozen=True)
+class Backend:
+    kind: str = "local"  # "local" or "ray"
+    address: str | None = None
+    workers: int = 1
+
+
+def storage_url(out: Path, storage: str | None) -> str:
+    return storage or f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def search(ctx: Context, storage: str, backend: Backend, log: Log) -> optuna.Study:
+    cfg = ctx.config
+    study = engine.open_study(f"{cfg.name}-{cfg.profile}", storage, cfg.search, ctx.plan.objectives,
+                              bool(ctx.plan.constraints))
+    retried = engine.requeue_interrupted(study)
+    done = engine.count_finished(study)
+    if done or retried:
+        log(f"resuming: {done} trials finished earlier" + (f", {retried} interrupted ones retried" if retried else ""))
+    space = SearchSpace(cfg.space, cfg.teacher.arch)
+    progress = engine.Progress(cfg.search.trials, done, log)
+    if backend.kind == "ray":
+        from search.ray_backend import run_ray  # Ray is imported only when asked for
+
+        run_ray(study, space, ctx, backend, progress)
+    else:
+        engine.run_local(study, space, ctx.evaluator, cfg.search, ctx.plan.objectives, ctx.plan.constraints,
+                         progress)
+    return study
+
+
+def finalise(ctx: Context, study: optuna.Study, log: Log) -> tuple[list[final.Candidate], list[final.Candidate]]:
+    objectives = ctx.plan.objectives
+    pool = final.completed(study)
+    chosen = final.spread(final.front(pool, objectives), objectives, ctx.config.search.final_max)
+    base = final.baselines(ctx.config.search.baselines, ctx.config.teacher.arch)
+    todo = [(c, (Fidelity.F3,)) for c in chosen] + [(b, ALL_LEVELS) for b in base]
+    log(f"final stage: F3 for {len(chosen)} front recipes (of {len(pool)} scored) and {len(base)} baselines")
+    done_front, done_base = [], []
+    for i, (candidate, levels) in enumerate(todo, 1):
+        t0 = time.monotonic()
+        try:
+            finished = final.finish(candidate, ctx.evaluator, levels)
+        except Exception as err:  # noqa: BLE001 - one broken baseline must not lose the whole report
+            log(f"[final {i}/{len(todo)}] {candidate.recipe.label or candidate.source} failed: {err}")
+            continue
+        (done_front if candidate.source != "baseline" else done_base).append(finished)
+        f3 = finished.metrics["f3"]
+        log(f"[final {i}/{len(todo)}] {candidate.source} {candidate.recipe.label or results.describe(candidate.recipe)}"
+            f": test {f3['test_accuracy']:.2f}%, val {f3['accuracy']:.2f}% ({time.monotonic() - t0:.0f} s)")
+    return done_front, done_base
+
+
+def reference(ctx: Context) -> dict[str, Any]:
+    """The uncompressed teacher's costs at F1 (no training: its accuracy is the teacher's)."""
+    return ctx.evaluator.evaluate(Recipe(label="uncompressed teacher"), Fidelity.F1)
+
+
+def write_outputs(ctx: Context, study: optuna.Study, front_: list[final.Candidate],
+                  base: list[final.Candidate], header: dict[str, Any], log: Log) -> results.Summary:
+    out, objectives = ctx.out, ctx.plan.objectives
+    by_hash = {c.recipe.hash(): c for c in front_}
+    trials = results.trials_table(study, by_hash)
+    trials.to_csv(out / "trials.csv", index=False)
+    front_table = results.candidates_table(front_, ctx.plan.constraints)
+    base_table = results.candidates_table(base, ctx.plan.constraints)
+    worst = [reference(ctx), *(c.metrics[k] for c in [*final.completed(study), *front_, *base]
+                               for k in ("f2", "f3") if k in c.metrics)]
+    summary = results.summarise(front_, base, objectives, worst)
+    if not front_table.empty:
+        front_table["knee"] = [i == summary.knee for i in range(len(front_table))]
+    front_table.to_csv(out / "pareto.csv", index=False)
+    base_table.to_csv(out / "baselines.csv", index=False)
+    pareto_plot(out / "pareto.png", trials, front_table, base_table, ctx.config.hardware.targets,
+                title=f"{ctx.config.name} ({ctx.config.profile}): {len(trials)} trials, front of {len(front_)}")
+    results.write_report(out / "report.md", header, front_, base, objectives, summary)
+    (out / "summary.json").write_text(json.dumps({**header, **summary.__dict__}, indent=2, default=str))
+    log(f"wrote trials.csv ({len(trials)} rows), pareto.csv ({len(front_table)}), baselines.csv, pareto.png, "
+        f"report.md under {out}")
+    return summary
+
+
+def run_study(ctx: Context, storage: str, backend: Backend, log: Log) -> results.Summary:
+    t0 = time.monotonic()
+    study = search(ctx, storage, backend, log)
+    front_, base = finalise(ctx, study, log)
+    states = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
+    header = {"study": ctx.config.name, "profile": ctx.config.profile, "sampler": ctx.config.search.sampler.value,
+              "trials": {k: v for k, v in states.items() if v}, "objectives": list(ctx.plan.objectives),
+              "constraints": [str(c) for c in ctx.plan.constraints], "backend": backend.kind,
+              "teacher val accuracy %": ctx.teacher.metrics["val_accuracy"],
+              "teacher test accuracy %": ctx.teacher.metrics["test_accuracy"],
+              "search and final stage seconds (this run)": round(time.monotonic() - t0, 1)}
+    summary = write_outputs(ctx, study, front_, base, header, log)
+    log(f"front: {len(front_)} recipes; hypervolume (F2) {summary.hypervolume_f2:.4g}; Kendall tau F1/F3 "
+        f"{summary.tau_f1_f3:.2f}, F2/F3 {summary.tau_f2_f3:.2f}; baselines dominated "
+        f"{len(summary.dominated_baselines)}/{len(summary.dominated_baselines) + len(summary.undominated_baselines)}")
+    return summary

@@ -1,0 +1,201 @@
+"""The search engine as a user runs it: `python -m search.run` on the MNIST study (seconds per trial).
+
+What is checked: every output file, resume without repeating work, a real SIGTERM mid-study, failing and
+infeasible trials recorded with their reasons, config errors, the Ray backend on a real local Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from search.config import ConfigError
+from search.config import load_study
+from search.context import make_plan
+from search.objectives import parse_constraint
+from search.objectives import parse_pick
+from search.pareto import knee_index
+from search.stats import kendall_tau
+
+REPO = Path(__file__).resolve().parent.parent
+OUTPUTS = ("trials.csv", "pareto.csv", "baselines.csv", "pareto.png", "report.md", "study.db", "baseline.json")
+
+
+def search_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+                                                **(env or {})})
+
+
+def study_args(mnist_root: Path, out: Path, cache: Path, *extra: str, study: str = "mlp_mnist") -> list[str]:
+    return ["--study", study, "--profile", "smoke", "--data-root", str(mnist_root), "--out", str(out),
+            "--cache-dir", str(cache), "--no-progress", *extra]
+
+
+def variant(tmp_path: Path, old: str, new: str, name: str = "variant.toml") -> Path:
+    """A copy of the MNIST study with one piece of text replaced (the replacement must happen)."""
+    text = (REPO / "studies" / "mlp_mnist.toml").read_text()
+    assert old in text
+    path = tmp_path / name
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def finished_trials(db: Path) -> dict[int, str]:
+    """trial number -> state, read straight from optuna's SQLite storage."""
+    try:
+        with sqlite3.connect(db) as conn:
+            return dict(conn.execute("SELECT number, state FROM trials WHERE state != 'RUNNING'").fetchall())
+    except sqlite3.OperationalError:  # optuna is still creating its tables
+        return {}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(mnist_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("mlp_smoke")
+    result = search_cli(*study_args(mnist_root, out, cache_dir))
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
+
+
+def test_smoke_study_writes_every_output(smoke_run: tuple[Path, str]) -> None:
+    out, stdout = smoke_run
+    for name in OUTPUTS:
+        assert (out / name).stat().st_size > 0, name
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 8 and set(trials["state"]) <= {"COMPLETE", "PRUNED", "FAIL"}
+    assert {"f1_accuracy", "f2_accuracy", "f2_latency_zcu104", "f2_energy_rpi4", "f2_size_mb", "duration_s"} \
+        <= set(trials.columns)
+    front = pd.read_csv(out / "pareto.csv")
+    assert len(front) >= 1 and front["knee"].sum() == 1
+    assert front["f3_test_accuracy"].between(0, 100).all()
+    baselines = pd.read_csv(out / "baselines.csv")
+    assert set(baselines["label"]) == {"FP32", "PTQ 8-bit", "QAT 8-bit", "QAT 4-bit"}
+    # The FP32 baseline is the teacher itself: its F1 accuracy is the teacher's on the same images.
+    assert baselines.set_index("label").loc["FP32", "f1_accuracy_drop"] == pytest.approx(0.0)
+    report = (out / "report.md").read_text()
+    for section in ("Best recipe for each objective", "Knee of the front", "Hypervolume", "Kendall tau"):
+        assert section in report
+    assert "[8/8]" in stdout and "ETA" in stdout
+
+
+def test_rerun_resumes_without_repeating_trials(smoke_run: tuple[Path, str], mnist_root: Path,
+                                                cache_dir: Path) -> None:
+    out, _ = smoke_run
+    before = finished_trials(out / "study.db")
+    result = search_cli(*study_args(mnist_root, out, cache_dir))
+    assert result.returncode == 0, result.stderr
+    assert "resuming: 8 trials finished earlier" in result.stdout
+    assert finished_trials(out / "study.db") == before
+    assert "[1/" not in result.stdout  # no trial ran again
+
+
+def test_sigterm_mid_study_loses_no_finished_trial(mnist_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "search.run", *study_args(mnist_root, out, cache_dir, "--trials", "24")]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if (out / "study.db").exists() and len(finished_trials(out / "study.db")) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    before = finished_trials(out / "study.db")
+    assert 3 <= len(before) < 24
+
+    result = search_cli(*study_args(mnist_root, out, cache_dir, "--trials", "24"))
+    assert result.returncode == 0, result.stderr
+    after = finished_trials(out / "study.db")
+    assert {n: after[n] for n in before} == before  # every finished trial is still there, unchanged
+    trials = pd.read_csv(out / "trials.csv")
+    assert (trials["state"] != "RUNNING").all() and len(trials) >= 24
+
+
+def test_failing_and_infeasible_trials_are_recorded_and_the_study_goes_on(mnist_root: Path, cache_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    diverging = variant(tmp_path, "[profiles.smoke.fidelity.f2.budget]\nfinetune_steps = 30",
+                        "[profiles.smoke.fidelity.f2.budget]\nfinetune_steps = 30\n"
+                        "[profiles.smoke.fidelity.f2.budget.finetune_train]\noptimizer = 'sgd'\nlr = 10.0\nschedule = 'constant'\n"
+                        "[profiles.smoke.fidelity.f2.budget.qat_train]\noptimizer = 'sgd'\nlr = 10.0\nschedule = 'constant'\n"
+                        "[profiles.smoke.space]\nprune_kinds = ['structured']\nquant_kinds = ['qat']")
+    result = search_cli(*study_args(mnist_root, tmp_path / "a", cache_dir, study=str(diverging)))
+    assert result.returncode == 0, result.stderr
+    trials = pd.read_csv(tmp_path / "a" / "trials.csv")
+    failed = trials[trials["state"] == "FAIL"]
+    assert len(trials) == 8 and len(failed) >= 1
+    assert failed["reason"].str.contains("TrainingDiverged").all()
+
+    tight = variant(tmp_path, 'baselines = "survey_quantization"',
+                    'baselines = "none"\nconstraints = ["size_mb <= 0.0001"]', "tight.toml")
+    result = search_cli(*study_args(mnist_root, tmp_path / "b", cache_dir, study=str(tight)))
+    assert result.returncode == 0, result.stderr
+    trials = pd.read_csv(tmp_path / "b" / "trials.csv")
+    assert (trials["state"] == "PRUNED").all()
+    assert trials["reason"].str.startswith("infeasible at F0: size_mb").all()
+    assert trials["f1_accuracy"].isna().all()  # rejected before any accuracy was measured
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('sampler = "nsga2"', 'sampler = "annealing"', "search.sampler: 'annealing' is not allowed"),
+    ('baselines = "survey_quantization"', 'constraints = ["latency_mars <= 3"]', "unknown metric 'latency_mars'"),
+    ('baselines = "survey_quantization"', 'constraints = ["size_mb about 3"]', "is not 'METRIC OP NUMBER'"),
+    ('targets = ["zcu104", "rpi4"]', 'targets = ["zcu104", "pi"]', "unknown target 'pi'"),
+    ("bit_choices = [2, 4, 6, 8]", "bit_choices = [3, 12]", "bit widths [12] are not supported"),
+])
+def test_bad_search_config_fails_in_one_line(old: str, new: str, message: str, tmp_path: Path) -> None:
+    study = variant(tmp_path, old, new)
+    result = search_cli("--study", str(study), "--profile", "smoke", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_partial_nested_override_keeps_the_levels_defaults() -> None:
+    config = load_study("mlp_mnist", "smoke")
+    f2 = config.fidelity.f2.budget
+    assert f2.finetune_steps == 30 and f2.finetune_train.optimizer.value == "adam"  # not TrainConfig's SGD
+    assert make_plan(config).objectives[0] == "accuracy"
+
+
+def test_constraints_and_picks_parse() -> None:
+    known = ("accuracy", "latency_zcu104", "size_mb")
+    c = parse_constraint("latency_zcu104 <= 5", known)
+    assert c.violation({"latency_zcu104": 7.0}) == 2.0 and c.satisfied({"latency_zcu104": 5.0})
+    pick = parse_pick("max accuracy with latency_zcu104 <= 5 and size_mb < 2", known)
+    assert (pick.goal, pick.metric, len(pick.constraints)) == ("max", "accuracy", 2)
+    with pytest.raises(ValueError, match="unknown metric 'speed'"):
+        parse_pick("max speed", known)
+
+
+def test_kendall_tau_and_weighted_knee() -> None:
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+    import numpy as np
+
+    front = np.array([[90.0, 10.0], [60.0, 1.0], [89.0, 5.0]])  # accuracy (max), latency (min)
+    assert knee_index(front, ["max", "min"], [1.0, 1.0]) == 2
+
+
+@pytest.mark.slow
+def test_ray_backend_runs_trials_on_a_local_ray(mnist_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    ray_tmp = Path(f"/tmp/ray-{os.getpid()}")  # short: Ray's socket paths must stay under 107 characters
+    result = search_cli(*study_args(mnist_root, tmp_path / "ray", cache_dir, "--backend", "ray", "--workers", "2",
+                                    "--trials", "4"),
+                        env={"RAY_TMPDIR": str(ray_tmp), "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = pd.read_csv(tmp_path / "ray" / "trials.csv")
+    assert len(trials) == 4 and (trials["state"] == "COMPLETE").all()
+    summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
+    assert summary["backend"] == "ray"
