@@ -139,24 +139,32 @@ def _precision(model: nn.Module, recipe: Recipe) -> dict[str, int] | str:
     return {name: wbits for name, (wbits, _) in bit_widths(model).items()}
 
 
-def hardware_metrics(model: nn.Module, recipe: Recipe, shape: tuple[int, int, int],
-                     hardware: HardwareConfig) -> dict[str, Any]:
-    """latency_<target> (ms) and energy_<target> (mJ) per target; the DPU costs sub-8-bit layers as INT8
-    (it runs nothing else) and an unquantized network as the INT8 model Vitis AI would make of it."""
+def estimate_targets(model: nn.Module, recipe: Recipe, shape: tuple[int, int, int],
+                     hardware: HardwareConfig) -> dict[str, dict[str, Any]]:
+    """The full `hardware_models.estimate` result per target. The DPU costs sub-8-bit layers as INT8 (it runs
+    nothing else) and an unquantized network as the INT8 model Vitis AI would make of it."""
     if hardware.resolution:
         shape = (shape[0], hardware.resolution, hardware.resolution)
-    out: dict[str, Any] = {}
+    out: dict[str, dict[str, Any]] = {}
     with float_mode(model):
         for target in hardware.targets:
             family = get_target(target).family
             precision = _precision(model, recipe)
             if family == "dpu" and isinstance(precision, str):
                 precision = "int8"
-            result = estimate(model, shape, target, precision=precision, as_int8=family == "dpu")
-            if result.get("latency_ms") is None:
-                raise ValueError(f"{target} cannot run this recipe: {result.get('reason')}")
-            out[f"latency_{target}"] = float(result["latency_ms"])
-            out[f"energy_{target}"] = float(result["energy_mj"])
+            out[target] = estimate(model, shape, target, precision=precision, as_int8=family == "dpu")
+    return out
+
+
+def hardware_metrics(model: nn.Module, recipe: Recipe, shape: tuple[int, int, int],
+                     hardware: HardwareConfig) -> dict[str, Any]:
+    """latency_<target> (ms) and energy_<target> (mJ) per target."""
+    out: dict[str, Any] = {}
+    for target, result in estimate_targets(model, recipe, shape, hardware).items():
+        if result.get("latency_ms") is None:
+            raise ValueError(f"{target} cannot run this recipe: {result.get('reason')}")
+        out[f"latency_{target}"] = float(result["latency_ms"])
+        out[f"energy_{target}"] = float(result["energy_mj"])
     return out
 
 

@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 
 def _numeric(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
     if frame.empty or any(c not in frame for c in columns):
-        return frame.iloc[0:0]
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in [*columns, "label"]})
     out = frame.copy()
     for c in columns:
         out[c] = pd.to_numeric(out[c], errors="coerce")
@@ -43,7 +43,10 @@ def pareto_plot(path: Path, trials: pd.DataFrame, front: pd.DataFrame, baselines
         if highlight and lat in highlight:
             ax.scatter([highlight[lat]], [highlight["accuracy"]], marker="*", s=260, c="gold", edgecolors="k",
                        zorder=5, label="this bundle (test)")
-        ax.set_xscale("log")
+        if len(t) + len(f) + len(b):
+            ax.set_xscale("log")
+        else:
+            ax.text(0.5, 0.5, "no trial was scored (all rejected or failed)", ha="center", transform=ax.transAxes)
         ax.set_xlabel(f"modelled latency on {target} (ms, log scale)")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(True, alpha=0.3)

@@ -55,7 +55,17 @@ def metric_columns(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def trials_table(study: optuna.Study, final: dict[str, Candidate]) -> pd.DataFrame:
+def ensure_columns(frame: pd.DataFrame, objectives: tuple[str, ...]) -> pd.DataFrame:
+    """Every level's accuracy and objective columns exist, empty when no trial reached them, so scripts
+    reading trials.csv never meet a missing column."""
+    wanted = [f"{level}_{m}" for level in LEVELS for m in dict.fromkeys(("accuracy", "accuracy_drop", *objectives))]
+    for column in [*wanted, "f3_test_accuracy"]:
+        if column not in frame:
+            frame[column] = np.nan
+    return frame
+
+
+def trials_table(study: optuna.Study, final: dict[str, Candidate], objectives: tuple[str, ...]) -> pd.DataFrame:
     rows = []
     for t in study.get_trials(deepcopy=False):
         if "recipe" not in t.user_attrs:
@@ -69,17 +79,18 @@ def trials_table(study: optuna.Study, final: dict[str, Candidate]) -> pd.DataFra
                      "feasible": t.user_attrs.get("feasible", t.state == optuna.trial.TrialState.COMPLETE),
                      "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("reason", ""),
                      "duration_s": duration, "recipe_json": t.user_attrs["recipe"]})
-    return pd.DataFrame(rows)
+    return ensure_columns(pd.DataFrame(rows), objectives)
 
 
-def candidates_table(candidates: list[Candidate], constraints: tuple[Constraint, ...]) -> pd.DataFrame:
+def candidates_table(candidates: list[Candidate], constraints: tuple[Constraint, ...],
+                     objectives: tuple[str, ...]) -> pd.DataFrame:
     rows = []
     for c in candidates:
         f3 = c.metrics.get("f3", {})
         ok = all(con.satisfied(f3) for con in constraints) if f3 else None
         rows.append({"source": c.source, **recipe_columns(c.recipe), **metric_columns(c.metrics),
                      "feasible_f3": ok, "recipe_json": c.recipe.to_json()})
-    return pd.DataFrame(rows)
+    return ensure_columns(pd.DataFrame(rows), objectives)
 
 
 @dataclass(frozen=True)

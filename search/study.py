@@ -90,10 +90,10 @@ def write_outputs(ctx: Context, study: optuna.Study, front_: list[final.Candidat
                   base: list[final.Candidate], header: dict[str, Any], log: Log) -> results.Summary:
     out, objectives = ctx.out, ctx.plan.objectives
     by_hash = {c.recipe.hash(): c for c in front_}
-    trials = results.trials_table(study, by_hash)
+    trials = results.trials_table(study, by_hash, objectives)
     trials.to_csv(out / "trials.csv", index=False)
-    front_table = results.candidates_table(front_, ctx.plan.constraints)
-    base_table = results.candidates_table(base, ctx.plan.constraints)
+    front_table = results.candidates_table(front_, ctx.plan.constraints, objectives)
+    base_table = results.candidates_table(base, ctx.plan.constraints, objectives)
     worst = [reference(ctx), *(c.metrics[k] for c in [*final.completed(study), *front_, *base]
                                for k in ("f2", "f3") if k in c.metrics)]
     summary = results.summarise(front_, base, objectives, worst)

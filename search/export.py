@@ -1,0 +1,136 @@
+"""`python -m search.export --study NAME [--trial N | --pick knee | --pick RULE] [--out DIR]`: one recipe of a
+finished study as a deployment bundle; `python -m search.export --verify DIR` re-checks a bundle.
+
+The model is the recipe's F3 build: its checkpoint from the study when the final stage saved one, else
+rebuilt now at F3 (deterministic, so the same network). See `search.bundle` for what the folder holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from evaluators.candidate import Fidelity
+from evaluators.candidate import estimate_targets
+from evaluators.datasets import DataError
+from search.bundle import verify_bundle
+from search.bundle import write_bundle
+from search.config import ConfigError
+from search.config import load_study
+from search.context import RunSpec
+from search.context import load_context
+from search.plots import pareto_plot
+from search.run import default_profile
+from search.selection import Selected
+from search.selection import SelectionError
+from search.selection import read_run
+from search.selection import select
+
+EXIT_USAGE, EXIT_FAILED = 2, 1
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m search.export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--study", help="the study that was run (name in studies/ or a .toml path)")
+    p.add_argument("--profile", default=None, help="its profile (default: as search.run chooses)")
+    p.add_argument("--run", default=None, help="the study's run folder (default: runs/<study>/<profile>/)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--trial", type=int, default=None, help="export this trial number (see trials.csv)")
+    which.add_argument("--pick", default=None,
+                       help="'knee' (default), or 'max|min METRIC [with METRIC OP NUMBER [and ...]]', e.g. "
+                            "'max accuracy with latency_zcu104 <= 5' (applied to the front's F3 validation numbers)")
+    p.add_argument("--out", default=None, help="bundle folder (default: <run>/bundles/<recipe hash>/); must be empty")
+    p.add_argument("--verify", default=None, metavar="DIR",
+                   help="re-check a bundle: checksums, then the int8 ONNX accuracy on the test split")
+    p.add_argument("--data-root", default=None, help="dataset folder (default: as search.run finds it)")
+    p.add_argument("--cache-dir", default=None, help="teacher cache (default: as search.run)")
+    p.add_argument("--test-images", type=int, default=0, help="test images measured (default 0: the whole split)")
+    return p.parse_args(argv)
+
+
+def load_model(selected: Selected, run: Path, ctx) -> torch.nn.Module:  # noqa: ANN001 - a search.context.Context
+    path = run / "checkpoints" / f"{selected.recipe.hash()}.pt"
+    if path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=False)  # our own file: a pickled module
+        print(f"model: F3 checkpoint {path}", flush=True)
+        return saved["model"]
+    print("model: no F3 checkpoint for this recipe; rebuilding it at F3 (the search's final budget)", flush=True)
+    return ctx.evaluator.build(selected.recipe, Fidelity.F3).model
+
+
+def export(args: argparse.Namespace) -> int:
+    if not args.study:
+        raise ConfigError("--study is required (or --verify DIR)")
+    config = load_study(args.study, args.profile or default_profile())
+    run = Path(args.run or Path("runs") / config.name / config.profile)
+    read_run(run)  # an empty or missing study fails before any data is read
+    selected = select(run, config.hardware.targets, trial=args.trial, pick=args.pick)
+    print(f"exporting {selected.how}: {selected.recipe.to_json()}", flush=True)
+    ctx = load_context(RunSpec(study=config.source, profile=config.profile, out=str(run), data_root=args.data_root,
+                               cache_dir=args.cache_dir))
+    model = load_model(selected, run, ctx).eval()
+    shape = (ctx.splits.info.channels, ctx.evaluator.batcher.resolution, ctx.evaluator.batcher.resolution)
+    predicted = estimate_targets(model, selected.recipe, shape, config.hardware)
+    out = Path(args.out or run / "bundles" / selected.recipe.hash())
+    out.mkdir(parents=True, exist_ok=True)
+    png = out.parent / f".{out.name}-pareto.png"
+    _plot(run, config, selected, png)
+    extra = {"study": config.name, "profile": config.profile, "study_source": config.source, "selected": selected.how,
+             "trial": selected.trial,
+             "search_metrics": {k: v for k, v in selected.metrics.items() if k[:3] in ("f1_", "f2_", "f3_")}}
+    metrics = write_bundle(model, selected.recipe, ctx.splits, ctx.evaluator.batcher, out, predicted=predicted,
+                           extra_metrics=json.loads(json.dumps(extra, default=str)), pareto_png=png,
+                           test_images=args.test_images)
+    png.unlink(missing_ok=True)
+    print(f"bundle written to {out}", flush=True)
+    print(json.dumps(metrics.get("accuracy", {}), indent=1))
+    return 0
+
+
+def _plot(run: Path, config, selected: Selected, png: Path) -> None:  # noqa: ANN001 - a StudyConfig
+    import pandas as pd
+
+    trials, front = read_run(run)
+    base = pd.read_csv(run / "baselines.csv") if (run / "baselines.csv").stat().st_size > 1 else pd.DataFrame()
+    m = selected.metrics
+    point = {"accuracy": m.get("f3_test_accuracy", m.get("f2_accuracy")),
+             **{f"latency_{t}": m.get(f"f3_latency_{t}", m.get(f"f2_latency_{t}")) for t in config.hardware.targets}}
+    pareto_plot(png, trials, front, base, config.hardware.targets, title=f"{config.name}: {selected.how}",
+                highlight={k: float(v) for k, v in point.items() if v is not None and v == v})
+
+
+def verify(args: argparse.Namespace) -> int:
+    folder = Path(args.verify)
+    metrics_path = folder / "metrics.json"
+    if not metrics_path.exists():
+        raise SelectionError(f"{folder} is not a bundle (no metrics.json)")
+    metrics = json.loads(metrics_path.read_text())
+    source = metrics.get("study_source") or ""
+    config = load_study(source if Path(source).is_file() else metrics["study"], metrics["profile"])
+    from evaluators.data import prepare_data
+
+    splits, batcher = prepare_data(config.data, args.data_root, allow_download=False)
+    problems = verify_bundle(folder, splits, batcher)
+    for problem in problems:
+        print(f"FAILED: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_FAILED
+    print(f"bundle {folder} verified: every checksum matches and the int8 ONNX reproduces its test accuracy")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return verify(args) if args.verify else export(args)
+    except (ConfigError, DataError, SelectionError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
