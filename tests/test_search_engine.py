@@ -18,7 +18,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search.config import ConfigError
 from search.config import load_study
 from search.context import make_plan
 from search.objectives import parse_constraint
@@ -129,8 +128,8 @@ def test_a_failing_trial_is_recorded_with_its_reason(mnist_root: Path, cache_dir
     from search import engine
     from search.context import RunSpec
     from search.context import load_context
-    from spaces.recipe import Pruning
     from spaces.recipe import PruneKind
+    from spaces.recipe import Pruning
     from spaces.recipe import Recipe
 
     ctx = load_context(RunSpec(study="mlp_mnist", profile="smoke", out=str(tmp_path), data_root=str(mnist_root),
