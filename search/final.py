@@ -77,14 +77,14 @@ def front(candidates: list[Candidate], objectives: tuple[str, ...], level: str =
 
 
 def spread(front_: list[Candidate], objectives: tuple[str, ...], limit: int) -> list[Candidate]:
-    """At most `limit` front members: the knee, then evenly spaced along accuracy, so F3 covers the front."""
+    """At most `limit` front members: the knee, the most accurate, then evenly spaced along accuracy."""
     if len(front_) <= limit:
         return front_
     dirs = [direction(o) for o in objectives]
     knee = front_[knee_index(points(front_, objectives, "f2"), dirs, knee_weights(objectives))]
-    ordered = sorted(front_, key=lambda c: c.metrics["f2"]["accuracy"])
+    ordered = sorted(front_, key=lambda c: c.metrics["f2"]["accuracy"], reverse=True)
     picks = {knee.recipe.hash(): knee}
-    for i in np.linspace(0, len(ordered) - 1, limit).round().astype(int):
+    for i in [0, *np.linspace(0, len(ordered) - 1, limit).round().astype(int)]:
         if len(picks) >= limit:
             break
         picks.setdefault(ordered[i].recipe.hash(), ordered[i])

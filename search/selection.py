@@ -69,7 +69,10 @@ def knee(front: pd.DataFrame) -> Selected:
 
 
 def by_rule(front: pd.DataFrame, text: str, targets: tuple[str, ...]) -> Selected:
-    pick: Pick = parse_pick(text, known_metrics(targets))
+    try:
+        pick: Pick = parse_pick(text, known_metrics(targets))
+    except ValueError as err:
+        raise SelectionError(str(err)) from None
     if front.empty:
         raise SelectionError("the study has an empty front: nothing to export (see report.md)")
     ok = pd.Series(True, index=front.index)

@@ -142,7 +142,7 @@ def describe(recipe: Recipe) -> str:
     if recipe.distill.kind != DistillKind.NONE:
         parts.append(f"kd:{recipe.distill.kind.value}")
     if recipe.prune.kind != PruneKind.NONE:
-        parts.append(f"prune:{recipe.prune.kind.value}:{recipe.prune.ratio or recipe.prune.blocks_removed}")
+        parts.append(f"prune:{recipe.prune.kind.value}:{recipe.prune.ratio or recipe.prune.blocks_removed:g}")
     if recipe.quant.kind in (QuantKind.PTQ, QuantKind.QAT):
         bits = sorted({b for _, b, _ in recipe.quant.layer_bits}) or [recipe.quant.weight_bits]
         parts.append(f"{recipe.quant.kind.value}:{'/'.join(map(str, bits))}b")

@@ -15,6 +15,8 @@ sys.path.insert(0, str(REPO))
 from evaluators.datasets import Dataset  # noqa: E402
 from evaluators.datasets import candidate_roots  # noqa: E402
 from evaluators.datasets import find_layout  # noqa: E402
+from tests.cli_helpers import search_cli  # noqa: E402
+from tests.cli_helpers import study_args  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -52,3 +54,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def mlp_study(mnist_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The MNIST study run once at its smoke profile (about 20 s): (run folder, what it printed)."""
+    out = tmp_path_factory.mktemp("mlp_smoke")
+    result = search_cli(*study_args(mnist_root, out, cache_dir))
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout

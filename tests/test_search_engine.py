@@ -24,20 +24,11 @@ from search.objectives import parse_constraint
 from search.objectives import parse_pick
 from search.pareto import knee_index
 from search.stats import kendall_tau
+from tests.cli_helpers import search_cli
+from tests.cli_helpers import study_args
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUTS = ("trials.csv", "pareto.csv", "baselines.csv", "pareto.png", "report.md", "study.db", "baseline.json")
-
-
-def search_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-                                                **(env or {})})
-
-
-def study_args(mnist_root: Path, out: Path, cache: Path, *extra: str, study: str = "mlp_mnist") -> list[str]:
-    return ["--study", study, "--profile", "smoke", "--data-root", str(mnist_root), "--out", str(out),
-            "--cache-dir", str(cache), "--no-progress", *extra]
 
 
 def variant(tmp_path: Path, old: str, new: str, name: str = "variant.toml") -> Path:
@@ -58,16 +49,8 @@ def finished_trials(db: Path) -> dict[int, str]:
         return {}
 
 
-@pytest.fixture(scope="module")
-def smoke_run(mnist_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("mlp_smoke")
-    result = search_cli(*study_args(mnist_root, out, cache_dir))
-    assert result.returncode == 0, result.stderr
-    return out, result.stdout
-
-
-def test_smoke_study_writes_every_output(smoke_run: tuple[Path, str]) -> None:
-    out, stdout = smoke_run
+def test_smoke_study_writes_every_output(mlp_study: tuple[Path, str]) -> None:
+    out, stdout = mlp_study
     for name in OUTPUTS:
         assert (out / name).stat().st_size > 0, name
     trials = pd.read_csv(out / "trials.csv")
@@ -87,9 +70,9 @@ def test_smoke_study_writes_every_output(smoke_run: tuple[Path, str]) -> None:
     assert "[8/8]" in stdout and "ETA" in stdout
 
 
-def test_rerun_resumes_without_repeating_trials(smoke_run: tuple[Path, str], mnist_root: Path,
+def test_rerun_resumes_without_repeating_trials(mlp_study: tuple[Path, str], mnist_root: Path,
                                                 cache_dir: Path) -> None:
-    out, _ = smoke_run
+    out, _ = mlp_study
     before = finished_trials(out / "study.db")
     result = search_cli(*study_args(mnist_root, out, cache_dir))
     assert result.returncode == 0, result.stderr
