@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers, CI or Ray workers
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
@@ -45,6 +46,8 @@ def pareto_plot(path: Path, trials: pd.DataFrame, front: pd.DataFrame, baselines
                        zorder=5, label="this bundle (test)")
         if len(t) + len(f) + len(b):
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         else:
             ax.text(0.5, 0.5, "no trial was scored (all rejected or failed)", ha="center", transform=ax.transAxes)
         ax.set_xlabel(f"modelled latency on {target} (ms, log scale)")

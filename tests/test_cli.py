@@ -22,7 +22,8 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: floa
 
 def test_help_documents_every_option() -> None:
     out = run_cli("--help").stdout
-    for option in ("--study", "--profile", "--data-root", "--out", "--cache-dir", "--device", "--no-download"):
+    for option in ("--study", "--profile", "--data-root", "--out", "--cache-dir", "--device", "--no-download",
+                   "--fresh", "--storage", "--backend", "--address", "--workers", "--trials", "--baseline-only"):
         assert option in out
 
 
@@ -52,7 +53,7 @@ def test_sigterm_mid_training_then_rerun_continues(mnist_root: Path, tmp_path: P
     study.write_text((REPO / "studies" / "mlp_mnist.toml").read_text().replace(
         "[profiles.smoke.teacher.train]\nepochs = 2", "[profiles.smoke.teacher.train]\nepochs = 30"))
     args = ["-m", "search.run", "--study", str(study), "--profile", "smoke", "--data-root", str(mnist_root),
-            "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+            "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--baseline-only"]
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     deadline = time.monotonic() + 300
@@ -78,7 +79,7 @@ def test_resnet50_smoke_study_trains_a_useful_teacher_in_time(cifar_root: Path, 
                                                                tmp_path: Path) -> None:
     start = time.monotonic()
     result = run_cli("--study", "resnet50_cifar10", "--profile", "smoke", "--data-root", str(cifar_root),
-                     "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--no-progress")
+                     "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--no-progress", "--baseline-only")
     elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stderr
     baseline = json.loads((tmp_path / "baseline.json").read_text())

@@ -65,11 +65,14 @@ def test_verify_names_a_corrupted_file(knee_bundle: tuple[Path, Path], mnist_roo
     (["--pick", "max accuracy with size_mb <= 0.000001"], "no front recipe satisfies size_mb <= 1e-06"),
     (["--pick", "fastest please"], "expected 'knee', or 'max|min METRIC"),
 ])
-def test_bad_choice_fails_in_one_line(mlp_study: tuple[Path, str], args: list[str], message: str) -> None:
+def test_bad_choice_fails_in_one_line(mlp_study: tuple[Path, str], args: list[str], message: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from search.export import main
+
     run, _ = mlp_study
-    result = export_cli("--study", "mlp_mnist", "--profile", "smoke", "--run", str(run), *args)
-    assert result.returncode == 2
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert main(["--study", "mlp_mnist", "--profile", "smoke", "--run", str(run), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
 
 
 def test_empty_study_fails_clearly(mnist_root: Path, cache_dir: Path, tmp_path: Path) -> None:
