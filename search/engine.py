@@ -60,6 +60,10 @@ class SearchConfig:
     baselines: BaselineSet = BaselineSet.THESIS
 
 
+class StudyMismatch(ValueError):
+    """The stored study was made for other objectives; resuming it would mix incomparable trials."""
+
+
 def _constraints_func(trial: FrozenTrial) -> list[float]:
     return list(trial.user_attrs.get("constraints", [0.0]))
 
@@ -88,7 +92,7 @@ def open_study(name: str, storage: str, config: SearchConfig, objectives: tuple[
                                 sampler=make_sampler(config, has_constraints))
     stored = study.user_attrs.get("objectives")
     if stored is not None and tuple(stored) != objectives:
-        raise ValueError(f"the study in {storage} optimises {stored}, not {list(objectives)}; "
+        raise StudyMismatch(f"the study in {storage} optimises {stored}, not {list(objectives)}; "
                          "rerun with --fresh to start over")
     study.set_user_attr("objectives", list(objectives))
     return study

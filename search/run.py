@@ -31,9 +31,11 @@ from search.context import Context
 from search.context import RunSpec
 from search.context import load_context
 from search.context import make_plan
+from search.engine import StudyMismatch
 from search.study import Backend
 from search.study import run_study
 from search.study import storage_url
+from search.study import study_name
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -98,15 +100,16 @@ def spec_from_args(args: argparse.Namespace, config: StudyConfig, out: Path, dev
                    progress=not args.no_progress, trials=args.trials or 0)
 
 
-def start_fresh(out: Path, storage: str | None) -> None:
-    """--fresh: forget the stored study and every cached result of this run folder (teachers stay cached)."""
+def start_fresh(out: Path, storage: str | None, study_name: str) -> None:
+    """--fresh: forget this study and every cached result of its run folder (teachers stay cached); other
+    studies in a shared `--storage` are left alone."""
     if storage is None:
         (out / "study.db").unlink(missing_ok=True)
     else:
         import optuna
 
-        for summary in optuna.get_all_study_summaries(storage):
-            optuna.delete_study(study_name=summary.study_name, storage=storage)
+        if study_name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+            optuna.delete_study(study_name=study_name, storage=storage)
     for folder in ("results", "checkpoints"):
         shutil.rmtree(out / folder, ignore_errors=True)
 
@@ -133,7 +136,7 @@ def run(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     out = Path(args.out or Path("runs") / config.name / config.profile)
     if args.fresh:
-        start_fresh(out, args.storage)
+        start_fresh(out, args.storage, study_name(config.name, config.profile))
     out.mkdir(parents=True, exist_ok=True)
     log = lambda msg: print(msg, flush=True)  # noqa: E731 - one sink for every line the run prints
     log(f"study {config.name} (profile {config.profile}) from {config.source}; device {device}; output {out}")
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         run(args)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, StudyMismatch) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -35,13 +35,17 @@ class Backend:
     workers: int = 1
 
 
+def study_name(name: str, profile: str) -> str:
+    return f"{name}-{profile}"
+
+
 def storage_url(out: Path, storage: str | None) -> str:
     return storage or f"sqlite:///{(out / 'study.db').resolve()}"
 
 
 def search(ctx: Context, storage: str, backend: Backend, log: Log) -> optuna.Study:
     cfg = ctx.config
-    study = engine.open_study(f"{cfg.name}-{cfg.profile}", storage, cfg.search, ctx.plan.objectives,
+    study = engine.open_study(study_name(cfg.name, cfg.profile), storage, cfg.search, ctx.plan.objectives,
                               bool(ctx.plan.constraints))
     retried = engine.requeue_interrupted(study)
     done = engine.count_finished(study)

@@ -206,3 +206,31 @@ def test_ray_backend_survives_a_killed_worker(mnist_root: Path, cache_dir: Path,
     trials = pd.read_csv(tmp_path / "ray" / "trials.csv")
     assert len(trials) == 6 and (trials["state"] == "COMPLETE").all()
     assert json.loads((tmp_path / "ray" / "summary.json").read_text())["backend"] == "ray"
+
+
+def test_resuming_with_other_objectives_is_refused(mlp_study: tuple[Path, str], tmp_path: Path, mnist_root: Path,
+                                                   cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from search.run import main
+
+    run, _ = mlp_study
+    study = variant(tmp_path, 'final_max = 6', 'final_max = 6\nobjectives = ["accuracy", "size_mb"]')
+    copy = tmp_path / "run"
+    copy.mkdir()
+    (copy / "study.db").write_bytes((run / "study.db").read_bytes())
+    # The stored study's name is "<study>-<profile>": the variant keeps both, so it finds the stored one.
+    assert main(study_args(mnist_root, copy, cache_dir, study=str(study))) == 2
+    err = capsys.readouterr().err
+    assert "rerun with --fresh to start over" in err and len(err.strip().splitlines()) == 1
+
+
+def test_fresh_starts_the_study_over(mlp_study: tuple[Path, str], mnist_root: Path, cache_dir: Path,
+                                     tmp_path: Path) -> None:
+    import shutil
+
+    run, _ = mlp_study
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    result = search_cli(*study_args(mnist_root, copy, cache_dir, "--fresh", "--trials", "3"))
+    assert result.returncode == 0, result.stderr
+    assert "resuming" not in result.stdout and "[1/3]" in result.stdout
+    assert len(pd.read_csv(copy / "trials.csv")) == 3
