@@ -53,6 +53,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _quiet() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def proxy_fidelity(ctx, n: int, seed: int = 123) -> dict:  # noqa: ANN001 - a search.context.Context
     """(a): n distinct random recipes, each at F1, F2 and F3."""
     space = SearchSpace(ctx.config.space, ctx.config.teacher.arch)
@@ -78,10 +82,12 @@ def proxy_fidelity(ctx, n: int, seed: int = 123) -> dict:  # noqa: ANN001 - a se
 
 
 def _search(ctx, sampler: SamplerKind, seed: int, trials: int) -> tuple[np.ndarray, float, float]:  # noqa: ANN001
+    """One search as `search.run` does it, SQLite storage included (so (c) counts its cost)."""
     config = dataclasses.replace(ctx.config.search, sampler=sampler, seed=seed, trials=trials)
     objectives, constraints = ctx.plan.objectives, ctx.plan.constraints
-    study = optuna.create_study(directions=["maximize" if direction(o) == "max" else "minimize" for o in objectives],
-                                sampler=engine.make_sampler(config, bool(constraints)))
+    db = ctx.out / f"{sampler.value}-{seed}.db"
+    db.unlink(missing_ok=True)
+    study = engine.open_study("bench", f"sqlite:///{db.resolve()}", config, objectives, bool(constraints))
     space = SearchSpace(ctx.config.space, ctx.config.teacher.arch)
     evaluation = 0.0
     t0 = time.monotonic()
@@ -142,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     spec = RunSpec(study=args.study, profile=args.profile, out=str(out / "cache"), data_root=args.data_root,
                    cache_dir=args.cache_dir)
+    _quiet()
     ctx = load_context(spec)
     found: dict = {"study": args.study, "profile": args.profile}
     if "a" in args.only:

@@ -81,6 +81,8 @@ def export(args: argparse.Namespace) -> int:
     _plot(run, config, selected, png)
     extra = {"study": config.name, "profile": config.profile, "study_source": config.source, "selected": selected.how,
              "trial": selected.trial,
+             "predicted_input_shape": [shape[0], *([config.hardware.resolution] * 2 if config.hardware.resolution
+                                                 else shape[1:])],
              "search_metrics": {k: v for k, v in selected.metrics.items() if k[:3] in ("f1_", "f2_", "f3_")}}
     metrics = write_bundle(model, selected.recipe, ctx.splits, ctx.evaluator.batcher, out, predicted=predicted,
                            extra_metrics=json.loads(json.dumps(extra, default=str)), pareto_png=png,
