@@ -86,6 +86,7 @@ def _search(ctx, sampler: SamplerKind, seed: int, trials: int) -> tuple[np.ndarr
     config = dataclasses.replace(ctx.config.search, sampler=sampler, seed=seed, trials=trials)
     objectives, constraints = ctx.plan.objectives, ctx.plan.constraints
     db = ctx.out / f"{sampler.value}-{seed}.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
     db.unlink(missing_ok=True)
     study = engine.open_study("bench", f"sqlite:///{db.resolve()}", config, objectives, bool(constraints))
     space = SearchSpace(ctx.config.space, ctx.config.teacher.arch)
