@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 
 from search.final import Candidate
+from search.final import points
 from search.objectives import Constraint
 from search.objectives import direction
 from search.pareto import hypervolume
@@ -108,11 +109,6 @@ class Summary:
     undominated_baselines: list[str]
 
 
-def _points(candidates: list[Candidate], objectives: tuple[str, ...], level: str, acc: str) -> np.ndarray:
-    return np.array([[float(c.metrics[level][acc if o == "accuracy" else o]) for o in objectives]
-                     for c in candidates], dtype=float).reshape(len(candidates), len(objectives))
-
-
 def reference_point(worst: list[dict[str, Any]], objectives: tuple[str, ...]) -> list[float]:
     """Accuracy 0; every cost 10% above the worst of `worst` (the uncompressed teacher and every candidate)."""
     return [0.0 if o == "accuracy" else 1.1 * max(float(m[o]) for m in worst) for o in objectives]
@@ -121,7 +117,7 @@ def reference_point(worst: list[dict[str, Any]], objectives: tuple[str, ...]) ->
 def _knee(front_: list[Candidate], objectives: tuple[str, ...]) -> int:
     if not front_:
         return -1
-    return knee_index(_points(front_, objectives, "f2", "accuracy"), [direction(o) for o in objectives],
+    return knee_index(points(front_, objectives, "f2", "accuracy"), [direction(o) for o in objectives],
                       knee_weights(objectives))
 
 
@@ -130,15 +126,15 @@ def summarise(front_: list[Candidate], baselines: list[Candidate], objectives: t
     dirs = [direction(o) for o in objectives]
     ref = reference_point(reference, objectives)
     scored = [c for c in [*front_, *baselines] if {"f1", "f2", "f3"} <= set(c.metrics)]
-    f3_front = _points(front_, objectives, "f3", "test_accuracy")
+    f3_front = points(front_, objectives, "f3", "test_accuracy")
     dominated, free = [], []
     mine = to_minimisation(f3_front, dirs)
     for b in (b for b in baselines if "f3" in b.metrics):
-        point = to_minimisation(_points([b], objectives, "f3", "test_accuracy"), dirs)[0]
+        point = to_minimisation(points([b], objectives, "f3", "test_accuracy"), dirs)[0]
         (dominated if dominated_by_any(point, mine) else free).append(b.recipe.label)
     acc = {level: [c.metrics[level]["accuracy"] for c in scored] for level in LEVELS}
     return Summary(
-        hypervolume_f2=hypervolume(_points(front_, objectives, "f2", "accuracy"), ref, dirs) if front_ else 0.0,
+        hypervolume_f2=hypervolume(points(front_, objectives, "f2", "accuracy"), ref, dirs) if front_ else 0.0,
         hypervolume_f3=hypervolume(f3_front, ref, dirs) if front_ else 0.0,
         reference=dict(zip(objectives, ref, strict=True)),
         tau_f1_f3=kendall_tau(acc["f1"], acc["f3"]) if len(scored) > 1 else float("nan"),
