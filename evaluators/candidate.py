@@ -193,17 +193,9 @@ class Evaluator:
 
     def teacher_accuracy(self, val_images: int) -> float:
         if val_images not in self._teacher_acc:
-            self._teacher_acc[val_images] = accuracy(self.teacher, self._val(val_images), self.batcher,
+            self._teacher_acc[val_images] = accuracy(self.teacher, self.splits.val.first(val_images), self.batcher,
                                                      device=self.device)
         return self._teacher_acc[val_images]
-
-    def _val(self, images: int):  # noqa: ANN202 - an ImageSet
-        val = self.splits.val
-        return val if not images or images >= len(val) else val.subset(torch.arange(images))
-
-    def _test(self, images: int):  # noqa: ANN202 - an ImageSet
-        test = self.splits.test
-        return test if not images or images >= len(test) else test.subset(torch.arange(images))
 
     def cached(self, recipe: Recipe, fidelity: Fidelity) -> dict[str, Any] | None:
         return self.store.get(recipe, fidelity, self._fingerprint(fidelity))
@@ -238,14 +230,15 @@ class Evaluator:
 
     def _accuracy(self, compressed: CompressedModel, fidelity: Fidelity) -> dict[str, Any]:
         images = self.fidelity.level(fidelity).val_images
-        acc = accuracy(compressed.model, self._val(images), self.batcher, device=self.device)
+        val = self.splits.val.first(images)
+        acc = accuracy(compressed.model, val, self.batcher, device=self.device)
         if not math.isfinite(acc):
             raise ValueError("accuracy is not a number")
-        n = len(self._val(images))
+        n = len(val)
         out: dict[str, Any] = {"accuracy": acc, "accuracy_split": f"validation (first {n} images)",
                                "accuracy_drop": self.teacher_accuracy(images) - acc}
         if fidelity == Fidelity.F3:
-            test = self._test(self.fidelity.level(fidelity).test_images)
+            test = self.splits.test.first(self.fidelity.level(fidelity).test_images)
             out["test_accuracy"] = accuracy(compressed.model, test, self.batcher, device=self.device)
             out["test_split"] = f"test (first {len(test)} images)"
             if self.checkpoints is not None:

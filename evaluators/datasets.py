@@ -47,6 +47,10 @@ class ImageSet:
     def subset(self, index: torch.Tensor) -> ImageSet:
         return ImageSet(self.images[index], self.labels[index])
 
+    def first(self, count: int) -> ImageSet:
+        """The first `count` images (all of them when `count` is 0 or at least the set's size)."""
+        return self if count <= 0 or count >= len(self) else self.subset(torch.arange(count))
+
 
 @dataclass(frozen=True)
 class DatasetInfo:

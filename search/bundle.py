@@ -85,7 +85,7 @@ def write_bundle(model: nn.Module, recipe: Recipe, splits: Splits, batcher: Batc
                               "(stale files would be checksummed as part of it)")
     model = copy.deepcopy(model).cpu().eval()
     shape = (splits.info.channels, batcher.resolution, batcher.resolution)
-    test, calib = _first(splits.test, test_images), _first(splits.calib, calib_images)
+    test, calib = splits.test.first(test_images), splits.calib.first(calib_images)
     float_net = plain_float(model)
     for folder in ("calibration", "rpi", "zcu104"):
         (out / folder).mkdir(parents=True, exist_ok=True)
@@ -143,11 +143,6 @@ def plain_float(model: nn.Module) -> nn.Module:
 def needs_simulation(model: nn.Module) -> bool:
     """True when some layer uses a width other than 8 and 32 bits: int8 ONNX cannot represent the recipe."""
     return any(bits not in (8, 32) for pair in bit_widths(model).values() for bits in pair)
-
-
-def _first(data: ImageSet, count: int) -> ImageSet:
-    n = len(data) if count <= 0 else min(count, len(data))
-    return data.subset(torch.arange(n))
 
 
 def _save_models(out: Path, model: nn.Module, float_net: nn.Module, recipe: Recipe, shape: tuple[int, ...],
@@ -357,7 +352,7 @@ def _check_accuracy(out: Path, splits: Splits, batcher: Batcher | None, toleranc
         return [f"metrics.json: measured on data {metrics['data_fingerprint']}, given {splits.fingerprint}"]
     if split not in splits.sizes():
         return [f"metrics.json: accuracy names an unknown split {split!r}"]
-    data = _first(getattr(splits, split), count)
+    data = getattr(splits, split).first(count)
     try:
         measured = onnx_accuracy(out / "model_int8.onnx", data, batcher or Batcher(splits.info, int(shape[-1])))
     except BundleError as error:
