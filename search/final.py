@@ -7,7 +7,9 @@ recipes. Selecting on test would leak it into model selection.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +99,21 @@ def finish(candidate: Candidate, evaluator: Evaluator, levels: tuple[Fidelity, .
         if level.value not in metrics:
             metrics[level.value] = evaluator.evaluate(candidate.recipe, level)
     return Candidate(candidate.recipe, candidate.source, metrics, candidate.trial, candidate.feasible)
+
+
+Job = tuple[Candidate, tuple[Fidelity, ...]]
+# (job index, the finished candidate or why it failed, seconds it took): results arrive as they finish
+Finished = tuple[int, "Candidate | Exception", float]
+
+
+def finish_serially(jobs: list[Job], evaluator: Evaluator) -> Iterator[Finished]:
+    for i, (candidate, levels) in enumerate(jobs):
+        t0 = time.monotonic()
+        try:
+            result: Candidate | Exception = finish(candidate, evaluator, levels)
+        except Exception as err:  # noqa: BLE001 - one broken recipe must not lose the whole report
+            result = err
+        yield i, result, time.monotonic() - t0
 
 
 def baselines(which: BaselineSet, teacher_arch: str) -> list[Candidate]:

@@ -1,5 +1,8 @@
 """`--backend ray`: trials evaluated as Ray tasks, the optuna study kept by the driver.
 
+The final stage (F3 for the front and the baselines, the costliest part of a study) runs on the same
+workers: each job is a task, and results come back as they finish.
+
 Why optuna with one shared storage rather than Ray Tune's `OptunaSearch`: the study (and its resume
 semantics, its RDB that optuna-dashboard opens, its constraints) stays exactly the one the local backend
 uses; only the expensive part, building and scoring a recipe, moves to the workers. OptunaSearch keeps its
@@ -11,11 +14,17 @@ worker process dies is retried by Ray (`max_retries`), so a dying worker loses a
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
+from evaluators.candidate import Fidelity
 from search import engine
+from search import final
 from search.context import Context
 from search.context import RunSpec
 from search.context import cached_context
@@ -33,6 +42,20 @@ def _evaluate(spec: RunSpec, recipe_json: str, threads: int) -> engine.Outcome:
     return engine.evaluate_trial(ctx.evaluator, Recipe.from_json(recipe_json), ctx.plan.constraints)
 
 
+def _finish(spec: RunSpec, candidate: final.Candidate, levels: tuple[Fidelity, ...],
+            threads: int) -> tuple[final.Candidate | Exception, float]:
+    """One final-stage job; its failure comes back as a value, so the driver logs it and goes on."""
+    import torch
+
+    torch.set_num_threads(threads)
+    t0 = time.monotonic()
+    try:
+        result: final.Candidate | Exception = final.finish(candidate, cached_context(spec).evaluator, levels)
+    except Exception as err:  # noqa: BLE001 - reported by the driver, like a failed trial
+        result = RuntimeError(f"{type(err).__name__}: {err}")
+    return result, time.monotonic() - t0
+
+
 def start_ray(address: str | None, workers: int) -> bool:
     """Connect to `address`, or start a local instance sized to `workers`; True when we started it."""
     import ray
@@ -48,14 +71,44 @@ def start_ray(address: str | None, workers: int) -> bool:
     return True
 
 
-def run_ray(study: optuna.Study, space: SearchSpace, ctx: Context, backend: Any, progress: engine.Progress) -> None:
+@dataclass
+class RayExecutor:
+    """Trials, then the final stage's F3 jobs, as Ray tasks of one CPU each (`threads` torch threads)."""
+
+    ctx: Context
+    workers: int
+    threads: int
+
+    def search(self, study: optuna.Study, space: SearchSpace, progress: engine.Progress) -> None:
+        import ray
+
+        remote = ray.remote(num_cpus=1, max_retries=WORKER_RETRIES)(_evaluate)
+        _loop(study, space, self.ctx, self.workers, remote, self.threads, progress)
+
+    def finish(self, jobs: list[final.Job]) -> Iterator[final.Finished]:
+        """Every job is submitted at once; Ray runs as many as there are CPUs (the workers, or a cluster's)."""
+        import ray
+
+        remote = ray.remote(num_cpus=1, max_retries=WORKER_RETRIES)(_finish)
+        pending = {remote.remote(self.ctx.spec, c, levels, self.threads): i for i, (c, levels) in enumerate(jobs)}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ready[0])
+            try:
+                result, seconds = ray.get(ready[0])
+            except ray.exceptions.RayError as err:
+                result, seconds = RuntimeError(f"worker lost: {type(err).__name__}"), float("nan")
+            yield i, result, seconds
+
+
+@contextmanager
+def ray_session(ctx: Context, address: str | None, workers: int) -> Iterator[RayExecutor]:
     import ray
 
-    started = start_ray(backend.address, backend.workers)
-    remote = ray.remote(num_cpus=1, max_retries=WORKER_RETRIES)(_evaluate)
-    threads = max(1, (os.cpu_count() or 1) // max(backend.workers, 1)) if not backend.address else 1
+    started = start_ray(address, workers)
+    threads = max(1, (os.cpu_count() or 1) // max(workers, 1)) if not address else 1
     try:
-        _loop(study, space, ctx, backend.workers, remote, threads, progress)
+        yield RayExecutor(ctx, workers, threads)
     finally:
         if started:
             ray.shutdown()

@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from typing import Protocol
 
 import optuna
 
@@ -43,7 +47,45 @@ def storage_url(out: Path, storage: str | None) -> str:
     return storage or f"sqlite:///{(out / 'study.db').resolve()}"
 
 
-def search(ctx: Context, storage: str, backend: Backend, log: Log) -> optuna.Study:
+class Executor(Protocol):
+    """Where the expensive work runs: the trials of the search, then the final stage's F3 jobs."""
+
+    def search(self, study: optuna.Study, space: SearchSpace, progress: engine.Progress) -> None: ...
+
+    def finish(self, jobs: list[final.Job]) -> Iterator[final.Finished]: ...
+
+
+@dataclass(frozen=True)
+class LocalExecutor:
+    ctx: Context
+
+    def search(self, study: optuna.Study, space: SearchSpace, progress: engine.Progress) -> None:
+        ctx = self.ctx
+        engine.run_local(study, space, ctx.evaluator, ctx.config.search, ctx.plan.objectives, ctx.plan.constraints,
+                         progress)
+
+    def finish(self, jobs: list[final.Job]) -> Iterator[final.Finished]:
+        return final.finish_serially(jobs, self.ctx.evaluator)
+
+
+@contextmanager
+def local_executor(ctx: Context, backend: Backend) -> Iterator[Executor]:
+    yield LocalExecutor(ctx)
+
+
+@contextmanager
+def ray_executor(ctx: Context, backend: Backend) -> Iterator[Executor]:
+    from search.ray_backend import ray_session  # Ray is imported only when asked for
+
+    with ray_session(ctx, backend.address, backend.workers) as executor:
+        yield executor
+
+
+EXECUTORS: dict[str, Callable[[Context, Backend], AbstractContextManager[Executor]]] = {
+    "local": local_executor, "ray": ray_executor}
+
+
+def search(ctx: Context, storage: str, executor: Executor, log: Log) -> optuna.Study:
     cfg = ctx.config
     study = engine.open_study(study_name(cfg.name, cfg.profile), storage, cfg.search, ctx.plan.objectives,
                               bool(ctx.plan.constraints))
@@ -51,38 +93,32 @@ def search(ctx: Context, storage: str, backend: Backend, log: Log) -> optuna.Stu
     done = engine.count_finished(study)
     if done or retried:
         log(f"resuming: {done} trials finished earlier" + (f", {retried} interrupted ones retried" if retried else ""))
-    space = SearchSpace(cfg.space, cfg.teacher.arch)
-    progress = engine.Progress(cfg.search.trials, done, log)
-    if backend.kind == "ray":
-        from search.ray_backend import run_ray  # Ray is imported only when asked for
-
-        run_ray(study, space, ctx, backend, progress)
-    else:
-        engine.run_local(study, space, ctx.evaluator, cfg.search, ctx.plan.objectives, ctx.plan.constraints,
-                         progress)
+    executor.search(study, SearchSpace(cfg.space, cfg.teacher.arch), engine.Progress(cfg.search.trials, done, log))
     return study
 
 
-def finalise(ctx: Context, study: optuna.Study, log: Log) -> tuple[list[final.Candidate], list[final.Candidate]]:
+def finalise(ctx: Context, study: optuna.Study, executor: Executor,
+             log: Log) -> tuple[list[final.Candidate], list[final.Candidate]]:
+    """F3 for the chosen front and every level for the baselines; jobs may finish in any order (Ray)."""
     objectives = ctx.plan.objectives
     pool = final.completed(study)
     chosen = final.spread(final.front(pool, objectives), objectives, ctx.config.search.final_max)
     base = final.baselines(ctx.config.search.baselines, ctx.config.teacher.arch)
-    todo = [(c, (Fidelity.F3,)) for c in chosen] + [(b, ALL_LEVELS) for b in base]
+    jobs: list[final.Job] = [(c, (Fidelity.F3,)) for c in chosen] + [(b, ALL_LEVELS) for b in base]
     log(f"final stage: F3 for {len(chosen)} front recipes (of {len(pool)} scored) and {len(base)} baselines")
-    done_front, done_base = [], []
-    for i, (candidate, levels) in enumerate(todo, 1):
-        t0 = time.monotonic()
-        try:
-            finished = final.finish(candidate, ctx.evaluator, levels)
-        except Exception as err:  # noqa: BLE001 - one broken baseline must not lose the whole report
-            log(f"[final {i}/{len(todo)}] {candidate.recipe.label or candidate.source} failed: {err}")
+    finished: dict[int, final.Candidate] = {}
+    for n, (i, result, seconds) in enumerate(executor.finish(jobs), 1):
+        candidate = jobs[i][0]
+        name = f"{candidate.source} {candidate.recipe.label or results.describe(candidate.recipe)}"
+        if isinstance(result, Exception):
+            log(f"[final {n}/{len(jobs)}] {name} failed: {result}")
             continue
-        (done_front if candidate.source != "baseline" else done_base).append(finished)
-        f3 = finished.metrics["f3"]
-        log(f"[final {i}/{len(todo)}] {candidate.source} {candidate.recipe.label or results.describe(candidate.recipe)}"
-            f": test {f3['test_accuracy']:.2f}%, val {f3['accuracy']:.2f}% ({time.monotonic() - t0:.0f} s)")
-    return done_front, done_base
+        finished[i] = result
+        f3 = result.metrics["f3"]
+        log(f"[final {n}/{len(jobs)}] {name}: test {f3['test_accuracy']:.2f}%, val {f3['accuracy']:.2f}% "
+            f"({seconds:.0f} s)")
+    ordered = [finished[i] for i in sorted(finished)]  # the jobs' order, however they finished
+    return [c for c in ordered if c.source != "baseline"], [c for c in ordered if c.source == "baseline"]
 
 
 def reference(ctx: Context) -> dict[str, Any]:
@@ -116,8 +152,9 @@ def write_outputs(ctx: Context, study: optuna.Study, front_: list[final.Candidat
 
 def run_study(ctx: Context, storage: str, backend: Backend, log: Log) -> results.Summary:
     t0 = time.monotonic()
-    study = search(ctx, storage, backend, log)
-    front_, base = finalise(ctx, study, log)
+    with EXECUTORS[backend.kind](ctx, backend) as executor:
+        study = search(ctx, storage, executor, log)
+        front_, base = finalise(ctx, study, executor, log)
     states = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
     header = {"study": ctx.config.name, "profile": ctx.config.profile, "sampler": ctx.config.search.sampler.value,
               "trials": {k: v for k, v in states.items() if v}, "objectives": list(ctx.plan.objectives),

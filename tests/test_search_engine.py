@@ -184,9 +184,11 @@ def test_kendall_tau_and_weighted_knee() -> None:
 
 
 @pytest.mark.slow
-def test_ray_backend_survives_a_killed_worker(mnist_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+def test_ray_backend_survives_a_killed_worker(mnist_root: Path, cache_dir: Path, tmp_path: Path,
+                                              mlp_study: tuple[Path, str]) -> None:
     """A real local Ray with 2 workers; one worker process is killed (SIGKILL) while it evaluates a trial:
-    Ray retries that task, and the study still finishes every trial."""
+    Ray retries that task, and the study still finishes every trial. The final stage runs on the workers
+    too, and gives the baselines the numbers the local backend gives them."""
     ray_tmp = Path(f"/tmp/ray-{os.getpid()}")  # short: Ray's socket paths must stay under 107 characters
     args = [sys.executable, "-m", "search.run", *study_args(mnist_root, tmp_path / "ray", cache_dir, "--backend",
                                                              "ray", "--workers", "2", "--trials", "6")]
@@ -206,6 +208,10 @@ def test_ray_backend_survives_a_killed_worker(mnist_root: Path, cache_dir: Path,
     trials = pd.read_csv(tmp_path / "ray" / "trials.csv")
     assert len(trials) == 6 and (trials["state"] == "COMPLETE").all()
     assert json.loads((tmp_path / "ray" / "summary.json").read_text())["backend"] == "ray"
+    on_ray = pd.read_csv(tmp_path / "ray" / "baselines.csv")
+    local = pd.read_csv(mlp_study[0] / "baselines.csv")
+    assert on_ray["label"].tolist() == local["label"].tolist()
+    assert on_ray["f3_test_accuracy"].tolist() == pytest.approx(local["f3_test_accuracy"].tolist(), abs=0.3)
 
 
 def test_resuming_with_other_objectives_is_refused(mlp_study: tuple[Path, str], tmp_path: Path, mnist_root: Path,
