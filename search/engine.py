@@ -93,7 +93,7 @@ def open_study(name: str, storage: str, config: SearchConfig, objectives: tuple[
     stored = study.user_attrs.get("objectives")
     if stored is not None and tuple(stored) != objectives:
         raise StudyMismatch(f"the study in {storage} optimises {stored}, not {list(objectives)}; "
-                         "rerun with --fresh to start over")
+                            "rerun with --fresh to start over")
     study.set_user_attr("objectives", list(objectives))
     return study
 

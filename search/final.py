@@ -106,14 +106,20 @@ Job = tuple[Candidate, tuple[Fidelity, ...]]
 Finished = tuple[int, "Candidate | Exception", float]
 
 
+def attempt(candidate: Candidate, evaluator: Evaluator,
+            levels: tuple[Fidelity, ...]) -> tuple[Candidate | Exception, float]:
+    """`finish`, timed, with its failure returned as a value: one broken recipe must not lose the report."""
+    t0 = time.monotonic()
+    try:
+        result: Candidate | Exception = finish(candidate, evaluator, levels)
+    except Exception as err:  # noqa: BLE001 - the caller logs it and goes on
+        result = err
+    return result, time.monotonic() - t0
+
+
 def finish_serially(jobs: list[Job], evaluator: Evaluator) -> Iterator[Finished]:
     for i, (candidate, levels) in enumerate(jobs):
-        t0 = time.monotonic()
-        try:
-            result: Candidate | Exception = finish(candidate, evaluator, levels)
-        except Exception as err:  # noqa: BLE001 - one broken recipe must not lose the whole report
-            result = err
-        yield i, result, time.monotonic() - t0
+        yield i, *attempt(candidate, evaluator, levels)
 
 
 def baselines(which: BaselineSet, teacher_arch: str) -> list[Candidate]:

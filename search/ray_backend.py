@@ -14,7 +14,6 @@ worker process dies is retried by Ray (`max_retries`), so a dying worker loses a
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,12 +47,10 @@ def _finish(spec: RunSpec, candidate: final.Candidate, levels: tuple[Fidelity, .
     import torch
 
     torch.set_num_threads(threads)
-    t0 = time.monotonic()
-    try:
-        result: final.Candidate | Exception = final.finish(candidate, cached_context(spec).evaluator, levels)
-    except Exception as err:  # noqa: BLE001 - reported by the driver, like a failed trial
-        result = RuntimeError(f"{type(err).__name__}: {err}")
-    return result, time.monotonic() - t0
+    result, seconds = final.attempt(candidate, cached_context(spec).evaluator, levels)
+    if isinstance(result, Exception):  # any exception type may not unpickle in the driver: send its text
+        result = RuntimeError(f"{type(result).__name__}: {result}")
+    return result, seconds
 
 
 def start_ray(address: str | None, workers: int) -> bool:

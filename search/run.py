@@ -100,7 +100,7 @@ def spec_from_args(args: argparse.Namespace, config: StudyConfig, out: Path, dev
                    progress=not args.no_progress, trials=args.trials or 0)
 
 
-def start_fresh(out: Path, storage: str | None, study_name: str) -> None:
+def start_fresh(out: Path, storage: str | None, name: str) -> None:
     """--fresh: forget this study and every cached result of its run folder (teachers stay cached); other
     studies in a shared `--storage` are left alone."""
     if storage is None:
@@ -108,8 +108,8 @@ def start_fresh(out: Path, storage: str | None, study_name: str) -> None:
     else:
         import optuna
 
-        if study_name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
-            optuna.delete_study(study_name=study_name, storage=storage)
+        if name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+            optuna.delete_study(study_name=name, storage=storage)
     for folder in ("results", "checkpoints"):
         shutil.rmtree(out / folder, ignore_errors=True)
 

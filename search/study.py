@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,17 +68,14 @@ class LocalExecutor:
         return final.finish_serially(jobs, self.ctx.evaluator)
 
 
-@contextmanager
-def local_executor(ctx: Context, backend: Backend) -> Iterator[Executor]:
-    yield LocalExecutor(ctx)
+def local_executor(ctx: Context, backend: Backend) -> AbstractContextManager[Executor]:
+    return nullcontext(LocalExecutor(ctx))
 
 
-@contextmanager
-def ray_executor(ctx: Context, backend: Backend) -> Iterator[Executor]:
+def ray_executor(ctx: Context, backend: Backend) -> AbstractContextManager[Executor]:
     from search.ray_backend import ray_session  # Ray is imported only when asked for
 
-    with ray_session(ctx, backend.address, backend.workers) as executor:
-        yield executor
+    return ray_session(ctx, backend.address, backend.workers)
 
 
 EXECUTORS: dict[str, Callable[[Context, Backend], AbstractContextManager[Executor]]] = {
