@@ -87,9 +87,16 @@ def resolve_profile(target: str | Path) -> Profile:
 
 
 def _input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    """(C, H, W), or (1, C, H, W) as nn-Meter and torchinfo take it; every estimate is at batch 1."""
     shape = tuple(int(s) for s in input_shape)
+    if len(shape) == 4:
+        if shape[0] != 1:
+            raise ValueError(f"input_shape {shape}: batch {shape[0]} is not supported; every estimate is for one "
+                             f"image at a time (batch 1): pass (1, {', '.join(map(str, shape[1:]))}) or "
+                             f"({', '.join(map(str, shape[1:]))})")
+        shape = shape[1:]
     if len(shape) != 3 or min(shape) <= 0:
-        raise ValueError(f"input_shape must be C x H x W with positive sizes, got {tuple(input_shape)}")
+        raise ValueError(f"input_shape must be (C, H, W) or (1, C, H, W) with positive sizes, got {tuple(input_shape)}")
     return shape
 
 

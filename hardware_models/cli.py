@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"{', '.join(list_targets())}, or the path of a profile JSON")
     parser.add_argument("--model", required=True,
                         help=f"network spec SCHEME:ARG (schemes: {', '.join(list_schemes())})")
-    parser.add_argument("--input", required=True, help="C x H x W, e.g. 3x224x224")
+    parser.add_argument("--input", required=True, help="C x H x W (or 1 x C x H x W), e.g. 3x224x224")
     parser.add_argument("--precision", help="fp32, int8, int5, ... (target default if omitted)")
     parser.add_argument("--threads", type=int, help="CPU threads (CPU targets)")
     parser.add_argument("--runtime", help="vart-python / vart-cpp (DPU), ncnn / pytorch (Raspberry Pi)")

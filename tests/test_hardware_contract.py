@@ -108,5 +108,18 @@ def test_unsupported_layer_is_named(layer: nn.Module, name: str) -> None:
 
 
 def test_bad_input_shape_is_rejected() -> None:
-    with pytest.raises(ValueError, match="C x H x W"):
+    with pytest.raises(ValueError, match=r"\(C, H, W\) or \(1, C, H, W\)"):
         estimate(cnn(8), (3, 32), "rpi4")
+
+
+@pytest.mark.parametrize("target", ["zcu104", "rpi4"])
+def test_input_shape_with_batch_one_is_the_same_estimate(target: str) -> None:
+    model = cnn(8)
+    plain = estimate(model, (3, 32, 32), target)
+    batched = estimate(model, (1, 3, 32, 32), target)
+    assert batched["latency_ms"] == plain["latency_ms"] and batched["energy_mj"] == plain["energy_mj"]
+
+
+def test_input_shape_with_another_batch_is_rejected_with_the_fix() -> None:
+    with pytest.raises(ValueError, match=r"batch 8 is not supported.*\(1, 3, 32, 32\)"):
+        estimate(cnn(8), (8, 3, 32, 32), "zcu104")
