@@ -46,6 +46,7 @@ from spaces.fake_quant import float_mode
 from spaces.quantization import bit_widths
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
+from spaces.validated import settings
 
 Gate = Callable[[dict[str, Any]], str | None]
 
@@ -56,7 +57,7 @@ class Fidelity(StrEnum):
     F3 = "f3"
 
 
-@dataclass(frozen=True, kw_only=True)
+@settings
 class LevelConfig:
     """One rung: what `apply` may spend and how many validation images score it (0: the whole split)."""
 
@@ -73,7 +74,7 @@ def _f3() -> LevelConfig:
     return LevelConfig(val_images=0, budget=Budget(finetune_steps=1000, cache_students=True))
 
 
-@dataclass(frozen=True, kw_only=True)
+@settings
 class FidelityConfig:
     f1: LevelConfig = field(default_factory=LevelConfig)
     f2: LevelConfig = field(default_factory=_f2)
@@ -83,7 +84,7 @@ class FidelityConfig:
         return getattr(self, fidelity.value)
 
 
-@dataclass(frozen=True, kw_only=True)
+@settings
 class HardwareConfig:
     """Which boards score a candidate, at which input size, and which storage rule sizes it."""
 

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from evaluators.batches import Batcher
 from evaluators.datasets import ImageSet
+from spaces.validated import settings
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -43,7 +44,7 @@ class Schedule(StrEnum):
     CONSTANT = "constant"
 
 
-@dataclass(frozen=True, kw_only=True)
+@settings
 class TrainConfig:
     epochs: int = field(default=1, metadata={"min": 1, "max": 1000})
     batch_size: int = field(default=128, metadata={"min": 1, "max": 4096})

@@ -32,6 +32,7 @@ from search.objectives import direction
 from spaces.recipe import Recipe
 from spaces.recipe import describe
 from spaces.space import SearchSpace
+from spaces.validated import settings
 
 
 class SamplerKind(StrEnum):
@@ -48,7 +49,7 @@ class BaselineSet(StrEnum):
     NONE = "none"
 
 
-@dataclass(frozen=True, kw_only=True)
+@settings
 class SearchConfig:
     sampler: SamplerKind = SamplerKind.NSGA2
     trials: int = field(default=40, metadata={"min": 1, "max": 100_000})
@@ -57,7 +58,7 @@ class SearchConfig:
     objectives: tuple[str, ...] = ()  # default: accuracy, latency and energy per target, size_mb
     constraints: tuple[str, ...] = ()  # e.g. "latency_zcu104 <= 5", "accuracy_drop <= 1"
     final_max: int = field(default=8, metadata={"min": 1, "max": 1000})  # front recipes that get F3
-    baselines: BaselineSet = BaselineSet.THESIS
+    baselines: BaselineSet = BaselineSet.SURVEY  # thesis_table needs the thesis's ResNet-50 teacher
 
 
 class StudyMismatch(ValueError):

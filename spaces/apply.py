@@ -58,6 +58,7 @@ from spaces.recipe import PruneSchedule
 from spaces.recipe import Quantization
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
+from spaces.validated import settings
 
 
 def _finetune_config() -> TrainConfig:
@@ -75,7 +76,7 @@ def _student_config() -> TrainConfig:
                        batch_size=64, augment=False)
 
 
-@dataclass(frozen=True, kw_only=True)
+@settings
 class Budget:
     """How much work `apply` may spend on one recipe. All step counts 0 is the zero-training fidelity."""
 

@@ -14,7 +14,6 @@ The same function serves Ray Tune (`ray.tune.search.optuna.OptunaSearch(space=sp
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from dataclasses import field
 from enum import StrEnum
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import optuna
 
 from spaces.architectures import create_model
+from spaces.architectures import get_architecture
 from spaces.architectures import list_architectures
 from spaces.distillation import HINT_LAYERS
 from spaces.distillation import default_pairs
@@ -41,6 +41,7 @@ from spaces.recipe import Pruning
 from spaces.recipe import Quantization
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
+from spaces.validated import settings
 
 
 class BitGrouping(StrEnum):
@@ -49,11 +50,13 @@ class BitGrouping(StrEnum):
     LAYER = "layer"  # one per Conv2d/Linear: the most freedom, the hardest search
 
 
-@dataclass(frozen=True, kw_only=True)
+@settings
 class SpaceConfig:
     """What a study lets the search vary. Tuples list the allowed choices (strings are accepted)."""
 
-    students: tuple[str, ...] = (TEACHER, "resnet18", "mobilenet_v2", "squeezenet1_1")
+    # Only the teacher by default: a registry student needs a distillation budget (`student_steps`) that a study
+    # must choose; the ResNet-50 study lists the thesis's students.
+    students: tuple[str, ...] = (TEACHER,)
     distill_kinds: tuple[DistillKind, ...] = (DistillKind.NONE, DistillKind.LOGIT, DistillKind.FEATURE)
     temperature_min: float = field(default=2.0, metadata={"min": 0.1, "max": 100.0})
     temperature_max: float = field(default=8.0, metadata={"min": 0.1, "max": 100.0})
@@ -132,8 +135,7 @@ class SearchSpace:
     """Recipes for one teacher architecture, suggested through any optuna trial (or Ray Tune's wrapper)."""
 
     def __init__(self, config: SpaceConfig, teacher_arch: str) -> None:
-        if teacher_arch not in list_architectures():
-            raise KeyError(f"unknown teacher {teacher_arch!r}; known: {', '.join(list_architectures())}")
+        get_architecture(teacher_arch)  # raises KeyError naming the known ones
         self.config, self.teacher_arch = config, teacher_arch
 
     def arch(self, student: str) -> str:
