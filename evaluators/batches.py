@@ -14,12 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from evaluators.datasets import Dataset
 from evaluators.datasets import DatasetInfo
 from evaluators.datasets import ImageSet
-
-PAD = {Dataset.CIFAR10: 4, Dataset.MNIST: 2}
-FLIP = {Dataset.CIFAR10: True, Dataset.MNIST: False}
 
 
 @dataclass(frozen=True)
@@ -38,7 +34,7 @@ class Batcher:
         return x
 
     def augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        pad = PAD[self.info.name]
+        pad = self.info.pad
         n, _, h, w = images.shape
         padded = F.pad(images, (pad, pad, pad, pad))
         dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
@@ -48,7 +44,7 @@ class Batcher:
         batch_idx = torch.arange(n).view(n, 1, 1, 1)
         chan_idx = torch.arange(images.shape[1]).view(1, -1, 1, 1)
         out = padded[batch_idx, chan_idx, rows, cols]
-        if FLIP[self.info.name]:
+        if self.info.flip:
             flip = torch.rand(n, generator=generator) < 0.5
             out[flip] = out[flip].flip(-1)
         return out
@@ -57,17 +53,18 @@ class Batcher:
                       start_step: int = 0, augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffled full batches of one epoch (the last partial batch is dropped), from `start_step` on."""
         perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-        for step in range(start_step, len(data) // batch_size):
-            idx = perm[step * batch_size: (step + 1) * batch_size]
-            images = data.images[idx]
+        steps = range(start_step, len(data) // batch_size)
+        indices = [perm[step * batch_size: (step + 1) * batch_size] for step in steps]
+        for step, idx, images in zip(steps, indices, data.batches(indices), strict=True):
             if augment:
                 gen = torch.Generator().manual_seed((seed * 100003 + epoch) * 1000003 + step)
                 images = self.augment(images, gen)
             yield self.normalize(images), data.labels[idx]
 
     def eval_batches(self, data: ImageSet, batch_size: int = 500) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, len(data), batch_size):
-            yield self.normalize(data.images[start: start + batch_size]), data.labels[start: start + batch_size]
+        indices = [torch.arange(start, min(start + batch_size, len(data))) for start in range(0, len(data), batch_size)]
+        for idx, images in zip(indices, data.batches(indices), strict=True):
+            yield self.normalize(images), data.labels[idx]
 
     def steps_per_epoch(self, data: ImageSet, batch_size: int) -> int:
         return len(data) // batch_size

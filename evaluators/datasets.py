@@ -12,6 +12,7 @@ import hashlib
 import os
 import pickle
 from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -32,24 +33,64 @@ class DataError(RuntimeError):
 class Dataset(StrEnum):
     CIFAR10 = "cifar10"
     MNIST = "mnist"
+    IMAGEFOLDER = "imagefolder"  # the user's own images (evaluators.imagefolder)
+    MEMORY = "memory"  # datasets handed over in Python (evaluators.memory_data); not for study files
+
+
+class LazyImages:
+    """Images that stay on disk until a batch needs them (`evaluators.imagefolder.ImageFiles`): the interface
+    an ImageSet needs from them, so that batching code serves in-memory and streamed data alike."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def select(self, index: torch.Tensor) -> LazyImages:
+        raise NotImplementedError
+
+    def load(self, index: torch.Tensor | slice) -> torch.Tensor:
+        raise NotImplementedError
+
+    def stream(self, batches: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        raise NotImplementedError
+
+    def identity(self) -> bytes:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images as uint8 N x C x H x W and labels as int64 N."""
+    """Images as uint8 N x C x H x W (in memory, or `LazyImages` decoded per batch) and labels as int64 N."""
 
-    images: torch.Tensor
+    images: torch.Tensor | LazyImages
     labels: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, index: torch.Tensor) -> ImageSet:
-        return ImageSet(self.images[index], self.labels[index])
+        images = self.images.select(index) if isinstance(self.images, LazyImages) else self.images[index]
+        return ImageSet(images, self.labels[index])
 
     def first(self, count: int) -> ImageSet:
         """The first `count` images (all of them when `count` is 0 or at least the set's size)."""
         return self if count <= 0 or count >= len(self) else self.subset(torch.arange(count))
+
+    def take(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """The uint8 images at `index` (decoded now when they live on disk)."""
+        return self.images.load(index) if isinstance(self.images, LazyImages) else self.images[index]
+
+    def batches(self, indices: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The images of each index batch in turn; streamed data is decoded ahead by worker processes."""
+        if isinstance(self.images, LazyImages):
+            return self.images.stream(indices)
+        return (self.images[i] for i in indices)
+
+    def digest(self) -> bytes:
+        """What identifies the pixels: the bytes themselves, or the file list of streamed images (whose
+        contents the dataset fingerprint covers)."""
+        if isinstance(self.images, LazyImages):
+            return self.images.identity()
+        return self.images.contiguous().numpy().tobytes()
 
 
 @dataclass(frozen=True)
@@ -62,25 +103,34 @@ class DatasetInfo:
     std: tuple[float, ...]
     train_size: int
     test_size: int
+    # Training augmentation: random-crop padding in pixels, and whether a horizontal flip keeps the label.
+    pad: int = 4
+    flip: bool = True
+    classes: tuple[str, ...] = ()
 
 
 DATASET_INFO: dict[Dataset, DatasetInfo] = {
     Dataset.CIFAR10: DatasetInfo(
-        Dataset.CIFAR10, 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 50000, 10000
+        Dataset.CIFAR10, 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 50000, 10000,
+        classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
     ),
-    Dataset.MNIST: DatasetInfo(Dataset.MNIST, 10, 1, 28, (0.1307,), (0.3081,), 60000, 10000),
+    # Digits are not mirror-symmetric: crop only.
+    Dataset.MNIST: DatasetInfo(Dataset.MNIST, 10, 1, 28, (0.1307,), (0.3081,), 60000, 10000, pad=2, flip=False,
+                               classes=tuple(str(d) for d in range(10))),
 }
 
 
 @dataclass(frozen=True)
 class RawData:
-    """The official train and test images, plus a fingerprint of the files they came from."""
+    """The train and test images (and a validation set where the user gave one), plus a fingerprint of the
+    files they came from. A missing test (or validation) set is carved from train by `make_splits`."""
 
     info: DatasetInfo
     train: ImageSet
-    test: ImageSet
+    test: ImageSet | None
     fingerprint: str
     source: Path
+    val: ImageSet | None = None
 
 
 # --- checksums -------------------------------------------------------------------------------------

@@ -14,17 +14,30 @@ import torch
 from evaluators.datasets import DatasetInfo
 from evaluators.datasets import ImageSet
 from evaluators.datasets import RawData
+from spaces.validated import settings
 
 
-@dataclass(frozen=True, kw_only=True)
+@settings
 class SplitConfig:
-    """How the training images are divided; part of every cache key that depends on data."""
+    """How the training images are divided; part of every cache key that depends on data.
 
-    val_size: int = field(default=5000, metadata={"min": 100, "max": 20000})
-    calib_size: int = field(default=1000, metadata={"min": 32, "max": 10000})
+    A size of 0 means a fraction of the training folder (validation 10%, calibration 5%, at most 1000), so
+    that the defaults fit a dataset of a few hundred images as well as CIFAR-10. A test split the data
+    does not provide (an ImageFolder without `test/`) is carved the same size as validation.
+    """
+
+    val_size: int = field(default=0, metadata={"min": 0, "max": 200_000})  # model selection
+    calib_size: int = field(default=0, metadata={"min": 0, "max": 10_000})  # PTQ scales, BN recalibration
     # 0 keeps every remaining training image; a smaller number trains on a fixed seeded subset of them.
-    train_size: int = field(default=0, metadata={"min": 0, "max": 60000})
+    train_size: int = field(default=0, metadata={"min": 0, "max": 10_000_000})
     seed: int = field(default=0, metadata={"min": 0})
+
+    def sizes_for(self, n: int, *, carve_val: bool = True, carve_test: bool = False) -> dict[str, int]:
+        """How many of `n` training images go to each carved split."""
+        val = (self.val_size or max(1, round(0.1 * n))) if carve_val or carve_test else 0
+        sizes = {"val": val if carve_val else 0, "calib": self.calib_size or min(1000, max(1, round(0.05 * n))),
+                 "test": val if carve_test else 0}
+        return sizes
 
 
 @dataclass(frozen=True)
@@ -40,30 +53,41 @@ class Splits:
         return {name: len(getattr(self, name)) for name in ("train", "val", "calib", "test")}
 
 
-def split_indices(n: int, config: SplitConfig) -> dict[str, torch.Tensor]:
+def split_indices(n: int, config: SplitConfig, *, carve_val: bool = True,
+                  carve_test: bool = False) -> dict[str, torch.Tensor]:
     """Disjoint index sets over `n` training images; the same config always gives the same indices."""
-    reserved = config.val_size + config.calib_size
+    sizes = config.sizes_for(n, carve_val=carve_val, carve_test=carve_test)
+    reserved = sum(sizes.values())
     if reserved >= n:
-        raise ValueError(f"val_size + calib_size = {reserved} leaves no training images out of {n}")
+        raise ValueError(f"validation, calibration and test ({sizes['val']} + {sizes['calib']} + {sizes['test']}) "
+                         f"leave no training images out of {n}; lower [data.split] val_size / calib_size or add "
+                         "images")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
-    val = perm[: config.val_size]
-    calib = perm[config.val_size: reserved]
-    train = perm[reserved:]
+    out, start = {}, 0
+    for name in ("val", "calib", "test"):
+        out[name] = perm[start: start + sizes[name]]
+        start += sizes[name]
+    train = perm[start:]
     if config.train_size:
         if config.train_size > len(train):
             raise ValueError(f"train_size = {config.train_size} but only {len(train)} training images remain "
                              "after validation and calibration; lower train_size (0 means all)")
         train = train[: config.train_size]
-    return {"train": train, "val": val, "calib": calib}
+    out["train"] = train
+    if not carve_test:
+        del out["test"]
+    return out
 
 
 def make_splits(raw: RawData, config: SplitConfig) -> Splits:
-    idx = split_indices(len(raw.train), config)
+    """Validation and calibration carved from train (validation from `val/` when the user gave one); the test
+    split is the official or user-given one, carved from train only when there is none."""
+    idx = split_indices(len(raw.train), config, carve_val=raw.val is None, carve_test=raw.test is None)
     return Splits(
         info=raw.info,
         train=raw.train.subset(idx["train"]),
-        val=raw.train.subset(idx["val"]),
+        val=raw.val if raw.val is not None else raw.train.subset(idx["val"]),
         calib=raw.train.subset(idx["calib"]),
-        test=raw.test,
+        test=raw.test if raw.test is not None else raw.train.subset(idx["test"]),  # carved only when missing
         fingerprint=raw.fingerprint,
     )

@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from evaluators.batches import Batcher
-from evaluators.datasets import Dataset
 from evaluators.datasets import DatasetInfo
 from evaluators.datasets import ImageSet
 from evaluators.metrics import accuracy
@@ -63,9 +62,6 @@ METRICS_KEYS = ("bundle_format", "model_name", "recipe_hash", "recipe", "dataset
                 "data_fingerprint", "accuracy", "calibration", "size", "host_latency_ms", "predicted", "deployment",
                 "spec")
 LATENCY_RUNS, LATENCY_WARMUP, LATENCY_BUDGET_S = 200, 20, 3.0
-CLASS_NAMES = {Dataset.CIFAR10: ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                                 "truck"),
-               Dataset.MNIST: tuple(str(d) for d in range(10))}
 
 
 def write_bundle(model: nn.Module, recipe: Recipe, splits: Splits, batcher: Batcher, out_dir: Path, *,
@@ -156,7 +152,7 @@ def _save_models(out: Path, model: nn.Module, float_net: nn.Module, recipe: Reci
 
 
 def _write_calibration(folder: Path, calib: ImageSet, info: DatasetInfo, shape: tuple[int, ...]) -> None:
-    np.save(folder / "images.npy", calib.images.numpy().astype(np.uint8))
+    np.save(folder / "images.npy", calib.take(slice(None)).numpy().astype(np.uint8))
     np.save(folder / "labels.npy", calib.labels.numpy().astype(np.int64))
     _write_json(folder / "normalization.json", {
         "mean": list(info.mean), "std": list(info.std), "pixel_scale": 255.0, "input_shape": list(shape),
@@ -247,7 +243,7 @@ def _write_scripts(out: Path, metrics: dict[str, Any], info: DatasetInfo) -> Non
     common = {"model_name": metrics["model_name"], "spec": metrics["spec"], "input_shape": metrics["input_shape"],
               "mean": list(info.mean), "std": list(info.std)}
     _write_json(out / "rpi" / "preprocess.json", {**common, "precision": "int8",
-                                                   "labels": list(CLASS_NAMES.get(info.name, ()))})
+                                                   "labels": list(info.classes)})
     for name in ("quantize.py", "run_vart.py"):
         shutil.copyfile(SCRIPTS / name, out / "zcu104" / name)
     (out / "zcu104" / "compile.sh").write_text(texts.compile_sh())

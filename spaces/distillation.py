@@ -125,7 +125,7 @@ def weights_digest(model: nn.Module) -> str:
 
 def data_digest(data: ImageSet, resolution: int) -> str:
     h = hashlib.sha256(str(resolution).encode())
-    h.update(data.images.contiguous().numpy().tobytes())
+    h.update(data.digest())
     h.update(data.labels.contiguous().numpy().tobytes())
     return h.hexdigest()
 
