@@ -10,16 +10,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from evaluators.batches import Batcher
+from evaluators.checkpoint import check_outputs
+from evaluators.checkpoint import load_into
+from evaluators.checkpoint import read_checkpoint
 from evaluators.datasets import file_digest
 from evaluators.metrics import accuracy
 from evaluators.metrics import model_summary
@@ -31,6 +37,10 @@ from evaluators.training import train
 from evaluators.training import warn
 from spaces.architectures import create_model
 from spaces.architectures import list_architectures
+from spaces.user_models import add_code_path
+from spaces.user_models import canonical_name
+from spaces.validated import ConfigError
+from spaces.validated import settings
 
 CACHE_ENV = "EDGE_SEARCH_CACHE"
 # Bumped whenever a change to training code would make an old cached teacher a different network.
@@ -41,10 +51,42 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edge-compress-search")
 
 
-@dataclass(frozen=True, kw_only=True)
+@settings
 class TeacherConfig:
-    arch: str = field(metadata={"choices": list_architectures})
+    """The network to compress: trained here (`train`), or the user's own trained `checkpoint`.
+
+    `arch` is a registered name (`resnet50`), `torchvision:<name>` or the user's `package.module:factory`,
+    built with `kwargs`; `code` is a folder put on the import path for the user's package.
+    """
+
+    arch: str
+    kwargs: tuple[tuple[str, Any], ...] = field(default=(), metadata={"table": True})
+    checkpoint: str = ""  # relative to the study file
+    code: str = ""  # relative to the study file
+    # A checkpoint that is a whole pickled module can run arbitrary code when loaded: only with this set.
+    allow_pickle: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if ":" not in self.arch and self.arch not in list_architectures():
+            raise ValueError(f"teacher.arch: {self.arch!r} is not allowed; use one of "
+                             f"{', '.join(map(repr, list_architectures()))}, 'torchvision:<model name>' or "
+                             "'package.module:factory'")
+        if self.kwargs and ":" not in self.arch:
+            raise ValueError(f"teacher.kwargs: registered architecture {self.arch!r} takes no keyword arguments")
+        if self.allow_pickle and not self.checkpoint:
+            raise ValueError("teacher.allow_pickle only applies to a teacher.checkpoint")
+
+    @property
+    def network(self) -> str:
+        """The name every process rebuilds this network from (arguments included)."""
+        return canonical_name(self.arch, self.kwargs)
+
+    def key_fields(self) -> dict[str, Any]:
+        """The fields a trained teacher's cache key depends on; fields left at their default are omitted, so
+        caches made before they existed stay valid."""
+        fields = asdict(self)
+        return {k: v for k, v in fields.items() if k not in ("kwargs", "checkpoint", "code", "allow_pickle") or v}
 
 
 @dataclass(frozen=True)
@@ -56,7 +98,7 @@ class Teacher:
 
 
 def teacher_key(config: TeacherConfig, split: SplitConfig, resolution: int, data_fingerprint: str) -> str:
-    blob = json.dumps({"format": TEACHER_FORMAT, "teacher": asdict(config), "split": asdict(split),
+    blob = json.dumps({"format": TEACHER_FORMAT, "teacher": config.key_fields(), "split": asdict(split),
                        "resolution": resolution, "data": data_fingerprint}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -81,31 +123,103 @@ def _load_cached(folder: Path, model: nn.Module) -> dict | None:
 def prepare_teacher(config: TeacherConfig, splits: Splits, batcher: Batcher, split: SplitConfig, *,
                     cache_dir: Path | None = None, device: torch.device | str = "cpu",
                     progress: bool = True) -> Teacher:
-    """Return the trained teacher, from the cache when a verified copy exists, otherwise by training it."""
+    """Return the trained teacher: the user's checkpoint (never trained), else from the cache when a verified
+    copy exists, otherwise by training it."""
+    if config.checkpoint:
+        return user_teacher(config, splits, batcher, split, cache_dir=cache_dir, device=device)
     info = splits.info
     key = teacher_key(config, split, batcher.resolution, splits.fingerprint)
-    folder = (cache_dir or default_cache_dir()) / "teachers" / f"{config.arch}-{info.name.value}-{key}"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _folder(cache_dir, config, info.name.value, key)
     torch.manual_seed(config.train.seed)  # the initial weights are part of what the key promises
-    model = create_model(config.arch, num_classes=info.num_classes, in_channels=info.channels)
+    model = build_teacher(config, info.num_classes, info.channels)
     meta = _load_cached(folder, model)
     if meta is not None:
         return Teacher(model, meta, folder, from_cache=True)
     t0 = time.monotonic()
     result = train(model, splits.train, batcher, config.train, device=device, checkpoint=folder / "checkpoint.pt",
                    desc=f"teacher {config.arch}", progress=progress)
-    meta = {
-        "arch": config.arch, "dataset": info.name.value, "key": key, "resolution": batcher.resolution,
-        "val_accuracy": accuracy(model, splits.val, batcher, device=device),
-        "test_accuracy": accuracy(model, splits.test, batcher, device=device),
-        **model_summary(model, (info.channels, batcher.resolution, batcher.resolution)),
-        "train_seconds_this_run": round(time.monotonic() - t0, 1), "resumed_from_step": result.resumed_from,
-        "train_steps": result.steps, "config": json.loads(json.dumps(asdict(config), default=str)),
-        "split": asdict(split), "data_fingerprint": splits.fingerprint,
-    }
+    meta = _measure(model, config, splits, batcher, device) | {
+        "key": key, "train_seconds_this_run": round(time.monotonic() - t0, 1), "resumed_from_step": result.resumed_from,
+        "train_steps": result.steps, "split": asdict(split)}
     model.cpu()
     atomic_save(model.state_dict(), folder / "teacher.pt")
     meta["sha256"] = file_digest(folder / "teacher.pt", "sha256")
     (folder / "teacher.json").write_text(json.dumps(meta, indent=2))
     (folder / "checkpoint.pt").unlink(missing_ok=True)
+    return Teacher(model, meta, folder, from_cache=False)
+
+
+def _folder(cache_dir: Path | None, config: TeacherConfig, dataset: str, key: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.arch.partition("@")[0])  # no process-local instance id
+    folder = Path(cache_dir or default_cache_dir()) / "teachers" / f"{safe}-{dataset}-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def build_teacher(config: TeacherConfig, num_classes: int, in_channels: int) -> nn.Module:
+    """The teacher's network, untrained; an architecture that cannot be built is a one-line ConfigError."""
+    add_code_path(config.code)
+    try:
+        return create_model(config.network, num_classes=num_classes, in_channels=in_channels)
+    except (KeyError, TypeError) as err:
+        raise ConfigError(f"teacher.arch: {err.args[0] if err.args else err}") from None
+
+
+def _measure(model: nn.Module, config: TeacherConfig, splits: Splits, batcher: Batcher,
+             device: torch.device | str) -> dict[str, Any]:
+    """Accuracy on validation and test (each named), cost, and what the teacher is."""
+    info = splits.info
+    return {
+        "arch": config.network, "dataset": info.name.value, "resolution": batcher.resolution,
+        "val_accuracy": accuracy(model, splits.val, batcher, device=device),
+        "test_accuracy": accuracy(model, splits.test, batcher, device=device),
+        **model_summary(model, (info.channels, batcher.resolution, batcher.resolution)),
+        "config": json.loads(json.dumps(asdict(config), default=str)), "data_fingerprint": splits.fingerprint,
+    }
+
+
+def user_teacher(config: TeacherConfig, splits: Splits, batcher: Batcher, split: SplitConfig, *,
+                 cache_dir: Path | None = None, device: torch.device | str = "cpu") -> Teacher:
+    """The user's trained network from `config.checkpoint`. Its accuracy is measured once per (file content,
+    data, split) and kept in the cache; the weights are always read from the user's file."""
+    info, path = splits.info, Path(config.checkpoint)
+    state = read_checkpoint(path, allow_pickle=config.allow_pickle)
+    model = build_teacher(config, info.num_classes, info.channels)
+    load_into(model, state, path=path, arch=config.network, num_classes=info.num_classes, in_channels=info.channels)
+    check_outputs(model, path=path, num_classes=info.num_classes, in_channels=info.channels,
+                  resolution=batcher.resolution)
+    digest = file_digest(path, "sha256")
+    keyed = replace(config, checkpoint=digest, code="", train=TrainConfig())
+    key = teacher_key(keyed, split, batcher.resolution, splits.fingerprint)
+    folder = _folder(cache_dir, config, info.name.value, key)
+    meta_path = folder / "teacher.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("checkpoint_sha256") == digest:
+            return Teacher(model, meta | {"checkpoint": str(path)}, folder, from_cache=True)
+    meta = _measure(model, config, splits, batcher, device) | {
+        "key": key, "checkpoint": str(path), "checkpoint_sha256": digest, "split": asdict(split)}
+    model.cpu()
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return Teacher(model, meta, folder, from_cache=False)
+
+
+def given_teacher(model: nn.Module, config: TeacherConfig, splits: Splits, batcher: Batcher, cache_dir: Path | None,
+                  device: torch.device | str) -> Teacher:
+    """A teacher handed over in memory (the Python API): measured like a checkpoint, keyed by its weights."""
+    info = splits.info
+    check_outputs(model, path=Path("<the teacher model>"), num_classes=info.num_classes, in_channels=info.channels,
+                  resolution=batcher.resolution)
+    h = hashlib.sha256(splits.fingerprint.encode())
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    key = h.hexdigest()[:16]
+    folder = _folder(cache_dir, config, info.name.value, key)
+    meta_path = folder / "teacher.json"
+    if meta_path.is_file():
+        return Teacher(model, json.loads(meta_path.read_text()), folder, from_cache=True)
+    meta = _measure(model, config, splits, batcher, device) | {"key": key, "given_in_memory": True}
+    model.cpu()
+    meta_path.write_text(json.dumps(meta, indent=2))
     return Teacher(model, meta, folder, from_cache=False)

@@ -46,10 +46,24 @@ def register_architecture(name: str, *, description: str, default_resolution: in
 
 
 def get_architecture(name: str) -> Architecture:
-    try:
+    """A registered network, or one named by a scheme (`torchvision:<name>`, `package.module:factory`; see
+    `spaces.user_models`), resolved once per process so that every worker builds the same network."""
+    if name in ARCHITECTURES:
         return ARCHITECTURES[name]
+    if ":" in name:
+        from spaces.user_models import resolve  # lazily: imports the user's code only when asked for
+
+        return resolve(name)
+    raise KeyError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}, "
+                   "torchvision:<model name> or package.module:factory")
+
+
+def is_known(name: str) -> bool:
+    try:
+        get_architecture(name)
     except KeyError:
-        raise KeyError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
+        return False
+    return True
 
 
 def list_architectures(pattern: str = "*") -> list[str]:
@@ -61,7 +75,7 @@ def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3) -> n
     return get_architecture(name).builder(num_classes, in_channels)
 
 
-def _first_conv_for(model: nn.Module, in_channels: int) -> nn.Module:
+def first_conv_for(model: nn.Module, in_channels: int) -> nn.Module:
     """Swap the stem convolution for one taking `in_channels` (MNIST is greyscale)."""
     if in_channels == 3:
         return model
@@ -81,7 +95,7 @@ def _thesis(base: str, hidden: list[int]) -> Builder:
 
     def build(num_classes: int, in_channels: int) -> nn.Module:
         model = getattr(torchvision.models, base)(weights=None, **options)
-        return _first_conv_for(attach_thesis_head(model, hidden, num_classes), in_channels)
+        return first_conv_for(attach_thesis_head(model, hidden, num_classes), in_channels)
 
     return build
 

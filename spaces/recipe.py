@@ -242,12 +242,12 @@ RULES: tuple[Callable[[Recipe], str | None], ...] = (_ratio, _layer_counts, _pru
 
 
 def _known_student(student: str, teacher: str, resolution: int | None) -> str | None:
-    from spaces.architectures import ARCHITECTURES  # lazily: recipe.py stays free of torch
+    from spaces.architectures import get_architecture  # lazily: recipe.py stays free of torch
 
-    unknown = [a for a in (student, teacher) if a not in ARCHITECTURES]
-    if unknown:
-        return f"unknown architecture {unknown[0]!r}; known: {', '.join(sorted(ARCHITECTURES))}"
-    s, t = ARCHITECTURES[student], ARCHITECTURES[teacher]
+    try:
+        s, t = get_architecture(student), get_architecture(teacher)
+    except KeyError as err:
+        return str(err.args[0])
     if s.fixed_resolution and (resolution or t.default_resolution) != s.default_resolution:
         return f"student {student} only takes {s.default_resolution}x{s.default_resolution} inputs"
     return None
