@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    spec = RunSpec(study=args.study, profile=args.profile, out=str(out / "cache"), data_root=args.data_root,
-                   cache_dir=args.cache_dir)
+    spec = RunSpec.from_study(args.study, args.profile, str(out / "cache"), data_root=args.data_root,
+                              cache_dir=args.cache_dir)
     _quiet()
     ctx = load_context(spec)
     found: dict = {"study": args.study, "profile": args.profile}

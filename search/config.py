@@ -13,34 +13,34 @@ import copy
 import dataclasses
 import tomllib
 import typing
-from dataclasses import dataclass
 from dataclasses import field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from evaluators.candidate import FidelityConfig
 from evaluators.candidate import HardwareConfig
 from evaluators.data import DataConfig
+from evaluators.data import resolve_root
 from evaluators.teacher import TeacherConfig
+from search.engine import BaselineSet
 from search.engine import SearchConfig
 from spaces.space import SpaceConfig
+from spaces.validated import ConfigError
+from spaces.validated import check_value
+from spaces.validated import settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_REQUIRED = ("smoke", "cpu", "paper")
+BASE_PROFILE = "base"
 
 
-class ConfigError(ValueError):
-    """A study file is invalid; the message names the file, the key and what is allowed."""
-
-
-@dataclass(frozen=True, kw_only=True)
+@settings
 class StudyInfo:
     name: str
     description: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
+@settings
 class StudyConfig:
     study: StudyInfo
     data: DataConfig
@@ -53,56 +53,17 @@ class StudyConfig:
     profile: str = ""
     source: str = ""
 
+    def __post_init__(self) -> None:
+        if self.search.baselines == BaselineSet.THESIS and self.teacher.arch != "resnet50":
+            raise ValueError(f"search.baselines: 'thesis_table' reproduces the thesis's recipes on its ResNet-50 "
+                             f"teacher, not {self.teacher.arch!r}; use 'survey_quantization' or 'none'")
+
     @property
     def name(self) -> str:
         return self.study.name
 
 
 FILE_SECTIONS = ("study", "data", "teacher", "space", "search", "fidelity", "hardware")
-
-
-def _describe(tp: Any) -> str:
-    if isinstance(tp, type) and issubclass(tp, Enum):
-        return "one of " + ", ".join(repr(m.value) for m in tp)
-    return getattr(tp, "__name__", str(tp))
-
-
-def _check_value(tp: Any, value: Any, meta: typing.Mapping[str, Any], where: str) -> Any:
-    """A scalar, or a tuple of scalars (`tuple[int, ...]`), checked element by element."""
-    if typing.get_origin(tp) is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        args = typing.get_args(tp)
-        if len(args) != 2 or args[1] is not Ellipsis:
-            raise TypeError(f"config field type {tp} is not supported (use tuple[X, ...])")
-        return tuple(_check_value(args[0], v, meta, f"{where}[{i}]") for i, v in enumerate(value))
-    return _check_scalar(tp, value, meta, where)
-
-
-def _check_scalar(tp: Any, value: Any, meta: typing.Mapping[str, Any], where: str) -> Any:
-    if isinstance(tp, type) and issubclass(tp, Enum):
-        allowed = [m.value for m in tp]
-        if value not in allowed:
-            raise ConfigError(f"{where}: {value!r} is not allowed; use one of {', '.join(map(repr, allowed))}")
-        return tp(value)
-    ok = {bool: isinstance(value, bool),
-          int: isinstance(value, int) and not isinstance(value, bool),
-          float: isinstance(value, (int, float)) and not isinstance(value, bool),
-          str: isinstance(value, str)}.get(tp)
-    if ok is None:
-        raise TypeError(f"config field type {tp} is not supported")
-    if not ok:
-        raise ConfigError(f"{where}: expected {_describe(tp)}, got {type(value).__name__} {value!r}")
-    value = float(value) if tp is float else value
-    if "min" in meta and value < meta["min"] or "max" in meta and value > meta["max"]:
-        raise ConfigError(f"{where}: {value!r} is out of range; allowed {meta.get('min', '-inf')} .. "
-                          f"{meta.get('max', 'inf')}")
-    choices = meta.get("choices")
-    if choices is not None:
-        allowed = list(choices() if callable(choices) else choices)
-        if value not in allowed:
-            raise ConfigError(f"{where}: {value!r} is not allowed; use one of {', '.join(map(repr, allowed))}")
-    return value
 
 
 def build(cls: type, raw: Any, where: str) -> Any:
@@ -125,7 +86,7 @@ def build(cls: type, raw: Any, where: str) -> Any:
         if dataclasses.is_dataclass(tp):
             kwargs[name] = build(tp, _over_default(f, raw[name]), key)
         else:
-            kwargs[name] = _check_value(tp, raw[name], f.metadata, key)
+            kwargs[name] = check_value(tp, raw[name], f.metadata, key)
     try:
         return cls(**kwargs)
     except ValueError as err:  # a dataclass's own cross-field check (`__post_init__`)
@@ -173,6 +134,10 @@ def available_studies() -> list[str]:
     return sorted(names)
 
 
+def is_shipped(path: Path) -> bool:
+    return path.resolve().parent == (REPO_ROOT / "studies").resolve()
+
+
 def read_study_file(path: Path) -> dict:
     try:
         raw = tomllib.loads(path.read_text())
@@ -183,24 +148,53 @@ def read_study_file(path: Path) -> dict:
         raise ConfigError(f"{path}: unknown section [{unknown[0]}]; allowed: "
                           f"{', '.join([*FILE_SECTIONS, 'profiles'])}")
     missing = [p for p in PROFILES_REQUIRED if p not in raw.get("profiles", {})]
-    if missing:
-        raise ConfigError(f"{path}: no [profiles.{missing[0]}]; every study defines {', '.join(PROFILES_REQUIRED)}")
+    if missing and is_shipped(path):
+        raise ConfigError(f"{path}: no [profiles.{missing[0]}]; every shipped study defines "
+                          f"{', '.join(PROFILES_REQUIRED)}")
     return raw
 
 
-def load_study(study: str, profile: str) -> StudyConfig:
-    """Resolve, read and validate a study at one profile."""
+def default_profile(profiles: typing.Collection[str]) -> str:
+    """`paper` needs a GPU to finish in reasonable time; without one the `cpu` profile is the default. A study
+    without profiles runs its base sections (profile `base`)."""
+    import torch
+
+    if not profiles:
+        return BASE_PROFILE
+    wanted = "paper" if torch.cuda.is_available() else "cpu"
+    return wanted if wanted in profiles else sorted(profiles)[0]
+
+
+def load_study(study: str, profile: str | None = None) -> StudyConfig:
+    """Resolve, read and validate a study at one profile (None: the default for this machine). Relative paths
+    in the file (data root, teacher checkpoint and code) are taken relative to the file's folder."""
     path = study_path(study)
     raw = read_study_file(path)
-    profiles = raw.pop("profiles")
-    if profile not in profiles:
-        raise ConfigError(f"{path}: unknown profile {profile!r}; available: {', '.join(sorted(profiles))}")
-    merged = merge(raw, profiles[profile])
+    profiles = raw.pop("profiles", {})
+    profile = profile or default_profile(profiles)
+    if profile != BASE_PROFILE and profile not in profiles:
+        available = ", ".join(sorted(profiles)) if profiles else f"none (no [profiles]: use {BASE_PROFILE})"
+        raise ConfigError(f"{path}: unknown profile {profile!r}; available: {available}")
+    merged = merge(raw, profiles.get(profile, {}))
     config = build(StudyConfig, {k: v for k, v in merged.items() if k in FILE_SECTIONS},
                    f"{path} (profile {profile})")
-    return dataclasses.replace(config, profile=profile, source=str(path))
+    return with_paths_from(dataclasses.replace(config, profile=profile, source=str(path)), path.parent)
+
+
+def with_paths_from(config: StudyConfig, base: Path) -> StudyConfig:
+    """Relative file paths of the config made absolute against `base`."""
+    teacher = config.teacher
+    paths = {k: str((base / v).resolve()) for k in ("checkpoint", "code")
+             if (v := getattr(teacher, k)) and not Path(v).is_absolute()}
+    return dataclasses.replace(config, data=resolve_root(config.data, base),
+                               teacher=dataclasses.replace(teacher, **paths))
+
+
+def from_json(raw: dict, where: str) -> StudyConfig:
+    """A resolved config written by a run (`config.json`) read back, validated like a study file."""
+    return build(StudyConfig, raw, where)
 
 
 def validate_all_profiles(study: str) -> list[StudyConfig]:
     path = study_path(study)
-    return [load_study(str(path), p) for p in read_study_file(path)["profiles"]]
+    return [load_study(str(path), p) for p in read_study_file(path).get("profiles", {})]

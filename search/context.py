@@ -1,8 +1,10 @@
-"""Everything a run needs, built from a few paths: the same recipe serves the driver and each Ray worker.
+"""Everything a run needs, built from the resolved study config: the same recipe serves the driver and each
+Ray worker.
 
-A `RunSpec` is small and picklable (paths and names); `load_context` turns it into the study config, the
-data splits, the cached teacher and an `Evaluator`. Workers call it once per process (`cached_context`),
-so a Ray task ships only a recipe.
+A `RunSpec` is small and picklable (the validated `StudyConfig` itself, and where things live); `load_context`
+turns it into the data splits, the teacher and an `Evaluator`. Nothing re-reads a TOML file by name: a study
+built in Python (`search.api`) runs exactly like one loaded from a file. Workers call it once per process
+(`cached_context`), so a Ray task ships only a recipe.
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ import functools
 from dataclasses import dataclass
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
+from evaluators.batches import Batcher
 from evaluators.candidate import Evaluator
 from evaluators.candidate import ResultStore
 from evaluators.data import prepare_data
 from evaluators.splits import Splits
 from evaluators.teacher import Teacher
+from evaluators.teacher import given_teacher
 from evaluators.teacher import prepare_teacher
 from search.config import ConfigError
 from search.config import StudyConfig
@@ -31,15 +37,21 @@ from search.objectives import parse_constraint
 
 @dataclass(frozen=True)
 class RunSpec:
-    study: str
-    profile: str
+    config: StudyConfig
     out: str
     data_root: str | None = None
     cache_dir: str | None = None
     device: str = "cpu"
     allow_download: bool = False
     progress: bool = False
-    trials: int = 0  # overrides the profile's search.trials when > 0
+
+    @classmethod
+    def from_study(cls, study: str, profile: str | None, out: str, *, trials: int = 0, **options: Any) -> RunSpec:
+        """A spec for a study file (name or path) at a profile; `trials` > 0 overrides the profile's count."""
+        config = load_study(study, profile)
+        if trials:
+            config = replace(config, search=replace(config.search, trials=trials))
+        return cls(config=config, out=out, **options)
 
 
 @dataclass(frozen=True)
@@ -81,25 +93,42 @@ class Context:
         return Path(self.spec.out)
 
 
-def load_context(spec: RunSpec) -> Context:
-    config = load_study(spec.study, spec.profile)
-    if spec.trials:
-        config = replace(config, search=replace(config.search, trials=spec.trials))
+def load_context(spec: RunSpec, *, teacher: nn.Module | None = None, data: tuple[Splits, Batcher] | None = None
+                 ) -> Context:
+    """The run's context; `teacher` and `data` given in memory (the Python API) replace what the config names."""
+    config = spec.config
     plan = make_plan(config)
-    splits, batcher = prepare_data(config.data, spec.data_root, allow_download=spec.allow_download)
     cache = Path(spec.cache_dir) if spec.cache_dir else None
+    splits, batcher = data or prepare_data(config.data, spec.data_root, allow_download=spec.allow_download,
+                                           cache_dir=cache)
     device = torch.device(spec.device)
-    teacher = prepare_teacher(config.teacher, splits, batcher, config.data.split, cache_dir=cache, device=device,
-                              progress=spec.progress)
+    if teacher is None:
+        trained = prepare_teacher(config.teacher, splits, batcher, config.data.split, cache_dir=cache, device=device,
+                                  progress=spec.progress)
+    else:
+        trained = given_teacher(teacher, config.teacher, splits, batcher, cache, device)
     out = Path(spec.out)
-    evaluator = Evaluator(teacher=teacher.model.to(device).eval(), splits=splits, batcher=batcher,
+    evaluator = Evaluator(teacher=trained.model.to(device).eval(), splits=splits, batcher=batcher,
                           fidelity=config.fidelity, hardware=config.hardware, store=ResultStore(out / "results"),
-                          cache_dir=cache or teacher.folder.parent.parent, checkpoints=out / "checkpoints",
+                          cache_dir=cache or trained.folder.parent.parent, checkpoints=out / "checkpoints",
                           device=device)
-    return Context(spec, config, plan, splits, teacher, evaluator)
+    return Context(spec, config, plan, splits, trained, evaluator)
 
 
 @functools.cache
 def cached_context(spec: RunSpec) -> Context:
     """One context per worker process: data, teacher and logits are loaded once, not per trial."""
     return load_context(spec)
+
+
+def size_notes(ctx: Context) -> list[str]:
+    """Evaluation and calibration sizes larger than their split: the whole split is used, and the report says so."""
+    sizes = ctx.splits.sizes()
+    notes = []
+    for level in ("f1", "f2", "f3"):
+        cfg = getattr(ctx.config.fidelity, level)
+        wanted = {"val": cfg.val_images, "test": cfg.test_images if level == "f3" else 0,
+                  "calib": cfg.budget.calib_images}
+        notes += [f"{level}: {n} {split} images asked for, the {split} split has {sizes[split]}: all of them are used"
+                  for split, n in wanted.items() if n > sizes[split]]
+    return notes

@@ -17,14 +17,17 @@ import torch
 from evaluators.candidate import Fidelity
 from evaluators.candidate import estimate_targets
 from evaluators.datasets import DataError
+from search.api import RunOptions
+from search.api import Study
+from search.api import config_as_json
 from search.bundle import verify_bundle
 from search.bundle import write_bundle
 from search.config import ConfigError
+from search.config import StudyConfig
+from search.config import from_json
 from search.config import load_study
-from search.context import RunSpec
-from search.context import load_context
+from search.context import Context
 from search.plots import pareto_plot
-from search.run import default_profile
 from search.selection import Selected
 from search.selection import SelectionError
 from search.selection import read_run
@@ -37,7 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m search.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--study", help="the study that was run (name in studies/ or a .toml path)")
     p.add_argument("--profile", default=None, help="its profile (default: as search.run chooses)")
-    p.add_argument("--run", default=None, help="the study's run folder (default: runs/<study>/<profile>/)")
+    p.add_argument("--run", default=None, help="the study's run folder (default: runs/<study>/<profile>/); alone, "
+                   "its config.json names the study")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, default=None, help="export this trial number (see trials.csv)")
     which.add_argument("--pick", default=None,
@@ -52,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_model(selected: Selected, run: Path, ctx) -> torch.nn.Module:  # noqa: ANN001 - a search.context.Context
+def load_model(selected: Selected, run: Path, ctx: Context) -> torch.nn.Module:
     path = run / "checkpoints" / f"{selected.recipe.hash()}.pt"
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=False)  # our own file: a pickled module
@@ -62,35 +66,51 @@ def load_model(selected: Selected, run: Path, ctx) -> torch.nn.Module:  # noqa: 
     return ctx.evaluator.build(selected.recipe, Fidelity.F3).model
 
 
+def run_config(args: argparse.Namespace) -> StudyConfig:
+    """The study's config: from `--study` (a file), else the resolved `config.json` the run wrote."""
+    if args.study:
+        return load_study(args.study, args.profile)
+    if args.run and (Path(args.run) / "config.json").is_file():
+        path = Path(args.run) / "config.json"
+        return from_json(json.loads(path.read_text()), str(path))
+    raise ConfigError("--study is required (or --run DIR of a finished study, or --verify DIR)")
+
+
 def export(args: argparse.Namespace) -> int:
-    if not args.study:
-        raise ConfigError("--study is required (or --verify DIR)")
-    config = load_study(args.study, args.profile or default_profile())
+    config = run_config(args)
     run = Path(args.run or Path("runs") / config.name / config.profile)
     read_run(run)  # an empty or missing study fails before any data is read
     selected = select(run, config.hardware.targets, trial=args.trial, pick=args.pick)
+    study = Study(config, RunOptions(out=str(run), data_root=args.data_root, cache_dir=args.cache_dir,
+                                     device="cpu", progress=False))
+    export_selected(study.context(), run, selected, args.out, test_images=args.test_images)
+    return 0
+
+
+def export_selected(ctx: Context, run: Path, selected: Selected, out: str | Path | None, *,
+                    test_images: int = 0) -> Path:
+    """Write the bundle of `selected` (a recipe of the study at `run`) and return its folder."""
+    config = ctx.config
     print(f"exporting {selected.how}: {selected.recipe.to_json()}", flush=True)
-    ctx = load_context(RunSpec(study=config.source, profile=config.profile, out=str(run), data_root=args.data_root,
-                               cache_dir=args.cache_dir))
     model = load_model(selected, run, ctx).eval()
     shape = (ctx.splits.info.channels, ctx.evaluator.batcher.resolution, ctx.evaluator.batcher.resolution)
     predicted = estimate_targets(model, selected.recipe, shape, config.hardware)
-    out = Path(args.out or run / "bundles" / selected.recipe.hash())
+    out = Path(out or run / "bundles" / selected.recipe.hash())
     out.mkdir(parents=True, exist_ok=True)
     png = out.parent / f".{out.name}-pareto.png"
     _plot(run, config, selected, png)
     extra = {"study": config.name, "profile": config.profile, "study_source": config.source, "selected": selected.how,
-             "trial": selected.trial,
+             "trial": selected.trial, "study_config": config_as_json(config),
              "predicted_input_shape": [shape[0], *([config.hardware.resolution] * 2 if config.hardware.resolution
                                                  else shape[1:])],
              "search_metrics": {k: v for k, v in selected.metrics.items() if k[:3] in ("f1_", "f2_", "f3_")}}
     metrics = write_bundle(model, selected.recipe, ctx.splits, ctx.evaluator.batcher, out, predicted=predicted,
                            extra_metrics=json.loads(json.dumps(extra, default=str)), pareto_png=png,
-                           test_images=args.test_images)
+                           test_images=test_images)
     png.unlink(missing_ok=True)
     print(f"bundle written to {out}", flush=True)
     print(json.dumps(metrics.get("accuracy", {}), indent=1))
-    return 0
+    return out
 
 
 def _plot(run: Path, config, selected: Selected, png: Path) -> None:  # noqa: ANN001 - a StudyConfig
@@ -111,11 +131,14 @@ def verify(args: argparse.Namespace) -> int:
     if not metrics_path.exists():
         raise SelectionError(f"{folder} is not a bundle (no metrics.json)")
     metrics = json.loads(metrics_path.read_text())
-    source = metrics.get("study_source") or ""
-    config = load_study(source if Path(source).is_file() else metrics["study"], metrics["profile"])
+    if "study_config" in metrics:
+        config = from_json(metrics["study_config"], f"{metrics_path} (study_config)")
+    else:  # bundles written before the config was stored in them
+        source = metrics.get("study_source") or ""
+        config = load_study(source if Path(source).is_file() else metrics["study"], metrics["profile"])
     from evaluators.data import prepare_data
 
-    splits, batcher = prepare_data(config.data, args.data_root, allow_download=False)
+    splits, batcher = prepare_data(config.data, args.data_root, allow_download=False, cache_dir=_cache(args))
     problems = verify_bundle(folder, splits, batcher)
     for problem in problems:
         print(f"FAILED: {problem}", file=sys.stderr)
@@ -123,6 +146,10 @@ def verify(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"bundle {folder} verified: every checksum matches and the int8 ONNX reproduces its test accuracy")
     return 0
+
+
+def _cache(args: argparse.Namespace) -> Path | None:
+    return Path(args.cache_dir) if args.cache_dir else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,14 +31,20 @@ class Selected:
     metrics: dict  # the row's columns (f1_/f2_/f3_ metrics)
 
 
-def read_run(run: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(trials, front) of a finished study, or a SelectionError saying how to make one."""
+def read_tables(run: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, front) as a finished study wrote them, empty or not."""
     trials_csv, front_csv = run / "trials.csv", run / "pareto.csv"
     if not trials_csv.exists() or not front_csv.exists():
         raise SelectionError(f"{run} holds no finished study (no trials.csv/pareto.csv); run "
                              "`python -m search.run --study NAME --profile P` first, or pass --run DIR")
-    trials = pd.read_csv(trials_csv)
+    trials = pd.read_csv(trials_csv) if trials_csv.stat().st_size > 1 else pd.DataFrame()
     front = pd.read_csv(front_csv) if front_csv.stat().st_size > 1 else pd.DataFrame()
+    return trials, front
+
+
+def read_run(run: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, front) of a finished study with something to export, or a SelectionError saying why not."""
+    trials, front = read_tables(run)
     if trials.empty or not (trials["state"] == "COMPLETE").any():
         raise SelectionError(f"the study in {run} has no completed trial to export (all rejected or failed: "
                              "see trials.csv's reason column)")

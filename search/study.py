@@ -24,6 +24,7 @@ from search import engine
 from search import final
 from search import results
 from search.context import Context
+from search.context import size_notes
 from search.plots import pareto_plot
 from spaces.recipe import Recipe
 from spaces.space import SearchSpace
@@ -158,7 +159,8 @@ def run_study(ctx: Context, storage: str, backend: Backend, log: Log) -> results
               "constraints": [str(c) for c in ctx.plan.constraints], "backend": backend.kind,
               "teacher val accuracy %": ctx.teacher.metrics["val_accuracy"],
               "teacher test accuracy %": ctx.teacher.metrics["test_accuracy"],
-              "search and final stage seconds (this run)": round(time.monotonic() - t0, 1)}
+              "search and final stage seconds (this run)": round(time.monotonic() - t0, 1),
+              **({"split size notes": size_notes(ctx)} if size_notes(ctx) else {})}
     summary = write_outputs(ctx, study, front_, base, header, log)
     log(f"front: {len(front_)} recipes; hypervolume (F2) {summary.hypervolume_f2:.4g}; Kendall tau F1/F3 "
         f"{summary.tau_f1_f3:.2f}, F2/F3 {summary.tau_f2_f3:.2f}; baselines dominated "

@@ -58,7 +58,8 @@ def _write(tmp_path: Path, text: str) -> str:
 
 @pytest.mark.parametrize(("edit", "pattern"), [
     ("[teacher]\narch = \"resnet18\"\nepochs = 3",
-     r"study\.toml \(profile smoke\)\.teacher: unknown key 'epochs'; allowed keys: arch, train"),
+     r"study\.toml \(profile smoke\)\.teacher: unknown key 'epochs'; allowed keys: allow_pickle, arch, checkpoint, "
+     r"code, kwargs, train"),
     ("[teacher.train]\nepochs = \"three\"", r"teacher\.train\.epochs: expected int, got str 'three'"),
     ("[teacher.train]\nepochs = 0", r"teacher\.train\.epochs: 0 is out of range; allowed 1 \.\. 1000"),
     ("[teacher.train]\noptimizer = \"lion\"", r"optimizer: 'lion' is not allowed; use one of 'sgd', 'adam', 'adamw'"),
@@ -84,8 +85,7 @@ def test_unknown_profile_and_study_and_missing_profiles(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown study 'nope'; available: .*resnet50_cifar10"):
         load_study("nope", "smoke")
     short = _write(tmp_path, BASE.replace("[profiles.paper]", ""))
-    with pytest.raises(ConfigError, match=r"no \[profiles\.paper\]"):
-        load_study(short, "smoke")
+    assert load_study(short, "smoke").profile == "smoke"  # a user's own study needs no particular profiles
     bad = _write(tmp_path, "[study\nname=")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_study(bad, "smoke")
@@ -96,3 +96,40 @@ def test_profile_values_are_validated_too(tmp_path: Path) -> None:
     load_study(path, "smoke")
     with pytest.raises(ConfigError, match=r"\(profile cpu\)\.teacher\.train\.lr: -1\.0 is out of range"):
         load_study(path, "cpu")
+
+
+def test_shipped_studies_must_define_the_three_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import search.config
+
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "new.toml").write_text(BASE.replace("[profiles.paper]", ""))
+    monkeypatch.setattr(search.config, "REPO_ROOT", tmp_path)
+    with pytest.raises(ConfigError, match=r"no \[profiles\.paper\]; every shipped study defines smoke, cpu, paper"):
+        load_study(str(tmp_path / "studies" / "new.toml"), "smoke")
+
+
+def test_a_study_without_profiles_runs_its_base_sections(tmp_path: Path) -> None:
+    text = BASE.split("[profiles")[0]
+    path = _write(tmp_path, text)
+    config = load_study(path)  # no profile asked for, none defined: the base sections
+    assert config.profile == "base" and config.teacher.arch == "resnet18"
+    with pytest.raises(ConfigError, match=r"unknown profile 'cpu'; available: none \(no \[profiles\]: use base\)"):
+        load_study(path, "cpu")
+
+
+def test_configs_built_in_code_are_validated_with_the_loaders_messages(tmp_path: Path) -> None:
+    from evaluators.data import DataConfig
+    from spaces.apply import Budget
+    from spaces.space import SpaceConfig
+
+    with pytest.raises(ConfigError, match=r"Budget\.finetune_steps: -1 is out of range; allowed 0 \.\. 1000000"):
+        Budget(finetune_steps=-1)
+    path = _write(tmp_path, BASE + "\n[fidelity.f2.budget]\nfinetune_steps = -1\n")
+    with pytest.raises(ConfigError, match=r"fidelity\.f2\.budget\.finetune_steps: -1 is out of range; allowed 0 \.\. "
+                                          r"1000000"):
+        load_study(path, "smoke")
+    with pytest.raises(ConfigError, match=r"DataConfig\.resolution: expected int, got str '32'"):
+        DataConfig(dataset="cifar10", resolution="32")
+    with pytest.raises(ConfigError, match=r"DataConfig\.dataset: 'imagenet' is not allowed"):
+        DataConfig(dataset="imagenet")
+    assert SpaceConfig(bit_choices=[4, 8]).bit_choices == (4, 8)  # lists from code become tuples, as from TOML

@@ -115,8 +115,8 @@ def test_a_failing_trial_is_recorded_with_its_reason(mnist_root: Path, cache_dir
     from spaces.recipe import Pruning
     from spaces.recipe import Recipe
 
-    ctx = load_context(RunSpec(study="mlp_mnist", profile="smoke", out=str(tmp_path), data_root=str(mnist_root),
-                               cache_dir=str(cache_dir)))
+    ctx = load_context(RunSpec.from_study("mlp_mnist", "smoke", str(tmp_path), data_root=str(mnist_root),
+                                          cache_dir=str(cache_dir)))
     broken = Recipe(prune=Pruning(kind=PruneKind.LAYER, blocks_removed=1))  # the MLP has no residual blocks
     outcome = engine.evaluate_trial(ctx.evaluator, broken, ())
     assert outcome.state == optuna.trial.TrialState.FAIL and outcome.reason
