@@ -33,6 +33,7 @@ from torchvision.models.resnet import BasicBlock
 from torchvision.models.resnet import Bottleneck
 
 from spaces.architectures import create_model
+from spaces.macs import count_macs
 from spaces.recipe import Importance
 
 MAX_RATIO = 0.95  # never remove more than this fraction of any group: a layer with no channels cannot run
@@ -150,11 +151,13 @@ class MacModel:
     """MACs of a pruned network predicted from per-group keep fractions, without pruning it.
 
     Each Conv2d/Linear costs macs * kept_out * kept_in (depthwise convolutions: macs * kept_out). Used to
-    give EagleEye's random candidates the same MAC budget as the plan they are compared against.
+    give EagleEye's random candidates the same MAC budget as the plan they are compared against. The
+    per-layer MACs come from `spaces.macs.count_macs`, the counter `evaluators.cost` scores candidates with,
+    so a plan's predicted MACs and its scored MACs cannot drift apart.
     """
 
     def __init__(self, model: nn.Module, example: torch.Tensor, graph: ChannelGraph) -> None:
-        self.macs, self.depthwise = _layer_macs(model, example), set()
+        self.macs, self.depthwise = count_macs(model, tuple(example.shape[1:])), set()
         self.out_group: dict[str, str] = {}
         self.in_group: dict[str, str] = {}
         for g in graph.groups.values():
@@ -173,28 +176,6 @@ class MacModel:
             k_in = 1.0 if layer in self.depthwise else frac.get(self.in_group.get(layer, ""), 1.0)
             out += macs * k_out * k_in
         return out
-
-
-def _layer_macs(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
-    macs: dict[str, float] = {}
-
-    def hook(name: str) -> Callable:
-        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if isinstance(module, nn.Conv2d):
-                per_out = module.in_channels // module.groups * math.prod(module.kernel_size)
-            else:
-                per_out = module.in_features
-            macs[name] = float(output.numel() // output.shape[0] * per_out)
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, LAYERS)]
-    was_training = model.training
-    with torch.no_grad():
-        model.eval()(example)
-    model.train(was_training)
-    for h in handles:
-        h.remove()
-    return macs
 
 
 def candidate_plans(base: dict[str, float], macs: MacModel, round_to: int, count: int,
