@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from spaces.fake_quant import INT_BITS
 from spaces.fake_quant import ActQuantizer
 from spaces.fake_quant import WeightQuantizer
 from spaces.macs import count_macs
 from spaces.quantization import bit_widths
+from spaces.recipe import INT_BITS
 
 FP32_BYTES = 4
 INDEX_BYTES = 2  # CSR column index: 16 bits while a row has < 65536 columns, else 32

@@ -34,9 +34,9 @@ from torchvision.models.resnet import Bottleneck
 
 from spaces.architectures import create_model
 from spaces.macs import count_macs
+from spaces.recipe import MAX_PRUNE_RATIO
 from spaces.recipe import Importance
 
-MAX_RATIO = 0.95  # never remove more than this fraction of any group: a layer with no channels cannot run
 LAYERS = (nn.Conv2d, nn.Linear)
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -121,11 +121,11 @@ class ChannelGraph:
 
 def round_keep(width: int, ratio: float, round_to: int) -> int:
     """Channels kept when `ratio` of `width` is removed, as a multiple of `round_to` (at least one multiple)."""
-    ratio = min(max(ratio, 0.0), MAX_RATIO)
+    ratio = min(max(ratio, 0.0), MAX_PRUNE_RATIO)
     if ratio == 0.0 or width < round_to:
         return width
     kept = width * (1.0 - ratio)
-    floor_ok = max(round_to, int(math.ceil(width * (1.0 - MAX_RATIO) / round_to)) * round_to)
+    floor_ok = max(round_to, int(math.ceil(width * (1.0 - MAX_PRUNE_RATIO) / round_to)) * round_to)
     return min(width, max(floor_ok, round_to * round(kept / round_to)))
 
 
@@ -144,7 +144,7 @@ def global_ratios(graph: ChannelGraph, ratio: float) -> dict[str, float]:
     if n_removed == 0:
         return uniform_ratios(graph, 0.0)
     threshold = torch.kthvalue(every, n_removed).values
-    return {name: min(MAX_RATIO, float((s <= threshold).float().mean())) for name, s in graph.scores.items()}
+    return {name: min(MAX_PRUNE_RATIO, float((s <= threshold).float().mean())) for name, s in graph.scores.items()}
 
 
 class MacModel:
@@ -193,7 +193,7 @@ def candidate_plans(base: dict[str, float], macs: MacModel, round_to: int, count
 
 def _match_macs(raw: dict[str, float], target: float, macs: MacModel, round_to: int) -> dict[str, int]:
     """Scale `raw` ratios by the factor whose rounded plan comes closest to `target` MACs (bisection)."""
-    lo, hi = 0.0, MAX_RATIO / max(min((r for r in raw.values() if r > 0), default=1.0), 1e-6)
+    lo, hi = 0.0, MAX_PRUNE_RATIO / max(min((r for r in raw.values() if r > 0), default=1.0), 1e-6)
     best, best_err = keep_counts(macs.widths, raw, round_to), math.inf
     for _ in range(40):
         mid = (lo + hi) / 2
