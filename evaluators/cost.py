@@ -2,7 +2,8 @@
 
 Conventions, chosen to match how the literature and the targets count:
 - MACs are those of Conv2d and Linear layers at batch 1, measured with forward hooks on real output shapes
-  (grouped and depthwise convolutions are exact: out_elements x in_channels/groups x kernel area). They are
+  (grouped and depthwise convolutions are exact: out_elements x in_channels/groups x kernel area) by
+  `spaces.macs.count_macs`, the counter pruning's MAC model uses too. They are
   dense MACs: zero weights are still multiplied by a dense kernel. `sparse_macs` scales each layer by its
   fraction of non-zero weights (exact: every weight is used once per output position), i.e. what a runtime
   that skips zeros would execute. BN, pooling and residual adds are not counted (torchvision's convention).
@@ -21,12 +22,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from spaces.fake_quant import INT_BITS
 from spaces.fake_quant import ActQuantizer
 from spaces.fake_quant import WeightQuantizer
-from spaces.fake_quant import float_mode
-from spaces.quantization import QUANTIZABLE
+from spaces.macs import count_macs
 from spaces.quantization import bit_widths
+from spaces.recipe import INT_BITS
 
 FP32_BYTES = 4
 INDEX_BYTES = 2  # CSR column index: 16 bits while a row has < 65536 columns, else 32
@@ -107,32 +107,6 @@ class Cost:
     size_bytes_with_scales: int
     sparse_macs: int  # MACs on non-zero weights only
     per_layer: tuple[LayerCost, ...] = ()
-
-
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """MACs per Conv2d/Linear at batch 1, from one forward pass with hooks (quantizers bypassed)."""
-    macs: dict[str, int] = {}
-
-    def hook_for(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            per_output = module.weight[0].numel()  # conv: in/groups x kh x kw; linear: in_features
-            macs[name] = macs.get(name, 0) + output[0].numel() * per_output
-
-        return hook
-
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)}
-    handles = [m.register_forward_hook(hook_for(name)) for name, m in layers.items()]
-    param = next(model.parameters())
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad(), float_mode(model):
-            model(torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return {name: macs.get(name, 0) for name in layers}
 
 
 def _scale_bytes(module: nn.Module, wbits: int, abits: int, per_channel: bool) -> int:

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -65,8 +66,14 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path) 
     return Path(path)
 
 
-class _RandomReader:
-    """Calibration inputs for onnxruntime's static quantizer."""
+class CalibrationReader(Protocol):
+    """What onnxruntime's static quantizer reads calibration inputs from (its CalibrationDataReader qualifies)."""
+
+    def get_next(self) -> dict[str, np.ndarray] | None: ...
+
+
+class ArrayReader:
+    """Calibration inputs from arrays already in memory, one batch per array, fed to the input "input"."""
 
     def __init__(self, batches: Sequence[np.ndarray]) -> None:
         self._items = iter([{"input": b} for b in batches])
@@ -75,24 +82,54 @@ class _RandomReader:
         return next(self._items, None)
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, input_shape: Sequence[int],
-                  calibration: np.ndarray | None = None, samples: int = 8, seed: int = 0) -> Path:
-    """int8 QDQ model (per-tensor, uint8 activations / int8 weights, onnxruntime defaults)."""
-    from onnxruntime.quantization import QuantFormat
-    from onnxruntime.quantization import quantize_static
+def host_calibration(input_shape: Sequence[int], calibration: np.ndarray | None = None, samples: int = 8,
+                       seed: int = 0) -> ArrayReader:
+    """The host target's calibration: `calibration`'s images one at a time, else `samples` standard normal ones.
 
+    Random inputs are the default because the host target measures latency, not accuracy.
+    """
     if calibration is None:
         rng = np.random.default_rng(seed)
         calibration = rng.standard_normal((samples, *input_shape)).astype(np.float32)
-    batches = [np.asarray(x, np.float32)[None] for x in calibration]
+    return ArrayReader([np.asarray(x, np.float32)[None] for x in calibration])
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, reader: CalibrationReader, *, per_channel: bool,
+                  reduce_range: bool, pre_process: bool) -> Path:
+    """int8 QDQ model of `fp32_path` from onnxruntime's static quantizer, min-max calibrated on `reader`.
+
+    The one int8 quantizer of the project (the host target's timing and the deployment bundle both use it).
+    Fixed: QDQ format, int8 weights with symmetric ranges, int8 activations with a zero point (asymmetric),
+    min-max calibration. The settings in which the callers differ are parameters without defaults, so every
+    caller states them:
+    - `per_channel`: one weight scale per output channel instead of per tensor;
+    - `reduce_range`: 7-bit weight codes, so x86 U8S8 kernels without VNNI cannot saturate
+      (`search.bundle_onnx.quantize_int8` says why the bundle needs it);
+    - `pre_process`: run onnxruntime's `quant_pre_process` (shape inference, graph optimisation) first, as
+      onnxruntime advises, so the quantizer sees the graph that will execute.
+    """
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quant_pre_process
+    from onnxruntime.quantization import quantize_static
+
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs advice ("consider pre-processing") on every call
     try:
-        quantize_static(str(fp32_path), str(out_path), _RandomReader(batches), quant_format=QuantFormat.QDQ)
+        with tempfile.TemporaryDirectory(prefix="quant_int8_") as tmp:
+            source = Path(fp32_path)
+            if pre_process:
+                source = Path(tmp) / "prepared.onnx"
+                quant_pre_process(str(fp32_path), str(source), skip_symbolic_shape=False)
+            quantize_static(str(source), str(out_path), reader, quant_format=QuantFormat.QDQ,
+                            per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     finally:
         root.setLevel(level)
-    return out_path
+    return Path(out_path)
 
 
 def _session(path: Path, threads: int) -> object:
@@ -134,7 +171,8 @@ def measure(model: nn.Module, input_shape: Sequence[int], *, precision: str = "f
     with tempfile.TemporaryDirectory(prefix="hw_host_") as tmp:
         path = export_onnx(model, input_shape, Path(tmp) / "model.onnx")
         if precision == "int8":
-            path = quantize_int8(path, Path(tmp) / "model.int8.onnx", input_shape, calibration)
+            path = quantize_int8(path, Path(tmp) / "model.int8.onnx", host_calibration(input_shape, calibration),
+                                 per_channel=False, reduce_range=False, pre_process=False)
         session = _session(path, threads)
         times = time_session(session, input_shape, runs, warmup, budget_s)
     return HostMeasurement(float(np.median(times)), float(np.percentile(times, 10)),

@@ -6,8 +6,6 @@ reference measurements (the thesis's VART runs) are single-threaded too.
 
 from __future__ import annotations
 
-import logging
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,15 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from onnxruntime.quantization import CalibrationDataReader
-from onnxruntime.quantization import CalibrationMethod
-from onnxruntime.quantization import QuantFormat
-from onnxruntime.quantization import QuantType
-from onnxruntime.quantization import quant_pre_process
-from onnxruntime.quantization import quantize_static
 from torch import nn
 
 from evaluators.batches import Batcher
 from evaluators.datasets import ImageSet
+from hardware_models import host
 
 OPSET = 17
 INPUT, OUTPUT = "input", "output"
@@ -76,22 +70,12 @@ def quantize_int8(fp32: Path, out: Path, calib: ImageSet, batcher: Batcher) -> P
     point moves to -128, so no code is wasted), onnxruntime's recommended S8S8 QDQ form; uint8 activations
     scored the same. quant_pre_process (shape inference, graph optimisation) runs first, as onnxruntime
     advises, so the quantizer sees the graph that will execute.
+
+    The quantizer itself is `hardware_models.host.quantize_int8`, shared with the host target; this function
+    only supplies the calibration images and the bundle's settings.
     """
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer logs advice on every call
-    try:
-        with tempfile.TemporaryDirectory(prefix="bundle_q_") as tmp:
-            prepared = Path(tmp) / "prepared.onnx"
-            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=False)
-            quantize_static(str(prepared), str(out), ImageReader(calib, batcher), quant_format=QuantFormat.QDQ,
-                            per_channel=True, reduce_range=True, activation_type=QuantType.QInt8,
-                            weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax,
-                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-    finally:
-        root.setLevel(level)
-    return out
+    return host.quantize_int8(fp32, out, ImageReader(calib, batcher), per_channel=True, reduce_range=True,
+                              pre_process=True)
 
 
 def session(path: Path, threads: int = 1):  # noqa: ANN201 - onnxruntime.InferenceSession

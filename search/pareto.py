@@ -18,21 +18,24 @@ def to_minimisation(points: np.ndarray, directions: Directions) -> np.ndarray:
     return np.asarray(points, dtype=float) * signs
 
 
-def dominates(a: np.ndarray, b: np.ndarray) -> bool:
-    """a dominates b (both minimised): no worse in every objective and better in at least one."""
-    return bool(np.all(a <= b) and np.any(a < b))
+def dominated_by_any(point: np.ndarray, others: np.ndarray) -> bool:
+    """`point` is dominated by at least one row of `others` (all minimised): that row is no worse in every
+    objective and better in at least one.
+
+    The one dominance rule: the front (`pareto_mask`) and the report's "which baselines does the front
+    beat" both call it, so they cannot disagree about what dominating means.
+    """
+    if len(others) == 0:
+        return False
+    no_worse = np.all(others <= point, axis=1)
+    better = np.any(others < point, axis=1)
+    return bool(np.any(no_worse & better))
 
 
 def pareto_mask(points: np.ndarray, directions: Directions) -> np.ndarray:
     """True for every non-dominated point; duplicates of a front point are all kept."""
     p = to_minimisation(points, directions)
-    n = len(p)
-    mask = np.ones(n, dtype=bool)
-    for i in range(n):
-        no_worse = np.all(p <= p[i], axis=1)
-        better = np.any(p < p[i], axis=1)
-        mask[i] = not np.any(no_worse & better)
-    return mask
+    return np.array([not dominated_by_any(p[i], p) for i in range(len(p))], dtype=bool)
 
 
 def hypervolume(points: np.ndarray, reference: Sequence[float], directions: Directions) -> float:

@@ -19,11 +19,11 @@ from search.final import Candidate
 from search.final import points
 from search.objectives import Constraint
 from search.objectives import direction
+from search.pareto import dominated_by_any
 from search.pareto import hypervolume
 from search.pareto import knee_index
 from search.pareto import knee_weights
 from search.pareto import to_minimisation
-from search.stats import dominated_by_any
 from search.stats import kendall_tau
 from spaces.recipe import Recipe
 from spaces.recipe import describe

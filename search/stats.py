@@ -19,12 +19,3 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
     if pairs_x == 0 or pairs_y == 0:
         return float("nan")
     return concordant_minus_discordant / np.sqrt(pairs_x * pairs_y)
-
-
-def dominated_by_any(point: np.ndarray, others: np.ndarray) -> bool:
-    """`point` is dominated by at least one row of `others` (all minimised)."""
-    if len(others) == 0:
-        return False
-    no_worse = np.all(others <= point, axis=1)
-    better = np.any(others < point, axis=1)
-    return bool(np.any(no_worse & better))

@@ -28,11 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spaces.recipe import INT_BITS
+from spaces.recipe import VALID_BITS
 from spaces.recipe import Calibration
 
-INT_BITS = frozenset(range(2, 9))
-FLOAT_BITS = frozenset({16, 32})
-SUPPORTED_BITS = INT_BITS | FLOAT_BITS
 PERCENTILE = 99.99  # clipping percentile of the `percentile` calibration
 MSE_GRID = torch.linspace(0.02, 1.0, 50)  # clip ratios (of the min-max range) tried by `mse`
 MAX_SAMPLES = 1 << 18  # activation values kept per layer for percentile / MSE calibration
@@ -61,8 +60,8 @@ def fp16_round(x: torch.Tensor) -> torch.Tensor:
 
 
 def check_bits(bits: int) -> int:
-    if bits not in SUPPORTED_BITS:
-        raise ValueError(f"{bits} bits is not supported; use one of {sorted(SUPPORTED_BITS)}")
+    if bits not in VALID_BITS:
+        raise ValueError(f"{bits} bits is not supported; use one of {sorted(VALID_BITS)}")
     return bits
 
 

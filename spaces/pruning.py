@@ -33,9 +33,10 @@ from torchvision.models.resnet import BasicBlock
 from torchvision.models.resnet import Bottleneck
 
 from spaces.architectures import create_model
+from spaces.macs import count_macs
+from spaces.recipe import MAX_PRUNE_RATIO
 from spaces.recipe import Importance
 
-MAX_RATIO = 0.95  # never remove more than this fraction of any group: a layer with no channels cannot run
 LAYERS = (nn.Conv2d, nn.Linear)
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -120,11 +121,11 @@ class ChannelGraph:
 
 def round_keep(width: int, ratio: float, round_to: int) -> int:
     """Channels kept when `ratio` of `width` is removed, as a multiple of `round_to` (at least one multiple)."""
-    ratio = min(max(ratio, 0.0), MAX_RATIO)
+    ratio = min(max(ratio, 0.0), MAX_PRUNE_RATIO)
     if ratio == 0.0 or width < round_to:
         return width
     kept = width * (1.0 - ratio)
-    floor_ok = max(round_to, int(math.ceil(width * (1.0 - MAX_RATIO) / round_to)) * round_to)
+    floor_ok = max(round_to, int(math.ceil(width * (1.0 - MAX_PRUNE_RATIO) / round_to)) * round_to)
     return min(width, max(floor_ok, round_to * round(kept / round_to)))
 
 
@@ -143,18 +144,20 @@ def global_ratios(graph: ChannelGraph, ratio: float) -> dict[str, float]:
     if n_removed == 0:
         return uniform_ratios(graph, 0.0)
     threshold = torch.kthvalue(every, n_removed).values
-    return {name: min(MAX_RATIO, float((s <= threshold).float().mean())) for name, s in graph.scores.items()}
+    return {name: min(MAX_PRUNE_RATIO, float((s <= threshold).float().mean())) for name, s in graph.scores.items()}
 
 
 class MacModel:
     """MACs of a pruned network predicted from per-group keep fractions, without pruning it.
 
     Each Conv2d/Linear costs macs * kept_out * kept_in (depthwise convolutions: macs * kept_out). Used to
-    give EagleEye's random candidates the same MAC budget as the plan they are compared against.
+    give EagleEye's random candidates the same MAC budget as the plan they are compared against. The
+    per-layer MACs come from `spaces.macs.count_macs`, the counter `evaluators.cost` scores candidates with,
+    so a plan's predicted MACs and its scored MACs cannot drift apart.
     """
 
     def __init__(self, model: nn.Module, example: torch.Tensor, graph: ChannelGraph) -> None:
-        self.macs, self.depthwise = _layer_macs(model, example), set()
+        self.macs, self.depthwise = count_macs(model, tuple(example.shape[1:])), set()
         self.out_group: dict[str, str] = {}
         self.in_group: dict[str, str] = {}
         for g in graph.groups.values():
@@ -175,28 +178,6 @@ class MacModel:
         return out
 
 
-def _layer_macs(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
-    macs: dict[str, float] = {}
-
-    def hook(name: str) -> Callable:
-        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if isinstance(module, nn.Conv2d):
-                per_out = module.in_channels // module.groups * math.prod(module.kernel_size)
-            else:
-                per_out = module.in_features
-            macs[name] = float(output.numel() // output.shape[0] * per_out)
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, LAYERS)]
-    was_training = model.training
-    with torch.no_grad():
-        model.eval()(example)
-    model.train(was_training)
-    for h in handles:
-        h.remove()
-    return macs
-
-
 def candidate_plans(base: dict[str, float], macs: MacModel, round_to: int, count: int,
                     seed: int) -> list[dict[str, int]]:
     """EagleEye's candidates: the base plan, then random per-group ratios rescaled to the base plan's MACs."""
@@ -212,7 +193,7 @@ def candidate_plans(base: dict[str, float], macs: MacModel, round_to: int, count
 
 def _match_macs(raw: dict[str, float], target: float, macs: MacModel, round_to: int) -> dict[str, int]:
     """Scale `raw` ratios by the factor whose rounded plan comes closest to `target` MACs (bisection)."""
-    lo, hi = 0.0, MAX_RATIO / max(min((r for r in raw.values() if r > 0), default=1.0), 1e-6)
+    lo, hi = 0.0, MAX_PRUNE_RATIO / max(min((r for r in raw.values() if r > 0), default=1.0), 1e-6)
     best, best_err = keep_counts(macs.widths, raw, round_to), math.inf
     for _ in range(40):
         mid = (lo + hi) / 2

@@ -17,18 +17,18 @@ import torch.fx
 from torch import nn
 
 from spaces.fake_quant import QUANT_LAYERS
-from spaces.fake_quant import SUPPORTED_BITS
 from spaces.fake_quant import ActQuantizer
 from spaces.fake_quant import Mode
 from spaces.fake_quant import attach_quantizers
 from spaces.fake_quant import check_bits
 from spaces.fake_quant import float_mode
 from spaces.fake_quant import quantizer_mode
+from spaces.recipe import VALID_BITS
 from spaces.recipe import Calibration
 from spaces.recipe import Quantization
 from spaces.recipe import QuantKind
 
-__all__ = ["QUANTIZABLE", "SUPPORTED_BITS", "bit_widths", "calibrate", "float_mode", "fold_batchnorm",
+__all__ = ["QUANTIZABLE", "VALID_BITS", "bit_widths", "calibrate", "float_mode", "fold_batchnorm",
            "is_quantized", "layer_groups", "quantizable_layers", "quantize_model", "resolve_bits"]
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)

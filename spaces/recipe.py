@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
@@ -184,8 +185,13 @@ def _enum(type_name: Any, value: Any) -> Any:
 
 # --- validation: each rule returns the reason a recipe is invalid, or None ------------------------------------
 
-VALID_BITS = frozenset({*range(2, 9), 16, 32})
-MAX_PRUNE_RATIO = 0.95
+# The bit-widths and the prune-ratio cap are defined here, once, and imported by the code that applies them
+# (spaces.fake_quant, spaces.pruning, spaces.space, evaluators.cost): this module is the lowest layer and
+# free of torch, so every other module can import it, and validation cannot accept what the code rejects.
+INT_BITS = frozenset(range(2, 9))  # integer codes, simulated by spaces.fake_quant
+FLOAT_BITS = frozenset({16, 32})  # 16: fp16 rounding; 32: not quantized
+VALID_BITS = INT_BITS | FLOAT_BITS
+MAX_PRUNE_RATIO = 0.95  # never remove more than this fraction of any group: a layer with no channels cannot run
 MAGNITUDE_ONLY = frozenset({Importance.L1, Importance.L2, Importance.RANDOM})  # single weights have no BN/Taylor
 
 
@@ -218,11 +224,20 @@ def _prune_settings(r: Recipe) -> str | None:
     return None
 
 
+def bits_problem(bits: Iterable[int]) -> str | None:
+    """The reason some of `bits` cannot be used, or None; shared with `spaces.space` so both say the same.
+
+    The advice is written from the sets above, so it cannot drift from them: "use 2..8, 16 or 32".
+    """
+    bad = sorted({b for b in bits if b not in VALID_BITS})
+    floats = " or ".join(str(b) for b in sorted(FLOAT_BITS))
+    advice = f"use {min(INT_BITS)}..{max(INT_BITS)}, {floats}"
+    return f"bit widths {bad} are not supported; {advice}" if bad else None
+
+
 def _bits(r: Recipe) -> str | None:
     q = r.quant
-    bits = [q.weight_bits, q.act_bits, *(b for _, w, a in q.layer_bits for b in (w, a))]
-    bad = sorted({b for b in bits if b not in VALID_BITS})
-    return f"bit widths {bad} are not supported; use 2..8, 16 or 32" if bad else None
+    return bits_problem([q.weight_bits, q.act_bits, *(b for _, w, a in q.layer_bits for b in (w, a))])
 
 
 def _distill(r: Recipe) -> str | None:

@@ -25,12 +25,11 @@ from spaces.architectures import get_architecture
 from spaces.architectures import list_architectures
 from spaces.distillation import HINT_LAYERS
 from spaces.distillation import default_pairs
-from spaces.pruning import MAX_RATIO
 from spaces.pruning import network_facts
 from spaces.quantization import layer_groups
 from spaces.quantization import quantizable_layers
+from spaces.recipe import MAX_PRUNE_RATIO
 from spaces.recipe import TEACHER
-from spaces.recipe import VALID_BITS
 from spaces.recipe import Calibration
 from spaces.recipe import Distillation
 from spaces.recipe import DistillKind
@@ -41,6 +40,7 @@ from spaces.recipe import Pruning
 from spaces.recipe import Quantization
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
+from spaces.recipe import bits_problem
 from spaces.validated import settings
 
 
@@ -66,10 +66,10 @@ class SpaceConfig:
     importances: tuple[Importance, ...] = (Importance.L1, Importance.L2, Importance.BN_SCALE, Importance.TAYLOR)
     schedules: tuple[PruneSchedule, ...] = tuple(PruneSchedule)
     search_global: bool = True  # also try one global channel ranking instead of the same ratio everywhere
-    ratio_min: float = field(default=0.1, metadata={"min": 0.0, "max": MAX_RATIO})
-    ratio_max: float = field(default=0.7, metadata={"min": 0.0, "max": MAX_RATIO})
-    sparsity_min: float = field(default=0.3, metadata={"min": 0.0, "max": MAX_RATIO})
-    sparsity_max: float = field(default=0.9, metadata={"min": 0.0, "max": MAX_RATIO})
+    ratio_min: float = field(default=0.1, metadata={"min": 0.0, "max": MAX_PRUNE_RATIO})
+    ratio_max: float = field(default=0.7, metadata={"min": 0.0, "max": MAX_PRUNE_RATIO})
+    sparsity_min: float = field(default=0.3, metadata={"min": 0.0, "max": MAX_PRUNE_RATIO})
+    sparsity_max: float = field(default=0.9, metadata={"min": 0.0, "max": MAX_PRUNE_RATIO})
     ratio_step: float = field(default=0.05, metadata={"min": 0.01, "max": 0.5})
     round_to: int = field(default=8, metadata={"min": 1, "max": 256})  # the ZCU104 DPU computes 16 channels at once
     candidates: int = field(default=8, metadata={"min": 1, "max": 256})
@@ -96,11 +96,11 @@ class SpaceConfig:
                  "act_bit_choices", "calibrations")
         empty = [name for name in lists if not getattr(self, name)]
         unknown = [s for s in self.students if s != TEACHER and s not in list_architectures()]
-        bad_bits = sorted({b for b in (*self.bit_choices, *self.act_bit_choices) if b not in VALID_BITS})
+        bits_reason = bits_problem((*self.bit_choices, *self.act_bit_choices))
         checks = [
             (empty, f"{', '.join(empty)} must list at least one choice"),
             (unknown, f"unknown students {unknown}; known: {', '.join(list_architectures())} or {TEACHER!r}"),
-            (bad_bits, f"bit widths {bad_bits} are not supported; use 2..8, 16 or 32"),
+            (bits_reason, bits_reason),
             (self.ratio_min > self.ratio_max or self.sparsity_min > self.sparsity_max, "a minimum exceeds its maximum"),
             (self.ratio_min <= 0 or self.sparsity_min <= 0, "ratio_min and sparsity_min must be > 0 (kind none is 0)"),
             (self.temperature_min > self.temperature_max or self.alpha_min > self.alpha_max,

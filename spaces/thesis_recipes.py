@@ -26,11 +26,11 @@ import functools
 import torch
 
 from spaces.architectures import create_model
-from spaces.pruning import MAX_RATIO
 from spaces.pruning import ChannelGraph
 from spaces.pruning import MacModel
 from spaces.pruning import keep_counts
 from spaces.pruning import uniform_ratios
+from spaces.recipe import MAX_PRUNE_RATIO
 from spaces.recipe import TEACHER
 from spaces.recipe import Distillation
 from spaces.recipe import DistillKind
@@ -56,7 +56,7 @@ def channel_ratio_for_macs(arch: str, mac_reduction: float, resolution: int = 32
     graph = ChannelGraph(model, example, Importance.RANDOM)  # any importance: only the widths matter here
     macs = MacModel(model, example, graph)
     full = macs.total({})
-    lo, hi = 0.0, MAX_RATIO
+    lo, hi = 0.0, MAX_PRUNE_RATIO
     for _ in range(30):
         mid = (lo + hi) / 2
         kept = macs.total(keep_counts(graph.widths(), uniform_ratios(graph, mid), 1)) / full
