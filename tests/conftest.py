@@ -20,6 +20,17 @@ from tests.cli_helpers import study_args  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# Fixtures that read the real datasets or run whole studies: a test using none of them (and not marked slow) is
+# in the fast tier, `pytest -m fast`, which needs no dataset and gives a contributor feedback in about a minute.
+REAL_DATA = frozenset({"cifar_root", "mnist_root", "mlp_study", "cifar_folder", "workspace", "folder", "data",
+                       "trained"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") is None and not REAL_DATA & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.fast)
+
 
 def _root_with(dataset: Dataset) -> Path:
     roots = candidate_roots(None) + [REPO / "data", REPO.parent / "shared" / "data"]

@@ -75,7 +75,8 @@ def test_bad_choice_fails_in_one_line(mlp_study: tuple[Path, str], args: list[st
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_empty_study_fails_clearly(mnist_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+def test_empty_study_fails_clearly(mnist_root: Path, cache_dir: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
     missing = export_cli("--study", "mlp_mnist", "--profile", "smoke", "--run", str(tmp_path / "none"))
     assert missing.returncode == 2 and "holds no finished study" in missing.stderr
     text = (Path(__file__).resolve().parent.parent / "studies" / "mlp_mnist.toml").read_text()
@@ -83,7 +84,10 @@ def test_empty_study_fails_clearly(mnist_root: Path, cache_dir: Path, tmp_path: 
     study.write_text(text.replace('baselines = "survey_quantization"',
                                   'baselines = "none"\nconstraints = ["size_mb <= 0.0001"]'))
     run = tmp_path / "run"
-    assert search_cli(*study_args(mnist_root, run, cache_dir, "--trials", "2", study=str(study))).returncode == 0
-    result = export_cli("--study", str(study), "--profile", "smoke", "--run", str(run))
-    assert result.returncode == 2
-    assert "has no completed trial to export" in result.stderr
+    from search.export import main as export_main
+    from search.run import main as run_main
+
+    assert run_main(study_args(mnist_root, run, cache_dir, "--trials", "2", study=str(study))) == 0
+    capsys.readouterr()
+    assert export_main(["--study", str(study), "--profile", "smoke", "--run", str(run)]) == 2
+    assert "has no completed trial to export" in capsys.readouterr().err
