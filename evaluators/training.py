@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -152,11 +153,14 @@ def train(model: nn.Module, data: ImageSet, batcher: Batcher, config: TrainConfi
           extra_params: list[nn.Parameter] | None = None, progress: bool = True) -> TrainResult:
     """Train `model` in place for `config.epochs` epochs (or `max_steps`), resuming from `checkpoint`.
 
-    `extra_params` are trained alongside the model (distillation adapters live outside the student).
+    `extra_params` are trained alongside the model (distillation adapters live outside the student). A
+    training split smaller than one batch (a user's small dataset) trains on batches of the whole split.
     """
+    if 0 < len(data) < config.batch_size:
+        config = replace(config, batch_size=len(data))
     steps_per_epoch = batcher.steps_per_epoch(data, config.batch_size)
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(data)} training images")
+        raise ValueError(f"no training images to train on (batch_size {config.batch_size}, {len(data)} images)")
     total = config.epochs * steps_per_epoch if max_steps is None else max_steps
     model.to(device)
     holder = nn.ParameterList(extra_params or [])
