@@ -86,11 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=None, help="where CIFAR-10 is (default: as the tool finds it)")
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--images-per-class", type=int, default=400)
     args = p.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="compress-my-model-"))
     root = work / "images"
     if not (root / "train").is_dir():
-        write_imagefolder(root, args.data_root, per_class=400, test_per_class=100)
+        write_imagefolder(root, args.data_root, per_class=args.images_per_class,
+                          test_per_class=max(10, args.images_per_class // 4))
     checkpoint = work / "my_net.pt"
     if not checkpoint.is_file():
         torch.save(train_my_model(root, args.epochs).state_dict(), checkpoint)

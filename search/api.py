@@ -232,8 +232,8 @@ def _quick() -> FidelityConfig:
     """Minutes on 2 cores for a small network: a first look at the trade-offs, not final numbers."""
     return FidelityConfig(
         f1=LevelConfig(val_images=500, budget=Budget(cache_students=True, max_candidates=2)),
-        f2=LevelConfig(val_images=500, budget=Budget(finetune_steps=30, cache_students=True, max_candidates=2)),
-        f3=LevelConfig(val_images=0, budget=Budget(finetune_steps=120, cache_students=True, max_candidates=2)))
+        f2=LevelConfig(val_images=500, budget=Budget(finetune_steps=20, cache_students=True, max_candidates=2)),
+        f3=LevelConfig(val_images=0, budget=Budget(finetune_steps=60, cache_students=True, max_candidates=2)))
 
 
 BUDGETS: dict[str, Callable[[], FidelityConfig]] = {"quick": _quick, "standard": FidelityConfig}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from evaluators.candidate import FidelityConfig
 from evaluators.candidate import LevelConfig
@@ -30,3 +31,37 @@ def test_compress_on_generated_images_gives_a_front(tmp_path: Path) -> None:
     assert result.knee is not None
     assert result.baselines["f3_test_accuracy"].notna().all()
     assert (tmp_path / "run" / "report.md").is_file()
+
+
+def test_registry_students_fit_any_class_count_channels_and_resolution(tmp_path: Path) -> None:
+    """A 5-class, greyscale, 24-pixel problem: a registry student distilled from the user's teacher, pruned and
+    quantized, costed on every board."""
+    from evaluators.candidate import HardwareConfig
+    from evaluators.candidate import cost_metrics
+    from evaluators.data import DataConfig
+    from evaluators.data import prepare_data
+    from spaces.apply import apply
+    from spaces.recipe import Distillation
+    from spaces.recipe import DistillKind
+    from spaces.recipe import PruneKind
+    from spaces.recipe import Pruning
+    from spaces.recipe import Quantization
+    from spaces.recipe import QuantKind
+    from spaces.recipe import Recipe
+
+    root = write_generated_imagefolder(tmp_path / "g", classes=5, per_class=16, size=24, grey=True)
+    splits, batcher = prepare_data(DataConfig(dataset="imagefolder", root=str(root), resolution=24),
+                                   cache_dir=tmp_path)
+    assert splits.info.channels == 1 and splits.info.num_classes == 5
+    teacher = train_quickly(TinyNet(num_classes=5, in_channels=1, width=8), root, 24, steps=5,
+                            mean=splits.info.mean, std=splits.info.std)
+    budget = Budget(student_steps=2, finetune_steps=1, calib_images=16, bn_images=16, score_images=8,
+                    max_candidates=1)
+    for student in ("resnet18", "mobilenet_v2"):  # residual and depthwise: the other students are covered elsewhere
+        recipe = Recipe(student=student, distill=Distillation(kind=DistillKind.LOGIT),
+                        prune=Pruning(kind=PruneKind.STRUCTURED, ratio=0.3, candidates=1),
+                        quant=Quantization(kind=QuantKind.PTQ, weight_bits=8))
+        built = apply(recipe, teacher, splits, batcher, budget)
+        assert built.model(torch.zeros(2, 1, 24, 24)).shape == (2, 5), student
+        costs = cost_metrics(built, HardwareConfig(targets=("zcu104", "rpi4", "rpi5")))
+        assert all(costs[f"latency_{t}"] > 0 for t in ("zcu104", "rpi4", "rpi5")), student

@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.cli_helpers import search_cli
 from tests.user_data import TinyNet
 from tests.user_data import train_quickly
 from tests.user_data import write_cifar_imagefolder
@@ -105,54 +104,6 @@ def workspace(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return work
 
 
-def test_cli_study_from_checkpoint_and_imagefolder_to_a_verified_bundle(workspace: Path) -> None:
-    run, bundle = workspace / "run", workspace / "bundle"
-    result = search_cli("--study", str(workspace / "my_study.toml"), "--out", str(run), "--cache-dir",
-                        str(workspace / "cache"), "--no-progress")  # no --profile: the study has none
-    assert result.returncode == 0, result.stderr
-    baseline = json.loads((run / "baseline.json").read_text())
-    teacher = baseline["teacher"]
-    assert teacher["checkpoint"] == str(workspace / "acme.pt") and "train_steps" not in teacher
-    assert 40 < teacher["val_accuracy"] <= 100 and 40 < teacher["test_accuracy"] <= 100
-    front = pd.read_csv(run / "pareto.csv")
-    assert len(front) >= 1 and front["knee"].sum() == 1 and front["f3_test_accuracy"].notna().all()
-    assert "profile base" in result.stdout or "(profile base)" in result.stdout
-    # The run folder describes itself: export needs only --run.
-    result = search_cli("--run", str(run), "--pick", "knee", "--out", str(bundle), "--cache-dir",
-                        str(workspace / "cache"), module="search.export")
-    assert result.returncode == 0, result.stderr
-    metrics = json.loads((bundle / "metrics.json").read_text())
-    assert metrics["num_classes"] == 3 and metrics["input_shape"] == [3, 32, 32]
-    result = search_cli("--verify", str(bundle), module="search.export")
-    assert result.returncode == 0, result.stderr
-
-
-def test_python_api_compresses_a_model_in_hand(workspace: Path) -> None:
-    from acme_vision.nets import make_net
-
-    import search
-    from evaluators.candidate import FidelityConfig
-    from search.config import build
-
-    model = make_net()
-    model.load_state_dict(torch.load(workspace / "acme.pt", weights_only=True))
-    import tomllib
-
-    fidelity = build(FidelityConfig, tomllib.loads(TINY_SEARCH)["fidelity"], "fidelity")
-    result = search.compress(teacher=model, data=workspace / "images", resolution=32, targets=["zcu104", "rpi4"],
-                             trials=4, fidelity=fidelity, out=str(workspace / "api_run"),
-                             cache_dir=str(workspace / "cache"), progress=False)
-    assert isinstance(result.trials, pd.DataFrame) and len(result.trials) == 4
-    assert isinstance(result.front, pd.DataFrame) and len(result.front) >= 1
-    assert result.knee is not None and result.knee["f3_test_accuracy"] > 0
-    assert result.plot().is_file()
-    bundle = result.export(workspace / "api_bundle")
-    metrics = json.loads((bundle / "metrics.json").read_text())
-    assert metrics["recipe_hash"] == result.knee["recipe_hash"]
-    out = search_cli("--verify", str(bundle), module="search.export")
-    assert out.returncode == 0, out.stderr
-
-
 def test_python_api_takes_torch_datasets(workspace: Path) -> None:
     import tomllib
 
@@ -179,29 +130,61 @@ def readme_block(name: str) -> str:
     return after.split("```", 2)[1].split("\n", 1)[1]
 
 
-def test_every_command_of_the_readme_section_runs(workspace: Path, tmp_path: Path) -> None:
-    """The README's study file (with this file's small budgets appended, which the README tells users how to
-    add), its three commands as written, and its Python snippet, in a folder laid out as the README says."""
-    import os
+def test_every_command_of_the_readme_section_runs(workspace: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's "Compress your own model", as a user follows it, in a folder laid out as it says: its study
+    file (with this file's small budgets appended, which the README tells users how to add), its three commands
+    (the CLI path: checkpoint + ImageFolder -> front -> bundle -> verify) and its Python snippet (the API path).
+    The commands run through their `main`, in this process, to spare the interpreter start-up of each."""
+    import importlib
     import shlex
     import shutil
-    import subprocess
-    import sys
 
     for name in ("images", "code", "acme.pt"):
         (shutil.copytree if (workspace / name).is_dir() else shutil.copy)(workspace / name, tmp_path / name)
     (tmp_path / "my_study.toml").write_text(readme_block("study") + TINY_SEARCH)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
-                                                         str(tmp_path / "code")]),
-           "EDGE_SEARCH_CACHE": str(workspace / "cache"), "OMP_NUM_THREADS": "1"}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EDGE_SEARCH_CACHE", str(workspace / "cache"))
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
     for line in readme_block("commands").strip().splitlines():
         argv = shlex.split(line)
-        assert argv[0] == ".venv/bin/python"
-        done = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=600)
-        assert done.returncode == 0, f"{line}: {done.stderr}"
-    assert "verified" in done.stdout
-    done = subprocess.run([sys.executable, "-c", readme_block("python")], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=900)
+        assert argv[:2] == [".venv/bin/python", "-m"], line
+        assert importlib.import_module(argv[2]).main(argv[3:]) == 0, line
+
+    run, bundle = tmp_path / "runs" / "acme", tmp_path / "acme_bundle"
+    teacher = json.loads((run / "baseline.json").read_text())["teacher"]
+    assert teacher["checkpoint"] == str(tmp_path / "acme.pt") and "train_steps" not in teacher  # never trained
+    assert 40 < teacher["val_accuracy"] <= 100 and 40 < teacher["test_accuracy"] <= 100
+    assert json.loads((run / "config.json").read_text())["profile"] == "base"  # the study has no [profiles]
+    front = pd.read_csv(run / "pareto.csv")
+    assert len(front) >= 1 and front["knee"].sum() == 1 and front["f3_test_accuracy"].notna().all()
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    assert metrics["num_classes"] == 3 and metrics["input_shape"] == [3, 32, 32]
+    assert metrics["recipe_hash"] == front[front["knee"]].iloc[0]["recipe_hash"]
+
+    namespace: dict = {}
+    exec(compile(readme_block("python"), "README.md (Python snippet)", "exec"), namespace)  # noqa: S102
+    result = namespace["result"]
+    assert isinstance(result.trials, pd.DataFrame) and len(result.trials) == 6
+    assert isinstance(result.front, pd.DataFrame) and len(result.front) >= 1 and result.knee is not None
+    assert (tmp_path / "front.png").is_file()
+    picked = json.loads((namespace["bundle"] / "metrics.json").read_text())
+    assert picked["predicted"]["zcu104"]["latency_ms"] <= 5 + 1e-9
+    from search.export import main as export_main
+
+    assert export_main(["--verify", str(namespace["bundle"])]) == 0
+
+
+def test_the_example_runs(cifar_root: Path, tmp_path: Path) -> None:
+    """examples/compress_my_model.py end to end, with fewer images and trials than its defaults."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(repo / "examples" / "compress_my_model.py"), "--workdir", str(tmp_path),
+                           "--data-root", str(cifar_root), "--trials", "2", "--epochs", "2",
+                           "--images-per-class", "40"], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "front.png").is_file() and (tmp_path / "acme_bundle_py" / "metrics.json").is_file()
+    assert "front of" in done.stdout and (tmp_path / "bundle" / "metrics.json").is_file()

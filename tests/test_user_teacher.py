@@ -112,7 +112,7 @@ def test_a_torchvision_teacher_with_keyword_arguments(data, tmp_path: Path) -> N
 
 
 def test_the_users_own_package_through_code_dir(trained: TinyNet, data, tmp_path: Path) -> None:  # noqa: ANN001
-    package = tmp_path / "code" / "acme_vision"
+    package = tmp_path / "code" / "acme_teach"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "nets.py").write_text(textwrap.dedent('''
@@ -123,8 +123,8 @@ def test_the_users_own_package_through_code_dir(trained: TinyNet, data, tmp_path
             return TinyNet(num_classes=num_classes, width=width)
     '''))
     torch.save(trained.state_dict(), tmp_path / "teacher.pt")
-    teacher = load(data, tmp_path / "teacher.pt", arch="acme_vision.nets:make_net", code=str(tmp_path / "code"))
+    teacher = load(data, tmp_path / "teacher.pt", arch="acme_teach.nets:make_net", code=str(tmp_path / "code"))
     splits, batcher = data
     assert teacher.metrics["test_accuracy"] == pytest.approx(accuracy(trained, splits.test, batcher))
-    with pytest.raises(Exception, match=r"cannot import 'acme_nope.nets'.*--code DIR"):
-        load(data, tmp_path / "teacher.pt", arch="acme_nope.nets:make_net")
+    with pytest.raises(Exception, match=r"cannot import 'acme_absent.nets'.*--code DIR"):
+        load(data, tmp_path / "teacher.pt", arch="acme_absent.nets:make_net")
