@@ -8,7 +8,7 @@
 
     python examples/compress_my_model.py [--workdir DIR] [--trials N]
 
-About 3 minutes on 2 cores (AMD EPYC). Needs CIFAR-10 where the tool finds it (--data-root, $EDGE_SEARCH_DATA,
+About 5 minutes on 2 cores (AMD EPYC). Needs CIFAR-10 where the tool finds it (--data-root, $EDGE_SEARCH_DATA,
 ./data or ../shared/data).
 """
 

@@ -176,7 +176,7 @@ def _latency(path: Path, shape: tuple[int, ...]) -> dict[str, Any]:
 
 def _accuracies(out: Path, model: nn.Module, test: ImageSet, batcher: Batcher) -> dict[str, Any]:
     result: dict[str, Any] = {"split": "test", "images": len(test),
-                              "selection": f"the first {len(test)} images of the official test split",
+                              "selection": f"the first {len(test)} images of the test split",
                               "pytorch": round(accuracy(model, test, batcher), 4)}
     for key, name in (("onnx_fp32", "model.onnx"), ("onnx_int8", "model_int8.onnx"),
                       ("onnx_simulated", "model_simulated.onnx")):
