@@ -69,7 +69,7 @@ def make_plan(config: StudyConfig) -> Plan:
     bad = [o for o in objectives if o not in known or o in ("accuracy_drop", "test_accuracy")]
     if bad:
         raise ConfigError(f"{config.source}: search.objectives: {bad[0]!r} cannot be optimised; use any of "
-                          f"{', '.join(default_objectives(targets))}, macs, params, bops")
+                          f"{', '.join(default_objectives(targets))}, energy_<target>, macs, params, bops")
     if "accuracy" not in objectives:
         raise ConfigError(f"{config.source}: search.objectives must include 'accuracy'")
     try:

@@ -55,7 +55,7 @@ class SearchConfig:
     trials: int = field(default=40, metadata={"min": 1, "max": 100_000})
     seed: int = field(default=0, metadata={"min": 0})
     population: int = field(default=10, metadata={"min": 2, "max": 10_000})  # NSGA-II/III generation size
-    objectives: tuple[str, ...] = ()  # default: accuracy, latency and energy per target, size_mb
+    objectives: tuple[str, ...] = ()  # default: accuracy, latency per target, size_mb (energy is reported)
     constraints: tuple[str, ...] = ()  # e.g. "latency_zcu104 <= 5", "accuracy_drop <= 1"
     final_max: int = field(default=8, metadata={"min": 1, "max": 1000})  # front recipes that get F3
     baselines: BaselineSet = BaselineSet.SURVEY  # thesis_table needs the thesis's ResNet-50 teacher
