@@ -37,8 +37,10 @@ from hardware_models.fitting import within
 from hardware_models.graph import POLICIES
 from hardware_models.graph import extract_spec
 from hardware_models.graph import with_policy
+from hardware_models.intervals import interval_summary
 from hardware_models.measurements import Measurement
 from hardware_models.measurements import MeasurementTable
+from hardware_models.measurements import deduplicate
 from hardware_models.measurements import load_measurements
 from hardware_models.profiles import Profile
 from hardware_models.profiles import builtin_profile_path
@@ -47,9 +49,12 @@ from hardware_models.targets import TargetSpec
 from hardware_models.targets import builtin_power
 from hardware_models.targets import cost_model
 from hardware_models.targets import get_target
+from hardware_models.validation import family_folds
 
 # Weight of the physical defaults (a weak prior, see fitting.fit_log).
 PRIOR_WEIGHT = 0.1
+# At most this many leave-family-out refits for the interval residuals (families are never split).
+FAMILY_FOLDS = 20
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,7 @@ def prepare(target: str, measurements: str | Path, combine: str | None = None) -
     if spec.family == "host":
         raise SystemExit("error: the host target is measured, not calibrated; pick one of "
                          "zcu104, zcu102, rpi4, rpi5")
-    table = load_measurements(measurements)
+    table = deduplicate(load_measurements(measurements))
     if not table.rows:
         raise SystemExit(f"error: {measurements} has no usable rows (need spec, input and a latency)")
     cases, builds = cases_for(spec, table)
@@ -203,23 +208,28 @@ def prepare(target: str, measurements: str | Path, combine: str | None = None) -
 def leave_one_out(calibration: Calibration, rows: Sequence[int] | None = None) -> np.ndarray:
     """Prediction of each row (all when `rows` is None) by a fit on every other row; NaN elsewhere."""
     n = len(calibration.cases)
-    out = np.full(n, np.nan)
-    for i in range(n) if rows is None else rows:
-        others = [j for j in range(n) if j != i]
-        theta = fit_rows(calibration, others, calibration.theta, restarts=1)
-        out[i] = calibration.predict(theta, [i])[0]
-    return out
+    return held_out(calibration, [[i] for i in (range(n) if rows is None else rows)], restarts=1)
 
 
 def held_out(calibration: Calibration, folds: Sequence[Sequence[int]], restarts: int = 2) -> np.ndarray:
-    """Predictions of each fold's rows by a fit on all other rows; NaN for rows in no fold."""
+    """Predictions of each fold's rows by a fit on all other rows; NaN for rows in no fold.
+
+    Every refit starts from the prior, never from `calibration.theta`: that fit saw the held-out rows, and
+    starting next to it leaks them into the score.
+    """
     n = len(calibration.cases)
     out = np.full(n, np.nan)
     for held in folds:
         train = sorted(set(range(n)) - set(held))
-        theta = fit_rows(calibration, train, calibration.theta, restarts=restarts)
+        theta = fit_rows(calibration, train, calibration.prior, restarts=restarts)
         out[list(held)] = calibration.predict(theta, list(held))
     return out
+
+
+def leave_family_out(calibration: Calibration, restarts: int = 2, max_folds: int | None = None) -> np.ndarray:
+    """Each row predicted by a fit on the rows of every *other* architecture family (validation.family_of)."""
+    folds = family_folds([r.spec for r in calibration.table.rows], max_folds)
+    return held_out(calibration, folds, restarts=restarts)
 
 
 def cross_validate(calibration: Calibration, folds: int, seed: int = 0) -> np.ndarray:
@@ -235,7 +245,9 @@ def leave_network_out(calibration: Calibration) -> np.ndarray:
     return held_out(calibration, list(groups.values()), restarts=1)
 
 
-def make_profile(calibration: Calibration, loo: np.ndarray | None = None) -> Profile:
+def make_profile(calibration: Calibration, loo: np.ndarray | None = None,
+                 family_out: np.ndarray | None = None) -> Profile:
+    """The fitted parameters and their provenance; with `family_out` predictions, the interval residuals."""
     spec, model = calibration.spec, calibration.model
     fitted = calibration.predict(calibration.theta, range(len(calibration.cases)))
     y = calibration.measured
@@ -249,6 +261,11 @@ def make_profile(calibration: Calibration, loo: np.ndarray | None = None) -> Pro
     }
     if loo is not None:
         summary.update(loo_mape_pct=mape(loo, y), loo_within_10pct=within(loo, y))
+    if family_out is not None:
+        summary.update(family_out_mape_pct=mape(family_out, y), family_out_within_10pct=within(family_out, y),
+                       merged_rows=list(calibration.table.merged),
+                       interval=interval_summary(np.log(family_out / y),
+                                                 [model.group_key(c) for c in calibration.cases]))
     profile = Profile(
         target=spec.name, family=spec.family, board=spec.board,
         params=from_theta(model.params, calibration.theta), power=builtin_power(spec.name),
@@ -260,7 +277,7 @@ def make_profile(calibration: Calibration, loo: np.ndarray | None = None) -> Pro
     return spec.transfer(profile) if spec.transfer else profile
 
 
-def _report(calibration: Calibration, loo: np.ndarray | None) -> str:
+def _report(calibration: Calibration, loo: np.ndarray | None, family_out: np.ndarray | None = None) -> str:
     fitted = calibration.predict(calibration.theta, range(len(calibration.cases)))
     lines = [f"{'row':>4} {'network':54s} {'measured':>9} {'fitted':>9} {'err%':>6} {'LOO':>9} {'LOO%':>6}"]
     for i, row in enumerate(calibration.table.rows):
@@ -272,6 +289,10 @@ def _report(calibration: Calibration, loo: np.ndarray | None) -> str:
     lines.append(f"fit: MAPE {mape(fitted, y):.2f}%  within 10%: {100 * within(fitted, y):.0f}%")
     if loo is not None:
         lines.append(f"leave-one-out: MAPE {mape(loo, y):.2f}%  within 10%: {100 * within(loo, y):.0f}%")
+    if family_out is not None:
+        lines.append(f"leave-family-out: MAPE {mape(family_out, y):.2f}%  within 10%: "
+                     f"{100 * within(family_out, y):.0f}%  (sets the 90% intervals)")
+    lines += [f"merged {m}" for m in calibration.table.merged]
     lines += [f"skipped {s}" for s in calibration.table.skipped]
     return "\n".join(lines)
 
@@ -283,15 +304,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--measurements", required=True, help="CSV in the format of hardware_models/data")
     parser.add_argument("--out", help="profile JSON to write (default: print only)")
     parser.add_argument("--builtin", action="store_true", help="write hardware_models/profiles/TARGET.json")
-    parser.add_argument("--no-loo", action="store_true", help="skip the leave-one-out refits")
+    parser.add_argument("--no-loo", action="store_true",
+                        help="skip the leave-one-out and leave-family-out refits (the profile then has no "
+                             "calibrated interval: estimates get a nominal factor-of-2 band)")
     args = parser.parse_args(argv)
     try:
         calibration = prepare(args.target, args.measurements)
     except (KeyError, ValueError, FileNotFoundError) as error:
         parser.exit(2, f"error: {error.args[0] if error.args else error}\n")
     loo = None if args.no_loo else leave_one_out(calibration)
-    print(_report(calibration, loo))
-    profile = make_profile(calibration, loo)
+    family_out = None if args.no_loo else leave_family_out(calibration, max_folds=FAMILY_FOLDS)
+    print(_report(calibration, loo, family_out))
+    profile = make_profile(calibration, loo, family_out)
     out = builtin_profile_path(args.target) if args.builtin else args.out
     if out:
         save_profile(profile, out)
