@@ -81,3 +81,33 @@ def test_conformal_quantile() -> None:
     predicted, measured = np.array([1.0, 1.1, 1.2, 2.0]), np.ones(4)
     share, width = coverage(predicted, measured, [[0], [1], [2], [3]], ["", "", "", ""])
     assert width[3] == pytest.approx(np.log(1.2) * 1.5) and share == 0.75   # row 3 is off by 2x
+
+
+def _first_rows(tmp_path: Path, name: str, count: int) -> Path:
+    lines = (DATA / name).read_text().splitlines()
+    out = tmp_path / f"first{count}.csv"
+    out.write_text("\n".join(lines[:count + 1]) + "\n")
+    return out
+
+
+def test_few_measurements_adapt_the_builtin_profile(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Eight rows shrink towards the built-in rpi4 profile instead of refitting a dozen parameters."""
+    from hardware_models.calibrate import main as calibrate_main
+    from hardware_models.profiles import load_builtin
+    from hardware_models.profiles import load_profile
+
+    rows = _first_rows(tmp_path, "nb201_raspi4_sample.csv", 8)
+    adapted, scratch = tmp_path / "adapted.json", tmp_path / "scratch.json"
+    assert calibrate_main(["--target", "rpi4", "--measurements", str(rows), "--out", str(adapted)]) == 0
+    assert "prior: rpi4 profile (rpi.csv) (weight 0.3)" in capsys.readouterr().out
+    assert calibrate_main(["--target", "rpi4", "--measurements", str(rows), "--out", str(scratch),
+                           "--from-scratch", "--no-loo"]) == 0
+    base = load_builtin("rpi4").params
+    group = [k for k in base if k.startswith("ncnn.fp32.") and "build_" not in k]
+
+    def drift(path: Path) -> float:
+        params = load_profile(path).params
+        return float(np.mean([abs(np.log(params[k] / base[k])) for k in group]))
+
+    assert drift(adapted) < drift(scratch)
+    assert load_profile(adapted).calibration["prior"].startswith("rpi4 profile")
