@@ -306,7 +306,8 @@ def make_profile(calibration: Calibration, loo: np.ndarray | None = None,
         summary.update(family_out_mape_pct=mape(family_out, y), family_out_within_10pct=within(family_out, y),
                        merged_rows=list(calibration.table.merged),
                        interval=interval_summary(np.log(family_out / y),
-                                                 [model.group_key(c) for c in calibration.cases]))
+                                                 [model.group_key(c) for c in calibration.cases],
+                                                 [c.network.macs for c in calibration.cases]))
     profile = Profile(
         target=spec.name, family=spec.family, board=spec.board,
         params=from_theta(model.params, calibration.theta), power=builtin_power(spec.name),

@@ -35,11 +35,11 @@ def _timing(latency_ms: float, watts: float, source: str) -> dict[str, Any]:
             "power_w": watts, "energy_mj": watts * latency_ms, "energy_source": source}
 
 
-def _interval(latency_ms: float, profile: Profile, group: str, unmeasured: list[str]) -> dict[str, Any]:
+def _interval(latency_ms: float, profile: Profile, group: str, unmeasured: list[str], macs: int) -> dict[str, Any]:
     """`latency_ms_low`/`_high` (90%) from the profile's held-out residuals, and the note that says how."""
     if profile.target != profile.calibration.get("calibrated_board", profile.target):
         unmeasured = [f"{profile.target} is transferred from {profile.calibration['calibrated_board']}", *unmeasured]
-    band = latency_interval(latency_ms, profile.calibration, group, unmeasured)
+    band = latency_interval(latency_ms, profile.calibration, group, unmeasured, macs)
     return {"latency_ms_low": band.low, "latency_ms_high": band.high, "interval_level": band.level,
             "interval_note": band.note}
 
@@ -82,7 +82,7 @@ def _dpu(model: nn.Module, network: Network, profile: Profile, options: Options)
     unmeasured = []
     if options.clock_ghz and abs(options.clock_ghz * 1e3 - board.clock_mhz) > 1e-6:
         unmeasured.append(f"DPU clock {options.clock_ghz * 1e3:.0f} MHz (measured at {board.clock_mhz:.0f} MHz)")
-    band = _interval(latency, profile, "", unmeasured)
+    band = _interval(latency, profile, "", unmeasured, network.macs)
     notes.append(band["interval_note"])
     result = {**base, "deployable": True, "reason": None, **_timing(latency, profile.power.watts(1),
                                                                      profile.power.source), **band,
@@ -130,7 +130,7 @@ def _arm(model: nn.Module, network: Network, profile: Profile, options: Options)
     prediction = cost.predict(profile.params, table)
     watts = profile.power.watts(threads)
     latency = float(prediction.totals(table)[0])
-    band = _interval(latency, profile, f"{runtime}.{precision}.", [])
+    band = _interval(latency, profile, f"{runtime}.{precision}.", [], network.macs)
     result = {"measured": False, "deployable": True, "reason": None, "precision": precision,
               "threads": threads, "runtime": runtime, **_timing(latency, watts, profile.power.source), **band,
               "assumptions": [*profile.assumptions, *profile.power.notes, *notes, band["interval_note"]]}

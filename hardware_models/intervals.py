@@ -28,6 +28,9 @@ LEVEL = 0.9
 UNMEASURED_WIDENING = 2.0
 # Too few residuals for a finite conformal quantile at this level: the largest one, widened by half.
 FEW_RESIDUALS_WIDENING = 1.5
+# A network with more than this factor fewer (or more) MACs than every calibrated network of its group is
+# an extrapolation: fixed per-layer costs fitted on ImageNet-sized networks may dominate a tiny one.
+EXTRAPOLATION_FACTOR = 4.0
 METHOD = "split conformal on leave-family-out |log(predicted/measured)|"
 
 
@@ -40,14 +43,32 @@ def conformal_halfwidth(log_residuals: Sequence[float] | np.ndarray, level: floa
     return float(r[k - 1]) if k <= r.size else float(r[-1] * FEW_RESIDUALS_WIDENING)
 
 
-def interval_summary(log_residuals: np.ndarray, groups: Sequence[str], level: float = LEVEL) -> dict[str, Any]:
-    """What a profile stores: the half-width per group (and over all rows, for unmeasured groups)."""
+def interval_summary(log_residuals: np.ndarray, groups: Sequence[str], macs: Sequence[int],
+                     level: float = LEVEL) -> dict[str, Any]:
+    """What a profile stores: the half-width per group (and over all rows, for unmeasured groups), and the
+    range of network sizes (MACs) each group's rows span."""
     residuals = np.abs(np.asarray(log_residuals, float))
-    by_group = {g: residuals[[i for i, k in enumerate(groups) if k == g]] for g in sorted(set(groups))}
+    members = {g: [i for i, k in enumerate(groups) if k == g] for g in sorted(set(groups))}
     return {"level": level, "method": METHOD,
-            "log_halfwidth": {g: conformal_halfwidth(r, level) for g, r in by_group.items()},
-            "rows": {g: int(r.size) for g, r in by_group.items()},
+            "log_halfwidth": {g: conformal_halfwidth(residuals[m], level) for g, m in members.items()},
+            "rows": {g: len(m) for g, m in members.items()},
+            "macs_range": {g: [int(min(macs[i] for i in m)), int(max(macs[i] for i in m))]
+                           for g, m in members.items()},
             "log_halfwidth_all": conformal_halfwidth(residuals, level)}
+
+
+def size_extrapolation(macs: int, summary: Mapping[str, Any], group: str) -> list[str]:
+    """A reason to widen when the network is far smaller or larger than every calibrated one."""
+    known = summary.get("macs_range", {}).get(group)
+    if not known or macs <= 0:
+        return []
+    low, high = known
+    if macs * EXTRAPOLATION_FACTOR < low:
+        return [f"{macs / 1e6:.3g} M MACs, far below the smallest calibrated network ({low / 1e6:.3g} M): "
+                "fixed per-layer costs fitted on large networks may dominate this prediction"]
+    if macs > high * EXTRAPOLATION_FACTOR:
+        return [f"{macs / 1e9:.3g} G MACs, far above the largest calibrated network ({high / 1e9:.3g} G)"]
+    return []
 
 
 @dataclass(frozen=True)
@@ -59,7 +80,7 @@ class Interval:
 
 
 def latency_interval(latency_ms: float, calibration: Mapping[str, Any], group: str,
-                     unmeasured: Sequence[str] = ()) -> Interval:
+                     unmeasured: Sequence[str] = (), macs: int = 0) -> Interval:
     """The interval of one prediction; `unmeasured` lists what about this setting no measurement covers."""
     summary = calibration.get("interval")
     if not summary:
@@ -74,8 +95,10 @@ def latency_interval(latency_ms: float, calibration: Mapping[str, Any], group: s
         note = f"{100 * level:.0f}% interval: {METHOD} over {rows} held-out rows"
         if group not in known:
             unmeasured = (*unmeasured, f"no {group.strip('.') or 'such'} rows")
-    if unmeasured:
-        q *= UNMEASURED_WIDENING
-        note += (f"; widened x{UNMEASURED_WIDENING:g} in log terms because no measurement covers this setting "
+        unmeasured = (*unmeasured, *size_extrapolation(macs, summary, group))
+    if unmeasured:  # each independent unknown widens again
+        factor = UNMEASURED_WIDENING ** len(unmeasured)
+        q *= factor
+        note += (f"; widened x{factor:g} in log terms because no measurement covers this setting "
                  f"({'; '.join(unmeasured)})")
     return Interval(latency_ms * math.exp(-q), latency_ms * math.exp(q), level, note)
