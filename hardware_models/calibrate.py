@@ -218,7 +218,7 @@ def prepare(target: str, measurements: str | Path, combine: str | None = None, b
     spec = get_target(target)
     if spec.family == "host":
         raise SystemExit("error: the host target is measured, not calibrated; pick one of "
-                         "zcu104, zcu102, rpi4, rpi5")
+                         "zcu104, zcu102, kv260, rpi4, rpi5")
     table = deduplicate(load_measurements(measurements))
     if not table.rows:
         raise SystemExit(f"error: {measurements} has no usable rows (need spec, input and a latency)")
@@ -298,6 +298,7 @@ def make_profile(calibration: Calibration, loo: np.ndarray | None = None,
         "fit_mape_pct": mape(fitted, y), "fit_within_10pct": within(fitted, y),
         "builds": list(getattr(model, "builds", ())),
         "prior": calibration.prior_source, "prior_weight": calibration.prior_weight,
+        **({"calibrated_config": dpu.config_of(dpu.DPU_BOARDS[spec.board])} if spec.family == "dpu" else {}),
         "fitted_groups": sorted({model.group_key(c) for c in calibration.cases}),
     }
     if loo is not None:
@@ -315,7 +316,8 @@ def make_profile(calibration: Calibration, loo: np.ndarray | None = None,
         default_precision=spec.default_precision,
         runtimes=tuple(sorted({c.runtime.partition("@")[0] for c in calibration.cases})),
         graph_policy=calibration.policy,
-        assumptions=(), calibration=summary)
+        assumptions=(), calibration=summary,
+        config=dpu.config_of(dpu.DPU_BOARDS[spec.board]) if spec.family == "dpu" else {})
     return spec.transfer(profile) if spec.transfer else profile
 
 
@@ -353,7 +355,7 @@ def _base_profile(args: argparse.Namespace) -> Profile | None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hardware_models.calibrate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", required=True, help="zcu104, zcu102, rpi4 or rpi5")
+    parser.add_argument("--target", required=True, help="zcu104, zcu102, kv260, rpi4 or rpi5")
     parser.add_argument("--measurements", required=True, help="CSV in the format of hardware_models/data")
     parser.add_argument("--out", help="profile JSON to write (default: print only)")
     parser.add_argument("--builtin", action="store_true", help="write hardware_models/profiles/TARGET.json")

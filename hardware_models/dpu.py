@@ -17,9 +17,13 @@ its own). Latency is batch 1 on one core, as the thesis and the Model Zoo's sing
 
 from __future__ import annotations
 
+import csv
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
+from typing import Any
 
 import numpy as np
 
@@ -46,9 +50,46 @@ class DpuBoard:
     channel_augmentation: bool = True
 
 
+@functools.cache
+def dpu_archs() -> dict[str, tuple[int, int, int]]:
+    """(pixel, input-channel, output-channel) parallelism of every DPUCZDX8G size (PG338 Table 1, dpu_facts.csv)."""
+    text = resources.files("hardware_models").joinpath("data/dpu_facts.csv").read_text()
+    return {row["key"]: (int(row["pixel_parallelism"]), int(row["input_channel_parallelism"]),
+                         int(row["output_channel_parallelism"]))
+            for row in csv.DictReader(text.splitlines()) if row["fact_group"] == "architecture"}
+
+
+def dpu_config(name: str, arch: str, cores: int, clock_mhz: float) -> DpuBoard:
+    """A DPU configuration: size (B512..B4096), core count and clock; parallelism from PG338."""
+    archs = dpu_archs()
+    if arch not in archs:
+        raise KeyError(f"unknown DPU size {arch!r}; known: {', '.join(archs)}")
+    if cores < 1 or clock_mhz <= 0:
+        raise ValueError(f"a DPU needs at least one core and a positive clock, got {cores} cores @ {clock_mhz} MHz")
+    pp, icp, ocp = archs[arch]
+    return DpuBoard(name=name, arch=arch, clock_mhz=float(clock_mhz), cores=int(cores), pixel_parallelism=pp,
+                    input_channel_parallelism=icp, output_channel_parallelism=ocp)
+
+
+def config_of(board: DpuBoard) -> dict[str, Any]:
+    """What a profile JSON stores to name its DPU configuration."""
+    return {"name": board.name, "arch": board.arch, "cores": board.cores, "clock_mhz": board.clock_mhz}
+
+
+def board_from(key: str, config: Mapping[str, Any]) -> DpuBoard:
+    """The profile's configuration when it names one, else the registered board `key`."""
+    if not config:
+        return DPU_BOARDS[board_of(key)]
+    return dpu_config(str(config.get("name", key)), str(config["arch"]), int(config["cores"]),
+                      float(config["clock_mhz"]))
+
+
+# Board configurations of dpu_facts.csv (board_dpu_config rows). Only the ZCU104 has latency measurements.
 DPU_BOARDS: dict[str, DpuBoard] = {
-    "zcu104": DpuBoard(name="ZCU104", arch="B4096", clock_mhz=300.0, cores=2),
-    "zcu102": DpuBoard(name="ZCU102", arch="B4096", clock_mhz=281.0, cores=3),
+    "zcu104": dpu_config("ZCU104", "B4096", 2, 300.0),
+    "zcu102": dpu_config("ZCU102", "B4096", 3, 281.0),
+    "kv260": dpu_config("KV260", "B4096", 1, 300.0),
+    "ultra96": dpu_config("Ultra96", "B1600", 1, 287.0),
 }
 
 RUNTIMES = ("vart-python", "vart-cpp")
@@ -118,14 +159,15 @@ class DpuModel(CostModel):
         ParamSpec("memory_contention", 0.5, 0.0, "x", "share of DDR time added per extra busy core"),
     )
 
-    def __init__(self, board: DpuBoard, combine: str = "max") -> None:
+    def __init__(self, board: DpuBoard, combine: str = "max", boards: Mapping[str, DpuBoard] | None = None) -> None:
         if combine not in ("max", "sum"):
             raise ValueError(f"combine must be 'max' (roofline) or 'sum', not {combine!r}")
         self.board = board
         self.combine = combine
+        self.boards = DPU_BOARDS if boards is None else boards
 
     def table(self, case: Case) -> LayerTable:
-        board = DPU_BOARDS[case.board] if case.board in DPU_BOARDS else self.board
+        board = self.boards.get(case.board, self.board)
         engine, cycles, traffic, names, kinds = [], [], [], [], []
         for layer in case.network.computed():
             row = _rows(board, layer)

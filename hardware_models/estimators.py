@@ -37,11 +37,27 @@ def _timing(latency_ms: float, watts: float, source: str) -> dict[str, Any]:
 
 def _interval(latency_ms: float, profile: Profile, group: str, unmeasured: list[str], macs: int) -> dict[str, Any]:
     """`latency_ms_low`/`_high` (90%) from the profile's held-out residuals, and the note that says how."""
-    if profile.target != profile.calibration.get("calibrated_board", profile.target):
-        unmeasured = [f"{profile.target} is transferred from {profile.calibration['calibrated_board']}", *unmeasured]
+    if profile.target != profile.calibration.get("calibrated_board", profile.target) and not unmeasured:
+        unmeasured = [f"{profile.target} is transferred from {profile.calibration['calibrated_board']}"]
     band = latency_interval(latency_ms, profile.calibration, group, unmeasured, macs)
     return {"latency_ms_low": band.low, "latency_ms_high": band.high, "interval_level": band.level,
             "interval_note": band.note}
+
+
+def _unmeasured_dpu(board: dpu.DpuBoard, profile: Profile, options: Options) -> list[str]:
+    """What about this DPU configuration no calibration row covers (each widens the interval)."""
+    measured = profile.calibration.get("calibrated_config") or dpu.config_of(dpu.DPU_BOARDS["zcu104"])
+    clock = options.clock_ghz * 1e3 if options.clock_ghz else board.clock_mhz
+    reasons = []
+    if board.arch != measured["arch"]:
+        reasons.append(f"DPU size {board.arch} never measured (calibrated on {measured['arch']})")
+    if abs(clock - float(measured["clock_mhz"])) > 1e-6:
+        reasons.append(f"DPU clock {clock:.0f} MHz never measured (calibrated at "
+                       f"{float(measured['clock_mhz']):.0f} MHz)")
+    if not reasons and board.name != measured["name"]:
+        reasons.append(f"{board.name} board never measured (same DPU as the {measured['name']}; "
+                       "its DDR may differ)")
+    return reasons
 
 
 def _not_int8(bits: dict[str, int]) -> list[str]:
@@ -67,8 +83,8 @@ def _dpu(model: nn.Module, network: Network, profile: Profile, options: Options)
     if odd:
         notes.append(f"{len(odd)} non-8-bit layers are costed as INT8 (as_int8=True): the DPU stores and runs "
                      "sub-8-bit weights as 8-bit, so they are not faster")
-    board = dpu.DPU_BOARDS[profile.board]
-    cost = dpu.DpuModel(board)
+    board = dpu.board_from(profile.board, profile.config)
+    cost = dpu.DpuModel(board, boards={profile.board: board})
     case = Case(network=network, board=profile.board, threads=1, precision="int8", runtime=runtime,
                 clock_ghz=options.clock_ghz or 0.0)
     table = cost.table(case)
@@ -79,10 +95,7 @@ def _dpu(model: nn.Module, network: Network, profile: Profile, options: Options)
     if unsupported:
         notes.append(f"{len(unsupported)} layers ({', '.join(unsupported[:3])}...) are not DPU operations; "
                      "Vitis AI would run them on the ARM cores - costed here as DPU elementwise passes")
-    unmeasured = []
-    if options.clock_ghz and abs(options.clock_ghz * 1e3 - board.clock_mhz) > 1e-6:
-        unmeasured.append(f"DPU clock {options.clock_ghz * 1e3:.0f} MHz (measured at {board.clock_mhz:.0f} MHz)")
-    band = _interval(latency, profile, "", unmeasured, network.macs)
+    band = _interval(latency, profile, "", _unmeasured_dpu(board, profile, options), network.macs)
     notes.append(band["interval_note"])
     result = {**base, "deployable": True, "reason": None, **_timing(latency, profile.power.watts(1),
                                                                      profile.power.source), **band,
