@@ -141,6 +141,16 @@ def _rows(board: DpuBoard, layer: Layer) -> tuple[int, float] | None:
     return None  # concat (written in place), copies and views
 
 
+def _fused_into_eltwise(layer: Layer, layers: tuple[Layer, ...]) -> bool:
+    """A ReLU-like activation right after an elementwise add: the DPU's elementwise engine applies it in the
+    same pass (XIR's eltwise-fix op carries a `nonlinear` attribute: RELU, RELU6, LEAKYRELU...), so the
+    ResNet block's post-add ReLU costs no second pass over the tensor."""
+    if layer.kind is not Kind.ACT or layer.op not in DPU_ACTIVATIONS or len(layer.inputs) != 1:
+        return False
+    source = layers[layer.inputs[0]]
+    return source.kind is Kind.ELTWISE and source.op.lstrip("_").startswith(("add", "radd", "iadd"))
+
+
 class DpuModel(CostModel):
     family = "dpu"
     # Defaults are physical guesses, not fits (they are the weak prior of the calibration): ~80% conv
@@ -169,8 +179,9 @@ class DpuModel(CostModel):
     def table(self, case: Case) -> LayerTable:
         board = self.boards.get(case.board, self.board)
         engine, cycles, traffic, names, kinds = [], [], [], [], []
+        layers = case.network.layers
         for layer in case.network.computed():
-            row = _rows(board, layer)
+            row = None if _fused_into_eltwise(layer, layers) else _rows(board, layer)
             if row is None:
                 continue
             engine.append(row[0])
