@@ -1,4 +1,4 @@
-"""Xilinx DPUCZDX8G (B4096) latency: per-layer cycles from the engine's fixed parallelism.
+"""Xilinx DPUCZDX8G (B512..B4096) latency: per-layer cycles from the engine's fixed parallelism.
 
 Each cycle a B4096 core computes 8 output pixels (along a row) x 16 input channels x 16 output
 channels (PG338). A layer's ideal cycles therefore use channel counts rounded *up* to 16 and row widths
@@ -13,6 +13,11 @@ and predicts held-out rows worse (benchmarks/hardware_accuracy.py prints both), 
 parameters are cycle-count divisors per engine (conv, depthwise, pooling, elementwise), the DDR
 bandwidth, the per-layer overhead and the fixed cost of one runtime call (VART C++; VART Python adds
 its own). Latency is batch 1 on one core, as the thesis and the Model Zoo's single-thread FPS measure it.
+
+Other sizes (B512..B3136) differ only in that parallelism (PG338 Table 1, read from data/dpu_facts.csv);
+`dpu_config` builds any size / core count / clock, and a profile JSON names its configuration. Only
+the ZCU104's 2 x B4096 @ 300 MHz has measurements: the engine efficiencies fitted there are assumed to
+carry over, and estimate() widens the interval of every configuration that was never measured.
 """
 
 from __future__ import annotations
