@@ -1,12 +1,14 @@
 """How well the hardware models predict measurements they were not fitted on.
 
     python -m benchmarks.hardware_accuracy            # markdown tables on stdout (a few minutes)
-    python -m benchmarks.hardware_accuracy --quick    # skip NAS-Bench-201 and the host runs
+    python -m benchmarks.hardware_accuracy --quick    # ZCU104 and rpi.csv only (about a minute)
 
-Per target and calibration file: leave-one-out (or 5-fold) MAPE and the share of rows within +-10%,
-next to the naive baseline "latency = k x MACs" with k fitted on the same training rows. Also: the
-thesis's pruned networks predicted from the other rows, two host measurements of the same network,
-and how long `estimate()` takes.
+Per target: leave-network-FAMILY-out predictions (every row of an architecture family held out together,
+each refit starting from the physical prior), after repeated measurements of one network are averaged
+into one row. Next to them the naive baseline "latency = k x MACs", k fitted on the same training rows.
+Each row also gets the 90% split-conformal interval set by the other families' residuals, and the share
+of held-out rows it covers. NAS-Bench-201 (one family per cell) is scored fit-on-200 / score-on-100
+over five random splits. Also: two host measurements of the same network and how long `estimate()` takes.
 """
 
 from __future__ import annotations
@@ -21,22 +23,31 @@ from importlib import resources
 import numpy as np
 import torch
 
+from benchmarks.learning_curve import subset
 from hardware_models import estimate
 from hardware_models.calibrate import Calibration
-from hardware_models.calibrate import cross_validate
-from hardware_models.calibrate import leave_network_out
+from hardware_models.calibrate import choose_policy
+from hardware_models.calibrate import fit_rows
+from hardware_models.calibrate import leave_family_out
 from hardware_models.calibrate import leave_one_out
 from hardware_models.calibrate import prepare
-from hardware_models.fitting import kfold_indices
+from hardware_models.calibrate import with_graph_policy
 from hardware_models.fitting import mape
 from hardware_models.fitting import spearman
 from hardware_models.fitting import within
-from hardware_models.graph import with_policy
+from hardware_models.graph import POLICIES
 from hardware_models.host import measure
+from hardware_models.intervals import conformal_halfwidth
 from hardware_models.specs import build_network
+from hardware_models.validation import coverage
+from hardware_models.validation import family_folds
+from hardware_models.validation import family_of
+from hardware_models.validation import naive_macs
 
 PRUNED = ("thesis:resnet50_os20", "thesis:resnet50_os95", "thesis:squeezenet1_0_it20", "thesis:resnet18_os20",
           "thesis:mobilenet_v2_os20")
+NB201_SPLITS = 5
+NB201_TRAIN = 200
 
 
 @dataclass(frozen=True)
@@ -47,93 +58,141 @@ class Score:
     model_within: float
     naive_mape: float
     naive_within: float
+    covered: float = float("nan")
     extra: str = ""
 
     def markdown(self) -> str:
+        covered = "-" if np.isnan(self.covered) else f"{100 * self.covered:.0f}%"
         return (f"| {self.label} | {self.rows} | {self.model_mape:.1f}% | {100 * self.model_within:.0f}% | "
-                f"{self.naive_mape:.1f}% | {100 * self.naive_within:.0f}% | {self.extra} |")
+                f"{self.naive_mape:.1f}% | {100 * self.naive_within:.0f}% | {covered} | {self.extra} |")
 
 
-HEADER = ("| target / data / rows | n | model MAPE | model within 10% | naive (k x MACs) MAPE | "
-          "naive within 10% | notes |\n|---|---|---|---|---|---|---|")
+HEADER = ("| target / data / rows (held out) | n | model MAPE | model within 10% | naive (k x MACs) MAPE | "
+          "naive within 10% | 90% interval coverage | notes |\n|---|---|---|---|---|---|---|---|")
 
 
 def data(name: str) -> str:
     return str(resources.files("hardware_models").joinpath(f"data/{name}"))
 
 
-def _macs(calibration: Calibration, literal: bool) -> np.ndarray:
-    return np.array([c.network.macs_literal if literal else max(c.network.macs, 1) for c in calibration.cases],
-                    float)
-
-
-def naive(calibration: Calibration, folds: Sequence[Sequence[int]], literal: bool = False) -> np.ndarray:
-    """latency = k x MACs, k fitted (in log space) on the training rows of each fold."""
-    macs, y = _macs(calibration, literal), calibration.measured
-    out = np.full(y.size, np.nan)
-    for held in folds:
-        train = np.setdiff1d(np.arange(y.size), held)
-        k = np.exp(np.mean(np.log(y[train] / macs[train])))
-        out[list(held)] = k * macs[list(held)]
-    return out
-
-
 def score(label: str, rows: Sequence[int], predicted: np.ndarray, baseline: np.ndarray, y: np.ndarray,
-          extra: str = "") -> Score:
+          covered: np.ndarray | None = None, extra: str = "") -> Score:
     r = list(rows)
+    share = float(np.mean(covered[r])) if covered is not None else float("nan")
     return Score(label, len(r), mape(predicted[r], y[r]), within(predicted[r], y[r]), mape(baseline[r], y[r]),
-                 within(baseline[r], y[r]), extra)
+                 within(baseline[r], y[r]), share, extra)
+
+
+@dataclass(frozen=True)
+class FamilyOut:
+    """Leave-family-out predictions of one table, its baseline and each row's interval."""
+
+    calibration: Calibration
+    predicted: np.ndarray
+    baseline: np.ndarray
+    covered: np.ndarray
+    halfwidth: np.ndarray
+
+    @property
+    def measured(self) -> np.ndarray:
+        return self.calibration.measured
+
+
+def family_out(calibration: Calibration) -> FamilyOut:
+    specs = [r.spec for r in calibration.table.rows]
+    folds = family_folds(specs)
+    predicted = leave_family_out(calibration)
+    groups = [calibration.model.group_key(c) for c in calibration.cases]
+    _, halfwidth = coverage(predicted, calibration.measured, folds, groups)
+    covered = np.abs(np.log(predicted / calibration.measured)) <= halfwidth + 1e-12
+    return FamilyOut(calibration, predicted, naive_macs(calibration, folds), covered, halfwidth)
+
+
+def _errors(result: FamilyOut, rows: Sequence[int]) -> str:
+    names = [r.spec.removeprefix("torchvision:").removeprefix("thesis:") for r in result.calibration.table.rows]
+    error = result.predicted / result.measured - 1
+    return ", ".join(f"{names[i]} {100 * error[i]:+.1f}%" for i in rows)
 
 
 def zcu104() -> list[str]:
     calibration = prepare("zcu104", data("zcu104_dpu.csv"))
-    y = calibration.measured
-    rows = range(y.size)
-    loo, lono = leave_one_out(calibration), leave_network_out(calibration)
-    base = naive(calibration, [[i] for i in rows])
+    result = family_out(calibration)
+    y, rows = result.measured, range(result.measured.size)
+    loo = leave_one_out(calibration)
     specs = [r.spec for r in calibration.table.rows]
-    strict = f"leave-network-out MAPE {mape(lono, y):.1f}%, within 10% {100 * within(lono, y):.0f}%"
-    lines = [score("zcu104 / zcu104_dpu.csv / all (LOO)", rows, loo, base, y, strict).markdown()]
+    families = sorted({family_of(s) for s in specs})
+    merged = len(calibration.table.merged)
+    extra = (f"{len(families)} families ({', '.join(families)}); {merged} repeated measurement(s) averaged; "
+             f"leave-one-out (from the prior) for comparison: MAPE {mape(loo, y):.1f}%, within 10% "
+             f"{100 * within(loo, y):.0f}%; median 90% band +-{100 * (np.exp(np.median(result.halfwidth)) - 1):.0f}%")
+    lines = [score("zcu104 / zcu104_dpu.csv / family out", rows, result.predicted, result.baseline, y,
+                   result.covered, extra).markdown()]
     pruned = [i for i, s in enumerate(specs) if s in PRUNED]
-    errors = ", ".join(f"{specs[i].split(':')[1]} {100 * (loo[i] / y[i] - 1):+.1f}%" for i in pruned)
-    lines.append(score("zcu104 / thesis pruned nets (LOO)", pruned, loo, base, y, errors).markdown())
+    lines.append(score("zcu104 / thesis pruned nets (family out)", pruned, result.predicted, result.baseline, y,
+                       result.covered, _errors(result, pruned)).markdown())
+    worst = sorted(rows, key=lambda i: -abs(result.predicted[i] / y[i] - 1))[:6]
+    lines.append(f"|   worst zcu104 rows | | | | | | | {_errors(result, worst)} |")
     return lines
 
 
 def rpi4() -> list[str]:
     calibration = prepare("rpi4", data("rpi.csv"))
-    y, cases = calibration.measured, calibration.cases
-    four = [i for i, c in enumerate(cases) if c.threads == 4]
-    loo = leave_one_out(calibration, four)
+    result = family_out(calibration)
+    y, cases = result.measured, calibration.cases
     lines = []
     for precision in ("fp32", "int8"):
-        rows = [i for i in four if cases[i].precision == precision]
-        group = [[i] for i in rows]
-        base = naive(calibration, group)
-        # the baseline's k is fitted on the same precision's 4-thread rows only (its best case)
-        same = {i: [j for j in rows if j != i] for i in rows}
-        for i in rows:
-            k = np.exp(np.mean(np.log(y[same[i]] / _macs(calibration, False)[same[i]])))
-            base[i] = k * _macs(calibration, False)[i]
-        runtimes = sorted({cases[i].runtime.partition("@")[0] for i in rows})
-        split = "; ".join(f"{rt}: {mape(loo[r], y[r]):.1f}% (n={len(r)})" for rt in runtimes
-                          for r in [[i for i in rows if cases[i].runtime.startswith(rt)]])
-        lines.append(score(f"rpi4 / rpi.csv / 4 threads, {precision} (LOO)", rows, loo, base, y, split).markdown())
+        for threads in (4, 1):
+            rows = [i for i, c in enumerate(cases) if c.precision == precision and c.threads == threads]
+            runtimes = sorted({cases[i].runtime.partition("@")[0] for i in rows})
+            split = "; ".join(f"{rt}: MAPE {mape(result.predicted[r], y[r]):.1f}% (n={len(r)})" for rt in runtimes
+                              for r in [[i for i in rows if cases[i].runtime.startswith(rt)]])
+            lines.append(score(f"rpi4 / rpi.csv / {threads} thread(s), {precision} (family out)", rows,
+                               result.predicted, result.baseline, y, result.covered, split).markdown())
+    everything = range(y.size)
+    lines.append(score("rpi4 / rpi.csv / all rows (family out)", everything, result.predicted, result.baseline, y,
+                       result.covered, f"{len(family_folds([r.spec for r in calibration.table.rows]))} families; "
+                       f"{len(calibration.table.merged)} repeated measurement(s) averaged").markdown())
     return lines
+
+
+def split_scores(by_policy: dict[str, Calibration], train: Sequence[int], test: Sequence[int],
+                 restarts: int = 2) -> dict[str, float]:
+    """Fit from the prior on `train` (graph policy chosen on `train` too), score on `test`; the interval
+    from 5-fold residuals inside `train`."""
+    fit = choose_policy(subset(next(iter(by_policy.values())), train))
+    theta = fit_rows(fit, range(len(train)), fit.prior, restarts=restarts)
+    calibration = by_policy[fit.policy]
+    predicted = calibration.predict(theta, list(test))
+    y = calibration.measured[list(test)]
+    inner = leave_family_out(fit, restarts=1, max_folds=5)
+    q = conformal_halfwidth(np.log(inner / fit.measured))
+    macs = np.array([c.network.macs_literal for c in calibration.cases], float)
+    k = np.exp(np.mean(np.log(calibration.measured[list(train)] / macs[list(train)])))
+    return {"mape": mape(predicted, y), "within": within(predicted, y), "spearman": spearman(predicted, y),
+            "covered": float(np.mean(np.abs(np.log(predicted / y)) <= q)), "band": float(np.exp(q) - 1),
+            "naive_mape": mape(k * macs[list(test)], y), "naive_within": within(k * macs[list(test)], y),
+            "naive_spearman": spearman(macs[list(test)], y), "no_fold": float(fit.policy == "no_fold")}
 
 
 def nb201() -> list[str]:
     calibration = prepare("rpi4", data("nb201_raspi4_sample.csv"))
-    y = calibration.measured
-    folds = [f.tolist() for f in kfold_indices(y.size, 5)]
-    cv = cross_validate(calibration, 5)
-    base = naive(calibration, folds, literal=True)
-    live = [i for i, c in enumerate(calibration.cases)
-            if not with_policy(c.network, "optimised").output_is_constant]
-    extra = (f"Spearman {spearman(cv, y):.3f} (naive {spearman(base, y):.3f}); graph policy "
-             f"{calibration.policy!r}; without the {y.size - len(live)} constant-output nets: MAPE "
-             f"{mape(cv[live], y[live]):.1f}%, within 10% {100 * within(cv[live], y[live]):.0f}%")
-    return [score("rpi4 / nb201_raspi4_sample.csv (5-fold CV)", range(y.size), cv, base, y, extra).markdown()]
+    by_policy = {p: with_graph_policy(calibration, p) for p in POLICIES}
+    n = calibration.measured.size
+    runs = []
+    for seed in range(NB201_SPLITS):
+        order = np.random.default_rng(seed).permutation(n)
+        runs.append(split_scores(by_policy, order[:NB201_TRAIN].tolist(), order[NB201_TRAIN:].tolist()))
+    mean = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+    test = n - NB201_TRAIN
+    per_split = ", ".join(f"{100 * r['within']:.0f}%" for r in runs)
+    extra = (f"fit on {NB201_TRAIN}, scored on {test}, mean of {NB201_SPLITS} random splits; Spearman "
+             f"{mean['spearman']:.3f} (naive {mean['naive_spearman']:.3f}); within 10% per split "
+             f"{per_split}; 90% band +-{100 * mean['band']:.0f}%; "
+             f"graph policy chosen on each split's 200 rows: 'no_fold' in {sum(r['no_fold'] for r in runs):.0f} of "
+             f"{NB201_SPLITS}")
+    return [f"| rpi4 / nb201_raspi4_sample.csv / random splits | {test} | {mean['mape']:.1f}% | "
+            f"{100 * mean['within']:.0f}% | {mean['naive_mape']:.1f}% | {100 * mean['naive_within']:.0f}% | "
+            f"{100 * mean['covered']:.0f}% | {extra} |"]
 
 
 def host() -> list[str]:
@@ -148,11 +207,11 @@ def host() -> list[str]:
 
 def alternatives() -> list[str]:
     """Why a roofline max() on the DPU and a sum on the ARM: the other rule fits worse."""
-    lines = ["| rule (compute vs memory per layer) | zcu104 LOO MAPE / within 10% | rpi4 fit MAPE (all rows) |",
+    lines = ["| rule (compute vs memory per layer) | zcu104 family-out MAPE / within 10% | rpi4 fit MAPE (all rows) |",
              "|---|---|---|"]
     for dpu_rule, arm_rule in (("max", "sum"), ("sum", "max")):
         dpu = prepare("zcu104", data("zcu104_dpu.csv"), combine=dpu_rule)
-        loo = leave_one_out(dpu)
+        loo = leave_family_out(dpu)
         arm = prepare("rpi4", data("rpi.csv"), combine=arm_rule)
         fitted = arm.predict(arm.theta, range(len(arm.cases)))
         lines.append(f"| DPU {dpu_rule}, ARM {arm_rule} | {mape(loo, dpu.measured):.1f}% / "
@@ -184,7 +243,8 @@ def speed() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.hardware_accuracy", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="skip NAS-Bench-201 and the host measurement")
+    parser.add_argument("--quick", action="store_true",
+                        help="ZCU104 and rpi.csv only: skip NAS-Bench-201, the alternatives and the host runs")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print("## Hardware model accuracy (held-out predictions)\n")
@@ -192,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for section in (zcu104, rpi4) if args.quick else (zcu104, rpi4, nb201):
         for line in section():
             print(line, flush=True)
-    print("\nzcu102 and rpi5 have no measurements of their own (transferred from zcu104 / rpi4): not scored.\n")
+    print("\nzcu102, kv260 and rpi5 have no measurements of their own (transferred from zcu104 / rpi4): not scored.\n")
     if not args.quick:
         print("\n".join(alternatives()) + "\n")
     for line in ([] if args.quick else host()) + speed():

@@ -4,7 +4,7 @@ or (measured) this machine.
     from hardware_models import estimate
     estimate(model, (3, 224, 224), "zcu104")          # -> {"latency_ms": ..., "energy_mj": ..., ...}
 
-Targets: `list_targets()` (zcu104, zcu102, rpi4, rpi5, host) or the path of a calibrated profile JSON
+Targets: `list_targets()` (zcu104, zcu102, kv260, rpi4, rpi5, host) or the path of a calibrated profile JSON
 (`python -m hardware_models.calibrate`). Networks from spec strings: `build_network("torchvision:resnet18")`.
 """
 

@@ -2,7 +2,7 @@
 
 One call traces the network once (cached by structure), applies what the target's runtime does with
 it (dead branches removed, batch norm folded), and then either predicts with the target's calibrated
-profile (zcu104, zcu102, rpi4, rpi5, or a profile JSON) or measures (host). The result is a plain dict
+profile (zcu104, zcu102, kv260, rpi4, rpi5, or a profile JSON) or measures (host). The result is a plain dict
 so that it serialises to JSON and into a trials table unchanged.
 """
 

@@ -6,6 +6,15 @@
 Every row is interpreted with the board, runtime, threads, precision and clock it was measured at;
 the fitted parameters are then transferred to the requested target (ZCU102 and Raspberry Pi 5 have no
 rows of their own). Prints, per row, the measured, fitted and leave-one-out latencies.
+
+Few-shot: a table of your own board with fewer than 30 rows (5-20 is typical) *adapts* the target's
+built-in profile - a MAP fit that shrinks towards its parameters - instead of fitting a dozen parameters
+from scratch (`--from-scratch` to force that, `--adapt PROFILE` to adapt another profile):
+
+    python -m hardware_models.calibrate --target rpi4 --measurements my_ten_rows.csv --out my_pi.json
+
+Every profile also stores the leave-family-out residuals' conformal quantiles, which set the 90%
+intervals of `estimate()`.
 """
 
 from __future__ import annotations
@@ -37,19 +46,32 @@ from hardware_models.fitting import within
 from hardware_models.graph import POLICIES
 from hardware_models.graph import extract_spec
 from hardware_models.graph import with_policy
+from hardware_models.intervals import interval_summary
 from hardware_models.measurements import Measurement
 from hardware_models.measurements import MeasurementTable
+from hardware_models.measurements import deduplicate
 from hardware_models.measurements import load_measurements
 from hardware_models.profiles import Profile
 from hardware_models.profiles import builtin_profile_path
+from hardware_models.profiles import load_profile
 from hardware_models.profiles import save_profile
 from hardware_models.targets import TargetSpec
 from hardware_models.targets import builtin_power
 from hardware_models.targets import cost_model
 from hardware_models.targets import get_target
+from hardware_models.validation import family_folds
 
 # Weight of the physical defaults (a weak prior, see fitting.fit_log).
 PRIOR_WEIGHT = 0.1
+# Weight of an existing profile's parameters when a few measurements adapt it (few-shot calibration):
+# sigma / tau with sigma ~ 0.1 (a row's typical log error) and tau ~ 0.33 (a new board or build moves a
+# parameter by about a third). A MAP fit: with 5 rows the profile dominates, with 300 the rows do. Set
+# from that reasoning, not tuned on any held-out rows.
+ADAPT_PRIOR_WEIGHT = 0.3
+# The CLI adapts the target's built-in profile when a table has fewer rows than this.
+ADAPT_BELOW = 30
+# At most this many leave-family-out refits for the interval residuals (families are never split).
+FAMILY_FOLDS = 20
 
 
 @dataclass(frozen=True)
@@ -64,6 +86,8 @@ class Calibration:
     theta: np.ndarray
     prior: np.ndarray
     policy: str = "optimised"
+    prior_weight: float = PRIOR_WEIGHT
+    prior_source: str = "physical defaults"
 
     @property
     def measured(self) -> np.ndarray:
@@ -132,7 +156,7 @@ def fit_rows(calibration: Calibration, rows: Sequence[int], theta0: np.ndarray, 
         free = identifiable(predict, theta, free)
         y = np.array([calibration.table.rows[i].latency_ms for i in members])
         theta = fit_log(predict, y, theta, free, restarts=restarts, prior=calibration.prior,
-                        prior_weight=PRIOR_WEIGHT)
+                        prior_weight=calibration.prior_weight)
     return theta
 
 
@@ -152,7 +176,7 @@ def _fit_contention(calibration: Calibration, theta: np.ndarray) -> np.ndarray:
     return fit_log(predict, fps, theta, free, restarts=1)
 
 
-def _with_policy(calibration: Calibration, policy: str) -> Calibration:
+def with_graph_policy(calibration: Calibration, policy: str) -> Calibration:
     cases = tuple(dataclasses.replace(c, network=with_policy(c.network, policy)) for c in calibration.cases)
     return dataclasses.replace(calibration, cases=cases, layers=tuple(calibration.model.table(c) for c in cases),
                                policy=policy)
@@ -163,63 +187,89 @@ def _log_rms(calibration: Calibration, theta: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.log(predicted / calibration.measured) ** 2)))
 
 
-def _choose_policy(calibration: Calibration) -> Calibration:
+def choose_policy(calibration: Calibration) -> Calibration:
     """The graph policy (what the measured runtime folds/removes) that fits the table best.
 
     Only policies that change some row's executed layers are tried; ties keep the full optimisation.
+    Each candidate is fitted from the prior, with the calibration's prior weight.
     """
     best, best_error = calibration, math.inf
     seen: set[tuple] = set()
     for policy in POLICIES:
-        candidate = _with_policy(calibration, policy)
+        candidate = with_graph_policy(calibration, policy)
         key = tuple(tuple(c.network.status) for c in candidate.cases)
         if key in seen:
             continue
         seen.add(key)
-        error = _log_rms(candidate, fit_rows(candidate, range(len(candidate.cases)), candidate.theta, 1))
+        error = _log_rms(candidate, fit_rows(candidate, range(len(candidate.cases)), candidate.prior, 1))
         if error < best_error - 1e-9:
             best, best_error = candidate, error
     return best
 
 
-def prepare(target: str, measurements: str | Path, combine: str | None = None) -> Calibration:
-    """Load, trace and fit; `combine` swaps the model's compute/memory rule (to compare alternatives)."""
+def prepare(target: str, measurements: str | Path, combine: str | None = None, base: Profile | None = None,
+            prior_weight: float | None = None) -> Calibration:
+    """Load, trace and fit; `combine` swaps the model's compute/memory rule (to compare alternatives).
+
+    With `base` (an existing profile) the fit *adapts* it: its parameters are the prior (weight
+    ADAPT_PRIOR_WEIGHT) - a handful of rows cannot pin a dozen parameters, but they can correct the ones
+    they are sensitive to. The graph policy is still chosen by the rows (ties keep the full optimisation).
+    """
     spec = get_target(target)
     if spec.family == "host":
         raise SystemExit("error: the host target is measured, not calibrated; pick one of "
-                         "zcu104, zcu102, rpi4, rpi5")
-    table = load_measurements(measurements)
+                         "zcu104, zcu102, kv260, rpi4, rpi5")
+    table = deduplicate(load_measurements(measurements))
     if not table.rows:
         raise SystemExit(f"error: {measurements} has no usable rows (need spec, input and a latency)")
     cases, builds = cases_for(spec, table)
     model = cost_model(spec.family, spec.board, builds, combine)
     layers = tuple(model.table(c) for c in cases)
     theta0 = to_theta(model.params, model.defaults())
-    calibration = _choose_policy(Calibration(spec, model, table, tuple(cases), layers, theta0, theta0))
+    calibration = Calibration(spec, model, table, tuple(cases), layers, theta0, theta0)
+    if base is not None:
+        calibration = adapt_from(calibration, base, prior_weight)
+    calibration = choose_policy(calibration)
+    theta0 = calibration.prior
     theta = fit_rows(calibration, range(len(cases)), theta0, restarts=4 if len(cases) < 100 else 2)
     return dataclasses.replace(calibration, theta=_fit_contention(calibration, theta))
+
+
+def adapt_from(calibration: Calibration, base: Profile, prior_weight: float | None = None) -> Calibration:
+    """The same rows, with `base`'s parameters as the prior (parameters it lacks keep their defaults)."""
+    model = calibration.model
+    values = {**model.defaults(), **{k: v for k, v in base.params.items() if k in model.defaults()}}
+    prior = to_theta(model.params, values)
+    source = f"{base.target} profile ({base.calibration.get('measurements', '?')})"
+    return dataclasses.replace(calibration, prior=prior, theta=prior, prior_source=source,
+                               prior_weight=ADAPT_PRIOR_WEIGHT if prior_weight is None else prior_weight)
 
 
 def leave_one_out(calibration: Calibration, rows: Sequence[int] | None = None) -> np.ndarray:
     """Prediction of each row (all when `rows` is None) by a fit on every other row; NaN elsewhere."""
     n = len(calibration.cases)
-    out = np.full(n, np.nan)
-    for i in range(n) if rows is None else rows:
-        others = [j for j in range(n) if j != i]
-        theta = fit_rows(calibration, others, calibration.theta, restarts=1)
-        out[i] = calibration.predict(theta, [i])[0]
-    return out
+    return held_out(calibration, [[i] for i in (range(n) if rows is None else rows)], restarts=1)
 
 
 def held_out(calibration: Calibration, folds: Sequence[Sequence[int]], restarts: int = 2) -> np.ndarray:
-    """Predictions of each fold's rows by a fit on all other rows; NaN for rows in no fold."""
+    """Predictions of each fold's rows by a fit on all other rows; NaN for rows in no fold.
+
+    Every refit starts from the prior, never from `calibration.theta`: that fit saw the held-out rows, and
+    starting next to it leaks them into the score.
+    """
     n = len(calibration.cases)
     out = np.full(n, np.nan)
     for held in folds:
         train = sorted(set(range(n)) - set(held))
-        theta = fit_rows(calibration, train, calibration.theta, restarts=restarts)
+        theta = fit_rows(calibration, train, calibration.prior, restarts=restarts)
         out[list(held)] = calibration.predict(theta, list(held))
     return out
+
+
+def leave_family_out(calibration: Calibration, restarts: int = 2, max_folds: int | None = None) -> np.ndarray:
+    """Each row predicted by a fit on the rows of every *other* architecture family (validation.family_of)."""
+    folds = family_folds([r.spec for r in calibration.table.rows], max_folds)
+    return held_out(calibration, folds, restarts=restarts)
 
 
 def cross_validate(calibration: Calibration, folds: int, seed: int = 0) -> np.ndarray:
@@ -235,7 +285,9 @@ def leave_network_out(calibration: Calibration) -> np.ndarray:
     return held_out(calibration, list(groups.values()), restarts=1)
 
 
-def make_profile(calibration: Calibration, loo: np.ndarray | None = None) -> Profile:
+def make_profile(calibration: Calibration, loo: np.ndarray | None = None,
+                 family_out: np.ndarray | None = None) -> Profile:
+    """The fitted parameters and their provenance; with `family_out` predictions, the interval residuals."""
     spec, model = calibration.spec, calibration.model
     fitted = calibration.predict(calibration.theta, range(len(calibration.cases)))
     y = calibration.measured
@@ -245,10 +297,18 @@ def make_profile(calibration: Calibration, loo: np.ndarray | None = None) -> Pro
         "rows_used": len(y), "rows_skipped": len(calibration.table.skipped),
         "fit_mape_pct": mape(fitted, y), "fit_within_10pct": within(fitted, y),
         "builds": list(getattr(model, "builds", ())),
+        "prior": calibration.prior_source, "prior_weight": calibration.prior_weight,
+        **({"calibrated_config": dpu.config_of(dpu.DPU_BOARDS[spec.board])} if spec.family == "dpu" else {}),
         "fitted_groups": sorted({model.group_key(c) for c in calibration.cases}),
     }
     if loo is not None:
         summary.update(loo_mape_pct=mape(loo, y), loo_within_10pct=within(loo, y))
+    if family_out is not None:
+        summary.update(family_out_mape_pct=mape(family_out, y), family_out_within_10pct=within(family_out, y),
+                       merged_rows=list(calibration.table.merged),
+                       interval=interval_summary(np.log(family_out / y),
+                                                 [model.group_key(c) for c in calibration.cases],
+                                                 [c.network.macs for c in calibration.cases]))
     profile = Profile(
         target=spec.name, family=spec.family, board=spec.board,
         params=from_theta(model.params, calibration.theta), power=builtin_power(spec.name),
@@ -256,11 +316,12 @@ def make_profile(calibration: Calibration, loo: np.ndarray | None = None) -> Pro
         default_precision=spec.default_precision,
         runtimes=tuple(sorted({c.runtime.partition("@")[0] for c in calibration.cases})),
         graph_policy=calibration.policy,
-        assumptions=(), calibration=summary)
+        assumptions=(), calibration=summary,
+        config=dpu.config_of(dpu.DPU_BOARDS[spec.board]) if spec.family == "dpu" else {})
     return spec.transfer(profile) if spec.transfer else profile
 
 
-def _report(calibration: Calibration, loo: np.ndarray | None) -> str:
+def _report(calibration: Calibration, loo: np.ndarray | None, family_out: np.ndarray | None = None) -> str:
     fitted = calibration.predict(calibration.theta, range(len(calibration.cases)))
     lines = [f"{'row':>4} {'network':54s} {'measured':>9} {'fitted':>9} {'err%':>6} {'LOO':>9} {'LOO%':>6}"]
     for i, row in enumerate(calibration.table.rows):
@@ -272,26 +333,50 @@ def _report(calibration: Calibration, loo: np.ndarray | None) -> str:
     lines.append(f"fit: MAPE {mape(fitted, y):.2f}%  within 10%: {100 * within(fitted, y):.0f}%")
     if loo is not None:
         lines.append(f"leave-one-out: MAPE {mape(loo, y):.2f}%  within 10%: {100 * within(loo, y):.0f}%")
+    if family_out is not None:
+        lines.append(f"leave-family-out: MAPE {mape(family_out, y):.2f}%  within 10%: "
+                     f"{100 * within(family_out, y):.0f}%  (sets the 90% intervals)")
+    lines += [f"merged {m}" for m in calibration.table.merged]
     lines += [f"skipped {s}" for s in calibration.table.skipped]
     return "\n".join(lines)
+
+
+def _base_profile(args: argparse.Namespace) -> Profile | None:
+    """The profile a small table adapts (few-shot), or None to fit from the physical defaults."""
+    if args.adapt:
+        return load_profile(args.adapt)
+    if args.from_scratch or args.builtin:
+        return None
+    rows = len(deduplicate(load_measurements(args.measurements)).rows)
+    path = builtin_profile_path(args.target)
+    return load_profile(path) if rows < ADAPT_BELOW and path.is_file() else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hardware_models.calibrate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", required=True, help="zcu104, zcu102, rpi4 or rpi5")
+    parser.add_argument("--target", required=True, help="zcu104, zcu102, kv260, rpi4 or rpi5")
     parser.add_argument("--measurements", required=True, help="CSV in the format of hardware_models/data")
     parser.add_argument("--out", help="profile JSON to write (default: print only)")
     parser.add_argument("--builtin", action="store_true", help="write hardware_models/profiles/TARGET.json")
-    parser.add_argument("--no-loo", action="store_true", help="skip the leave-one-out refits")
+    parser.add_argument("--adapt", metavar="PROFILE", help="adapt this profile JSON (default: the target's "
+                        f"built-in profile when the table has fewer than {ADAPT_BELOW} rows)")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="fit from the physical defaults even for a small table (implied by --builtin)")
+    parser.add_argument("--no-loo", action="store_true",
+                        help="skip the leave-one-out and leave-family-out refits (the profile then has no "
+                             "calibrated interval: estimates get a nominal factor-of-2 band)")
     args = parser.parse_args(argv)
     try:
-        calibration = prepare(args.target, args.measurements)
+        base = _base_profile(args)
+        calibration = prepare(args.target, args.measurements, base=base)
     except (KeyError, ValueError, FileNotFoundError) as error:
         parser.exit(2, f"error: {error.args[0] if error.args else error}\n")
     loo = None if args.no_loo else leave_one_out(calibration)
-    print(_report(calibration, loo))
-    profile = make_profile(calibration, loo)
+    family_out = None if args.no_loo else leave_family_out(calibration, max_folds=FAMILY_FOLDS)
+    print(f"prior: {calibration.prior_source} (weight {calibration.prior_weight:g})")
+    print(_report(calibration, loo, family_out))
+    profile = make_profile(calibration, loo, family_out)
     out = builtin_profile_path(args.target) if args.builtin else args.out
     if out:
         save_profile(profile, out)

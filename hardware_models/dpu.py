@@ -1,4 +1,4 @@
-"""Xilinx DPUCZDX8G (B4096) latency: per-layer cycles from the engine's fixed parallelism.
+"""Xilinx DPUCZDX8G (B512..B4096) latency: per-layer cycles from the engine's fixed parallelism.
 
 Each cycle a B4096 core computes 8 output pixels (along a row) x 16 input channels x 16 output
 channels (PG338). A layer's ideal cycles therefore use channel counts rounded *up* to 16 and row widths
@@ -13,13 +13,22 @@ and predicts held-out rows worse (benchmarks/hardware_accuracy.py prints both), 
 parameters are cycle-count divisors per engine (conv, depthwise, pooling, elementwise), the DDR
 bandwidth, the per-layer overhead and the fixed cost of one runtime call (VART C++; VART Python adds
 its own). Latency is batch 1 on one core, as the thesis and the Model Zoo's single-thread FPS measure it.
+
+Other sizes (B512..B3136) differ only in that parallelism (PG338 Table 1, read from data/dpu_facts.csv);
+`dpu_config` builds any size / core count / clock, and a profile JSON names its configuration. Only
+the ZCU104's 2 x B4096 @ 300 MHz has measurements: the engine efficiencies fitted there are assumed to
+carry over, and estimate() widens the interval of every configuration that was never measured.
 """
 
 from __future__ import annotations
 
+import csv
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
+from typing import Any
 
 import numpy as np
 
@@ -46,9 +55,46 @@ class DpuBoard:
     channel_augmentation: bool = True
 
 
+@functools.cache
+def dpu_archs() -> dict[str, tuple[int, int, int]]:
+    """(pixel, input-channel, output-channel) parallelism of every DPUCZDX8G size (PG338 Table 1, dpu_facts.csv)."""
+    text = resources.files("hardware_models").joinpath("data/dpu_facts.csv").read_text()
+    return {row["key"]: (int(row["pixel_parallelism"]), int(row["input_channel_parallelism"]),
+                         int(row["output_channel_parallelism"]))
+            for row in csv.DictReader(text.splitlines()) if row["fact_group"] == "architecture"}
+
+
+def dpu_config(name: str, arch: str, cores: int, clock_mhz: float) -> DpuBoard:
+    """A DPU configuration: size (B512..B4096), core count and clock; parallelism from PG338."""
+    archs = dpu_archs()
+    if arch not in archs:
+        raise KeyError(f"unknown DPU size {arch!r}; known: {', '.join(archs)}")
+    if cores < 1 or clock_mhz <= 0:
+        raise ValueError(f"a DPU needs at least one core and a positive clock, got {cores} cores @ {clock_mhz} MHz")
+    pp, icp, ocp = archs[arch]
+    return DpuBoard(name=name, arch=arch, clock_mhz=float(clock_mhz), cores=int(cores), pixel_parallelism=pp,
+                    input_channel_parallelism=icp, output_channel_parallelism=ocp)
+
+
+def config_of(board: DpuBoard) -> dict[str, Any]:
+    """What a profile JSON stores to name its DPU configuration."""
+    return {"name": board.name, "arch": board.arch, "cores": board.cores, "clock_mhz": board.clock_mhz}
+
+
+def board_from(key: str, config: Mapping[str, Any]) -> DpuBoard:
+    """The profile's configuration when it names one, else the registered board `key`."""
+    if not config:
+        return DPU_BOARDS[board_of(key)]
+    return dpu_config(str(config.get("name", key)), str(config["arch"]), int(config["cores"]),
+                      float(config["clock_mhz"]))
+
+
+# Board configurations of dpu_facts.csv (board_dpu_config rows). Only the ZCU104 has latency measurements.
 DPU_BOARDS: dict[str, DpuBoard] = {
-    "zcu104": DpuBoard(name="ZCU104", arch="B4096", clock_mhz=300.0, cores=2),
-    "zcu102": DpuBoard(name="ZCU102", arch="B4096", clock_mhz=281.0, cores=3),
+    "zcu104": dpu_config("ZCU104", "B4096", 2, 300.0),
+    "zcu102": dpu_config("ZCU102", "B4096", 3, 281.0),
+    "kv260": dpu_config("KV260", "B4096", 1, 300.0),
+    "ultra96": dpu_config("Ultra96", "B1600", 1, 287.0),
 }
 
 RUNTIMES = ("vart-python", "vart-cpp")
@@ -100,6 +146,16 @@ def _rows(board: DpuBoard, layer: Layer) -> tuple[int, float] | None:
     return None  # concat (written in place), copies and views
 
 
+def _fused_into_eltwise(layer: Layer, layers: tuple[Layer, ...]) -> bool:
+    """A ReLU-like activation right after an elementwise add: the DPU's elementwise engine applies it in the
+    same pass (XIR's eltwise-fix op carries a `nonlinear` attribute: RELU, RELU6, LEAKYRELU...), so the
+    ResNet block's post-add ReLU costs no second pass over the tensor."""
+    if layer.kind is not Kind.ACT or layer.op not in DPU_ACTIVATIONS or len(layer.inputs) != 1:
+        return False
+    source = layers[layer.inputs[0]]
+    return source.kind is Kind.ELTWISE and source.op.lstrip("_").startswith(("add", "radd", "iadd"))
+
+
 class DpuModel(CostModel):
     family = "dpu"
     # Defaults are physical guesses, not fits (they are the weak prior of the calibration): ~80% conv
@@ -118,17 +174,19 @@ class DpuModel(CostModel):
         ParamSpec("memory_contention", 0.5, 0.0, "x", "share of DDR time added per extra busy core"),
     )
 
-    def __init__(self, board: DpuBoard, combine: str = "max") -> None:
+    def __init__(self, board: DpuBoard, combine: str = "max", boards: Mapping[str, DpuBoard] | None = None) -> None:
         if combine not in ("max", "sum"):
             raise ValueError(f"combine must be 'max' (roofline) or 'sum', not {combine!r}")
         self.board = board
         self.combine = combine
+        self.boards = DPU_BOARDS if boards is None else boards
 
     def table(self, case: Case) -> LayerTable:
-        board = DPU_BOARDS[case.board] if case.board in DPU_BOARDS else self.board
+        board = self.boards.get(case.board, self.board)
         engine, cycles, traffic, names, kinds = [], [], [], [], []
+        layers = case.network.layers
         for layer in case.network.computed():
-            row = _rows(board, layer)
+            row = None if _fused_into_eltwise(layer, layers) else _rows(board, layer)
             if row is None:
                 continue
             engine.append(row[0])

@@ -17,6 +17,7 @@ from hardware_models.costmodel import LayerTable
 from hardware_models.costmodel import Prediction
 from hardware_models.graph import Network
 from hardware_models.graph import signature
+from hardware_models.intervals import latency_interval
 from hardware_models.precision import PrecisionPlan
 from hardware_models.precision import resolve
 from hardware_models.profiles import Profile
@@ -32,6 +33,31 @@ def _per_layer(table: LayerTable, prediction: Prediction) -> list[dict[str, Any]
 def _timing(latency_ms: float, watts: float, source: str) -> dict[str, Any]:
     return {"latency_ms": latency_ms, "fps": 1000.0 / latency_ms if latency_ms > 0 else float("inf"),
             "power_w": watts, "energy_mj": watts * latency_ms, "energy_source": source}
+
+
+def _interval(latency_ms: float, profile: Profile, group: str, unmeasured: list[str], macs: int) -> dict[str, Any]:
+    """`latency_ms_low`/`_high` (90%) from the profile's held-out residuals, and the note that says how."""
+    if profile.target != profile.calibration.get("calibrated_board", profile.target) and not unmeasured:
+        unmeasured = [f"{profile.target} is transferred from {profile.calibration['calibrated_board']}"]
+    band = latency_interval(latency_ms, profile.calibration, group, unmeasured, macs)
+    return {"latency_ms_low": band.low, "latency_ms_high": band.high, "interval_level": band.level,
+            "interval_note": band.note}
+
+
+def _unmeasured_dpu(board: dpu.DpuBoard, profile: Profile, options: Options) -> list[str]:
+    """What about this DPU configuration no calibration row covers (each widens the interval)."""
+    measured = profile.calibration.get("calibrated_config") or dpu.config_of(dpu.DPU_BOARDS["zcu104"])
+    clock = options.clock_ghz * 1e3 if options.clock_ghz else board.clock_mhz
+    reasons = []
+    if board.arch != measured["arch"]:
+        reasons.append(f"DPU size {board.arch} never measured (calibrated on {measured['arch']})")
+    if abs(clock - float(measured["clock_mhz"])) > 1e-6:
+        reasons.append(f"DPU clock {clock:.0f} MHz never measured (calibrated at "
+                       f"{float(measured['clock_mhz']):.0f} MHz)")
+    if not reasons and board.name != measured["name"]:
+        reasons.append(f"{board.name} board never measured (same DPU as the {measured['name']}; "
+                       "its DDR may differ)")
+    return reasons
 
 
 def _not_int8(bits: dict[str, int]) -> list[str]:
@@ -50,14 +76,15 @@ def _dpu(model: nn.Module, network: Network, profile: Profile, options: Options)
     if odd and not options.as_int8:
         reason = (f"the DPUCZDX8G runs only INT8, but {len(odd)} layers are not 8-bit (e.g. {odd[0]}); quantize "
                   "to INT8 or pass as_int8=True to cost it as INT8 (the thesis saw 5-bit models run as 8-bit)")
-        return {**base, "deployable": False, "reason": reason, "latency_ms": None, "fps": None,
+        return {**base, "deployable": False, "reason": reason, "latency_ms": None, "latency_ms_low": None,
+                "latency_ms_high": None, "interval_level": None, "interval_note": None, "fps": None,
                 "fps_multi_thread": None, "energy_mj": None, "power_w": None, "energy_source": None,
                 "assumptions": notes}
     if odd:
         notes.append(f"{len(odd)} non-8-bit layers are costed as INT8 (as_int8=True): the DPU stores and runs "
                      "sub-8-bit weights as 8-bit, so they are not faster")
-    board = dpu.DPU_BOARDS[profile.board]
-    cost = dpu.DpuModel(board)
+    board = dpu.board_from(profile.board, profile.config)
+    cost = dpu.DpuModel(board, boards={profile.board: board})
     case = Case(network=network, board=profile.board, threads=1, precision="int8", runtime=runtime,
                 clock_ghz=options.clock_ghz or 0.0)
     table = cost.table(case)
@@ -68,8 +95,10 @@ def _dpu(model: nn.Module, network: Network, profile: Profile, options: Options)
     if unsupported:
         notes.append(f"{len(unsupported)} layers ({', '.join(unsupported[:3])}...) are not DPU operations; "
                      "Vitis AI would run them on the ARM cores - costed here as DPU elementwise passes")
+    band = _interval(latency, profile, "", _unmeasured_dpu(board, profile, options), network.macs)
+    notes.append(band["interval_note"])
     result = {**base, "deployable": True, "reason": None, **_timing(latency, profile.power.watts(1),
-                                                                     profile.power.source),
+                                                                     profile.power.source), **band,
               "fps_multi_thread": fps_multi,
               "energy_mj_multi_thread": profile.power.watts(board.cores) / fps_multi * 1e3,
               "assumptions": notes}
@@ -113,10 +142,11 @@ def _arm(model: nn.Module, network: Network, profile: Profile, options: Options)
                             runtime=runtime, clock_ghz=options.clock_ghz or 0.0))
     prediction = cost.predict(profile.params, table)
     watts = profile.power.watts(threads)
+    latency = float(prediction.totals(table)[0])
+    band = _interval(latency, profile, f"{runtime}.{precision}.", [], network.macs)
     result = {"measured": False, "deployable": True, "reason": None, "precision": precision,
-              "threads": threads, "runtime": runtime,
-              **_timing(float(prediction.totals(table)[0]), watts, profile.power.source),
-              "assumptions": [*profile.assumptions, *profile.power.notes, *notes]}
+              "threads": threads, "runtime": runtime, **_timing(latency, watts, profile.power.source), **band,
+              "assumptions": [*profile.assumptions, *profile.power.notes, *notes, band["interval_note"]]}
     if options.per_layer:
         result["per_layer"] = _per_layer(table, prediction)
     return result
@@ -149,6 +179,9 @@ def _host(model: nn.Module, network: Network, profile: Profile, options: Options
     result = {"measured": True, "deployable": True, "reason": None, "precision": precision,
               "threads": threads, "runtime": "onnxruntime", **_timing(measurement.latency_ms, watts, "assumed"),
               "latency_p10_ms": measurement.p10_ms, "latency_p90_ms": measurement.p90_ms,
+              "latency_ms_low": measurement.p10_ms, "latency_ms_high": measurement.p90_ms, "interval_level": 0.8,
+              "interval_note": "measured: the 10th-90th percentile of the timed runs (run-to-run spread, "
+                               "not a model error)",
               "runs": measurement.runs, "cpu": measurement.cpu, "cached": cached, "assumptions": notes}
     if options.per_layer:
         result["per_layer"] = []

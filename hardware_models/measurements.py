@@ -10,6 +10,7 @@ equivalent) are skipped and reported, never guessed.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import math
 import re
@@ -45,6 +46,7 @@ class MeasurementTable:
     sha256: str
     rows: tuple[Measurement, ...]
     skipped: tuple[str, ...]
+    merged: tuple[str, ...] = ()   # repeated measurements averaged by `deduplicate`
 
 
 def _latency_column(header: Sequence[str]) -> str:
@@ -111,3 +113,34 @@ def load_measurements(path: str | Path) -> MeasurementTable:
             clock_ghz=_clock_ghz(board), fps_multi_thread=_float(record.get("fps_multi_thread")),
             source=record.get("source") or ""))
     return MeasurementTable(str(path), hashlib.sha256(raw).hexdigest(), tuple(rows), tuple(skipped))
+
+
+def _setting(row: Measurement) -> tuple:
+    """What makes two rows the same measurement: network, input and every setting it was run at."""
+    return (row.spec, row.input_shape, row.board.strip().lower(), row.runtime.strip().lower(), row.threads,
+            row.precision, row.clock_ghz)
+
+
+def deduplicate(table: MeasurementTable) -> MeasurementTable:
+    """One row per (network, input, board, runtime, threads, precision, clock), latencies averaged.
+
+    Repeated measurements of one network (the thesis's ResNet-50 after PTQ, QAT from weights and QAT from
+    scratch: one deployed graph, three rows) would otherwise count three times in the fit and three times
+    in every error score. The merged row keeps the first row's number and source; `merged` says what.
+    """
+    groups: dict[tuple, list[Measurement]] = {}
+    for row in table.rows:
+        groups.setdefault(_setting(row), []).append(row)
+    rows, merged = [], []
+    for members in groups.values():
+        first = members[0]
+        if len(members) == 1:
+            rows.append(first)
+            continue
+        fps = [m.fps_multi_thread for m in members if not math.isnan(m.fps_multi_thread)]
+        rows.append(dataclasses.replace(
+            first, latency_ms=sum(m.latency_ms for m in members) / len(members),
+            fps_multi_thread=sum(fps) / len(fps) if fps else math.nan))
+        merged.append(f"rows {', '.join(str(m.row) for m in members)} ({first.spec}): the same network and "
+                      f"setting measured {len(members)} times, averaged")
+    return dataclasses.replace(table, rows=tuple(rows), merged=table.merged + tuple(merged))

@@ -74,6 +74,15 @@ def zcu104_power() -> PowerModel:
     ))
 
 
+def kv260_power() -> PowerModel:
+    idle = _watts("KV260", "same", "12V DC input, idle")
+    loaded = _watts("KV260", "same", "12V DC input, DPU load")
+    return PowerModel(idle_w=idle, per_unit_w=loaded - idle, units=1, unit="DPU core", source="measured", notes=(
+        f"KV260 measured at its 12 V input (Simfero, shunt + DMM): {idle} W idle, {loaded} W with one B4096 "
+        "running inference",
+    ))
+
+
 def rpi4_power() -> PowerModel:
     idle = _watts("Raspberry Pi 4", "pidramble", "idle")
     loaded = _watts("Raspberry Pi 4", "pidramble", "400% CPU load (stress --cpu 4)")
@@ -100,4 +109,5 @@ def host_power(cores: int) -> PowerModel:
     ))
 
 
-BUILTIN_POWER = {"zcu104": zcu104_power, "zcu102": zcu102_power, "rpi4": rpi4_power, "rpi5": rpi5_power}
+BUILTIN_POWER = {"zcu104": zcu104_power, "zcu102": zcu102_power, "kv260": kv260_power, "rpi4": rpi4_power,
+                 "rpi5": rpi5_power}

@@ -36,10 +36,12 @@ class Profile:
     graph_policy: str = "optimised"
     assumptions: tuple[str, ...] = ()
     calibration: Mapping[str, Any] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)   # DPU: {"name", "arch", "cores", "clock_mhz"}
 
     def to_json(self) -> dict[str, Any]:
+        config = {"config": dict(self.config)} if self.config else {}
         return {
-            "target": self.target, "family": self.family, "board": self.board,
+            "target": self.target, "family": self.family, "board": self.board, **config,
             "default_runtime": self.default_runtime, "default_threads": self.default_threads,
             "default_precision": self.default_precision, "runtimes": list(self.runtimes),
             "graph_policy": self.graph_policy,
@@ -63,7 +65,7 @@ class Profile:
             default_precision=str(data.get("default_precision", "int8")),
             runtimes=tuple(data.get("runtimes", ())), graph_policy=str(data.get("graph_policy", "optimised")),
             assumptions=tuple(data.get("assumptions", ())),
-            calibration=dict(data.get("calibration", {})))
+            calibration=dict(data.get("calibration", {})), config=dict(data.get("config", {})))
 
 
 def _round(value: float) -> float:

@@ -18,6 +18,7 @@ from hardware_models.arm import ArmModel
 from hardware_models.costmodel import CostModel
 from hardware_models.dpu import DPU_BOARDS
 from hardware_models.dpu import DpuModel
+from hardware_models.dpu import config_of
 from hardware_models.power import BUILTIN_POWER
 from hardware_models.power import PowerModel
 from hardware_models.profiles import Profile
@@ -103,14 +104,21 @@ def _to_rpi5(profile: Profile) -> Profile:
                                assumptions=profile.assumptions + notes)
 
 
-def _to_zcu102(profile: Profile) -> Profile:
-    notes = (
-        "ZCU102 has NO latency measurements in the calibration data: the ZCU104 fit (cycle-level "
-        "efficiencies, per-layer cycles, VART call overheads) is reused with 3 x B4096 at 281 MHz; DDR "
-        "bandwidth per core is assumed equal to the ZCU104's",
-    )
-    return dataclasses.replace(profile, target="zcu102", board="zcu102", power=builtin_power("zcu102"),
-                               assumptions=profile.assumptions + notes)
+def _to_dpu(target: str) -> Callable[[Profile], Profile]:
+    """Reuse the ZCU104 fit on another DPU configuration (size, cores, clock from DPU_BOARDS)."""
+
+    def transfer(profile: Profile) -> Profile:
+        board = DPU_BOARDS[target]
+        notes = (
+            f"{board.name} has NO latency measurements in the calibration data: the ZCU104 fit (cycle-level "
+            "efficiencies, per-layer cycles, VART call overheads) is reused with "
+            f"{board.cores} x {board.arch} at {board.clock_mhz:g} MHz; DDR bandwidth per core is assumed "
+            "equal to the ZCU104's",
+        )
+        return dataclasses.replace(profile, target=target, board=target, power=builtin_power(target),
+                                   config=config_of(board), assumptions=profile.assumptions + notes)
+
+    return transfer
 
 
 @register_target
@@ -125,7 +133,15 @@ def _zcu102() -> TargetSpec:
     return TargetSpec(name="zcu102", family="dpu", board="zcu104",
                       description="ZCU102, DPUCZDX8G 3 x B4096 @ 281 MHz, INT8 (transferred)",
                       default_runtime="vart-python", default_threads=1, default_precision="int8",
-                      measurements="data/zcu104_dpu.csv", transfer=_to_zcu102)
+                      measurements="data/zcu104_dpu.csv", transfer=_to_dpu("zcu102"))
+
+
+@register_target
+def _kv260() -> TargetSpec:
+    return TargetSpec(name="kv260", family="dpu", board="zcu104",
+                      description="Kria KV260, DPUCZDX8G 1 x B4096 @ 300 MHz, INT8 (transferred)",
+                      default_runtime="vart-python", default_threads=1, default_precision="int8",
+                      measurements="data/zcu104_dpu.csv", transfer=_to_dpu("kv260"))
 
 
 @register_target

@@ -123,3 +123,37 @@ def test_input_shape_with_batch_one_is_the_same_estimate(target: str) -> None:
 def test_input_shape_with_another_batch_is_rejected_with_the_fix() -> None:
     with pytest.raises(ValueError, match=r"batch 8 is not supported.*\(1, 3, 32, 32\)"):
         estimate(cnn(8), (8, 3, 32, 32), "zcu104")
+
+
+@pytest.mark.parametrize("target", list_targets())
+def test_every_estimate_carries_an_interval(results: dict, target: str) -> None:
+    for result in results[target].values():
+        low, mid, high = result["latency_ms_low"], result["latency_ms"], result["latency_ms_high"]
+        assert 0 < low <= mid <= high and math.isfinite(high), (target, low, mid, high)
+        assert 0 < result["interval_level"] < 1 and result["interval_note"]
+
+
+def test_intervals_widen_where_nothing_was_measured() -> None:
+    """A transferred board or a runtime/precision without rows gets a wider band, and says why."""
+    from hardware_models import build_network
+
+    model, shape = build_network("torchvision:resnet18", device="meta"), (3, 224, 224)
+
+    def ratio(result: dict) -> float:
+        return result["latency_ms_high"] / result["latency_ms"]
+
+    zcu104, zcu102 = estimate(model, shape, "zcu104"), estimate(model, shape, "zcu102")
+    assert ratio(zcu102) > ratio(zcu104) and "widened" in zcu102["interval_note"]
+    assert "widened" not in zcu104["interval_note"]
+    measured = estimate(model, shape, "rpi4", runtime="pytorch", precision="int8")
+    unmeasured = estimate(model, shape, "rpi4", runtime="pytorch", precision="fp32")
+    assert ratio(unmeasured) > ratio(measured) and "widened" in unmeasured["interval_note"]
+    assert any("widened" in a for a in unmeasured["assumptions"])
+
+
+def test_tiny_networks_are_flagged_as_extrapolations() -> None:
+    """The MNIST MLP is ~1000x smaller than any calibrated rpi4 network: its interval says so and widens."""
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10)).eval()
+    result = estimate(mlp, (1, 28, 28), "rpi4", precision="int8")
+    assert "far below the smallest calibrated network" in result["interval_note"]
+    assert result["latency_ms_high"] / result["latency_ms"] > 1.5

@@ -105,3 +105,29 @@ def test_rpi5_is_derived_from_rpi4_with_stated_assumptions() -> None:
     assert 1.2 < pi4["latency_ms"] / pi5["latency_ms"] < 1.6
     assert any("Raspberry Pi 5 has NO calibration data" in a for a in pi5["assumptions"])
     assert pi5["energy_source"] == "assumed"
+
+
+def test_dpu_configuration_is_a_profile_parameter(tmp_path) -> None:
+    """A profile JSON names its DPU (size, cores, clock); a configuration never measured widens the interval."""
+    import json
+
+    from hardware_models.dpu import DPU_BOARDS
+    from hardware_models.dpu import dpu_archs
+    from hardware_models.profiles import builtin_profile_path
+
+    assert dpu_archs()["B512"] == (4, 8, 8) and dpu_archs()["B4096"] == (8, 16, 16)
+    assert (DPU_BOARDS["kv260"].arch, DPU_BOARDS["kv260"].cores) == ("B4096", 1)
+    model, shape = build_network("torchvision:resnet18", device="meta"), (3, 224, 224)
+    data = json.loads(builtin_profile_path("zcu104").read_text())
+    assert data["config"] == {"name": "ZCU104", "arch": "B4096", "cores": 2, "clock_mhz": 300.0}
+    data["config"] = {"name": "my board", "arch": "B1152", "cores": 1, "clock_mhz": 200.0}
+    custom = tmp_path / "b1152.json"
+    custom.write_text(json.dumps(data))
+    big, small = estimate(model, shape, "zcu104"), estimate(model, shape, str(custom))
+    assert small["latency_ms"] > 2 * big["latency_ms"]          # 1152 vs 4096 MACs/cycle, 200 vs 300 MHz
+    assert "B1152 never measured" in small["interval_note"] and "200 MHz" in small["interval_note"]
+    assert small["latency_ms_high"] / small["latency_ms"] > big["latency_ms_high"] / big["latency_ms"]
+    kv260 = estimate(model, shape, "kv260")
+    assert kv260["latency_ms"] == pytest.approx(big["latency_ms"])
+    assert kv260["fps_multi_thread"] < big["fps_multi_thread"]
+    assert "KV260 board never measured" in kv260["interval_note"] and kv260["energy_source"] == "measured"
