@@ -23,6 +23,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def default_statistics(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation for the user's images when the study names none: ImageNet's, or a neutral grey one."""
+    return ((0.5,), (0.25,)) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
+
+
 class Storage(StrEnum):
     AUTO = "auto"  # memory when the decoded images fit memory_limit_mb, else stream
     MEMORY = "memory"  # decode once into a tensor, cached on disk by a fingerprint of the files

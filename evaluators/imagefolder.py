@@ -212,9 +212,8 @@ def _cached_tensors(sets: dict[str, ImageSet], path: Path) -> dict[str, ImageSet
 
 def load_imagefolder(config: DataConfig, cache_dir: Path | None = None) -> RawData:
     """The user's images as RawData: in memory (decoded once, cached) or streamed, per `config.storage`."""
-    from evaluators.data import IMAGENET_MEAN
-    from evaluators.data import IMAGENET_STD
     from evaluators.data import Storage
+    from evaluators.data import default_statistics
     from evaluators.teacher import default_cache_dir
 
     root = Path(config.root)
@@ -233,9 +232,7 @@ def load_imagefolder(config: DataConfig, cache_dir: Path | None = None) -> RawDa
     if storage == Storage.MEMORY:
         cache = Path(cache_dir or default_cache_dir()) / "data" / f"imagefolder-{print_id}-{channels}x{res}.pt"
         sets = _cached_tensors(sets, cache)
-    grey = channels == 1
-    info = DatasetInfo(Dataset.IMAGEFOLDER, len(classes), channels, res,
-                       (0.5,) if grey else IMAGENET_MEAN, (0.25,) if grey else IMAGENET_STD,
+    info = DatasetInfo(Dataset.IMAGEFOLDER, len(classes), channels, res, *default_statistics(channels),
                        len(sets["train"]), len(sets["test"]) if "test" in sets else 0,
                        pad=max(1, res // 8), flip=config.flip, classes=classes)
     return RawData(info, sets["train"], sets.get("test"), f"{print_id}-{channels}", root, val=sets.get("val"))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from evaluators.batches import Batcher
+from evaluators.data import default_statistics
 from evaluators.datasets import DataError
 from evaluators.datasets import Dataset
 from evaluators.datasets import DatasetInfo
@@ -75,11 +76,9 @@ def in_memory_data(train: Any, val: Any = None, test: Any = None, *, resolution:
         h.update(name.encode())
         h.update(s.digest())
         h.update(s.labels.numpy().tobytes())
-    grey = channels == 1
     size = int(sets["train"].images.shape[-1])
-    info = DatasetInfo(Dataset.MEMORY, classes, channels, size,
-                       tuple(mean) or ((0.5,) if grey else (0.485, 0.456, 0.406)),
-                       tuple(std) or ((0.25,) if grey else (0.229, 0.224, 0.225)),
+    default_mean, default_std = default_statistics(channels)
+    info = DatasetInfo(Dataset.MEMORY, classes, channels, size, tuple(mean) or default_mean, tuple(std) or default_std,
                        len(sets["train"]), len(sets["test"]) if "test" in sets else 0, pad=max(1, size // 8))
     raw = RawData(info, sets["train"], sets.get("test"), h.hexdigest()[:16], Path("<memory>"), val=sets.get("val"))
     try:

@@ -37,6 +37,7 @@ from evaluators.training import train
 from evaluators.training import warn
 from spaces.architectures import create_model
 from spaces.architectures import list_architectures
+from spaces.distillation import weights_digest
 from spaces.user_models import add_code_path
 from spaces.user_models import canonical_name
 from spaces.validated import ConfigError
@@ -210,11 +211,7 @@ def given_teacher(model: nn.Module, config: TeacherConfig, splits: Splits, batch
     info = splits.info
     check_outputs(model, path=Path("<the teacher model>"), num_classes=info.num_classes, in_channels=info.channels,
                   resolution=batcher.resolution)
-    h = hashlib.sha256(splits.fingerprint.encode())
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    key = h.hexdigest()[:16]
+    key = hashlib.sha256(f"{splits.fingerprint}:{weights_digest(model)}".encode()).hexdigest()[:16]
     folder = _folder(cache_dir, config, info.name.value, key)
     meta_path = folder / "teacher.json"
     if meta_path.is_file():
