@@ -193,16 +193,8 @@ def user_teacher(config: TeacherConfig, splits: Splits, batcher: Batcher, split:
     keyed = replace(config, checkpoint=digest, code="", train=TrainConfig())
     key = teacher_key(keyed, split, batcher.resolution, splits.fingerprint)
     folder = _folder(cache_dir, config, info.name.value, key)
-    meta_path = folder / "teacher.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("checkpoint_sha256") == digest:
-            return Teacher(model, meta | {"checkpoint": str(path)}, folder, from_cache=True)
-    meta = _measure(model, config, splits, batcher, device) | {
-        "key": key, "checkpoint": str(path), "checkpoint_sha256": digest, "split": asdict(split)}
-    model.cpu()
-    meta_path.write_text(json.dumps(meta, indent=2))
-    return Teacher(model, meta, folder, from_cache=False)
+    return _measured_once(model, config, splits, batcher, device, folder, identity={"checkpoint_sha256": digest},
+                          extra={"key": key, "checkpoint": str(path), "split": asdict(split)})
 
 
 def given_teacher(model: nn.Module, config: TeacherConfig, splits: Splits, batcher: Batcher, cache_dir: Path | None,
@@ -213,10 +205,21 @@ def given_teacher(model: nn.Module, config: TeacherConfig, splits: Splits, batch
                   resolution=batcher.resolution)
     key = hashlib.sha256(f"{splits.fingerprint}:{weights_digest(model)}".encode()).hexdigest()[:16]
     folder = _folder(cache_dir, config, info.name.value, key)
+    return _measured_once(model, config, splits, batcher, device, folder, identity={"key": key},
+                          extra={"given_in_memory": True})
+
+
+def _measured_once(model: nn.Module, config: TeacherConfig, splits: Splits, batcher: Batcher,
+                   device: torch.device | str, folder: Path, *, identity: dict[str, Any],
+                   extra: dict[str, Any]) -> Teacher:
+    """A trained teacher that came from outside (a checkpoint, or memory) is never trained, only measured: its
+    `teacher.json` in `folder` is reused while it records the same `identity`, else measured and written."""
     meta_path = folder / "teacher.json"
     if meta_path.is_file():
-        return Teacher(model, json.loads(meta_path.read_text()), folder, from_cache=True)
-    meta = _measure(model, config, splits, batcher, device) | {"key": key, "given_in_memory": True}
+        meta = json.loads(meta_path.read_text())
+        if all(meta.get(k) == v for k, v in identity.items()):
+            return Teacher(model, meta | extra, folder, from_cache=True)
+    meta = _measure(model, config, splits, batcher, device) | identity | extra
     model.cpu()
     meta_path.write_text(json.dumps(meta, indent=2))
     return Teacher(model, meta, folder, from_cache=False)
