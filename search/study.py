@@ -154,13 +154,14 @@ def run_study(ctx: Context, storage: str, backend: Backend, log: Log) -> results
         study = search(ctx, storage, executor, log)
         front_, base = finalise(ctx, study, executor, log)
     states = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
+    notes = size_notes(ctx)
     header = {"study": ctx.config.name, "profile": ctx.config.profile, "sampler": ctx.config.search.sampler.value,
               "trials": {k: v for k, v in states.items() if v}, "objectives": list(ctx.plan.objectives),
               "constraints": [str(c) for c in ctx.plan.constraints], "backend": backend.kind,
               "teacher val accuracy %": ctx.teacher.metrics["val_accuracy"],
               "teacher test accuracy %": ctx.teacher.metrics["test_accuracy"],
               "search and final stage seconds (this run)": round(time.monotonic() - t0, 1),
-              **({"split size notes": size_notes(ctx)} if size_notes(ctx) else {})}
+              **({"split size notes": notes} if notes else {})}
     summary = write_outputs(ctx, study, front_, base, header, log)
     log(f"front: {len(front_)} recipes; hypervolume (F2) {summary.hypervolume_f2:.4g}; Kendall tau F1/F3 "
         f"{summary.tau_f1_f3:.2f}, F2/F3 {summary.tau_f2_f3:.2f}; baselines dominated "
