@@ -81,11 +81,7 @@ class SpaceConfig:
     calibrations: tuple[Calibration, ...] = tuple(Calibration)
     per_channel: bool = True
 
-    def __post_init__(self) -> None:
-        for name, enum in (("distill_kinds", DistillKind), ("prune_kinds", PruneKind), ("importances", Importance),
-                           ("schedules", PruneSchedule), ("quant_kinds", QuantKind), ("calibrations", Calibration)):
-            object.__setattr__(self, name, tuple(enum(v) for v in getattr(self, name)))
-        object.__setattr__(self, "grouping", BitGrouping(self.grouping))
+    def __post_init__(self) -> None:  # runs after @settings has turned strings into enums and lists into tuples
         problem = self.problem()
         if problem:
             raise ValueError(f"invalid search space: {problem}")

@@ -102,26 +102,20 @@ def check_fields(obj: Any) -> None:
             if not isinstance(value, tp):
                 raise ConfigError(f"{cls.__name__}.{f.name}: expected a {tp.__name__}, got {type(value).__name__}")
             continue
-        if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-            continue  # optional fields are checked by the class itself
         checked = check_value(tp, value, f.metadata, f"{cls.__name__}.{f.name}")
         if checked is not value:
             object.__setattr__(obj, f.name, checked)
 
 
-def settings(cls: type[T] | None = None) -> Any:
+def settings(klass: type[T]) -> type[T]:
     """`@settings` = `@dataclass(frozen=True, kw_only=True)` whose instances validate themselves; a class's own
     `__post_init__` (cross-field rules) runs after the field checks."""
+    own: Callable[[Any], None] | None = klass.__dict__.get("__post_init__")
 
-    def wrap(klass: type[T]) -> type[T]:
-        own: Callable[[Any], None] | None = klass.__dict__.get("__post_init__")
+    def __post_init__(self: Any) -> None:
+        check_fields(self)
+        if own is not None:
+            own(self)
 
-        def __post_init__(self: Any) -> None:
-            check_fields(self)
-            if own is not None:
-                own(self)
-
-        klass.__post_init__ = __post_init__  # type: ignore[attr-defined]
-        return dataclasses.dataclass(frozen=True, kw_only=True)(klass)
-
-    return wrap if cls is None else wrap(cls)
+    klass.__post_init__ = __post_init__  # type: ignore[attr-defined]
+    return dataclasses.dataclass(frozen=True, kw_only=True)(klass)
