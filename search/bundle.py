@@ -95,6 +95,10 @@ def write_bundle(model: nn.Module, recipe: Recipe, splits: Splits, batcher: Batc
         raise ValueError("network: name the teacher's architecture (the recipe only says 'teacher')")
     model = copy.deepcopy(model).cpu().eval()
     shape = (splits.info.channels, batcher.resolution, batcher.resolution)
+    other = {t: p["input_shape"] for t, p in predicted.items() if list(p.get("input_shape", shape)) != list(shape)}
+    if other:
+        raise ValueError(f"predictions for {sorted(other)} are for input {next(iter(other.values()))}, the bundle's "
+                         f"input is {list(shape)}: predict at the bundle's size (one network, one input size)")
     test, calib = splits.test.first(test_images), splits.calib.first(calib_images)
     float_net = float_network(model)
     for folder in ("calibration", "rpi", "zcu104"):
@@ -363,7 +367,8 @@ def _check_accuracy(out: Path, splits: Splits, batcher: Batcher | None, toleranc
     if split not in splits.sizes():
         return [f"metrics.json: accuracy names an unknown split {split!r}"]
     data = getattr(splits, split).first(count)
-    batcher = batcher or Batcher(splits.info, int(shape[-1]))
+    if batcher is None or batcher.resolution != int(shape[-1]):  # a bundle exported at its deploy resolution
+        batcher = Batcher(splits.info, int(shape[-1]))
     for key, name in ONNX_FILES.items():
         if key not in acc:
             continue

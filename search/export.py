@@ -28,6 +28,8 @@ from search.config import StudyConfig
 from search.config import from_json
 from search.config import load_study
 from search.context import Context
+from search.deploy_resolution import DeployResolution
+from search.deploy_resolution import adapt
 from search.plots import pareto_plot
 from search.selection import Selected
 from search.selection import SelectionError
@@ -104,21 +106,31 @@ def export_selected(ctx: Context, run: Path, selected: Selected, out: str | Path
     config = ctx.config
     print(f"exporting {selected.how}: {selected.recipe.to_json()}", flush=True)
     model = load_model(selected, run, ctx).eval()
-    shape = (ctx.splits.info.channels, ctx.evaluator.batcher.resolution, ctx.evaluator.batcher.resolution)
+    batcher = ctx.evaluator.batcher
+    resolution = DeployResolution.of(batcher.resolution, config.hardware.deploy_resolution)
+    searched = selected.metrics.get("f3_test_accuracy")
+    searched = searched if isinstance(searched, (int, float)) and searched == searched else None
+    adapted: dict = {"note": resolution.note()}
+    if resolution.proxy:
+        steps = config.hardware.deploy_finetune_steps
+        print(f"{resolution.note()}: fine-tuning {steps} steps at {resolution.deployed}px", flush=True)
+        result = adapt(model, selected.recipe, ctx.splits, resolution, steps, device=ctx.evaluator.device)
+        model, batcher = result.model, result.batcher
+        adapted = {**result.record, "searched_f3_test_at_proxy_resolution": searched}
+        searched = None  # the F3 number is for the proxy size: the bundle's own accuracy is measured below
+    shape = (ctx.splits.info.channels, batcher.resolution, batcher.resolution)
     predicted = estimate_targets(model, selected.recipe, shape, config.hardware)
     out = Path(out or run / "bundles" / selected.recipe.hash())
     out.mkdir(parents=True, exist_ok=True)
     png = out.parent / f".{out.name}-pareto.png"
     _plot(run, config, selected, png)
     extra = {"study": config.name, "profile": config.profile, "study_source": config.source, "selected": selected.how,
-             "trial": selected.trial, "study_config": config_as_json(config),
-             "predicted_input_shape": [shape[0], *([config.hardware.resolution] * 2 if config.hardware.resolution
-                                                 else shape[1:])],
+             "trial": selected.trial, "study_config": config_as_json(config), "resolution": adapted,
+             "predicted_input_shape": list(shape),
              "search_metrics": {k: v for k, v in selected.metrics.items() if k[:3] in ("f1_", "f2_", "f3_")}}
-    searched = selected.metrics.get("f3_test_accuracy")
     network = config.teacher.network if selected.recipe.student == TEACHER else selected.recipe.student
-    metrics = write_bundle(model, selected.recipe, ctx.splits, ctx.evaluator.batcher, out, predicted=predicted,
-                           network=network, searched_accuracy=searched if searched == searched else None,
+    metrics = write_bundle(model, selected.recipe, ctx.splits, batcher, out, predicted=predicted,
+                           network=network, searched_accuracy=searched,
                            extra_metrics=json.loads(json.dumps(extra, default=str)), pareto_png=png,
                            test_images=config.fidelity.f3.test_images if test_images is None else test_images,
                            requantize=requantize)

@@ -25,6 +25,8 @@ from PIL import Image
 
 import hardware_models
 from evaluators.batches import Batcher
+from evaluators.candidate import HardwareConfig
+from evaluators.candidate import estimate_targets
 from evaluators.data import DataConfig
 from evaluators.data import prepare_data
 from evaluators.datasets import Dataset
@@ -44,6 +46,8 @@ from search.bundle_model import load_model
 from search.bundle_onnx import session
 from search.bundle_scripts.texts import COMPILE_COMMAND
 from search.bundle_scripts.texts import NOT_RUN_HERE
+from search.deploy_resolution import DeployResolution
+from search.deploy_resolution import adapt
 from spaces.apply import Budget
 from spaces.apply import apply
 from spaces.architectures import create_model
@@ -370,6 +374,32 @@ def test_the_exported_file_scores_what_the_search_scored(quant: Quantization, tr
         assert metrics["quantization"]["per_layer"] == {"0": "int8", "4": "int4", "8": "simulated", "13": "fp16"}
         assert metrics["quantization"]["simulated_layers"] == ["8", "13"]
     assert verify_bundle(tmp_path / "b", splits, batcher) == []
+
+
+def test_a_proxy_resolution_is_fine_tuned_and_exported_at_the_deploy_size(
+        trained: torch.nn.Module, data: tuple[Splits, Batcher], tmp_path: Path) -> None:
+    """Searched at 28 px, deployed at 40: the bundle's network, input and latencies are all at 40."""
+    splits, batcher = data
+    recipe = Recipe(quant=Quantization(kind=QuantKind.PTQ))
+    model = apply(recipe, trained, splits, batcher, Budget(calib_images=128)).model.eval()
+    resolution = DeployResolution.of(28, 40)
+    adapted = adapt(model, recipe, splits, resolution, 30, calib_images=128, progress=False)
+    assert adapted.batcher.resolution == 40 and adapted.record["proxy"] and "declared proxy" in resolution.note()
+    hardware = HardwareConfig(targets=("rpi4",), deploy_resolution=40)
+    predicted = estimate_targets(adapted.model, recipe, (1, 28, 28), hardware)
+    assert predicted["rpi4"]["input_shape"] == [1, 40, 40]
+    with pytest.raises(ValueError, match="one network, one input size"):  # latencies for another size
+        write_bundle(adapted.model, recipe, splits, batcher, tmp_path / "wrong", predicted=predicted,
+                     network="small_cnn")
+    out = tmp_path / "at40"
+    metrics = write_bundle(adapted.model, recipe, splits, adapted.batcher, out, predicted=predicted,
+                           network="small_cnn", calib_images=64, test_images=500)
+    assert metrics["input_shape"] == [1, 40, 40]
+    unadapted = adapt(model, recipe, splits, resolution, 0, calib_images=128, progress=False)
+    before = accuracy(unadapted.model, splits.test.first(500), unadapted.batcher)
+    assert metrics["accuracy"]["pytorch"] > before + 20  # measured at 40 px: the fine-tune is what makes it work
+    assert abs(metrics["accuracy"]["onnx_int8"] - metrics["accuracy"]["pytorch"]) <= 0.5
+    assert verify_bundle(out, splits, batcher) == []  # the 28-px batcher is replaced by the bundle's size
 
 
 def test_a_float_recipe_ships_the_float_network(trained: torch.nn.Module, data: tuple[Splits, Batcher],
