@@ -167,13 +167,18 @@ def estimate_targets(model: nn.Module, recipe: Recipe, shape: tuple[int, int, in
 
 def hardware_metrics(model: nn.Module, recipe: Recipe, shape: tuple[int, int, int],
                      hardware: HardwareConfig) -> dict[str, Any]:
-    """latency_<target> (ms) and energy_<target> (mJ) per target."""
+    """latency_<target> (ms) and energy_<target> (mJ) per target, with the upper ends of their 90% intervals
+    (`_high`; energy scales with latency at the board's modelled power)."""
     out: dict[str, Any] = {}
     for target, result in estimate_targets(model, recipe, shape, hardware).items():
         if result.get("latency_ms") is None:
             raise ValueError(f"{target} cannot run this recipe: {result.get('reason')}")
         out[f"latency_{target}"] = float(result["latency_ms"])
         out[f"energy_{target}"] = float(result["energy_mj"])
+        # The 90% prediction interval's upper ends, for constraints written `... @ p90`.
+        out[f"latency_{target}_high"] = float(result.get("latency_ms_high") or result["latency_ms"])
+        if result.get("latency_ms_high") and result["latency_ms"]:
+            out[f"energy_{target}_high"] = float(result["energy_mj"]) * result["latency_ms_high"] / result["latency_ms"]
     return out
 
 

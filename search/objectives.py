@@ -20,7 +20,10 @@ MAXIMISED = frozenset({"accuracy", "test_accuracy"})
 ACCURACY_METRICS = frozenset({"accuracy", "accuracy_drop", "test_accuracy"})  # known only after F1
 OPERATORS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, ">=": operator.ge, "<": operator.lt,
                                                           ">": operator.gt}
-_CONSTRAINT = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(<=|>=|<|>)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*$")
+_CONSTRAINT = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(<=|>=|<|>)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*(?:@\s*(p\d+))?\s*$")
+# `@ p90` reads a prediction's upper bound instead of its point value: the hardware models give each
+# latency and energy a 90% interval (hardware_models.intervals), so only that level exists.
+BOUNDS = {"p90": "_high"}
 
 
 def direction(metric: str) -> str:
@@ -47,17 +50,26 @@ class Constraint:
     metric: str
     op: str
     bound: float
+    quantile: str = ""  # "p90": the upper end of the metric's 90% prediction interval, not its point value
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.op} {self.bound:g}"
+        return f"{self.metric} {self.op} {self.bound:g}" + (f" @ {self.quantile}" if self.quantile else "")
+
+    @property
+    def column(self) -> str:
+        """The metric column the constraint reads (`latency_zcu104_high` for `latency_zcu104 <= 5 @ p90`)."""
+        return self.metric + BOUNDS[self.quantile] if self.quantile else self.metric
+
+    def value(self, metrics: Mapping[str, Any]) -> float:
+        return float(metrics[self.column])
 
     def violation(self, metrics: Mapping[str, Any]) -> float:
         """How far `metrics` is past the bound (<= 0: satisfied), as optuna's constraints expect."""
-        value = float(metrics[self.metric])
+        value = self.value(metrics)
         return value - self.bound if self.op in ("<=", "<") else self.bound - value
 
     def satisfied(self, metrics: Mapping[str, Any]) -> bool:
-        return OPERATORS[self.op](float(metrics[self.metric]), self.bound)
+        return OPERATORS[self.op](self.value(metrics), self.bound)
 
     @property
     def needs_accuracy(self) -> bool:
@@ -67,12 +79,18 @@ class Constraint:
 def parse_constraint(text: str, known: Sequence[str]) -> Constraint:
     match = _CONSTRAINT.match(text)
     if not match:
-        raise ValueError(f"constraint {text!r} is not 'METRIC OP NUMBER' (OP one of <=, >=, <, >), "
-                         "e.g. 'latency_zcu104 <= 5'")
-    metric, op, bound = match.groups()
+        raise ValueError(f"constraint {text!r} is not 'METRIC OP NUMBER [@ p90]' (OP one of <=, >=, <, >), "
+                         "e.g. 'latency_zcu104 <= 5' or 'latency_zcu104 <= 5 @ p90'")
+    metric, op, bound, quantile = match.groups()
     if metric not in known:
         raise ValueError(f"constraint {text!r} names unknown metric {metric!r}; known: {', '.join(known)}")
-    return Constraint(metric, op, float(bound))
+    if quantile and quantile not in BOUNDS:
+        raise ValueError(f"constraint {text!r}: {quantile} is not available; use @ p90 (the hardware models' 90% "
+                         "prediction intervals)")
+    if quantile and not metric.startswith(("latency_", "energy_")):
+        raise ValueError(f"constraint {text!r}: @ {quantile} applies to predicted latency_/energy_ metrics only; "
+                         f"{metric} has no prediction interval")
+    return Constraint(metric, op, float(bound), quantile or "")
 
 
 def cost_gate(constraints: Sequence[Constraint]) -> Callable[[Mapping[str, Any]], str | None]:
@@ -80,7 +98,7 @@ def cost_gate(constraints: Sequence[Constraint]) -> Callable[[Mapping[str, Any]]
     def gate(metrics: Mapping[str, Any]) -> str | None:
         for c in constraints:
             if not c.needs_accuracy and not c.satisfied(metrics):
-                return f"infeasible at F0: {c.metric} = {float(metrics[c.metric]):.4g} violates {c}"
+                return f"infeasible at F0: {c.column} = {c.value(metrics):.4g} violates {c}"
         return None
     return gate
 

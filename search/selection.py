@@ -83,10 +83,13 @@ def by_rule(front: pd.DataFrame, text: str, targets: tuple[str, ...]) -> Selecte
         raise SelectionError("the study has an empty front: nothing to export (see report.md)")
     ok = pd.Series(True, index=front.index)
     for c in pick.constraints:
-        ok &= front[f"f3_{c.metric}"].apply(lambda v, c=c: c.satisfied({c.metric: v}))
+        if f"f3_{c.column}" not in front:
+            raise SelectionError(f"--pick {text!r}: the front has no {c.column} column (a study run before it was "
+                                 "recorded); drop the @ bound or rerun the study")
+        ok &= front[f"f3_{c.column}"].apply(lambda v, c=c: c.satisfied({c.column: v}))
     if not ok.any():
         rules = " and ".join(str(c) for c in pick.constraints)
-        lows = ", ".join(f"{c.metric} from {front[f'f3_{c.metric}'].min():.4g}" for c in pick.constraints)
+        lows = ", ".join(f"{c.column} from {front[f'f3_{c.column}'].min():.4g}" for c in pick.constraints)
         raise SelectionError(f"--pick {text!r}: no front recipe satisfies {rules} (the front has {lows})")
     values = front.loc[ok, f"f3_{pick.metric}"]
     index = values.idxmax() if pick.goal == "max" else values.idxmin()

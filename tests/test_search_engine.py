@@ -18,12 +18,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from evaluators.candidate import HardwareConfig
 from search.config import load_study
 from search.context import make_plan
 from search.objectives import parse_constraint
 from search.objectives import parse_pick
 from search.pareto import knee_index
 from search.stats import kendall_tau
+from spaces.recipe import Recipe
 from tests.cli_helpers import search_cli
 from tests.cli_helpers import study_args
 
@@ -240,3 +242,26 @@ def test_fresh_starts_the_study_over(mlp_study: tuple[Path, str], mnist_root: Pa
     assert result.returncode == 0, result.stderr
     assert "resuming" not in result.stdout and "[1/3]" in result.stdout
     assert len(pd.read_csv(copy / "trials.csv")) == 3
+
+
+def test_a_p90_constraint_reads_the_upper_end_of_the_prediction_interval() -> None:
+    """`latency_zcu104 <= B @ p90` holds only when the 90% interval's upper end is within B, on a real estimate."""
+    from evaluators.candidate import hardware_metrics
+    from search.objectives import cost_gate
+    from spaces.architectures import create_model
+
+    known = ("accuracy", "latency_zcu104", "size_mb")
+    model = create_model("small_cnn").eval()
+    metrics = hardware_metrics(model, Recipe(), (3, 32, 32), HardwareConfig(targets=("zcu104",)))
+    point, high = metrics["latency_zcu104"], metrics["latency_zcu104_high"]
+    assert high > point > 0
+    between = (point + high) / 2
+    plain, p90 = parse_constraint(f"latency_zcu104 <= {between}", known), \
+        parse_constraint(f"latency_zcu104 <= {between} @ p90", known)
+    assert plain.satisfied(metrics) and not p90.satisfied(metrics)
+    assert p90.violation(metrics) == pytest.approx(high - between) and str(p90).endswith("@ p90")
+    assert cost_gate([p90])(metrics).startswith("infeasible at F0: latency_zcu104_high")
+    with pytest.raises(ValueError, match="use @ p90"):
+        parse_constraint("latency_zcu104 <= 5 @ p50", known)
+    with pytest.raises(ValueError, match="latency_/energy_ metrics only"):
+        parse_constraint("size_mb <= 5 @ p90", known)
