@@ -1,0 +1,167 @@
+"""Target capability rules: what a recipe becomes on each board, and that no estimate claims more.
+
+The rules (hardware_models.capability): the DPU runs INT8 only (sub-8-bit as int8, a float network
+re-quantized by Vitis AI, fp16 and float layers inside a quantized network refused); the Pi 4 runs int8 and
+fp32 (fp16 as fp32); the Pi 5's ncnn also runs fp16.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from evaluators.candidate import HardwareConfig
+from evaluators.candidate import hardware_metrics
+from hardware_models.capability import Capability
+from hardware_models.capability import Precision
+from hardware_models.capability import RuntimeSupport
+from hardware_models.capability import deploy
+from hardware_models.graph import extract
+from hardware_models.targets import CAPABILITIES
+from hardware_models.targets import TARGETS
+from hardware_models.targets import capability
+from hardware_models.targets import deployment
+from search.config import StudyConfig
+from search.config import StudyInfo
+from search.objectives import cost_gate
+from spaces.quantization import quantize_model
+from spaces.recipe import Quantization
+from spaces.recipe import Recipe
+from spaces.space import SpaceConfig
+from spaces.space import for_targets
+from spaces.validated import ConfigError
+from tests.user_data import build_tiny
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LAYERS = ("conv1", "conv2", "fc")
+
+
+def uniform(weight: int, act: int) -> dict[str, tuple[int, int]]:
+    return dict.fromkeys(LAYERS, (weight, act))
+
+
+def test_every_target_declares_what_it_executes() -> None:
+    assert set(CAPABILITIES) == set(TARGETS)
+    for name in TARGETS:
+        cap = capability(name)
+        assert cap.support(TARGETS[name].default_runtime).executes, name
+    with pytest.raises(KeyError, match="zcu104"):
+        capability("nonexistent")
+
+
+@pytest.mark.parametrize("target", ["zcu104", "zcu102", "kv260"])
+def test_dpu_maps_sub8_bits_to_int8_and_refuses_fp16(target: str) -> None:
+    four = deployment(target, {"conv1": (4, 8), "conv2": (2, 4), "fc": (8, 8)})
+    assert four.deployable and four.runs_as == "int8"
+    assert four.effective_bits == uniform(8, 8)
+    assert sorted(four.widened()) == ["conv1", "conv2"]
+    half = deployment(target, uniform(16, 16))
+    assert not half.deployable and half.runs_as == "" and "executes only int8" in half.reason
+
+
+def test_dpu_requantizes_a_float_network_but_refuses_float_layers_in_a_quantized_one() -> None:
+    whole = deployment("zcu104", uniform(32, 32), float_network=True)
+    assert whole.deployable and whole.runs_as == "int8" and any("Vitis AI" in n for n in whole.notes)
+    mixed = deployment("zcu104", {"conv1": (8, 8), "conv2": (8, 8), "fc": (32, 32)})
+    assert not mixed.deployable and "fc" in mixed.reason and "ARM" in mixed.reason
+    weight_only = deployment("zcu104", uniform(8, 32))  # int8 weights, float activations: a float multiply
+    assert not weight_only.deployable
+
+
+def test_pi4_runs_fp16_as_fp32_and_pi5_runs_it_natively() -> None:
+    pi4 = deployment("rpi4", uniform(16, 16))
+    assert pi4.deployable and pi4.runs_as == "fp32" and pi4.effective_bits == uniform(32, 32)
+    assert any("no fp16 kernels" in n for n in pi4.notes)
+    pi5 = deployment("rpi5", uniform(16, 16))
+    assert pi5.deployable and pi5.runs_as == "fp16" and pi5.effective_bits == uniform(16, 16)
+    assert deployment("rpi5", uniform(16, 16), runtime="onnxruntime").runs_as == "fp32"  # per runtime
+
+
+def test_pi_runs_mixed_int8_and_fp32_and_labels_it() -> None:
+    mixed = deployment("rpi4", {"conv1": (4, 4), "conv2": (8, 8), "fc": (32, 32)})
+    assert mixed.deployable and mixed.runs_as == "int8/fp32"
+    assert mixed.precision_map() == {"conv1": 8, "conv2": 8, "fc": 32}
+    assert deployment("host", uniform(16, 16)).runs_as == "fp32"
+
+
+def test_dpu_refuses_operators_outside_its_set_and_limits() -> None:
+    silu = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.SiLU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 4))
+    plan = deployment("zcu104", {"0": (8, 8), "3": (8, 8)}, network=extract(silu, (3, 8, 8)))
+    assert not plan.deployable and "silu" in plan.reason.lower()
+    big = nn.Sequential(nn.Conv2d(3, 8, 17, padding=8))
+    assert "kernel 17x17" in deployment("zcu104", {"0": (8, 8)}, network=extract(big, (3, 20, 20))).reason
+    relu = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
+    assert deployment("zcu104", {"0": (8, 8)}, network=extract(relu, (3, 8, 8))).deployable
+    assert deployment("rpi4", {"0": (8, 8), "3": (8, 8)}, network=extract(silu, (3, 8, 8))).deployable
+
+
+def test_capability_is_validated_when_built() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        RuntimeSupport(runtime="x", executes=frozenset(), why="")
+    support = RuntimeSupport(runtime="x", executes=frozenset({Precision.INT8}), why="")
+    with pytest.raises(ValueError, match="each listed once"):
+        Capability(target="t", runtimes=(support, support))
+    with pytest.raises(KeyError, match="known: x"):
+        deploy(Capability(target="t", runtimes=(support,)), uniform(8, 8), runtime="ncnn")
+
+
+def _metrics(quant: Quantization, targets: tuple[str, ...]) -> dict:
+    torch.manual_seed(0)
+    model = quantize_model(build_tiny(), quant).eval()
+    return hardware_metrics(model, Recipe(quant=quant), (3, 24, 24), HardwareConfig(targets=targets))
+
+
+def test_a_4bit_recipe_costs_what_the_8bit_one_costs_where_it_runs_as_int8() -> None:
+    targets = ("zcu104", "rpi4")
+    four, eight = _metrics(Quantization(kind="ptq", weight_bits=4, act_bits=4), targets), \
+        _metrics(Quantization(kind="ptq", weight_bits=8), targets)
+    for t in targets:
+        assert four[f"runs_as_{t}"] == eight[f"runs_as_{t}"] == "int8"
+        assert four[f"latency_{t}"] == pytest.approx(eight[f"latency_{t}"], rel=1e-12)
+        assert four[f"energy_{t}"] == pytest.approx(eight[f"energy_{t}"], rel=1e-12)
+
+
+def test_an_undeployable_target_gets_no_latency_and_the_f0_gate_rejects_it() -> None:
+    metrics = _metrics(Quantization(kind="fp16"), ("zcu104", "rpi4"))
+    assert metrics["deployable_zcu104"] is False and metrics["latency_zcu104"] != metrics["latency_zcu104"]  # NaN
+    assert metrics["deployable_rpi4"] is True and metrics["runs_as_rpi4"] == "fp32"
+    assert "not deployable on zcu104" in cost_gate(())(metrics)
+    assert cost_gate(())(_metrics(Quantization(kind="ptq", weight_bits=4), ("zcu104", "rpi4"))) is None
+
+
+def test_bits_target_limits_the_space_to_what_every_target_runs() -> None:
+    space = SpaceConfig(bits="target", quant_kinds=("none", "fp16", "ptq", "qat"), bit_choices=(4, 6, 8, 32))
+    both = for_targets(space, ("zcu104", "rpi4"))
+    assert both.bit_choices == (8,) and both.act_bit_choices == (8,)
+    assert [k.value for k in both.quant_kinds] == ["none", "ptq", "qat"]  # fp16: not on either; none: re-quantized
+    assert for_targets(space, ("rpi4",)).bit_choices == (8, 32)
+    assert "fp16" in [k.value for k in for_targets(space, ("rpi5",)).quant_kinds]
+    listed = SpaceConfig(bit_choices=(4, 6))
+    assert for_targets(listed, ("zcu104",)) is listed  # explicit bit_choices keep working
+
+
+def test_bits_target_error_names_the_targets_and_what_they_share(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"zcu104.*rpi4.*bit_choices \[4, 6\].*\[8\]"):
+        for_targets(SpaceConfig(bits="target", bit_choices=(4, 6)), ("zcu104", "rpi4"))
+    study = tmp_path / "s.toml"
+    study.write_text('[study]\nname = "s"\n[data]\ndataset = "mnist"\n[teacher]\narch = "mlp"\n'
+                     '[space]\nbits = "target"\nbit_choices = [4, 6]\n[hardware]\ntargets = ["zcu104"]\n')
+    from search.config import load_study
+
+    with pytest.raises(ConfigError, match=r"s\.toml.*space\.bits = 'target'"):
+        load_study(str(study))
+    with pytest.raises(ConfigError, match="SpaceConfig.bits: 'everything' is not allowed; use one of 'listed'"):
+        SpaceConfig(bits="everything")
+
+
+def test_study_config_resolves_bits_target_for_the_api_too() -> None:
+    from evaluators.data import DataConfig
+    from evaluators.teacher import TeacherConfig
+
+    config = StudyConfig(study=StudyInfo(name="x"), data=DataConfig(dataset="mnist"), teacher=TeacherConfig(arch="mlp"),
+                         space=SpaceConfig(bits="target"), hardware=HardwareConfig(targets=("kv260", "rpi5")))
+    assert config.space.bit_choices == (8,)
