@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hardware_models.targets import capability
 from search.final import Candidate
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
@@ -44,12 +45,15 @@ def sub8_bits(recipe: Recipe) -> list[int]:
     return sorted({b for b in (q.weight_bits, *(w for _, w, _ in q.layer_bits)) if b < 8})
 
 
-def _cell(metrics: dict[str, Any], target: str) -> str:
+def _cell(metrics: dict[str, Any], recipe: Recipe, target: str) -> str:
     if f"deployable_{target}" not in metrics:
         return "?"
     if not metrics[f"deployable_{target}"]:
         return f"not deployable ({metrics.get(f'not_deployable_{target}', '')})"
-    return f"runs as {metrics.get(f'runs_as_{target}') or '?'}"
+    text = f"runs as {metrics.get(f'runs_as_{target}') or '?'}"
+    if recipe.quant.kind == QuantKind.NONE and capability(target).float_network is not None:
+        text += " (its toolchain quantizes the fp32 network: Vitis AI; accuracy measured in fp32)"
+    return text
 
 
 def deployment_section(front: Sequence[Candidate], targets: Sequence[str], storage: str) -> list[str]:
@@ -60,7 +64,7 @@ def deployment_section(front: Sequence[Candidate], targets: Sequence[str], stora
     for c in front:
         cols = deployment_columns(c.metrics)
         rows.append(f"| {c.source} | {c.recipe.label or describe(c.recipe)} | "
-                    + " | ".join(_cell(cols, t) for t in targets) + " |")
+                    + " | ".join(_cell(cols, c.recipe, t) for t in targets) + " |")
     low = [c for c in front if sub8_bits(c.recipe)]
     if storage in PACKED_STORAGE:
         gain = (f"they still shrink the stored model: `size_mb` counts them at their own width (storage rule "

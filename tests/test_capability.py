@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -29,6 +30,7 @@ from search.config import StudyInfo
 from search.objectives import cost_gate
 from spaces.quantization import quantize_model
 from spaces.recipe import Quantization
+from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
 from spaces.space import SpaceConfig
 from spaces.space import for_targets
@@ -165,3 +167,56 @@ def test_study_config_resolves_bits_target_for_the_api_too() -> None:
     config = StudyConfig(study=StudyInfo(name="x"), data=DataConfig(dataset="mnist"), teacher=TeacherConfig(arch="mlp"),
                          space=SpaceConfig(bits="target"), hardware=HardwareConfig(targets=("kv260", "rpi5")))
     assert config.space.bit_choices == (8,)
+
+
+def test_trials_and_front_record_deployment_per_target(tmp_path: Path) -> None:
+    """A tiny study on generated images: fp16 recipes are rejected at F0 for the DPU (with the reason), float
+    ones complete and run as int8 on the DPU, fp32 on the Pi; trials.csv, pareto.csv and report.md say so."""
+    import search
+    from evaluators.candidate import FidelityConfig
+    from evaluators.candidate import LevelConfig
+    from search.engine import SearchConfig
+    from spaces.apply import Budget
+    from tests.user_data import TinyNet
+    from tests.user_data import train_quickly
+    from tests.user_data import write_generated_imagefolder
+
+    tiny = Budget(finetune_steps=1, calib_images=16, bn_images=16, score_images=8, max_candidates=1)
+    root = write_generated_imagefolder(tmp_path / "images", per_class=12, size=16, splits=("train", "test"))
+    model = train_quickly(TinyNet(width=8), root, 16, steps=5)
+    level = LevelConfig(val_images=0, budget=tiny)
+    space = SpaceConfig(students=("teacher",), distill_kinds=("none",), prune_kinds=("none",),
+                        quant_kinds=("none", "fp16"))
+    search.compress(teacher=model, data=root, resolution=16, targets=["zcu104", "rpi4"], space=space,
+                    fidelity=FidelityConfig(f1=level, f2=level, f3=level),
+                    search=SearchConfig(trials=4, population=2, baselines="none", final_max=1, seed=1),
+                    out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), progress=False)
+    trials = pd.read_csv(tmp_path / "run" / "trials.csv")
+    assert {"deployable_zcu104", "runs_as_zcu104", "deployable_rpi4", "runs_as_rpi4"} <= set(trials.columns)
+    assert not any(c.startswith(("f1_deployable", "f2_runs_as")) for c in trials.columns)
+    half, full = trials[trials["quant"] == "fp16"], trials[trials["quant"] == "none"]
+    assert len(half) and len(full), "seed 1 samples both kinds"
+    assert (half["state"] == "PRUNED").all() and half["reason"].str.contains("not deployable on zcu104").all()
+    assert (~half["deployable_zcu104"].astype(bool)).all() and (half["runs_as_rpi4"] == "fp32").all()
+    assert (full["state"] == "COMPLETE").all() and (full["runs_as_zcu104"] == "int8").all()
+    front = pd.read_csv(tmp_path / "run" / "pareto.csv")
+    assert front["deployable_zcu104"].astype(bool).all() and (front["runs_as_rpi4"] == "fp32").all()
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Where each front member runs" in report and "runs as int8" in report
+    assert "`packed`" in report
+
+
+def test_report_section_says_what_sub8_layers_gain_under_each_storage_rule() -> None:
+    from search.deployment import deployment_section
+    from search.final import Candidate
+
+    four = Recipe(quant=Quantization(kind=QuantKind.PTQ, weight_bits=4))
+    metrics = {"f3": {"deployable_zcu104": True, "runs_as_zcu104": "int8", "deployable_rpi4": True,
+                      "runs_as_rpi4": "int8", "latency_zcu104": 1.0}}
+    front = [Candidate(recipe=four, source="trial 3", metrics=metrics),
+             Candidate(recipe=Recipe(), source="trial 4", metrics={"f3": {**metrics["f3"], "runs_as_rpi4": "fp32"}})]
+    packed = "\n".join(deployment_section(front, ("zcu104", "rpi4"), "packed"))
+    assert "(1 of 2 front members have some)" in packed and "shrink the stored model" in packed
+    assert "| trial 4 | " in packed and "runs as fp32" in packed and "Vitis AI" in packed
+    dpu = "\n".join(deployment_section(front, ("zcu104", "rpi4"), "dpu_int8"))
+    assert "gain nothing here" in dpu and "shrink" not in dpu
