@@ -106,8 +106,14 @@ class HardwareConfig:
                 raise ValueError(f"hardware.targets: {err.args[0]}") from None
 
 
+# Bumped when the way a recipe is costed changes, so that cached results made under the old rules are not reused:
+# 2 = costed at the precision each target executes, with deployable_/runs_as_ per target.
+COST_RULES = 2
+
+
 def level_fingerprint(level: LevelConfig, hardware: HardwareConfig) -> str:
-    blob = json.dumps({"level": asdict(level), "hardware": asdict(hardware)}, sort_keys=True, default=str)
+    blob = json.dumps({"level": asdict(level), "hardware": asdict(hardware), "cost_rules": COST_RULES},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

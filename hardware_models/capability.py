@@ -226,6 +226,7 @@ def deploy(capability: Capability, bits: Mapping[str, Bits], *, runtime: str, fl
                      f"({support.runtime} has no fp16 kernels there): no faster than fp32")
     if network is not None and capability.operators is not None:
         reasons += capability.operators.violations(network)
+    notes += capability.notes
     effective = tuple((n, p.bits, p.bits) for n, p in runs.items())
     order = [p for p in Precision if p in set(runs.values())]
     deployable = not reasons

@@ -232,7 +232,8 @@ def _dpu_capability(target: str) -> Capability:
     return Capability(target=target, runtimes=support, fp16_fallback=None, float_network=Precision.INT8,
                       operators=OperatorLimits(activations=DPU_ACTIVATIONS,
                                                channel_parallel=board.input_channel_parallelism),
-                      notes=("float layers would run on the ARM cores (not costed): refused",))
+                      notes=("the DPU has no float datapath: float layers in a quantized network would run on the ARM "
+                             "cores (not costed), so such a recipe is refused",))
 
 
 @register_capability
@@ -263,7 +264,8 @@ def _rpi5_capability() -> Capability:
                       runtimes=(RuntimeSupport(runtime="ncnn", executes=_INT8_FP16_FP32, why=_A76_NCNN),
                                 *(RuntimeSupport(runtime=r, executes=_INT8_FP32, why=_A76_OTHER)
                                   for r in ("onnxruntime", "pytorch"))),
-                      notes=("fp16 is costed with the fp32 kernels' rates: no fp16 measurements exist",))
+                      notes=("fp16 layers are costed with the fp32 kernels' rates (no fp16 measurements exist): a "
+                             "conservative estimate",))
 
 
 @register_capability
