@@ -34,10 +34,10 @@ from torch import nn
 
 from evaluators.batches import Batcher
 from evaluators.cost import model_cost
+from evaluators.executed import estimate_executed
 from evaluators.metrics import accuracy
 from evaluators.splits import Splits
 from evaluators.training import atomic_save
-from hardware_models import estimate
 from hardware_models import extract
 from hardware_models import get_target
 from hardware_models.capability import Deployment
@@ -168,10 +168,10 @@ def _cost_shape(shape: tuple[int, int, int], hardware: HardwareConfig) -> tuple[
 def estimate_targets(model: nn.Module, recipe: Recipe, shape: tuple[int, int, int],
                      hardware: HardwareConfig) -> dict[str, dict[str, Any]]:
     """The full `hardware_models.estimate` result per target, costed at the precision each board *executes*
-    (`Deployment.precision_map`): a 4-bit layer is costed as int8 everywhere, fp16 as fp32 on the Pi 4, and an
-    unquantized network as the INT8 model Vitis AI makes of it on the DPU. Every result carries `runs_as` and
-    `deployment_notes`; a target that cannot run the recipe gets `deployable: False`, its reason and no latency
-    (nothing is promised there)."""
+    (`Deployment.precision_map`; mixed int8/float networks layer by layer, `evaluators.executed`): a 4-bit
+    layer is costed as int8 everywhere, fp16 as fp32 on the Pi 4, and an unquantized network as the INT8 model
+    Vitis AI makes of it on the DPU. Every result carries `runs_as` and `deployment_notes`; a target that cannot
+    run the recipe gets `deployable: False`, its reason and no latency (nothing is promised there)."""
     out: dict[str, dict[str, Any]] = {}
     for target, plan in deployments(model, recipe, shape, hardware).items():
         common = {"runs_as": plan.runs_as, "deployment_notes": list(plan.notes)}
@@ -180,8 +180,7 @@ def estimate_targets(model: nn.Module, recipe: Recipe, shape: tuple[int, int, in
                            "energy_mj": None, **common}
             continue
         with float_mode(model):
-            result = estimate(model, _cost_shape(shape, hardware), target, precision=plan.precision_map(),
-                              as_int8=get_target(target).family == "dpu")
+            result = estimate_executed(model, _cost_shape(shape, hardware), target, plan)
         out[target] = {**result, **common}
     return out
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from evaluators.candidate import HardwareConfig
 from evaluators.candidate import hardware_metrics
+from hardware_models import estimate
 from hardware_models.capability import Capability
 from hardware_models.capability import Precision
 from hardware_models.capability import RuntimeSupport
@@ -220,3 +221,25 @@ def test_report_section_says_what_sub8_layers_gain_under_each_storage_rule() -> 
     assert "| trial 4 | " in packed and "runs as fp32" in packed and "Vitis AI" in packed
     dpu = "\n".join(deployment_section(front, ("zcu104", "rpi4"), "dpu_int8"))
     assert "gain nothing here" in dpu and "shrink" not in dpu
+
+
+def test_a_pi_recipe_with_float_layers_is_costed_layer_by_layer() -> None:
+    """int8 body, fp32 head on the Pi 4: the head is costed with fp32 kernels, not credited with int8 speed."""
+    from evaluators.executed import estimate_executed
+
+    torch.manual_seed(0)
+    model = build_tiny().eval()
+    shape = (3, 24, 24)
+    plan = deployment("rpi4", {"body.0": (8, 8), "body.4": (8, 8), "fc": (32, 32)})
+    assert plan.runs_as == "int8/fp32"
+    mixed = estimate_executed(model, shape, "rpi4", plan)
+    whole = {f: estimate(model, shape, "rpi4", precision=f, per_layer=True) for f in ("int8", "fp32")}
+    rows = {f: {r["name"]: r["latency_ms"] for r in w["per_layer"]} for f, w in whole.items()}
+    overhead = max(w["latency_ms"] - sum(rows[f].values()) for f, w in whole.items())
+    expected = overhead + rows["int8"]["body.0"] + rows["int8"]["body.4"] + rows["fp32"]["fc"] + sum(
+        max(rows["int8"][n], rows["fp32"][n]) for n in rows["int8"] if n not in ("body.0", "body.4", "fc"))
+    assert mixed["precision"] == "int8/fp32"
+    assert mixed["latency_ms"] == pytest.approx(expected, rel=1e-9)
+    assert mixed["latency_ms"] != pytest.approx(whole["int8"]["latency_ms"], rel=1e-3)  # not one kernel family
+    assert mixed["energy_mj"] == pytest.approx(mixed["power_w"] * mixed["latency_ms"])
+    assert mixed["latency_ms_low"] <= mixed["latency_ms"] <= mixed["latency_ms_high"]
