@@ -32,6 +32,7 @@ from hardware_models.graph import Network
 from hardware_models.ops import Kind
 from hardware_models.trace import Layer
 
+NO_WEIGHTS = "no weight layers"  # runs_as of a network without convolutions or linear layers
 Bits = tuple[int, int]  # (weight_bits, act_bits), as spaces.quantization.bit_widths gives them
 
 
@@ -130,6 +131,7 @@ class Capability:
     fp16_fallback: Precision | None = None
     float_network: Precision | None = None
     operators: OperatorLimits | None = None
+    toolchain: str = ""  # what turns the recipe into the deployed model (named in notes and reasons)
     notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -205,7 +207,6 @@ def deploy(capability: Capability, bits: Mapping[str, Bits], *, runtime: str, fl
     """
     support = capability.support(runtime)
     reasons: list[str] = []
-    notes: list[str] = []
     runs: dict[str, Precision] = {}
     for name, pair in bits.items():
         target, why = _layer_precision(capability, support, requested(pair), float_network)
@@ -213,9 +214,24 @@ def deploy(capability: Capability, bits: Mapping[str, Bits], *, runtime: str, fl
             reasons.append(f"{name} ({pair[0]}/{pair[1]}-bit): {why}")
         else:
             runs[name] = target
+    if network is not None and capability.operators is not None:
+        reasons += capability.operators.violations(network)
+    order = [p for p in Precision if p in set(runs.values())]
+    deployable = not reasons
+    return Deployment(target=capability.target, runtime=support.runtime, deployable=deployable,
+                      runs_as=("/".join(p.value for p in order) or NO_WEIGHTS) if deployable else "",
+                      reasons=tuple(reasons), notes=_notes(capability, support, bits, runs, float_network),
+                      effective=tuple((n, p.bits, p.bits) for n, p in runs.items()) if deployable else (),
+                      requested=tuple((n, w, a) for n, (w, a) in bits.items()))
+
+
+def _notes(capability: Capability, support: RuntimeSupport, bits: Mapping[str, Bits], runs: Mapping[str, Precision],
+           float_network: bool) -> tuple[str, ...]:
+    """What the target changes about the recipe: re-quantization, widened layers."""
+    notes = []
     if float_network and capability.float_network is not None and bits:
-        notes.append(f"the float network is quantized to {capability.float_network.value} by the target's "
-                     "toolchain (Vitis AI); its accuracy was measured in fp32")
+        notes.append(f"the float network is quantized to {capability.float_network.value} by "
+                     f"{capability.toolchain or 'the target toolchain'}; its accuracy was measured in fp32")
     low = [n for n, (w, a) in bits.items() if w < 8 and a <= 8]
     if low:
         notes.append(f"{len(low)} sub-8-bit layers run as int8 on {capability.target}: no faster and no less "
@@ -224,16 +240,7 @@ def deploy(capability: Capability, bits: Mapping[str, Bits], *, runtime: str, fl
     if halves:
         notes.append(f"{len(halves)} fp16 layers run as {runs[halves[0]].value} on {capability.target} "
                      f"({support.runtime} has no fp16 kernels there): no faster than fp32")
-    if network is not None and capability.operators is not None:
-        reasons += capability.operators.violations(network)
-    notes += capability.notes
-    effective = tuple((n, p.bits, p.bits) for n, p in runs.items())
-    order = [p for p in Precision if p in set(runs.values())]
-    deployable = not reasons
-    return Deployment(target=capability.target, runtime=support.runtime, deployable=deployable,
-                      runs_as="/".join(p.value for p in order) if deployable else "",
-                      reasons=tuple(reasons), notes=tuple(notes), effective=effective if deployable else (),
-                      requested=tuple((n, w, a) for n, (w, a) in bits.items()))
+    return (*notes, *capability.notes)
 
 
 def _layer_precision(capability: Capability, support: RuntimeSupport, asked: Precision,
@@ -248,5 +255,6 @@ def _layer_precision(capability: Capability, support: RuntimeSupport, asked: Pre
     executes = ", ".join(p.value for p in Precision if p in support.executes)
     if asked is Precision.FP32:
         return None, (f"a float layer in a quantized network; {capability.target} ({support.runtime}) executes "
-                      f"only {executes} (Vitis AI would run it on the ARM cores, which is not costed)")
+                      f"only {executes} ({capability.toolchain or 'its toolchain'} would run it on the CPU beside it, "
+                      "which is not costed)")
     return None, f"{capability.target} ({support.runtime}) executes only {executes}"

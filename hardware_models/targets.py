@@ -230,10 +230,11 @@ def _dpu_capability(target: str) -> Capability:
     board = DPU_BOARDS[target]
     support = tuple(RuntimeSupport(runtime=r, executes=_INT8, why=_VART) for r in DPU_RUNTIMES)
     return Capability(target=target, runtimes=support, fp16_fallback=None, float_network=Precision.INT8,
+                      toolchain="Vitis AI (vai_q quantizer, vai_c_xir compiler)",
                       operators=OperatorLimits(activations=DPU_ACTIVATIONS,
                                                channel_parallel=board.input_channel_parallelism),
-                      notes=("the DPU has no float datapath: float layers in a quantized network would run on the ARM "
-                             "cores (not costed), so such a recipe is refused",))
+                      notes=("the DPU has no float datapath: a float layer in a quantized network would run on the "
+                             "ARM cores (not costed), so such a recipe is refused",))
 
 
 @register_capability
