@@ -243,3 +243,22 @@ def test_a_pi_recipe_with_float_layers_is_costed_layer_by_layer() -> None:
     assert mixed["latency_ms"] != pytest.approx(whole["int8"]["latency_ms"], rel=1e-3)  # not one kernel family
     assert mixed["energy_mj"] == pytest.approx(mixed["power_w"] * mixed["latency_ms"])
     assert mixed["latency_ms_low"] <= mixed["latency_ms"] <= mixed["latency_ms_high"]
+
+
+@pytest.mark.parametrize(("target", "runtime"), [(c.target, r.runtime) for c in CAPABILITIES.values()
+                                                  for r in c.runtimes])
+def test_contract_every_target_and_runtime(target: str, runtime: str) -> None:
+    """For every declared (target, runtime): int8 deploys as int8; no integer code runs below 8 bits or earns a
+    different latency; nothing runs at a precision the runtime does not execute; every refusal has a reason."""
+    cap = capability(target)
+    executes = {p.value for p in cap.support(runtime).executes}
+    eight = deploy(cap, uniform(8, 8), runtime=runtime)
+    assert eight.deployable and eight.runs_as == "int8"
+    for low in range(2, 9):
+        plan = deploy(cap, uniform(low, low), runtime=runtime)
+        assert plan.runs_as == "int8" and plan.precision_map() == dict.fromkeys(LAYERS, 8)
+    for pair in ((16, 16), (32, 32), (8, 32)):
+        for whole in (False, True):
+            plan = deploy(cap, uniform(*pair), runtime=runtime, float_network=whole)
+            assert plan.deployable != bool(plan.reasons)
+            assert not plan.deployable or set(plan.runs_as.split("/")) <= executes
