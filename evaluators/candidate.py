@@ -90,12 +90,19 @@ class FidelityConfig:
 
 @settings
 class HardwareConfig:
-    """Which boards score a candidate, at which input size, and which storage rule sizes it."""
+    """Which boards score a candidate, at which input size, and which storage rule sizes it.
+
+    One network, one input size: the bundle runs at `deploy_resolution`, and every latency and energy is
+    predicted for exactly that network at that size. 0 (the default) deploys at the study's training
+    resolution, so accuracy, cost and bundle all use one size. A different value declares a proxy: the
+    search trains and scores accuracy at `[data] resolution` (cheap) while costs are predicted at the deploy
+    size; the export then fine-tunes the chosen recipe for `deploy_finetune_steps` at the deploy size and
+    measures its accuracy there before writing the bundle.
+    """
 
     targets: tuple[str, ...] = ("zcu104", "rpi4")
-    # Latency and energy are modelled at this input size (0: the study's resolution). The thesis deployed at
-    # 224x224 while the CPU profiles train at 32x32: accuracy then comes from 32, cost from 224.
-    resolution: int = field(default=0, metadata={"min": 0, "max": 1024})
+    deploy_resolution: int = field(default=0, metadata={"min": 0, "max": 1024})
+    deploy_finetune_steps: int = field(default=200, metadata={"min": 0, "max": 1_000_000})
     storage: str = field(default="packed", metadata={"choices": ("packed", "dpu_int8", "fp32", "packed_sparse")})
 
     def __post_init__(self) -> None:
@@ -162,7 +169,8 @@ def deployments(model: nn.Module, recipe: Recipe, shape: tuple[int, int, int],
 
 
 def _cost_shape(shape: tuple[int, int, int], hardware: HardwareConfig) -> tuple[int, int, int]:
-    return (shape[0], hardware.resolution, hardware.resolution) if hardware.resolution else shape
+    size = hardware.deploy_resolution
+    return (shape[0], size, size) if size else shape
 
 
 def estimate_targets(model: nn.Module, recipe: Recipe, shape: tuple[int, int, int],
@@ -181,7 +189,7 @@ def estimate_targets(model: nn.Module, recipe: Recipe, shape: tuple[int, int, in
             continue
         with float_mode(model):
             result = estimate_executed(model, _cost_shape(shape, hardware), target, plan)
-        out[target] = {**result, **common}
+        out[target] = {**result, **common, "input_shape": list(_cost_shape(shape, hardware))}
     return out
 
 

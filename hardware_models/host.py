@@ -54,15 +54,22 @@ def require_real_weights(model: nn.Module) -> None:
                          "(hardware_models.build_network(spec, device='cpu'))")
 
 
-def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path) -> Path:
-    """fp32 ONNX of a copy of the network in eval mode (the caller's network is left untouched)."""
+def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path, *, dynamic_batch: bool = False,
+                fold_constants: bool = True) -> Path:
+    """fp32 ONNX (opset 17) of a copy of the network in eval mode (the caller's network is left untouched).
+
+    The TorchScript exporter (dynamo=False) handles every registered architecture without graph breaks.
+    Without constant folding every weight stays an initializer named like its parameter, which is what
+    `search.qdq` relies on to put each layer's quantizers back in front of it.
+    """
     require_real_weights(model)
     clone = copy.deepcopy(model).float().cpu().eval()
     example = torch.randn((1, *input_shape))
+    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(clone, (example,), str(path), input_names=["input"], output_names=["output"],
-                          opset_version=17, dynamo=False)
+                          opset_version=17, dynamic_axes=axes, do_constant_folding=fold_constants, dynamo=False)
     return Path(path)
 
 

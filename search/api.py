@@ -216,13 +216,16 @@ class StudyResult:
         return Path(path)
 
     def export(self, path: str | Path | None = None, *, pick: str | None = None, trial: int | None = None,
-               test_images: int = 0) -> Path:
-        """Write the deployment bundle of one recipe (the knee by default): the same as `python -m search.export`."""
+               test_images: int | None = None, requantize: bool = False) -> Path:
+        """Write the deployment bundle of one recipe (the knee by default): the same as `python -m search.export`.
+
+        `test_images=None` measures on the images the F3 stage scored (0: the whole test split)."""
         from search.export import export_selected
         from search.selection import select
 
         selected = select(self.out, self.study.config.hardware.targets, trial=trial, pick=pick)
-        return export_selected(self.study.context(), self.out, selected, path, test_images=test_images)
+        return export_selected(self.study.context(), self.out, selected, path, test_images=test_images,
+                               requantize=requantize)
 
     def __repr__(self) -> str:
         return f"StudyResult({self.out}: {len(self.trials)} trials, front of {len(self.front)})"

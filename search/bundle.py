@@ -34,43 +34,55 @@ from evaluators.metrics import model_summary
 from evaluators.splits import Splits
 from hardware_models.host import cpu_name
 from hardware_models.host import time_session
+from search.bundle_model import save_model
 from search.bundle_onnx import INT8_SETTINGS
 from search.bundle_onnx import BundleError
-from search.bundle_onnx import export_onnx
 from search.bundle_onnx import onnx_accuracy
 from search.bundle_onnx import quantize_int8
 from search.bundle_onnx import session
 from search.bundle_scripts import texts
-from spaces.fake_quant import QUANT_LAYERS
+from search.qdq import QdqExport
+from search.qdq import export_float
+from search.qdq import export_qdq
+from search.qdq import float_network
 from spaces.quantization import bit_widths
-from spaces.quantization import is_quantized
+from spaces.recipe import INT_BITS
 from spaces.recipe import TEACHER
 from spaces.recipe import PruneKind
 from spaces.recipe import Recipe
 
-FORMAT = 1
+FORMAT = 2  # 1: model.pt pickled the module, model_int8.onnx was re-quantized by onnxruntime
 MANIFEST = "manifest.json"
 SCRIPTS = Path(__file__).with_name("bundle_scripts")
-# Files every bundle has; model_simulated.onnx and pareto.png are added when they apply.
-REQUIRED = ("model.pt", "model.onnx", "model_int8.onnx", "recipe.json", "metrics.json", "README.md",
+# Files every bundle has; model_int8.onnx (a quantized recipe), model_int8_requantized.onnx (the named
+# fallback) and pareto.png are added when they apply.
+REQUIRED = ("model.pt", "model.onnx", "recipe.json", "metrics.json", "README.md",
             "calibration/images.npy", "calibration/labels.npy", "calibration/normalization.json",
             "rpi/run_onnx.py", "rpi/preprocess.json", "zcu104/README.md", "zcu104/quantize.py",
             "zcu104/compile.sh", "zcu104/run_vart.py", "zcu104/bundle.json", "zcu104/model_float.pt")
+QUANTIZED_FILE, FLOAT_FILE, FALLBACK_FILE = "model_int8.onnx", "model.onnx", "model_int8_requantized.onnx"
+ONNX_FILES = {"onnx_fp32": FLOAT_FILE, "onnx_int8": QUANTIZED_FILE, "onnx_int8_requantized": FALLBACK_FILE}
 VERSIONED = ("torch", "torchvision", "onnx", "onnxruntime", "numpy", "torch-pruning", "edge-compress-search")
 # The keys write_bundle measures; extra_metrics may add others but not overwrite these.
 METRICS_KEYS = ("bundle_format", "model_name", "recipe_hash", "recipe", "dataset", "input_shape", "num_classes",
                 "data_fingerprint", "accuracy", "calibration", "size", "host_latency_ms", "predicted", "deployment",
-                "spec")
+                "spec", "deployed_file", "quantization")
 LATENCY_RUNS, LATENCY_WARMUP, LATENCY_BUDGET_S = 200, 20, 3.0
+SEARCHED_TOLERANCE = 0.5  # points: an exported file may differ this much from the searched model
 
 
 def write_bundle(model: nn.Module, recipe: Recipe, splits: Splits, batcher: Batcher, out_dir: Path, *,
-                 predicted: dict[str, dict], extra_metrics: dict | None = None, pareto_png: Path | None = None,
-                 calib_images: int = 512, test_images: int = 0) -> dict:
+                 predicted: dict[str, dict], network: str | None = None, searched_accuracy: float | None = None,
+                 extra_metrics: dict | None = None, pareto_png: Path | None = None, calib_images: int = 512,
+                 test_images: int = 0, requantize: bool = False) -> dict:
     """Write the bundle of `model` (built from `recipe`) into an empty `out_dir`; returns the metrics written.
 
-    `test_images=0` measures on the whole test split, otherwise on its first `test_images` images; the int8
-    quantizer sees the first `calib_images` of the calibration split.
+    The quantized ONNX carries the model's own quantizer scales (`search.qdq`), so what ships is what was
+    scored. `network` is the architecture name the model was built from (default: the recipe's student);
+    `searched_accuracy` is the recipe's F3 test accuracy, recorded beside what each file measures.
+    `test_images=0` measures on the whole test split, otherwise on its first `test_images` images (use the
+    count F3 used, so the numbers compare image for image). `requantize` adds the fallback
+    model_int8_requantized.onnx, onnxruntime's own calibration of the float network on the calibration split.
     """
     out = Path(out_dir)
     clash = sorted(set(extra_metrics or {}) & set(METRICS_KEYS))
@@ -79,19 +91,29 @@ def write_bundle(model: nn.Module, recipe: Recipe, splits: Splits, batcher: Batc
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty: a bundle is written into a new or empty folder only "
                               "(stale files would be checksummed as part of it)")
+    if network is None and recipe.student == TEACHER:
+        raise ValueError("network: name the teacher's architecture (the recipe only says 'teacher')")
     model = copy.deepcopy(model).cpu().eval()
     shape = (splits.info.channels, batcher.resolution, batcher.resolution)
+    other = {t: p["input_shape"] for t, p in predicted.items() if list(p.get("input_shape", shape)) != list(shape)}
+    if other:
+        raise ValueError(f"predictions for {sorted(other)} are for input {next(iter(other.values()))}, the bundle's "
+                         f"input is {list(shape)}: predict at the bundle's size (one network, one input size)")
     test, calib = splits.test.first(test_images), splits.calib.first(calib_images)
-    float_net = plain_float(model)
+    float_net = float_network(model)
     for folder in ("calibration", "rpi", "zcu104"):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    _save_models(out, model, float_net, recipe, shape, splits.info)
-    export_onnx(float_net, shape, out / "model.onnx")
-    quantize_int8(out / "model.onnx", out / "model_int8.onnx", calib, batcher)
-    if needs_simulation(model):
-        export_onnx(model, shape, out / "model_simulated.onnx")
+    info = splits.info
+    save_model(out / "model.pt", model, recipe, network=network or recipe.student, input_shape=shape,
+               num_classes=info.num_classes, dataset=info.name.value, mean=info.mean, std=info.std)
+    torch.save(float_net, out / "zcu104" / "model_float.pt")
+    export_float(float_net, shape, out / FLOAT_FILE)
+    qdq = export_qdq(model, shape, out / QUANTIZED_FILE) if has_integer_layers(model) else None
+    if requantize:
+        quantize_int8(out / FLOAT_FILE, out / FALLBACK_FILE, calib, batcher)
     _write_calibration(out / "calibration", calib, splits.info, shape)
-    metrics = _metrics(out, model, float_net, recipe, splits, batcher, test, len(calib), predicted, extra_metrics)
+    metrics = _metrics(out, model, float_net, recipe, splits, batcher, test, len(calib), predicted, extra_metrics,
+                       qdq, searched_accuracy)
     _write_json(out / "metrics.json", metrics)
     (out / "recipe.json").write_text(json.dumps(json.loads(recipe.to_json()), indent=2, sort_keys=True) + "\n")
     if pareto_png is not None:
@@ -122,33 +144,9 @@ def verify_bundle(out_dir: Path, splits: Splits | None = None, batcher: Batcher 
 
 # --- the model files -------------------------------------------------------------------------------------------
 
-def plain_float(model: nn.Module) -> nn.Module:
-    """A copy with the fake quantizers removed: only torch.nn / torchvision classes, loadable without this tool.
-
-    Quantized layers are Conv2d/Linear subclasses with two quantizer children; turning the class back and
-    dropping the children leaves exactly the (BN-folded) float network that the quantizers wrapped.
-    """
-    plain = copy.deepcopy(model)
-    for layer in plain.modules():
-        if isinstance(layer, QUANT_LAYERS):
-            del layer.weight_quant, layer.act_quant
-            layer.__class__ = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
-    return plain.eval()
-
-
-def needs_simulation(model: nn.Module) -> bool:
-    """True when some layer uses a width other than 8 and 32 bits: int8 ONNX cannot represent the recipe."""
-    return any(bits not in (8, 32) for pair in bit_widths(model).values() for bits in pair)
-
-
-def _save_models(out: Path, model: nn.Module, float_net: nn.Module, recipe: Recipe, shape: tuple[int, ...],
-                 info: DatasetInfo) -> None:
-    torch.save({"format": FORMAT, "state_dict": model.state_dict(), "recipe": recipe.to_json(),
-                "recipe_hash": recipe.hash(), "input_shape": list(shape), "num_classes": info.num_classes,
-                "dataset": info.name.value, "mean": list(info.mean), "std": list(info.std),
-                "quantized": is_quantized(model), "bit_widths": {k: list(v) for k, v in bit_widths(model).items()},
-                "module": model}, out / "model.pt")
-    torch.save(float_net, out / "zcu104" / "model_float.pt")
+def has_integer_layers(model: nn.Module) -> bool:
+    """True when some layer carries an integer quantizer: the recipe has scales of its own to export."""
+    return any(bits in INT_BITS for pair in bit_widths(model).values() for bits in pair)
 
 
 def _write_calibration(folder: Path, calib: ImageSet, info: DatasetInfo, shape: tuple[int, ...]) -> None:
@@ -174,53 +172,68 @@ def _latency(path: Path, shape: tuple[int, ...]) -> dict[str, Any]:
             "batch": 1, "threads": 1, "cpu": cpu_name(), "onnxruntime": ort.__version__}
 
 
-def _accuracies(out: Path, model: nn.Module, test: ImageSet, batcher: Batcher) -> dict[str, Any]:
+def _accuracies(out: Path, model: nn.Module, test: ImageSet, batcher: Batcher,
+                searched: float | None) -> dict[str, Any]:
     result: dict[str, Any] = {"split": "test", "images": len(test),
                               "selection": f"the first {len(test)} images of the test split",
-                              "pytorch": round(accuracy(model, test, batcher), 4)}
-    for key, name in (("onnx_fp32", "model.onnx"), ("onnx_int8", "model_int8.onnx"),
-                      ("onnx_simulated", "model_simulated.onnx")):
+                              "pytorch": round(accuracy(model, test, batcher), 4),
+                              "searched_f3_test": None if searched is None else round(float(searched), 4)}
+    for key, name in ONNX_FILES.items():
         if (out / name).exists():
             result[key] = round(onnx_accuracy(out / name, test, batcher), 4)
     return result
 
 
-def deployment(model: nn.Module) -> dict[str, Any]:
-    """What each target actually runs: the DPU and onnxruntime's CPU kernels know INT8 only."""
+def deployed_file(model: nn.Module) -> str:
+    """The ONNX file that is the searched model: its own quantization, or the float network when it has none."""
+    return QUANTIZED_FILE if has_integer_layers(model) else FLOAT_FILE
+
+
+def deployment(model: nn.Module, qdq: QdqExport | None) -> dict[str, Any]:
+    """What each target actually runs: the DPU knows INT8 only; onnxruntime runs the recipe's own QDQ graph."""
     widths = sorted({bits for pair in bit_widths(model).values() for bits in pair})
     other = [b for b in widths if b not in (8, 32)]
-    zcu = ("the DPU computes in INT8 only: zcu104/quantize.py re-quantizes the float network to 8 bits with Vitis AI "
-           "(calibrated on calibration/), so the board runs an 8-bit model")
-    rpi = ("runs model_int8.onnx with onnxruntime on its CPU: 8-bit weights and activations from onnxruntime's "
-           "static quantizer over the float network, calibrated on calibration/")
+    zcu = ("the DPU computes in INT8 only: zcu104/quantize.py quantizes the float network to 8 bits with Vitis AI "
+           "(calibrated on calibration/), so the board runs an 8-bit model with Vitis AI's scales, not the recipe's")
+    if qdq is None:
+        rpi = f"runs {FLOAT_FILE} (fp32) with onnxruntime on its CPU: the recipe does not quantize"
+    else:
+        rpi = (f"runs {QUANTIZED_FILE} with onnxruntime on its CPU: the recipe's own quantizer scales and zero points "
+               "as QDQ nodes (not re-calibrated)")
     if other:
         bits = "/".join(map(str, other))
-        zcu += (f"; this recipe's {bits}-bit layers are stored and run as 8-bit there (as the thesis observed), "
-                "so expect the onnx_int8 accuracy, not the simulated one")
-        rpi += f"; the recipe's {bits}-bit widths are not used there: the Pi runs this 8-bit model"
-    return {"bit_widths_used": widths, "non_8bit_widths": other,
-            "zcu104": zcu, "rpi": rpi,
-            "host": "the measured latencies are model.onnx and model_int8.onnx with onnxruntime, 1 thread, batch 1",
-            "simulated": ("model_simulated.onnx runs the recipe's exact bit-widths in fp32 arithmetic (fake "
-                          "quantization): its accuracy is what the recipe would reach on hardware with those widths; "
-                          "it is not faster anywhere") if other else None}
+        zcu += f"; this recipe's {bits}-bit layers are stored and run as 8-bit there (as the thesis observed)"
+        if qdq is not None and qdq.simulated:
+            rpi += (f"; layers {', '.join(qdq.simulated[:4])}{' ...' if len(qdq.simulated) > 4 else ''} keep the "
+                    f"recipe's {bits}-bit arithmetic in 8-bit (or Cast fp16) containers: exact accuracy, executed "
+                    "as int8/fp32 (simulated, no speed-up)")
+        if qdq is not None and "int4" in qdq.kinds():
+            rpi += "; 4-bit weights are stored as ONNX INT4 (opset 21) and dequantized by onnxruntime"
+    return {"bit_widths_used": widths, "non_8bit_widths": other, "zcu104": zcu, "rpi": rpi,
+            "host": "the measured latencies are the bundle's ONNX files with onnxruntime, 1 thread, batch 1"}
 
 
 def _metrics(out: Path, model: nn.Module, float_net: nn.Module, recipe: Recipe, splits: Splits, batcher: Batcher,
-             test: ImageSet, calib_count: int, predicted: dict[str, dict], extra: dict | None) -> dict[str, Any]:
+             test: ImageSet, calib_count: int, predicted: dict[str, dict], extra: dict | None,
+             qdq: QdqExport | None, searched: float | None) -> dict[str, Any]:
     shape = (splits.info.channels, batcher.resolution, batcher.resolution)
     summary = model_summary(float_net, shape)
+    onnx_files = {key: name for key, name in ONNX_FILES.items() if (out / name).exists()}
+    calibration = {"split": "calib", "images": calib_count, "folder": "calibration/",
+                   QUANTIZED_FILE: ("the recipe's own quantizers (PTQ-calibrated or QAT-trained scales), written as "
+                                    "QDQ nodes; not re-calibrated") if qdq else None}
+    if FALLBACK_FILE in onnx_files.values():
+        calibration[FALLBACK_FILE] = f"fallback, NOT the searched model: {INT8_SETTINGS}"
     metrics: dict[str, Any] = {
         "bundle_format": FORMAT, "model_name": recipe.label or f"recipe {recipe.hash()}", "recipe_hash": recipe.hash(),
         "recipe": json.loads(recipe.to_json()), "dataset": splits.info.name.value, "input_shape": list(shape),
         "num_classes": splits.info.num_classes, "data_fingerprint": splits.fingerprint,
-        "accuracy": _accuracies(out, model, test, batcher),
-        "calibration": {"split": "calib", "images": calib_count, "folder": "calibration/", "int8": INT8_SETTINGS},
+        "accuracy": _accuracies(out, model, test, batcher, searched), "calibration": calibration,
+        "deployed_file": deployed_file(model), "quantization": qdq.summary() if qdq else None,
         "size": {"params": int(summary["params"]), "macs": int(summary["macs"]),
                  **{f"{p.name}_bytes": p.stat().st_size for p in sorted(out.glob("model*.onnx"))}},
-        "host_latency_ms": {"onnx_fp32": _latency(out / "model.onnx", shape),
-                            "onnx_int8": _latency(out / "model_int8.onnx", shape)},
-        "predicted": _plain_json(predicted), "deployment": deployment(model), "spec": network_spec(recipe, splits)}
+        "host_latency_ms": {key: _latency(out / name, shape) for key, name in onnx_files.items()},
+        "predicted": _plain_json(predicted), "deployment": deployment(model, qdq), "spec": network_spec(recipe, splits)}
     return {**metrics, **_plain_json(extra or {})}
 
 
@@ -242,7 +255,9 @@ def _write_scripts(out: Path, metrics: dict[str, Any], info: DatasetInfo) -> Non
     shutil.copyfile(SCRIPTS / "run_onnx.py", out / "rpi" / "run_onnx.py")
     common = {"model_name": metrics["model_name"], "spec": metrics["spec"], "input_shape": metrics["input_shape"],
               "mean": list(info.mean), "std": list(info.std)}
-    _write_json(out / "rpi" / "preprocess.json", {**common, "precision": "int8",
+    deployed = metrics["deployed_file"]
+    _write_json(out / "rpi" / "preprocess.json", {**common, "model": deployed,
+                                                   "precision": "int8" if deployed == QUANTIZED_FILE else "fp32",
                                                    "labels": list(info.classes)})
     for name in ("quantize.py", "run_vart.py"):
         shutil.copyfile(SCRIPTS / name, out / "zcu104" / name)
@@ -336,12 +351,15 @@ def check_files(out: Path, found: Any) -> list[str]:
 
 
 def _check_accuracy(out: Path, splits: Splits, batcher: Batcher | None, tolerance: float) -> list[str]:
+    """Each ONNX file re-run on the recorded test images: it must reproduce its recorded accuracy, and the
+    deployed file must stay within SEARCHED_TOLERANCE points of the searched model (PyTorch, same images)."""
     metrics, problems = _read_json(out, "metrics.json")
     if metrics is None:
         return problems
     try:
         acc, shape = metrics["accuracy"], metrics["input_shape"]
-        recorded, count, split = float(acc["onnx_int8"]), int(acc["images"]), acc["split"]
+        count, split, searched = int(acc["images"]), acc["split"], float(acc["pytorch"])
+        deployed = metrics.get("deployed_file", QUANTIZED_FILE)
     except (KeyError, TypeError, ValueError) as error:
         return [f"metrics.json: no usable accuracy record ({error!r})"]
     if metrics.get("data_fingerprint") not in (None, splits.fingerprint):
@@ -349,11 +367,20 @@ def _check_accuracy(out: Path, splits: Splits, batcher: Batcher | None, toleranc
     if split not in splits.sizes():
         return [f"metrics.json: accuracy names an unknown split {split!r}"]
     data = getattr(splits, split).first(count)
-    try:
-        measured = onnx_accuracy(out / "model_int8.onnx", data, batcher or Batcher(splits.info, int(shape[-1])))
-    except BundleError as error:
-        return [str(error)]
-    if abs(measured - recorded) > tolerance:
-        return [f"model_int8.onnx: {measured:.2f}% on the first {count} {split} images, metrics.json says "
-                f"{recorded:.2f}% (tolerance {tolerance} points)"]
-    return []
+    if batcher is None or batcher.resolution != int(shape[-1]):  # a bundle exported at its deploy resolution
+        batcher = Batcher(splits.info, int(shape[-1]))
+    for key, name in ONNX_FILES.items():
+        if key not in acc:
+            continue
+        try:
+            measured = onnx_accuracy(out / name, data, batcher)
+        except BundleError as error:
+            problems.append(str(error))
+            continue
+        if abs(measured - float(acc[key])) > tolerance:
+            problems.append(f"{name}: {measured:.2f}% on the first {count} {split} images, metrics.json says "
+                            f"{float(acc[key]):.2f}% (tolerance {tolerance} points)")
+        if name == deployed and abs(measured - searched) > SEARCHED_TOLERANCE:
+            problems.append(f"{name}: {measured:.2f}% on the first {count} {split} images, the searched model "
+                            f"scored {searched:.2f}% (more than {SEARCHED_TOLERANCE} points apart)")
+    return problems

@@ -1,4 +1,4 @@
-"""ONNX for the deployment bundle: export, int8 static quantization, and onnxruntime accuracy.
+"""ONNX for the deployment bundle: the fallback int8 re-quantization, sessions and onnxruntime accuracy.
 
 All sessions use one intra-op thread: bundles are made on shared 2-core machines, and the boards'
 reference measurements (the thesis's VART runs) are single-threaded too.
@@ -6,14 +6,12 @@ reference measurements (the thesis's VART runs) are single-threaded too.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from onnxruntime.quantization import CalibrationDataReader
-from torch import nn
 
 from evaluators.batches import Batcher
 from evaluators.datasets import ImageSet
@@ -29,21 +27,6 @@ INT8_SETTINGS = ("onnxruntime quantize_static, QDQ, per-channel symmetric int8 w
 
 class BundleError(RuntimeError):
     """A bundle file cannot be used; the message starts with the file's name."""
-
-
-def export_onnx(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
-    """The model exactly as it computes in eval mode (fake quantizers export as Round/Clip/Mul ops), batch dynamic.
-
-    The TorchScript exporter (dynamo=False) is used because it handles every registered architecture and
-    the fake-quant arithmetic without graph breaks, and produces plain opset-17 graphs.
-    """
-    example = torch.zeros((1, *shape))
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (example,), str(path), input_names=[INPUT], output_names=[OUTPUT],
-                          opset_version=OPSET, dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
-                          do_constant_folding=True, dynamo=False)
-    return path
 
 
 class ImageReader(CalibrationDataReader):

@@ -20,6 +20,7 @@ from evaluators.datasets import DataError
 from search.api import RunOptions
 from search.api import Study
 from search.api import config_as_json
+from search.bundle import FALLBACK_FILE
 from search.bundle import verify_bundle
 from search.bundle import write_bundle
 from search.config import ConfigError
@@ -27,11 +28,14 @@ from search.config import StudyConfig
 from search.config import from_json
 from search.config import load_study
 from search.context import Context
+from search.deploy_resolution import DeployResolution
+from search.deploy_resolution import adapt
 from search.plots import pareto_plot
 from search.selection import Selected
 from search.selection import SelectionError
 from search.selection import read_run
 from search.selection import select
+from spaces.recipe import TEACHER
 
 EXIT_USAGE, EXIT_FAILED = 2, 1
 
@@ -49,10 +53,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                             "'max accuracy with latency_zcu104 <= 5' (applied to the front's F3 validation numbers)")
     p.add_argument("--out", default=None, help="bundle folder (default: <run>/bundles/<recipe hash>/); must be empty")
     p.add_argument("--verify", default=None, metavar="DIR",
-                   help="re-check a bundle: checksums, then the int8 ONNX accuracy on the test split")
+                   help="re-check a bundle: checksums, then each ONNX file's accuracy on the test split")
     p.add_argument("--data-root", default=None, help="dataset folder (default: as search.run finds it)")
     p.add_argument("--cache-dir", default=None, help="teacher cache (default: as search.run)")
-    p.add_argument("--test-images", type=int, default=0, help="test images measured (default 0: the whole split)")
+    p.add_argument("--test-images", type=int, default=None,
+                   help="test images measured (default: the count the study's F3 stage scored, so the bundle's "
+                        "accuracies compare image for image with the recipe's F3 test accuracy; 0: the whole split)")
+    p.add_argument("--requantize", action="store_true",
+                   help=f"also write the fallback {FALLBACK_FILE}: onnxruntime's own int8 calibration of the "
+                        "float network (not the searched quantization)")
     return p.parse_args(argv)
 
 
@@ -83,30 +92,48 @@ def export(args: argparse.Namespace) -> int:
     selected = select(run, config.hardware.targets, trial=args.trial, pick=args.pick)
     study = Study(config, RunOptions(out=str(run), data_root=args.data_root, cache_dir=args.cache_dir,
                                      device="cpu", progress=False))
-    export_selected(study.context(), run, selected, args.out, test_images=args.test_images)
+    export_selected(study.context(), run, selected, args.out, test_images=args.test_images,
+                    requantize=args.requantize)
     return 0
 
 
 def export_selected(ctx: Context, run: Path, selected: Selected, out: str | Path | None, *,
-                    test_images: int = 0) -> Path:
-    """Write the bundle of `selected` (a recipe of the study at `run`) and return its folder."""
+                    test_images: int | None = None, requantize: bool = False) -> Path:
+    """Write the bundle of `selected` (a recipe of the study at `run`) and return its folder.
+
+    By default the test images are those F3 scored, so metrics.json sets the recipe's F3 test accuracy
+    beside what each exported file measures on the very same images."""
     config = ctx.config
     print(f"exporting {selected.how}: {selected.recipe.to_json()}", flush=True)
     model = load_model(selected, run, ctx).eval()
-    shape = (ctx.splits.info.channels, ctx.evaluator.batcher.resolution, ctx.evaluator.batcher.resolution)
+    batcher = ctx.evaluator.batcher
+    resolution = DeployResolution.of(batcher.resolution, config.hardware.deploy_resolution)
+    searched = selected.metrics.get("f3_test_accuracy")
+    searched = searched if isinstance(searched, (int, float)) and searched == searched else None
+    adapted: dict = {"note": resolution.note()}
+    if resolution.proxy:
+        steps = config.hardware.deploy_finetune_steps
+        print(f"{resolution.note()}: fine-tuning {steps} steps at {resolution.deployed}px", flush=True)
+        result = adapt(model, selected.recipe, ctx.splits, resolution, steps, device=ctx.evaluator.device)
+        model, batcher = result.model, result.batcher
+        adapted = {**result.record, "searched_f3_test_at_proxy_resolution": searched}
+        searched = None  # the F3 number is for the proxy size: the bundle's own accuracy is measured below
+    shape = (ctx.splits.info.channels, batcher.resolution, batcher.resolution)
     predicted = estimate_targets(model, selected.recipe, shape, config.hardware)
     out = Path(out or run / "bundles" / selected.recipe.hash())
     out.mkdir(parents=True, exist_ok=True)
     png = out.parent / f".{out.name}-pareto.png"
     _plot(run, config, selected, png)
     extra = {"study": config.name, "profile": config.profile, "study_source": config.source, "selected": selected.how,
-             "trial": selected.trial, "study_config": config_as_json(config),
-             "predicted_input_shape": [shape[0], *([config.hardware.resolution] * 2 if config.hardware.resolution
-                                                 else shape[1:])],
+             "trial": selected.trial, "study_config": config_as_json(config), "resolution": adapted,
+             "predicted_input_shape": list(shape),
              "search_metrics": {k: v for k, v in selected.metrics.items() if k[:3] in ("f1_", "f2_", "f3_")}}
-    metrics = write_bundle(model, selected.recipe, ctx.splits, ctx.evaluator.batcher, out, predicted=predicted,
+    network = config.teacher.network if selected.recipe.student == TEACHER else selected.recipe.student
+    metrics = write_bundle(model, selected.recipe, ctx.splits, batcher, out, predicted=predicted,
+                           network=network, searched_accuracy=searched,
                            extra_metrics=json.loads(json.dumps(extra, default=str)), pareto_png=png,
-                           test_images=test_images)
+                           test_images=config.fidelity.f3.test_images if test_images is None else test_images,
+                           requantize=requantize)
     png.unlink(missing_ok=True)
     print(f"bundle written to {out}", flush=True)
     print(json.dumps(metrics.get("accuracy", {}), indent=1))
@@ -144,7 +171,8 @@ def verify(args: argparse.Namespace) -> int:
         print(f"FAILED: {problem}", file=sys.stderr)
     if problems:
         return EXIT_FAILED
-    print(f"bundle {folder} verified: every checksum matches and the int8 ONNX reproduces its test accuracy")
+    print(f"bundle {folder} verified: every checksum matches, every ONNX file reproduces its test accuracy and "
+          "the deployed one is within 0.5 points of the searched model")
     return 0
 
 

@@ -25,6 +25,7 @@ from search import final
 from search import results
 from search.context import Context
 from search.context import size_notes
+from search.deploy_resolution import DeployResolution
 from search.deployment import append_deployment_section
 from search.plots import pareto_plot
 from spaces.recipe import Recipe
@@ -160,6 +161,8 @@ def run_study(ctx: Context, storage: str, backend: Backend, log: Log) -> results
     header = {"study": ctx.config.name, "profile": ctx.config.profile, "sampler": ctx.config.search.sampler.value,
               "trials": {k: v for k, v in states.items() if v}, "objectives": list(ctx.plan.objectives),
               "constraints": [str(c) for c in ctx.plan.constraints], "backend": backend.kind,
+              "input size": DeployResolution.of(ctx.evaluator.batcher.resolution,
+                                                ctx.config.hardware.deploy_resolution).note(),
               "teacher val accuracy %": ctx.teacher.metrics["val_accuracy"],
               "teacher test accuracy %": ctx.teacher.metrics["test_accuracy"],
               "search and final stage seconds (this run)": round(time.monotonic() - t0, 1),

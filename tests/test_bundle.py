@@ -1,4 +1,5 @@
-"""The deployment bundle, for real: a small CNN trained on MNIST, exported, int8-quantized, run and verified.
+"""The deployment bundle, for real: a small CNN trained on MNIST, quantized, exported as the searched QDQ graph,
+run and verified.
 
 One bundle per model is written once per module (a few seconds); tests that damage a bundle work on a copy.
 The Vitis AI scripts cannot run here (no Vitis AI, no ZCU104): they are compiled, their CSV columns compared
@@ -24,6 +25,8 @@ from PIL import Image
 
 import hardware_models
 from evaluators.batches import Batcher
+from evaluators.candidate import HardwareConfig
+from evaluators.candidate import estimate_targets
 from evaluators.data import DataConfig
 from evaluators.data import prepare_data
 from evaluators.datasets import Dataset
@@ -39,13 +42,18 @@ from search.bundle import REQUIRED
 from search.bundle import manifest
 from search.bundle import verify_bundle
 from search.bundle import write_bundle
+from search.bundle_model import load_model
 from search.bundle_onnx import session
 from search.bundle_scripts.texts import COMPILE_COMMAND
 from search.bundle_scripts.texts import NOT_RUN_HERE
+from search.deploy_resolution import DeployResolution
+from search.deploy_resolution import adapt
 from spaces.apply import Budget
 from spaces.apply import apply
 from spaces.architectures import create_model
 from spaces.fake_quant import float_mode
+from spaces.recipe import PruneKind
+from spaces.recipe import Pruning
 from spaces.recipe import Quantization
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
@@ -76,21 +84,31 @@ def trained(data: tuple[Splits, Batcher]) -> torch.nn.Module:
 
 
 def _write(model: torch.nn.Module, recipe: Recipe, data: tuple[Splits, Batcher], out: Path, test_images: int,
-           pareto: Path | None = None) -> dict:
+           pareto: Path | None = None, requantize: bool = False) -> dict:
     splits, batcher = data
     predicted = {target: hardware_models.estimate(model, SHAPE, target, as_int8=True) for target in ("zcu104", "rpi4")}
-    return write_bundle(model, recipe, splits, batcher, out, predicted=predicted, extra_metrics={"note": "test"},
-                        pareto_png=pareto, calib_images=CALIB_IMAGES, test_images=test_images)
+    return write_bundle(model, recipe, splits, batcher, out, predicted=predicted, network="small_cnn",
+                        extra_metrics={"note": "test"},
+                        pareto_png=pareto, calib_images=CALIB_IMAGES, test_images=test_images, requantize=requantize)
+
+
+INT8_RECIPE = Recipe(quant=Quantization(kind=QuantKind.PTQ, calibration="percentile"),
+                     label="test small_cnn")
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory, trained: torch.nn.Module,
+def int8_model(trained: torch.nn.Module, data: tuple[Splits, Batcher]) -> torch.nn.Module:
+    return apply(INT8_RECIPE, trained, *data, Budget(calib_images=CALIB_IMAGES)).model.eval()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory, int8_model: torch.nn.Module,
            data: tuple[Splits, Batcher]) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("bundle")
     pareto = root / "front.png"
     Image.new("RGB", (8, 8), "white").save(pareto)
     out = root / "small_cnn"
-    return out, _write(trained, Recipe(student="small_cnn", label="test small_cnn"), data, out, TEST_IMAGES, pareto)
+    return out, _write(int8_model, INT8_RECIPE, data, out, TEST_IMAGES, pareto, requantize=True)
 
 
 @pytest.fixture(scope="module")
@@ -129,46 +147,66 @@ def _header(path: Path) -> list[str]:
 def test_every_file_exists_and_is_checksummed(bundle: tuple[Path, dict]) -> None:
     out, _ = bundle
     listed = json.loads((out / "manifest.json").read_text())
-    for name in (*REQUIRED, "pareto.png"):
+    for name in (*REQUIRED, "model_int8.onnx", "model_int8_requantized.onnx", "pareto.png"):
         assert (out / name).is_file(), name
         assert name in listed["files"], name
-    assert not (out / "model_simulated.onnx").exists()  # an fp32 recipe has nothing to simulate
     versions = listed["versions"]
     for package in ("python", "torch", "torchvision", "onnx", "onnxruntime", "numpy", "torch-pruning",
                     "edge-compress-search"):
         assert versions[package] and versions[package] != "not installed", package
 
 
-def test_model_pt_rebuilds_the_model(bundle: tuple[Path, dict], trained: torch.nn.Module,
-                                     data: tuple[Splits, Batcher]) -> None:
+def test_model_pt_rebuilds_the_searched_model_from_tensors_only(bundle: tuple[Path, dict],
+                                                                 int8_model: torch.nn.Module,
+                                                                 data: tuple[Splits, Batcher]) -> None:
     out, _ = bundle
-    checkpoint = torch.load(out / "model.pt", weights_only=False)
-    assert Recipe.from_json(checkpoint["recipe"]) == Recipe(student="small_cnn", label="test small_cnn")
-    assert checkpoint["input_shape"] == list(SHAPE)
-    rebuilt = create_model("small_cnn", num_classes=10, in_channels=1)
-    rebuilt.load_state_dict(checkpoint["state_dict"])
+    checkpoint = torch.load(out / "model.pt", weights_only=True)  # no pickled module: a bundle is outside input
+    assert Recipe.from_json(checkpoint["recipe"]) == INT8_RECIPE
+    assert checkpoint["input_shape"] == list(SHAPE) and "module" not in checkpoint
+    rebuilt, recipe = load_model(out / "model.pt")
+    assert recipe == INT8_RECIPE
     x = next(data[1].eval_batches(data[0].test, 16))[0]
     with torch.no_grad():
-        torch.testing.assert_close(rebuilt.eval()(x), trained(x))
-        torch.testing.assert_close(checkpoint["module"](x), trained(x))
+        torch.testing.assert_close(rebuilt(x), int8_model(x))  # the same weights and the same quantizer scales
     recipe = json.loads((out / "recipe.json").read_text())
-    assert Recipe.from_json(json.dumps(recipe)) == Recipe(student="small_cnn", label="test small_cnn")
+    assert Recipe.from_json(json.dumps(recipe)) == INT8_RECIPE
 
 
-def test_metrics_name_the_split_and_int8_is_within_a_point(bundle: tuple[Path, dict], trained: torch.nn.Module,
-                                                             data: tuple[Splits, Batcher]) -> None:
+def test_model_pt_rebuilds_a_pruned_network(trained: torch.nn.Module, data: tuple[Splits, Batcher],
+                                            tmp_path: Path) -> None:
+    recipe = Recipe(prune=Pruning(kind=PruneKind.STRUCTURED, ratio=0.5),
+                    quant=Quantization(kind=QuantKind.PTQ, weight_bits=4))
+    model = apply(recipe, trained, *data, Budget(calib_images=64, bn_images=64, max_candidates=1)).model.eval()
+    out = tmp_path / "pruned"
+    metrics = write_bundle(model, recipe, *data, out, predicted={}, network="small_cnn", calib_images=64,
+                           test_images=300)
+    rebuilt, _ = load_model(out / "model.pt")
+    x = next(data[1].eval_batches(data[0].test, 16))[0]
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x))
+    assert metrics["quantization"]["layers"] == {"int4": 4}
+    assert abs(metrics["accuracy"]["onnx_int8"] - metrics["accuracy"]["pytorch"]) <= 0.5
+
+
+def test_metrics_name_the_split_and_the_qdq_file_is_the_searched_model(
+        bundle: tuple[Path, dict], trained: torch.nn.Module, int8_model: torch.nn.Module,
+        data: tuple[Splits, Batcher]) -> None:
     out, metrics = bundle
     assert json.loads((out / "metrics.json").read_text()) == metrics
     acc = metrics["accuracy"]
     assert (acc["split"], acc["images"]) == ("test", TEST_IMAGES)
     splits, batcher = data
-    reference = accuracy(trained, splits.test.subset(torch.arange(TEST_IMAGES)), batcher)
-    assert acc["pytorch"] == pytest.approx(reference)
-    assert reference > 80.0  # a trained model: a constant classifier would score about 10%
-    assert abs(acc["onnx_fp32"] - reference) <= 0.1
-    assert abs(acc["onnx_int8"] - reference) <= 1.0
+    test = splits.test.subset(torch.arange(TEST_IMAGES))
+    searched, float_acc = accuracy(int8_model, test, batcher), accuracy(trained, test, batcher)
+    assert acc["pytorch"] == pytest.approx(searched)
+    assert float_acc > 80.0  # a trained model: a constant classifier would score about 10%
+    assert abs(acc["onnx_fp32"] - float_acc) <= 0.1  # the BN-folded float network
+    assert abs(acc["onnx_int8"] - searched) <= 0.1  # the recipe's own scales: the same arithmetic
+    assert metrics["deployed_file"] == "model_int8.onnx" and metrics["quantization"]["layers"] == {"int8": 4}
+    assert "fallback" in metrics["calibration"]["model_int8_requantized.onnx"]
+    assert abs(acc["onnx_int8_requantized"] - float_acc) <= 1.5
     assert metrics["calibration"] == {**metrics["calibration"], "split": "calib", "images": CALIB_IMAGES}
-    for key in ("onnx_fp32", "onnx_int8"):
+    for key in ("onnx_fp32", "onnx_int8", "onnx_int8_requantized"):
         latency = metrics["host_latency_ms"][key]
         assert latency["median_ms"] > 0 and latency["threads"] == 1 and latency["batch"] == 1
     assert metrics["predicted"]["zcu104"]["latency_ms"] > 0 and metrics["predicted"]["rpi4"]["energy_mj"] > 0
@@ -293,24 +331,100 @@ def test_zcu104_preprocessing_matches_training(bundle: tuple[Path, dict], data: 
 
 # --- a sub-8-bit recipe -----------------------------------------------------------------------------------------
 
-def test_sub8bit_bundle_simulates_and_says_what_runs(bundle4: tuple[Path, dict, torch.nn.Module],
-                                                     data: tuple[Splits, Batcher]) -> None:
+def test_sub8bit_bundle_ships_its_own_4bit_quantization(bundle4: tuple[Path, dict, torch.nn.Module],
+                                                         data: tuple[Splits, Batcher]) -> None:
     out, metrics, model = bundle4
-    assert (out / "model_simulated.onnx").is_file()
+    assert not (out / "model_simulated.onnx").exists() and not (out / "model_int8_requantized.onnx").exists()
     acc = metrics["accuracy"]
-    assert abs(acc["onnx_simulated"] - acc["pytorch"]) <= 0.2  # the same fake-quant arithmetic, in onnxruntime
-    assert abs(acc["onnx_int8"] - acc["onnx_fp32"]) <= 1.0
+    assert abs(acc["onnx_int8"] - acc["pytorch"]) <= 0.1  # INT4 weights + the recipe's scales: exact
+    assert metrics["quantization"]["layers"] == {"int4": 4}
     deploy = metrics["deployment"]
     assert deploy["non_8bit_widths"] == [4]
     assert "INT8 only" in deploy["zcu104"] and "4-bit layers are stored and run as 8-bit" in deploy["zcu104"]
+    assert "INT4" in deploy["rpi"]
     readme = (out / "README.md").read_text()
-    assert "4-bit layers are stored and run as 8-bit" in readme and "model_simulated.onnx" in readme
+    assert "4-bit layers are stored and run as 8-bit" in readme and "model_int8.onnx" in readme
     float_net = torch.load(out / "zcu104" / "model_float.pt", weights_only=False)
     assert not any("Quant" in type(m).__name__ for m in float_net.modules())
     x = next(data[1].eval_batches(data[0].test, 16))[0]
     with torch.no_grad(), float_mode(model):
         torch.testing.assert_close(float_net(x), model(x))  # the float network is the quantizers bypassed
     assert verify_bundle(out, *data) == []
+
+
+@pytest.mark.parametrize("quant", [
+    Quantization(kind=QuantKind.QAT, calibration="mse"),
+    Quantization(kind=QuantKind.PTQ, layer_bits=(("stem", 8, 8), ("block1", 4, 4), ("block2", 6, 6),
+                                                 ("head", 16, 16))),
+], ids=["qat", "mixed-8-4-6-16"])
+def test_the_exported_file_scores_what_the_search_scored(quant: Quantization, trained: torch.nn.Module,
+                                                         data: tuple[Splits, Batcher], tmp_path: Path) -> None:
+    """A QAT recipe keeps its trained scales, a mixed one every layer's own width: within 0.5 points on test."""
+    splits, batcher = data
+    recipe = Recipe(quant=quant)
+    model = apply(recipe, trained, splits, batcher, Budget(calib_images=128, finetune_steps=30)).model.eval()
+    test = splits.test.first(1000)
+    searched = accuracy(model, test, batcher)
+    metrics = write_bundle(model, recipe, splits, batcher, tmp_path / "b", predicted={}, network="small_cnn",
+                           searched_accuracy=searched, calib_images=128, test_images=1000)
+    acc = metrics["accuracy"]
+    assert searched > 50.0 and abs(acc["onnx_int8"] - searched) <= 0.5, acc
+    assert acc["searched_f3_test"] == pytest.approx(searched, abs=1e-3)
+    if quant.layer_bits:
+        assert metrics["quantization"]["per_layer"] == {"0": "int8", "4": "int4", "8": "simulated", "13": "fp16"}
+        assert metrics["quantization"]["simulated_layers"] == ["8", "13"]
+    assert verify_bundle(tmp_path / "b", splits, batcher) == []
+
+
+def test_a_proxy_resolution_is_fine_tuned_and_exported_at_the_deploy_size(
+        trained: torch.nn.Module, data: tuple[Splits, Batcher], tmp_path: Path) -> None:
+    """Searched at 28 px, deployed at 40: the bundle's network, input and latencies are all at 40."""
+    splits, batcher = data
+    recipe = Recipe(quant=Quantization(kind=QuantKind.PTQ))
+    model = apply(recipe, trained, splits, batcher, Budget(calib_images=128)).model.eval()
+    resolution = DeployResolution.of(28, 40)
+    adapted = adapt(model, recipe, splits, resolution, 30, calib_images=128, progress=False)
+    assert adapted.batcher.resolution == 40 and adapted.record["proxy"] and "declared proxy" in resolution.note()
+    hardware = HardwareConfig(targets=("rpi4",), deploy_resolution=40)
+    predicted = estimate_targets(adapted.model, recipe, (1, 28, 28), hardware)
+    assert predicted["rpi4"]["input_shape"] == [1, 40, 40]
+    with pytest.raises(ValueError, match="one network, one input size"):  # latencies for another size
+        write_bundle(adapted.model, recipe, splits, batcher, tmp_path / "wrong", predicted=predicted,
+                     network="small_cnn")
+    out = tmp_path / "at40"
+    metrics = write_bundle(adapted.model, recipe, splits, adapted.batcher, out, predicted=predicted,
+                           network="small_cnn", calib_images=64, test_images=500)
+    assert metrics["input_shape"] == [1, 40, 40]
+    unadapted = adapt(model, recipe, splits, resolution, 0, calib_images=128, progress=False)
+    before = accuracy(unadapted.model, splits.test.first(500), unadapted.batcher)
+    assert metrics["accuracy"]["pytorch"] > before + 20  # measured at 40 px: the fine-tune is what makes it work
+    assert abs(metrics["accuracy"]["onnx_int8"] - metrics["accuracy"]["pytorch"]) <= 0.5
+    assert verify_bundle(out, splits, batcher) == []  # the 28-px batcher is replaced by the bundle's size
+
+
+def test_a_float_recipe_ships_the_float_network(trained: torch.nn.Module, data: tuple[Splits, Batcher],
+                                                tmp_path: Path) -> None:
+    recipe = Recipe(student="small_cnn")
+    metrics = write_bundle(trained, recipe, *data, tmp_path / "fp32", predicted={}, calib_images=64, test_images=300,
+                           searched_accuracy=12.5)
+    out = tmp_path / "fp32"
+    assert not (out / "model_int8.onnx").exists() and metrics["deployed_file"] == "model.onnx"
+    assert json.loads((out / "rpi" / "preprocess.json").read_text())["model"] == "model.onnx"
+    assert metrics["accuracy"]["searched_f3_test"] == 12.5
+    assert verify_bundle(out, *data) == []
+
+
+def test_verify_fails_when_the_deployed_file_drifts_from_the_searched_model(
+        bundle: tuple[Path, dict], data: tuple[Splits, Batcher], tmp_path: Path) -> None:
+    copy = _copy(bundle[0], tmp_path)
+    shutil.copyfile(copy / "model_int8_requantized.onnx", copy / "model_int8.onnx")  # re-calibrated scales
+    metrics = json.loads((copy / "metrics.json").read_text())
+    metrics["accuracy"]["pytorch"] = metrics["accuracy"]["onnx_int8_requantized"] + 0.6
+    metrics["accuracy"]["onnx_int8"] = metrics["accuracy"]["onnx_int8_requantized"]
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    _resign(copy)
+    problems = verify_bundle(copy, *data)
+    assert any("the searched model scored" in p for p in problems), problems
 
 
 def test_refuses_a_non_empty_folder_and_clashing_extras(bundle: tuple[Path, dict], trained: torch.nn.Module,

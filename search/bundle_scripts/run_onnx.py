@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Classify images with a bundle's int8 ONNX model, or time it at batch 1, on a Raspberry Pi (or any CPU).
+"""Classify images with a bundle's deployed ONNX model, or time it at batch 1, on a Raspberry Pi (or any CPU).
 
 Standalone: needs numpy and onnxruntime only (Pillow for PNG/JPEG inputs; .npy inputs need nothing else).
 
@@ -39,7 +39,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tif
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="*", help="image files (.png/.jpg/... or .npy) or folders of them")
-    parser.add_argument("--model", type=Path, default=HERE.parent / "model_int8.onnx")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="ONNX file (default: the bundle's deployed file, named in preprocess.json)")
     parser.add_argument("--preprocess", type=Path, default=HERE / "preprocess.json")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     parser.add_argument("--benchmark", type=int, default=0, metavar="N", help="time N runs at batch 1")
@@ -209,6 +210,9 @@ def append_csv(path: Path, row: dict[str, str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = load_config(args.preprocess)
+    if args.model is None:
+        args.model = HERE.parent / config.get("model", "model_int8.onnx")
+        args.precision = args.precision or config.get("precision", "")
     session = make_session(args.model, args.threads)
     labels = config.get("labels") or []
     for path, index, probability in classify(session, image_paths(args.inputs), config):

@@ -16,12 +16,16 @@ NOT_RUN_HERE = ("Vitis AI cannot run on the machine that made this bundle (no Vi
                 "loading were checked. Expect to adapt them to your Vitis AI version.")
 
 FILES = {
-    "model.pt": "PyTorch checkpoint: state_dict, recipe, input shape, bit-widths, and the whole module (pickled; "
-                "unpickling a quantized one needs this tool's `spaces` package)",
-    "model.onnx": "fp32 ONNX of the float network (quantizers bypassed), opset 17, dynamic batch",
-    "model_int8.onnx": "int8 QDQ ONNX made by onnxruntime's static quantizer from model.onnx and calibration/",
-    "model_simulated.onnx": "the recipe's exact bit-widths, simulated in fp32 (fake quantization): an accuracy "
-                            "reference, not a faster model",
+    "model.pt": "the searched model as tensors only: state_dict (weights and quantizer scales), recipe, network "
+                "name, input shape, bit-widths; `search.bundle_model.load_model` rebuilds it with "
+                "torch.load(weights_only=True)",
+    "model.onnx": "fp32 ONNX of the float network (quantizers bypassed, BatchNorm folded where the recipe quantizes), "
+                  "opset 17, dynamic batch",
+    "model_int8.onnx": "the searched quantization: the recipe's own quantizer scales and zero points (PTQ-calibrated "
+                       "or QAT-trained) as QDQ nodes, opset 21; 4-bit weights as INT4, other widths labelled in "
+                       "metrics.json",
+    "model_int8_requantized.onnx": "FALLBACK, not the searched model: onnxruntime's static quantizer re-calibrating "
+                                   "model.onnx on calibration/",
     "recipe.json": "the recipe (spaces.recipe.Recipe.from_json reads it back)",
     "metrics.json": "accuracies (naming the split), host latency, predicted latency/energy per target",
     "pareto.png": "the search's Pareto front",
@@ -48,13 +52,15 @@ def _acc(value: Any) -> str:
 
 def _accuracy_table(metrics: dict[str, Any]) -> list[str]:
     acc = metrics["accuracy"]
-    rows = [("PyTorch model, as built (fake-quantized where the recipe quantizes)", "pytorch", "model.pt"),
+    rows = [("the search's F3 test accuracy for this recipe", "searched_f3_test", "-"),
+            ("the searched model, PyTorch (fake-quantized where the recipe quantizes)", "pytorch", "model.pt"),
             ("float network, onnxruntime", "onnx_fp32", "model.onnx"),
-            ("int8 QDQ, onnxruntime", "onnx_int8", "model_int8.onnx"),
-            ("recipe's bit-widths simulated, onnxruntime", "onnx_simulated", "model_simulated.onnx")]
-    lines = [f"Top-1 accuracy on the **{acc['split']}** split ({acc['selection']}):", "",
-             "| model | file | accuracy |", "|---|---|---|"]
-    lines += [f"| {text} | `{file}` | {_acc(acc[key])} |" for text, key, file in rows if key in acc]
+            ("the searched quantization, onnxruntime", "onnx_int8", "model_int8.onnx"),
+            ("fallback: onnxruntime's own int8 calibration", "onnx_int8_requantized", "model_int8_requantized.onnx")]
+    lines = [f"Top-1 accuracy on the **{acc['split']}** split ({acc['selection']}); the board runs "
+             f"`{metrics['deployed_file']}`:", "", "| model | file | accuracy |", "|---|---|---|"]
+    lines += [f"| {text} | `{file}` | {_acc(acc[key])} |" for text, key, file in rows
+              if acc.get(key) is not None]
     return lines
 
 
@@ -88,10 +94,9 @@ def bundle_readme(metrics: dict[str, Any], present: list[str]) -> str:
               "", "## What runs where", "",
               f"- **ZCU104 (Vitis AI DPU)**: {deploy['zcu104']}",
               f"- **Raspberry Pi**: {deploy['rpi']}", f"- **this machine**: {deploy['host']}"]
-    if deploy.get("simulated"):
-        lines.append(f"- **simulation**: {deploy['simulated']}")
     lines += ["", "## Measuring on the boards", "",
-              "- Raspberry Pi: `python3 rpi/run_onnx.py --benchmark 200` (numpy + onnxruntime) appends a row with "
+              "- Raspberry Pi: `python3 rpi/run_onnx.py --benchmark 200` (numpy + onnxruntime; runs the deployed "
+              "file) appends a row with "
               "the columns of hardware_models/data/rpi.csv to rpi_benchmark.csv.",
               "- ZCU104: see zcu104/README.md. " + NOT_RUN_HERE, ""]
     return "\n".join(lines)
