@@ -51,11 +51,15 @@ class TargetSpec:
 TARGETS: dict[str, TargetSpec] = {}
 
 
+def _add(table: dict, key: str, value: object, what: str) -> None:
+    if key in table:
+        raise ValueError(f"{what} {key!r} is registered twice")
+    table[key] = value
+
+
 def register_target(builder: Callable[[], TargetSpec]) -> Callable[[], TargetSpec]:
     spec = builder()
-    if spec.name in TARGETS:
-        raise ValueError(f"target {spec.name!r} is registered twice")
-    TARGETS[spec.name] = spec
+    _add(TARGETS, spec.name, spec, "target")
     return builder
 
 
@@ -195,9 +199,7 @@ def register_capability(builder: Callable[[], Capability]) -> Callable[[], Capab
     cap = builder()
     if cap.target not in TARGETS:
         raise ValueError(f"capability for unknown target {cap.target!r}")
-    if cap.target in CAPABILITIES:
-        raise ValueError(f"capability of {cap.target!r} is declared twice")
-    CAPABILITIES[cap.target] = cap
+    _add(CAPABILITIES, cap.target, cap, "capability of target")
     return builder
 
 
