@@ -34,15 +34,19 @@ from torch import nn
 
 from evaluators.batches import Batcher
 from evaluators.cost import model_cost
+from evaluators.executed import estimate_executed
 from evaluators.metrics import accuracy
 from evaluators.splits import Splits
 from evaluators.training import atomic_save
-from hardware_models import estimate
+from hardware_models import extract
 from hardware_models import get_target
+from hardware_models.capability import Deployment
+from hardware_models.targets import deployment
 from spaces.apply import Budget
 from spaces.apply import CompressedModel
 from spaces.apply import apply
 from spaces.fake_quant import float_mode
+from spaces.quantization import UNIFORM_BITS
 from spaces.quantization import bit_widths
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
@@ -109,8 +113,14 @@ class HardwareConfig:
                 raise ValueError(f"hardware.targets: {err.args[0]}") from None
 
 
+# Bumped when the way a recipe is costed changes, so that cached results made under the old rules are not reused:
+# 2 = costed at the precision each target executes, with deployable_/runs_as_ per target.
+COST_RULES = 2
+
+
 def level_fingerprint(level: LevelConfig, hardware: HardwareConfig) -> str:
-    blob = json.dumps({"level": asdict(level), "hardware": asdict(hardware)}, sort_keys=True, default=str)
+    blob = json.dumps({"level": asdict(level), "hardware": asdict(hardware), "cost_rules": COST_RULES},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -138,47 +148,71 @@ class ResultStore:
         tmp.replace(path)
 
 
-def _precision(model: nn.Module, recipe: Recipe) -> dict[str, int] | str:
-    """What each layer runs at: the fake-quant bit-widths, fp16, or fp32 for an unquantized network."""
-    if recipe.quant.kind == QuantKind.FP16:
-        return "fp16"
-    if recipe.quant.kind == QuantKind.NONE:
-        return "fp32"
-    return {name: wbits for name, (wbits, _) in bit_widths(model).items()}
+def requested_bits(model: nn.Module, recipe: Recipe) -> dict[str, tuple[int, int]]:
+    """(weight_bits, act_bits) each layer of the built model asks for: the fake-quant widths, 16/16 everywhere
+    for fp16, 32/32 for an unquantized network."""
+    bits = bit_widths(model)
+    uniform = UNIFORM_BITS.get(recipe.quant.kind)
+    return dict.fromkeys(bits, uniform) if uniform else bits
+
+
+def deployments(model: nn.Module, recipe: Recipe, shape: tuple[int, int, int],
+                hardware: HardwareConfig) -> dict[str, Deployment]:
+    """What the recipe becomes on each target (`hardware_models.capability`): deployable, runs_as, and the
+    per-layer bits the board executes. The traced network is checked against the target's operator limits."""
+    shape = _cost_shape(shape, hardware)
+    with float_mode(model):
+        network = extract(model, shape)
+    bits = requested_bits(model, recipe)
+    float_network = recipe.quant.kind == QuantKind.NONE
+    return {t: deployment(t, bits, float_network=float_network, network=network) for t in hardware.targets}
+
+
+def _cost_shape(shape: tuple[int, int, int], hardware: HardwareConfig) -> tuple[int, int, int]:
+    size = hardware.deploy_resolution
+    return (shape[0], size, size) if size else shape
 
 
 def estimate_targets(model: nn.Module, recipe: Recipe, shape: tuple[int, int, int],
                      hardware: HardwareConfig) -> dict[str, dict[str, Any]]:
-    """The full `hardware_models.estimate` result per target. The DPU costs sub-8-bit layers as INT8 (it runs
-    nothing else) and an unquantized network as the INT8 model Vitis AI would make of it."""
-    if hardware.deploy_resolution:
-        shape = (shape[0], hardware.deploy_resolution, hardware.deploy_resolution)
+    """The full `hardware_models.estimate` result per target, costed at the precision each board *executes*
+    (`Deployment.precision_map`; mixed int8/float networks layer by layer, `evaluators.executed`): a 4-bit
+    layer is costed as int8 everywhere, fp16 as fp32 on the Pi 4, and an unquantized network as the INT8 model
+    Vitis AI makes of it on the DPU. Every result carries `runs_as` and `deployment_notes`; a target that cannot
+    run the recipe gets `deployable: False`, its reason and no latency (nothing is promised there)."""
     out: dict[str, dict[str, Any]] = {}
-    with float_mode(model):
-        for target in hardware.targets:
-            family = get_target(target).family
-            precision = _precision(model, recipe)
-            if family == "dpu" and isinstance(precision, str):
-                precision = "int8"
-            out[target] = {**estimate(model, shape, target, precision=precision, as_int8=family == "dpu"),
-                           "input_shape": list(shape)}
+    for target, plan in deployments(model, recipe, shape, hardware).items():
+        common = {"runs_as": plan.runs_as, "deployment_notes": list(plan.notes)}
+        if not plan.deployable:
+            out[target] = {"target": target, "deployable": False, "reason": plan.reason, "latency_ms": None,
+                           "energy_mj": None, **common}
+            continue
+        with float_mode(model):
+            result = estimate_executed(model, _cost_shape(shape, hardware), target, plan)
+        out[target] = {**result, **common, "input_shape": list(_cost_shape(shape, hardware))}
     return out
 
 
 def hardware_metrics(model: nn.Module, recipe: Recipe, shape: tuple[int, int, int],
                      hardware: HardwareConfig) -> dict[str, Any]:
-    """latency_<target> (ms) and energy_<target> (mJ) per target, with the upper ends of their 90% intervals
-    (`_high`; energy scales with latency at the board's modelled power)."""
+    """latency_<target> (ms), energy_<target> (mJ), deployable_<target> and runs_as_<target> per target, with the
+    upper ends of the 90% prediction intervals (`_high`, for constraints written `... @ p90`; energy scales
+    with latency at the board's modelled power). A target that cannot run the recipe gets NaN latency and
+    energy: the search rejects such a recipe at F0 (`search.objectives.cost_gate`), so no front member claims
+    a speed its target cannot realise."""
     out: dict[str, Any] = {}
     for target, result in estimate_targets(model, recipe, shape, hardware).items():
-        if result.get("latency_ms") is None:
-            raise ValueError(f"{target} cannot run this recipe: {result.get('reason')}")
-        out[f"latency_{target}"] = float(result["latency_ms"])
-        out[f"energy_{target}"] = float(result["energy_mj"])
-        # The 90% prediction interval's upper ends, for constraints written `... @ p90`.
-        out[f"latency_{target}_high"] = float(result.get("latency_ms_high") or result["latency_ms"])
-        if result.get("latency_ms_high") and result["latency_ms"]:
+        deployable = bool(result.get("deployable", True)) and result.get("latency_ms") is not None
+        out[f"latency_{target}"] = float(result["latency_ms"]) if deployable else math.nan
+        out[f"energy_{target}"] = float(result["energy_mj"]) if deployable else math.nan
+        out[f"latency_{target}_high"] = float(result.get("latency_ms_high") or result["latency_ms"]) \
+            if deployable else math.nan
+        if deployable and result.get("latency_ms_high") and result["latency_ms"]:
             out[f"energy_{target}_high"] = float(result["energy_mj"]) * result["latency_ms_high"] / result["latency_ms"]
+        out[f"deployable_{target}"] = deployable
+        out[f"runs_as_{target}"] = result.get("runs_as", "") if deployable else ""
+        if not deployable:
+            out[f"not_deployable_{target}"] = result.get("reason") or f"{target} cannot run this recipe"
     return out
 
 

@@ -11,14 +11,25 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hardware_models.arm import ARM_BOARDS
 from hardware_models.arm import ArmModel
+from hardware_models.capability import Capability
+from hardware_models.capability import Deployment
+from hardware_models.capability import OperatorLimits
+from hardware_models.capability import Precision
+from hardware_models.capability import RuntimeSupport
+from hardware_models.capability import deploy
 from hardware_models.costmodel import CostModel
+from hardware_models.dpu import DPU_ACTIVATIONS
 from hardware_models.dpu import DPU_BOARDS
+from hardware_models.dpu import RUNTIMES as DPU_RUNTIMES
 from hardware_models.dpu import DpuModel
 from hardware_models.dpu import config_of
+from hardware_models.graph import Network
 from hardware_models.power import BUILTIN_POWER
 from hardware_models.power import PowerModel
 from hardware_models.profiles import Profile
@@ -40,11 +51,15 @@ class TargetSpec:
 TARGETS: dict[str, TargetSpec] = {}
 
 
+def _add(table: dict, key: str, value: object, what: str) -> None:
+    if key in table:
+        raise ValueError(f"{what} {key!r} is registered twice")
+    table[key] = value
+
+
 def register_target(builder: Callable[[], TargetSpec]) -> Callable[[], TargetSpec]:
     spec = builder()
-    if spec.name in TARGETS:
-        raise ValueError(f"target {spec.name!r} is registered twice")
-    TARGETS[spec.name] = spec
+    _add(TARGETS, spec.name, spec, "target")
     return builder
 
 
@@ -163,3 +178,101 @@ def _host() -> TargetSpec:
     return TargetSpec(name="host", family="host", board="host",
                       description="this machine, onnxruntime CPU, measured (not modelled)",
                       default_runtime="onnxruntime", default_threads=1, default_precision="fp32")
+
+
+# -- what each target executes (hardware_models.capability: the rules that use it) ---------------------------
+# Data, one declaration per target, kept apart from the TargetSpec builders above so that a change of a
+# board's default runtime and a change of what it executes are separate edits.
+CAPABILITIES: dict[str, Capability] = {}
+
+_INT8 = frozenset({Precision.INT8})
+_INT8_FP32 = frozenset({Precision.INT8, Precision.FP32})
+_INT8_FP16_FP32 = frozenset({Precision.INT8, Precision.FP16, Precision.FP32})
+_VART = "DPUCZDX8G computes INT8 only (PG338: 'INT8 for both weights and activations'); VART runs the xmodel"
+_A72 = ("Cortex-A72 is ARMv8.0-A: no fp16 arithmetic, so fp16 weights are widened to fp32; int8 and fp32 kernels "
+        "in ncnn, onnxruntime (MLAS) and qnnpack")
+_A76_NCNN = "Cortex-A76 is ARMv8.2-A with fp16 arithmetic; ncnn uses fp16 kernels there (opt.use_fp16_arithmetic)"
+_A76_OTHER = "onnxruntime's CPU provider and qnnpack have int8 and fp32 kernels; fp16 runs as fp32"
+
+
+def register_capability(builder: Callable[[], Capability]) -> Callable[[], Capability]:
+    cap = builder()
+    if cap.target not in TARGETS:
+        raise ValueError(f"capability for unknown target {cap.target!r}")
+    _add(CAPABILITIES, cap.target, cap, "capability of target")
+    return builder
+
+
+def capability(target: str) -> Capability:
+    """What `target` executes; KeyError lists the targets that declare it."""
+    try:
+        return CAPABILITIES[target]
+    except KeyError:
+        raise KeyError(f"no capability declared for target {target!r}; declared: "
+                       f"{', '.join(sorted(CAPABILITIES))}") from None
+
+
+def deployment(target: str, bits: Mapping[str, tuple[int, int]], *, runtime: str | None = None,
+               float_network: bool = False, network: Network | None = None) -> Deployment:
+    """What a recipe with per-layer (weight_bits, act_bits) becomes on `target` (its default runtime unless
+    `runtime` is given): deployable or not and why, `runs_as`, and the per-layer bits the board executes."""
+    return deploy(capability(target), bits, runtime=runtime or get_target(target).default_runtime,
+                  float_network=float_network, network=network)
+
+
+def common_native_bits(targets: Sequence[str]) -> frozenset[int]:
+    """Bit widths every target in `targets` executes as asked (8 for int8, 16 for fp16, 32 for a float layer
+    in a quantized network), each on its default runtime. Integer codes below 8 are never native: they run
+    as int8 everywhere."""
+    sets = [capability(t).native_bits(get_target(t).default_runtime) for t in targets]
+    return frozenset.intersection(*sets) if sets else frozenset()
+
+
+def _dpu_capability(target: str) -> Capability:
+    board = DPU_BOARDS[target]
+    support = tuple(RuntimeSupport(runtime=r, executes=_INT8, why=_VART) for r in DPU_RUNTIMES)
+    return Capability(target=target, runtimes=support, fp16_fallback=None, float_network=Precision.INT8,
+                      toolchain="Vitis AI (vai_q quantizer, vai_c_xir compiler)",
+                      operators=OperatorLimits(activations=DPU_ACTIVATIONS,
+                                               channel_parallel=board.input_channel_parallelism),
+                      notes=("the DPU has no float datapath: a float layer in a quantized network would run on the "
+                             "ARM cores (not costed), so such a recipe is refused",))
+
+
+@register_capability
+def _zcu104_capability() -> Capability:
+    return _dpu_capability("zcu104")
+
+
+@register_capability
+def _zcu102_capability() -> Capability:
+    return _dpu_capability("zcu102")
+
+
+@register_capability
+def _kv260_capability() -> Capability:
+    return _dpu_capability("kv260")
+
+
+@register_capability
+def _rpi4_capability() -> Capability:
+    return Capability(target="rpi4", fp16_fallback=Precision.FP32,
+                      runtimes=tuple(RuntimeSupport(runtime=r, executes=_INT8_FP32, why=_A72)
+                                     for r in ("ncnn", "onnxruntime", "pytorch")))
+
+
+@register_capability
+def _rpi5_capability() -> Capability:
+    return Capability(target="rpi5", fp16_fallback=Precision.FP32,
+                      runtimes=(RuntimeSupport(runtime="ncnn", executes=_INT8_FP16_FP32, why=_A76_NCNN),
+                                *(RuntimeSupport(runtime=r, executes=_INT8_FP32, why=_A76_OTHER)
+                                  for r in ("onnxruntime", "pytorch"))),
+                      notes=("fp16 layers are costed with the fp32 kernels' rates (no fp16 measurements exist): a "
+                             "conservative estimate",))
+
+
+@register_capability
+def _host_capability() -> Capability:
+    return Capability(target="host", fp16_fallback=Precision.FP32,
+                      runtimes=(RuntimeSupport(runtime="onnxruntime", executes=_INT8_FP32,
+                                               why="onnxruntime CPU provider: int8 (QDQ) and fp32 kernels"),))

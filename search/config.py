@@ -25,6 +25,7 @@ from evaluators.teacher import TeacherConfig
 from search.engine import BaselineSet
 from search.engine import SearchConfig
 from spaces.space import SpaceConfig
+from spaces.space import for_targets
 from spaces.validated import ConfigError
 from spaces.validated import check_value
 from spaces.validated import settings
@@ -54,6 +55,8 @@ class StudyConfig:
     source: str = ""
 
     def __post_init__(self) -> None:
+        # `[space] bits = "target"` needs the study's targets: resolved here, once, for every door (file, API).
+        object.__setattr__(self, "space", for_targets(self.space, self.hardware.targets))
         if self.search.baselines == BaselineSet.THESIS and self.teacher.arch != "resnet50":
             raise ValueError(f"search.baselines: 'thesis_table' reproduces the thesis's recipes on its ResNet-50 "
                              f"teacher, not {self.teacher.arch!r}; use 'survey_quantization' or 'none'")

@@ -93,9 +93,27 @@ def parse_constraint(text: str, known: Sequence[str]) -> Constraint:
     return Constraint(metric, op, float(bound), quantile or "")
 
 
+def undeployable(metrics: Mapping[str, Any]) -> str | None:
+    """The reason a recipe cannot run on one of the study's targets (`deployable_<target>` is False), or None.
+
+    Such a recipe is rejected at F0 rather than kept as an infeasible point: its latency and energy on that
+    target are not numbers (the board cannot run it, see `hardware_models.capability`), so it has no place on
+    a front whose objectives include them, and rejecting it before any training costs nothing. The sampler
+    sees the trial as PRUNED with this reason, like any other cost-only constraint violation."""
+    for key, value in metrics.items():
+        if key.startswith("deployable_") and value is False:
+            target = key.removeprefix("deployable_")
+            return str(metrics.get(f"not_deployable_{target}") or f"not deployable on {target}")
+    return None
+
+
 def cost_gate(constraints: Sequence[Constraint]) -> Callable[[Mapping[str, Any]], str | None]:
-    """F0: the first violated constraint that needs no accuracy, as a reason; None when all hold."""
+    """F0: a target that cannot run the recipe, else the first violated constraint that needs no accuracy, as a
+    reason; None when all hold."""
     def gate(metrics: Mapping[str, Any]) -> str | None:
+        refused = undeployable(metrics)
+        if refused:
+            return refused
         for c in constraints:
             if not c.needs_accuracy and not c.satisfied(metrics):
                 return f"infeasible at F0: {c.column} = {c.value(metrics):.4g} violates {c}"

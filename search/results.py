@@ -15,6 +15,8 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from search.deployment import deployment_columns
+from search.deployment import is_deployment_key
 from search.final import Candidate
 from search.final import points
 from search.objectives import Constraint
@@ -49,10 +51,11 @@ def metric_columns(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for level in LEVELS:
         for key, value in metrics.get(level, {}).items():
-            if key not in SKIP and key != "rejected":
+            if key not in SKIP and key != "rejected" and not is_deployment_key(key):
                 row[f"{level}_{key}"] = value
     reached = [level for level in LEVELS if level in metrics]
     row["fidelity"] = reached[-1] if reached else ""
+    row.update(deployment_columns(metrics))  # once per target, not per level
     return row
 
 

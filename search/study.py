@@ -26,6 +26,7 @@ from search import results
 from search.context import Context
 from search.context import size_notes
 from search.deploy_resolution import DeployResolution
+from search.deployment import append_deployment_section
 from search.plots import pareto_plot
 from spaces.recipe import Recipe
 from spaces.space import SearchSpace
@@ -143,6 +144,7 @@ def write_outputs(ctx: Context, study: optuna.Study, front_: list[final.Candidat
     pareto_plot(out / "pareto.png", trials, front_table, base_table, ctx.config.hardware.targets,
                 title=f"{ctx.config.name} ({ctx.config.profile}): {len(trials)} trials, front of {len(front_)}")
     results.write_report(out / "report.md", header, front_, base, objectives, summary)
+    append_deployment_section(out / "report.md", front_, ctx.config.hardware.targets, ctx.config.hardware.storage)
     (out / "summary.json").write_text(json.dumps({**header, **summary.__dict__}, indent=2, default=str))
     log(f"wrote trials.csv ({len(trials)} rows), pareto.csv ({len(front_table)}), baselines.csv, pareto.png, "
         f"report.md under {out}")

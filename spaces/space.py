@@ -13,6 +13,7 @@ The same function serves Ray Tune (`ray.tune.search.optuna.OptunaSearch(space=sp
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import field
 from enum import StrEnum
@@ -20,6 +21,9 @@ from typing import Any
 
 import optuna
 
+from hardware_models.targets import capability
+from hardware_models.targets import common_native_bits
+from hardware_models.targets import get_target
 from spaces.architectures import create_model
 from spaces.architectures import get_architecture
 from spaces.architectures import list_architectures
@@ -48,6 +52,11 @@ class BitGrouping(StrEnum):
     UNIFORM = "uniform"  # one weight bit-width for the whole network
     GROUP = "group"  # one per coarse group (`spaces.quantization.layer_groups`: stem, stages, head)
     LAYER = "layer"  # one per Conv2d/Linear: the most freedom, the hardest search
+
+
+class BitSource(StrEnum):
+    LISTED = "listed"  # bit_choices / act_bit_choices / quant_kinds as written
+    TARGET = "target"  # ... limited to what every target of the study executes as asked (`for_targets`)
 
 
 @settings
@@ -80,6 +89,7 @@ class SpaceConfig:
     grouping: BitGrouping = BitGrouping.GROUP
     calibrations: tuple[Calibration, ...] = tuple(Calibration)
     per_channel: bool = True
+    bits: BitSource = BitSource.LISTED
 
     def __post_init__(self) -> None:  # runs after @settings has turned strings into enums and lists into tuples
         problem = self.problem()
@@ -103,6 +113,34 @@ class SpaceConfig:
              "a minimum exceeds its maximum"),
         ]
         return next((reason for failed, reason in checks if failed), None)
+
+
+def for_targets(config: SpaceConfig, targets: tuple[str, ...]) -> SpaceConfig:
+    """`bits = "target"`: the space limited to precisions every target executes as asked, so the search spends
+    no trials on widths a board would widen (4-bit runs as int8 everywhere) or refuse (fp16 on the DPU).
+
+    Integer widths keep 8 only (sub-8-bit codes are never native); 16 and 32 in a quantized network stay only
+    where every target runs them (32 on the Pis, not on the DPU); quant kind `fp16` stays only where every
+    target has fp16 kernels, and `none` where every target deploys a float network (the DPU re-quantizes it).
+    A config with `bits = "listed"` is returned unchanged. Raises ValueError naming the targets and what they
+    have in common when nothing of a list is left."""
+    if config.bits != BitSource.TARGET:
+        return config
+    common = common_native_bits(targets)
+    where = f"space.bits = 'target' with hardware.targets {list(targets)}"
+    if not common:
+        raise ValueError(f"{where}: the targets have no precision in common; drop a target or use bits = 'listed'")
+    floats_ok = all(capability(t).runs_float_network(get_target(t).default_runtime) for t in targets)
+    kinds = tuple(k for k in config.quant_kinds if k in (QuantKind.PTQ, QuantKind.QAT)
+                  or (k == QuantKind.FP16 and 16 in common) or (k == QuantKind.NONE and floats_ok))
+    limited = {"bit_choices": tuple(b for b in config.bit_choices if b in common),
+               "act_bit_choices": tuple(b for b in config.act_bit_choices if b in common), "quant_kinds": kinds}
+    for name, values in limited.items():
+        if not values:
+            raise ValueError(f"{where}: none of space.{name} {[getattr(v, 'value', v) for v in getattr(config, name)]}"
+                             f" runs as asked on every target; they execute {sorted(common)} bits in common "
+                             "(integer codes below 8 run as int8); add one of them or use bits = 'listed'")
+    return dataclasses.replace(config, **limited)
 
 
 @functools.cache
