@@ -17,6 +17,7 @@ import pandas as pd
 
 from search.final import Candidate
 from search.final import points
+from search.intervals import measured
 from search.objectives import Constraint
 from search.objectives import direction
 from search.pareto import dominated_by_any
@@ -45,12 +46,25 @@ def recipe_columns(recipe: Recipe) -> dict[str, Any]:
             "recipe_hash": recipe.hash()}
 
 
+ACCURACIES = ("accuracy", "test_accuracy")
+
+
+def interval_columns(level: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """`<level>_<accuracy>_low/_high`: the 95% Wilson interval of every accuracy whose image count is known."""
+    row: dict[str, Any] = {}
+    for key in ACCURACIES:
+        if key in metrics and f"{key}_images" in metrics:
+            row[f"{level}_{key}_low"], row[f"{level}_{key}_high"] = measured(metrics, key).interval
+    return row
+
+
 def metric_columns(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for level in LEVELS:
         for key, value in metrics.get(level, {}).items():
             if key not in SKIP and key != "rejected":
                 row[f"{level}_{key}"] = value
+        row.update(interval_columns(level, metrics.get(level, {})))
     reached = [level for level in LEVELS if level in metrics]
     row["fidelity"] = reached[-1] if reached else ""
     return row
