@@ -35,6 +35,7 @@ from torch import nn
 from evaluators.batches import Batcher
 from evaluators.cost import model_cost
 from evaluators.metrics import accuracy
+from evaluators.metrics import collapse_reason
 from evaluators.splits import Splits
 from evaluators.training import atomic_save
 from hardware_models import estimate
@@ -210,6 +211,10 @@ class Evaluator:
             self._teacher_acc[val_images] = accuracy(self.teacher, self.splits.val.first(val_images), self.batcher,
                                                      device=self.device)
         return self._teacher_acc[val_images]
+
+    def collapsed(self, metrics: dict[str, Any]) -> str | None:
+        """Why a result is a failure rather than a point: its accuracy ended at chance level (None when not)."""
+        return collapse_reason(float(metrics["accuracy"]), self.splits.info.num_classes)
 
     def cached(self, recipe: Recipe, fidelity: Fidelity) -> dict[str, Any] | None:
         known = self.store.get(recipe, fidelity, self._fingerprint(fidelity))

@@ -44,6 +44,12 @@ class Candidate:
     metrics: dict[str, dict[str, Any]]
     trial: int | None = None
     feasible: bool = True
+    failure: str = ""  # why its final level is no result ("collapsed: ..."); such a candidate is not a point
+
+
+def scored(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates whose numbers count: a collapsed one is a failure, not a (cheap, "optimal") point."""
+    return [c for c in candidates if not c.failure]
 
 
 def completed(study: optuna.Study) -> list[Candidate]:
@@ -94,11 +100,14 @@ def spread(front_: list[Candidate], objectives: tuple[str, ...], limit: int) -> 
 
 
 def finish(candidate: Candidate, evaluator: Evaluator, levels: tuple[Fidelity, ...]) -> Candidate:
+    """`candidate` scored at every level of `levels`; marked failed when the last one ended at chance level."""
     metrics = dict(candidate.metrics)
     for level in levels:
         if level.value not in metrics:
             metrics[level.value] = evaluator.evaluate(candidate.recipe, level)
-    return Candidate(candidate.recipe, candidate.source, metrics, candidate.trial, candidate.feasible)
+    last = metrics[levels[-1].value] if levels else {}
+    failure = (evaluator.collapsed(last) or "") if "accuracy" in last else ""
+    return Candidate(candidate.recipe, candidate.source, metrics, candidate.trial, candidate.feasible, failure)
 
 
 Job = tuple[Candidate, tuple[Fidelity, ...]]

@@ -17,6 +17,7 @@ import pandas as pd
 
 from search.final import Candidate
 from search.final import points
+from search.final import scored as scored_only
 from search.intervals import measured
 from search.objectives import Constraint
 from search.objectives import direction
@@ -87,12 +88,13 @@ def trials_table(study: optuna.Study, final: dict[str, Candidate], objectives: t
             continue  # interrupted before it was told; its retry has its own row
         recipe = Recipe.from_json(t.user_attrs["recipe"])
         metrics = {k: t.user_attrs[k] for k in LEVELS if k in t.user_attrs}
+        failure = ""
         if recipe.hash() in final and t.state == optuna.trial.TrialState.COMPLETE:
-            metrics = final[recipe.hash()].metrics
+            metrics, failure = final[recipe.hash()].metrics, final[recipe.hash()].failure
         duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
         rows.append({"trial": t.number, "state": t.state.name, **recipe_columns(recipe), **metric_columns(metrics),
                      "feasible": t.user_attrs.get("feasible", t.state == optuna.trial.TrialState.COMPLETE),
-                     "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("reason", ""),
+                     "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("reason", "") or failure,
                      "duration_s": duration, "recipe_json": t.user_attrs["recipe"]})
     return ensure_columns(pd.DataFrame(rows), objectives)
 
@@ -104,7 +106,8 @@ def candidates_table(candidates: list[Candidate], constraints: tuple[Constraint,
         f3 = c.metrics.get("f3", {})
         ok = all(con.satisfied(f3) for con in constraints) if f3 else None
         rows.append({"source": c.source, **recipe_columns(c.recipe), **metric_columns(c.metrics),
-                     "feasible_f3": ok, "recipe_json": c.recipe.to_json()})
+                     "feasible_f3": ok, "state": "FAIL" if c.failure else "COMPLETE", "reason": c.failure,
+                     "recipe_json": c.recipe.to_json()})
     return ensure_columns(pd.DataFrame(rows), objectives)
 
 
@@ -139,11 +142,11 @@ def summarise(front_: list[Candidate], baselines: list[Candidate], objectives: t
               reference: list[dict[str, Any]]) -> Summary:
     dirs = [direction(o) for o in objectives]
     ref = reference_point(reference, objectives)
-    scored = [c for c in [*front_, *baselines] if {"f1", "f2", "f3"} <= set(c.metrics)]
-    f3_front = points(front_, objectives, "f3", "test_accuracy")
+    scored = [c for c in scored_only([*front_, *baselines]) if {"f1", "f2", "f3"} <= set(c.metrics)]
+    f3_front = points(scored_only(front_), objectives, "f3", "test_accuracy")
     dominated, free = [], []
     mine = to_minimisation(f3_front, dirs)
-    for b in (b for b in baselines if "f3" in b.metrics):
+    for b in (b for b in scored_only(baselines) if "f3" in b.metrics):
         point = to_minimisation(points([b], objectives, "f3", "test_accuracy"), dirs)[0]
         (dominated if dominated_by_any(point, mine) else free).append(b.recipe.label)
     acc = {level: [c.metrics[level]["accuracy"] for c in scored] for level in LEVELS}

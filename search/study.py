@@ -115,7 +115,7 @@ def finalise(ctx: Context, study: optuna.Study, executor: Executor,
         finished[i] = result
         f3 = result.metrics["f3"]
         log(f"[final {n}/{len(jobs)}] {name}: test {f3['test_accuracy']:.2f}%, val {f3['accuracy']:.2f}% "
-            f"({seconds:.0f} s)")
+            f"({seconds:.0f} s)" + (f" FAIL: {result.failure}" if result.failure else ""))
     ordered = [finished[i] for i in sorted(finished)]  # the jobs' order, however they finished
     return [c for c in ordered if c.source != "baseline"], [c for c in ordered if c.source == "baseline"]
 
