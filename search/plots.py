@@ -1,4 +1,5 @@
-"""pareto.png: accuracy against latency on each target, the front highlighted, the baselines marked."""
+"""pareto.png: accuracy against latency on each target, the front highlighted, the baselines marked; and
+hypervolume.png: the normalised hypervolume against wall time."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ matplotlib.use("Agg")  # files only: no display on servers, CI or Ray workers
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from search.history import HypervolumePoint  # noqa: E402
 
 
 def _numeric(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
@@ -55,6 +58,24 @@ def pareto_plot(path: Path, trials: pd.DataFrame, front: pd.DataFrame, baselines
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def hypervolume_plot(path: Path, history: Sequence[HypervolumePoint], *, title: str) -> None:
+    """The normalised hypervolume of the F2 front against wall time: how fast the search found what it found."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    if history:
+        ax.plot([h.minutes for h in history], [h.hypervolume for h in history], drawstyle="steps-post",
+                marker=".", c="tab:red")
+    else:
+        ax.text(0.5, 0.5, "no trial finished", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("wall time since the first trial started (min)")
+    ax.set_ylabel("normalised hypervolume (F2 front, validation)")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -16,17 +16,19 @@ import optuna
 import pandas as pd
 
 from search.final import Candidate
+from search.final import front_knee
 from search.final import points
-from search.final import scored as scored_only
+from search.final import scored
+from search.history import HypervolumePoint
 from search.intervals import measured
 from search.objectives import Constraint
 from search.objectives import direction
-from search.pareto import dominated_by_any
-from search.pareto import hypervolume
-from search.pareto import knee_index
-from search.pareto import knee_weights
-from search.pareto import to_minimisation
+from search.reference import ReferenceBox
 from search.stats import kendall_tau
+from search.verdicts import Outcome
+from search.verdicts import Verdict
+from search.verdicts import judge_all
+from search.verdicts import verdict_lines
 from spaces.recipe import Recipe
 from spaces.recipe import describe
 
@@ -113,98 +115,137 @@ def candidates_table(candidates: list[Candidate], constraints: tuple[Constraint,
 
 @dataclass(frozen=True)
 class Summary:
-    """The numbers report.md is made of, also written as summary.json for scripts."""
+    """The numbers report.md is made of, also written as summary.json for scripts.
 
-    hypervolume_f2: float
-    hypervolume_f3: float
-    reference: dict[str, float]
+    Hypervolumes are normalised in the study's reference box (`search.reference`): comparable across runs."""
+
+    hypervolume_f2: float  # every feasible trial at F2 (validation): the last value of `history`
+    hypervolume_f3: float  # the front recipes fine-tuned at F3 (test accuracy, box up to the teacher's test accuracy)
+    box: dict[str, dict[str, list[float]]]  # per split: objective -> [best end, worst end] of the box
     tau_f1_f3: float
     tau_f2_f3: float
     tau_pairs: int
-    knee: int  # index into the front list
-    dominated_baselines: list[str]
-    undominated_baselines: list[str]
+    knee: int  # index into the front list; -1 when no front member was scored
+    verdicts: list[Verdict]
+    history: list[HypervolumePoint]
+    costlier_than_teacher: list[str]  # cost objectives on which no front member is cheaper than the box's edge
+
+    @property
+    def dominated_baselines(self) -> list[str]:
+        return [v.baseline for v in self.verdicts if v.outcome == Outcome.DOMINATED]
 
 
-def reference_point(worst: list[dict[str, Any]], objectives: tuple[str, ...]) -> list[float]:
-    """Accuracy 0; every cost 10% above the worst of `worst` (the uncompressed teacher and every candidate)."""
-    return [0.0 if o == "accuracy" else 1.1 * max(float(m[o]) for m in worst) for o in objectives]
-
-
-def _knee(front_: list[Candidate], objectives: tuple[str, ...]) -> int:
-    if not front_:
-        return -1
-    return knee_index(points(front_, objectives, "f2", "accuracy"), [direction(o) for o in objectives],
-                      knee_weights(objectives))
-
-
-def summarise(front_: list[Candidate], baselines: list[Candidate], objectives: tuple[str, ...],
-              reference: list[dict[str, Any]]) -> Summary:
-    dirs = [direction(o) for o in objectives]
-    ref = reference_point(reference, objectives)
-    scored = [c for c in scored_only([*front_, *baselines]) if {"f1", "f2", "f3"} <= set(c.metrics)]
-    f3_front = points(scored_only(front_), objectives, "f3", "test_accuracy")
-    dominated, free = [], []
-    mine = to_minimisation(f3_front, dirs)
-    for b in (b for b in scored_only(baselines) if "f3" in b.metrics):
-        point = to_minimisation(points([b], objectives, "f3", "test_accuracy"), dirs)[0]
-        (dominated if dominated_by_any(point, mine) else free).append(b.recipe.label)
-    acc = {level: [c.metrics[level]["accuracy"] for c in scored] for level in LEVELS}
+def summarise(front_: list[Candidate], baselines: list[Candidate], box: ReferenceBox, test_box: ReferenceBox,
+              history: list[HypervolumePoint]) -> Summary:
+    """`box` measures validation accuracy (F2), `test_box` the same costs against the teacher's test accuracy."""
+    objectives = box.objectives
+    scored_ = [c for c in scored([*front_, *baselines]) if {"f1", "f2", "f3"} <= set(c.metrics)]
+    f2_front = [c for c in scored(front_) if "f2" in c.metrics]
+    f3_front = [c for c in scored(front_) if "f3" in c.metrics]
+    acc = {level: [c.metrics[level]["accuracy"] for c in scored_] for level in LEVELS}
     return Summary(
-        hypervolume_f2=hypervolume(points(front_, objectives, "f2", "accuracy"), ref, dirs) if front_ else 0.0,
-        hypervolume_f3=hypervolume(f3_front, ref, dirs) if front_ else 0.0,
-        reference=dict(zip(objectives, ref, strict=True)),
-        tau_f1_f3=kendall_tau(acc["f1"], acc["f3"]) if len(scored) > 1 else float("nan"),
-        tau_f2_f3=kendall_tau(acc["f2"], acc["f3"]) if len(scored) > 1 else float("nan"),
-        tau_pairs=len(scored),
-        knee=_knee(front_, objectives),
-        dominated_baselines=dominated, undominated_baselines=free)
+        hypervolume_f2=history[-1].hypervolume if history else box.hypervolume(points(f2_front, objectives, "f2")),
+        hypervolume_f3=test_box.hypervolume(points(f3_front, objectives, "f3", "test_accuracy")),
+        box={"validation": box.as_dict(), "test": test_box.as_dict()},
+        tau_f1_f3=kendall_tau(acc["f1"], acc["f3"]) if len(scored_) > 1 else float("nan"),
+        tau_f2_f3=kendall_tau(acc["f2"], acc["f3"]) if len(scored_) > 1 else float("nan"),
+        tau_pairs=len(scored_),
+        knee=front_knee(front_, box),
+        verdicts=judge_all(baselines, front_, objectives),
+        history=history,
+        costlier_than_teacher=_outside(f3_front, test_box))
+
+
+def _outside(front_: list[Candidate], box: ReferenceBox) -> list[str]:
+    """Cost objectives that leave the whole front outside the box (so its hypervolume is 0): worth saying."""
+    if not front_:
+        return []
+    unit = box.unit(points(front_, box.objectives, "f3", "test_accuracy"))
+    return [o for j, o in enumerate(box.objectives) if o != "accuracy" and bool(np.all(unit[:, j] >= 1.0))]
 
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _accuracy_cell(metrics: dict[str, Any], key: str) -> str:
+    """`97.20 [96.85, 97.52]`: the accuracy with its 95% Wilson interval (the number alone when no count is known)."""
+    if key not in metrics:
+        return ""
+    return str(measured(metrics, key)) if f"{key}_images" in metrics else _fmt(metrics[key])
+
+
 def _line(c: Candidate, objectives: tuple[str, ...]) -> str:
     f3 = c.metrics.get("f3", {})
-    cells = [f"{c.source}", c.recipe.label or describe(c.recipe), _fmt(f3.get("test_accuracy", "")),
-             _fmt(f3.get("accuracy", "")), *(_fmt(f3.get(o, "")) for o in objectives if o != "accuracy")]
+    name = c.recipe.label or describe(c.recipe)
+    cells = [f"{c.source}", f"{name} (FAIL, {c.failure})" if c.failure else name,
+             _accuracy_cell(f3, "test_accuracy"), _accuracy_cell(f3, "accuracy"),
+             *(_fmt(f3.get(o, "")) for o in objectives if o != "accuracy")]
     return "| " + " | ".join(cells) + " |"
 
 
-def write_report(path: Path, header: dict[str, Any], front_: list[Candidate], baselines: list[Candidate],
-                 objectives: tuple[str, ...], summary: Summary) -> None:
+def _best_lines(front_: list[Candidate], objectives: tuple[str, ...]) -> list[str]:
+    alive = [c for c in scored(front_) if "f3" in c.metrics]
+    if not alive:
+        return []
+    lines = ["## Best recipe for each objective (front, F3)", ""]
+    for o in objectives:
+        key = "test_accuracy" if o == "accuracy" else o
+        pick = max if direction(o) == "max" else min
+        c = pick(alive, key=lambda c, k=key: float(c.metrics["f3"][k]))
+        lines.append(f"- {o}: {c.source}, {describe(c.recipe)}: {key} = {_accuracy_cell(c.metrics['f3'], key)}")
+    return [*lines, ""]
+
+
+def _knee_lines(front_: list[Candidate], summary: Summary) -> list[str]:
+    if summary.knee < 0:
+        return []
+    knee_ = front_[summary.knee]
+    return [f"## Knee of the front: {knee_.source}, {describe(knee_.recipe)}", "",
+            "Closest to the ideal corner of the study's box (F2 validation metrics; accuracy as heavy as all costs "
+            "together), among the members no other beats by more than an accuracy interval or 2% of a cost.", "",
+            "```json", json.dumps(json.loads(knee_.recipe.to_json()), indent=1), "```", ""]
+
+
+def _table_lines(title: str, candidates: list[Candidate], objectives: tuple[str, ...]) -> list[str]:
     costs = [o for o in objectives if o != "accuracy"]
-    n_base = len(summary.dominated_baselines) + len(summary.undominated_baselines)
-    table_head = ["| from | recipe | test acc % (F3) | val acc % (F3) | " + " | ".join(costs) + " |",
-                  "|" + "---|" * (4 + len(costs))]
+    return [title, "", "| from | recipe | test acc % [95% CI] (F3) | val acc % [95% CI] (F3) | " + " | ".join(costs)
+            + " |", "|" + "---|" * (4 + len(costs)), *(_line(c, objectives) for c in candidates), ""]
+
+
+def hypervolume_lines(summary: Summary, plot: str | None) -> list[str]:
+    """The normalised hypervolume, its box, and the curve over wall time."""
+    test = summary.box["test"]
+    lines = ["## Hypervolume (normalised to the study's reference box)", "",
+             f"- every feasible trial at F2 (validation): {summary.hypervolume_f2:.4g}; the front recipes at F3 "
+             f"(test): {summary.hypervolume_f3:.4g}",
+             f"- box: accuracy from chance ({test['accuracy'][0]:.2f}%) to the teacher's accuracy "
+             f"({test['accuracy'][1]:.2f}% test, {summary.box['validation']['accuracy'][1]:.2f}% validation); "
+             "each cost from 0 to the unmodified teacher's modelled cost (the costlier of fp32 and 8-bit PTQ): "
+             + ", ".join(f"{o} {v[1]:.4g}" for o, v in test.items() if o != "accuracy"),
+             "- 1 would be a free model as accurate as the teacher; fixed by the study, so runs compare.", ""]
+    if summary.costlier_than_teacher:
+        lines[-1:-1] = [f"- no front member is cheaper than the teacher in {', '.join(summary.costlier_than_teacher)}:"
+                        " on that axis compression did not pay, and the hypervolume is 0."]
+    if plot:
+        lines += [f"![normalised hypervolume of the F2 front against wall time]({plot})", ""]
+    return lines
+
+
+def write_report(path: Path, header: dict[str, Any], front_: list[Candidate], baselines: list[Candidate],
+                 objectives: tuple[str, ...], summary: Summary, *, hypervolume_plot: str | None = None) -> None:
     lines = [f"# Study {header['study']} (profile {header['profile']})", "",
              *(f"- {k}: {_fmt(v)}" for k, v in header.items() if k not in ("study", "profile")), "",
              "Accuracy: F1/F2 on the first N validation images (model selection), F3 on the whole validation",
-             "split and on the test split (reported only). Latency (ms) and energy (mJ) are modelled per target.", ""]
-    if front_:
-        best = {o: max if direction(o) == "max" else min for o in objectives}
-        lines += ["## Best recipe for each objective (front, F3)", ""]
-        for o, pick in best.items():
-            key = "test_accuracy" if o == "accuracy" else o
-            c = pick(front_, key=lambda c, k=key: float(c.metrics["f3"][k]))
-            lines.append(f"- {o}: {c.source}, {describe(c.recipe)}: {key} = {_fmt(c.metrics['f3'][key])}")
-        knee = front_[summary.knee]
-        lines += ["", f"## Knee of the front: {knee.source}, {describe(knee.recipe)}", "",
-                  "```json", json.dumps(json.loads(knee.recipe.to_json()), indent=1), "```", ""]
-    lines += ["## Front (selected on F2 validation metrics; F3 numbers)", "", *table_head,
-              *(_line(c, objectives) for c in front_), "",
-              "## Baselines through the same pipeline and budgets (F3)", "", *table_head,
-              *(_line(c, objectives) for c in baselines), "",
-              f"Baselines dominated by the front (F3 test accuracy and modelled costs): "
-              f"{len(summary.dominated_baselines)} of {n_base}"
-              f" ({', '.join(summary.dominated_baselines) or 'none'}); not dominated: "
-              f"{', '.join(summary.undominated_baselines) or 'none'}.", "",
-              "## Hypervolume", "",
-              f"- front at F2 (validation): {summary.hypervolume_f2:.6g}; at F3 (test): {summary.hypervolume_f3:.6g}",
-              f"- reference point (accuracy 0; costs 1.1 x the worst of the teacher and all candidates): "
-              f"{ {k: round(v, 6) for k, v in summary.reference.items()} }", "",
-              "## How well the proxies ranked the F3 results", "",
-              f"Kendall tau over {summary.tau_pairs} recipes (front and baselines), validation accuracy: "
-              f"F1 vs F3 = {summary.tau_f1_f3:.3f}, F2 vs F3 = {summary.tau_f2_f3:.3f}.", ""]
+             "split and on the test split (reported only), each with its 95% Wilson interval over the images",
+             "scored (one seed). Latency (ms) and energy (mJ) are modelled per target. A run that ended within 2",
+             "points of chance accuracy is a failure (\"collapsed\"), not a point.", "",
+             *_best_lines(front_, objectives), *_knee_lines(front_, summary),
+             *_table_lines("## Front (selected on F2 validation metrics; F3 numbers)", front_, objectives),
+             *_table_lines("## Baselines through the same pipeline and budgets (F3)", baselines, objectives),
+             *verdict_lines(summary.verdicts),
+             *hypervolume_lines(summary, hypervolume_plot),
+             "## How well the proxies ranked the F3 results", "",
+             f"Kendall tau over {summary.tau_pairs} recipes (front and baselines), validation accuracy: "
+             f"F1 vs F3 = {summary.tau_f1_f3:.3f}, F2 vs F3 = {summary.tau_f2_f3:.3f}.", ""]
     path.write_text("\n".join(lines))

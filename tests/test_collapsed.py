@@ -20,6 +20,8 @@ from evaluators.metrics import collapse_reason
 from search import engine
 from search.final import Candidate
 from search.final import finish
+from search.verdicts import Outcome
+from search.verdicts import judge
 from spaces.apply import Budget
 from spaces.recipe import Recipe
 from tests.user_data import TinyNet
@@ -60,3 +62,4 @@ def test_a_run_that_ends_at_chance_is_a_failure_not_a_point(tmp_path: Path) -> N
 
     finished = finish(Candidate(recipe, "baseline", {}), evaluator, (Fidelity.F1, Fidelity.F3))
     assert finished.failure.startswith("collapsed")
+    assert judge(finished, [], objectives).outcome == Outcome.FAILED

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from search.pareto import hypervolume
-from search.pareto import knee_index
 from search.pareto import pareto_mask
 
 
@@ -48,8 +47,3 @@ def test_adding_a_dominated_point_leaves_hypervolume_unchanged_and_a_new_front_p
     base = hypervolume(pts, ref, ["min"] * 3)
     assert hypervolume(np.vstack([pts, pts.max(axis=0)]), ref, ["min"] * 3) == pytest.approx(base)
     assert hypervolume(np.vstack([pts, [[0.0, 0.0, 1.0]]]), ref, ["min"] * 3) > base
-
-
-def test_knee_is_the_balanced_point() -> None:
-    pts = np.array([[99, 100], [95, 10], [60, 1], [90, 50]])
-    assert knee_index(pts, ["max", "min"]) == 1
