@@ -1,4 +1,4 @@
-"""Pareto fronts and hypervolume, for objectives with mixed directions (the knee, which needs the
+"""Pareto fronts, hypervolume and 2-D staircases, for objectives with mixed directions (the knee, which needs the
 study's reference box and accuracy intervals, is in `search.reference`).
 
 Every function takes a points array (n x m) and a direction per objective ("max" or "min"); points are
@@ -53,3 +53,14 @@ def hypervolume(points: np.ndarray, reference: Sequence[float], directions: Dire
     if len(p) == 0:
         return 0.0
     return float(compute_hypervolume(p, ref))
+
+
+def staircase(accuracy: Sequence[float], cost: Sequence[float]) -> list[int]:
+    """Indices of the points non-dominated in the 2-D projection (accuracy up, cost down), in increasing cost.
+
+    A many-objective front projected onto two axes is not a curve: joining all its members in cost order
+    zig-zags through points that other objectives keep on the front. A panel joins only these points.
+    """
+    pts = np.column_stack([np.asarray(accuracy, dtype=float), np.asarray(cost, dtype=float)]).reshape(-1, 2)
+    keep = np.flatnonzero(pareto_mask(pts, ["max", "min"]))
+    return sorted(keep.tolist(), key=lambda i: (pts[i, 1], -pts[i, 0]))
