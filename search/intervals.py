@@ -11,8 +11,9 @@ than that has not shown anything; the report must say "ties" instead.
   intervals would be a test at about the 99.5% level: it calls real differences ties. Both models are scored
   on the same images, so their errors are positively correlated and a paired interval would be narrower still;
   that needs per-image predictions, which are not stored, so this interval errs on the side of "ties".
-- Seeds: when a recipe was trained with several seeds, `seeds` holds each seed's accuracy and the spread is
-  reported next to the binomial interval (no study runs seeds today; this is the hook).
+- Seeds: when a recipe was trained with several seeds, `seeds` (from `<key>_seeds` in its metrics) holds each
+  seed's accuracy and the spread is reported next to the binomial interval. No study runs seeds today; this is
+  the hook, and `compare_accuracy` does not use the spread yet.
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ class Accuracy:
 
 
 def measured(metrics: Mapping[str, Any], key: str = "accuracy") -> Accuracy:
-    """The accuracy `key` of an evaluator result with its image count (`<key>_images`, 0 when unknown)."""
-    return Accuracy(float(metrics[key]), int(metrics.get(f"{key}_images", 0)))
+    """The accuracy `key` of an evaluator result with its image count (`<key>_images`, 0 when unknown) and, where
+    an evaluator ran several seeds, their accuracies (`<key>_seeds`)."""
+    return Accuracy(float(metrics[key]), int(metrics.get(f"{key}_images", 0)),
+                    tuple(float(s) for s in metrics.get(f"{key}_seeds", ())))
 
 
 def difference_interval(a: Accuracy, b: Accuracy) -> tuple[float, float]:

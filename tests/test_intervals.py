@@ -9,6 +9,7 @@ from search.intervals import Comparison
 from search.intervals import compare_accuracy
 from search.intervals import compare_cost
 from search.intervals import difference_interval
+from search.intervals import measured
 from search.intervals import wilson
 
 
@@ -28,3 +29,10 @@ def test_a_difference_inside_its_interval_is_a_tie() -> None:
     assert compare_accuracy(Accuracy(90.0, 10_000), Accuracy(92.0, 10_000)) == Comparison.WORSE
     assert compare_accuracy(Accuracy(92.0, 200), Accuracy(90.0, 200)) == Comparison.TIE  # fewer images: wider
     assert compare_cost(0.995, 1.0) == Comparison.TIE and compare_cost(0.9, 1.0) == Comparison.BETTER
+
+
+def test_a_seed_spread_is_reported_where_seeds_were_run() -> None:
+    one = measured({"accuracy": 90.0, "accuracy_images": 1000})
+    assert one.seed_spread is None and "seed" not in str(one)
+    three = measured({"accuracy": 90.0, "accuracy_images": 1000, "accuracy_seeds": [89.0, 90.0, 91.0]})
+    assert three.seed_spread == pytest.approx(1.0) and str(three).endswith("seed sd 1.00")
