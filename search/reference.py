@@ -36,13 +36,13 @@ class ReferenceBox:
     objectives: tuple[str, ...]
     chance: float
     teacher_accuracy: float
-    teacher_costs: tuple[float, ...]  # one per objective, in order; the accuracy slot holds nan
+    teacher_costs: tuple[tuple[str, float], ...]  # (cost objective, the teacher's cost): each cost's far edge
 
     @classmethod
     def of_study(cls, objectives: Sequence[str], classes: int, teacher_accuracy: float,
                  teacher_metrics: Mapping[str, Any]) -> ReferenceBox:
         """The box of a study: its classes, its teacher's accuracy and the teacher recipe's F0 cost metrics."""
-        costs = tuple(float("nan") if o == "accuracy" else float(teacher_metrics[o]) for o in objectives)
+        costs = tuple((o, float(teacher_metrics[o])) for o in objectives if o != "accuracy")
         return cls(tuple(objectives), 100.0 / classes, float(teacher_accuracy), costs)
 
     def with_accuracy(self, teacher_accuracy: float) -> ReferenceBox:
@@ -55,11 +55,12 @@ class ReferenceBox:
         p = np.asarray(points, dtype=float).reshape(-1, len(self.objectives))
         out = np.empty_like(p)
         span = self.teacher_accuracy - self.chance
+        edge = dict(self.teacher_costs)
         for j, objective in enumerate(self.objectives):
             if objective == "accuracy":
                 out[:, j] = np.clip(1.0 - (p[:, j] - self.chance) / span, 0.0, None) if span > 0 else np.nan
             else:
-                out[:, j] = p[:, j] / self.teacher_costs[j]
+                out[:, j] = p[:, j] / edge[objective]
         return out
 
     def hypervolume(self, points: np.ndarray) -> float:
@@ -70,9 +71,9 @@ class ReferenceBox:
             return float("nan")
         return hypervolume(unit, [1.0] * len(self.objectives), ["min"] * len(self.objectives))
 
-    def as_dict(self) -> dict[str, Any]:
-        costs = {o: c for o, c in zip(self.objectives, self.teacher_costs, strict=True) if o != "accuracy"}
-        return {"accuracy": [self.chance, self.teacher_accuracy], **{o: [0.0, c] for o, c in costs.items()}}
+    def as_dict(self) -> dict[str, list[float]]:
+        """objective -> [low end, high end]: [chance, the teacher's accuracy]; [0, the teacher's cost] for a cost."""
+        return {"accuracy": [self.chance, self.teacher_accuracy], **{o: [0.0, c] for o, c in self.teacher_costs}}
 
 
 def relevantly_dominates(a: int, b: int, accuracies: Sequence[Accuracy], costs: np.ndarray) -> bool:
@@ -97,15 +98,9 @@ def knee(accuracies: Sequence[Accuracy], costs: np.ndarray, box: ReferenceBox) -
     alive = [i for i in range(n) if not any(relevantly_dominates(j, i, accuracies, costs) for j in range(n) if j != i)]
     alive = alive or list(range(n))  # ties are not transitive: never leave the front without a knee
     points = np.column_stack([[a.percent for a in accuracies], costs])
-    order = ["accuracy", *(o for o in box.objectives if o != "accuracy")]
-    unit = box_in_order(box, order).unit(points)
+    order = ("accuracy", *(o for o in box.objectives if o != "accuracy"))
+    unit = ReferenceBox(order, box.chance, box.teacher_accuracy, box.teacher_costs).unit(points)
     weights = np.array([max(len(order) - 1, 1) if o == "accuracy" else 1.0 for o in order])
     distances = np.linalg.norm(unit[alive] * np.sqrt(weights), axis=1)
     return alive[int(np.argmin(distances))]
 
-
-def box_in_order(box: ReferenceBox, objectives: Sequence[str]) -> ReferenceBox:
-    """The same box with its objectives in another order."""
-    index = {o: j for j, o in enumerate(box.objectives)}
-    return ReferenceBox(tuple(objectives), box.chance, box.teacher_accuracy,
-                        tuple(box.teacher_costs[index[o]] for o in objectives))

@@ -7,7 +7,10 @@ the first N images, `f3_accuracy` the whole validation split and `f3_test_accura
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from dataclasses import dataclass
+from dataclasses import fields
+from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,18 +124,31 @@ class Summary:
 
     hypervolume_f2: float  # every feasible trial at F2 (validation): the last value of `history`
     hypervolume_f3: float  # the front recipes fine-tuned at F3 (test accuracy, box up to the teacher's test accuracy)
-    box: dict[str, dict[str, list[float]]]  # per split: objective -> [best end, worst end] of the box
+    box: ReferenceBox  # validation accuracy (F2)
+    test_box: ReferenceBox  # the same costs, accuracy up to the teacher's test accuracy (F3)
     tau_f1_f3: float
     tau_f2_f3: float
     tau_pairs: int
     knee: int  # index into the front list; -1 when no front member was scored
     verdicts: list[Verdict]
     history: list[HypervolumePoint]
-    costlier_than_teacher: list[str]  # cost objectives on which no front member is cheaper than the box's edge
+    # per cost objective, the cheapest F3 front member's cost as a fraction of the box's edge (the teacher's cost):
+    # a fraction near 1 on any axis flattens the hypervolume, whatever the other axes gain
+    cost_fractions: dict[str, float]
 
     @property
     def dominated_baselines(self) -> list[str]:
         return [v.baseline for v in self.verdicts if v.outcome == Outcome.DOMINATED]
+
+    def as_json(self) -> dict[str, Any]:
+        """summary.json's content: each box as objective -> [low end, high end]."""
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("box", "test_box")}
+        return {**json.loads(json.dumps(plain, default=_plain)), "dominated_baselines": self.dominated_baselines,
+                "box": {"validation": self.box.as_dict(), "test": self.test_box.as_dict()}}
+
+
+def _plain(value: Any) -> Any:
+    return asdict(value) if is_dataclass(value) else str(value)
 
 
 def summarise(front_: list[Candidate], baselines: list[Candidate], box: ReferenceBox, test_box: ReferenceBox,
@@ -146,22 +162,22 @@ def summarise(front_: list[Candidate], baselines: list[Candidate], box: Referenc
     return Summary(
         hypervolume_f2=history[-1].hypervolume if history else box.hypervolume(points(f2_front, objectives, "f2")),
         hypervolume_f3=test_box.hypervolume(points(f3_front, objectives, "f3", "test_accuracy")),
-        box={"validation": box.as_dict(), "test": test_box.as_dict()},
+        box=box,
+        test_box=test_box,
         tau_f1_f3=kendall_tau(acc["f1"], acc["f3"]) if len(scored_) > 1 else float("nan"),
         tau_f2_f3=kendall_tau(acc["f2"], acc["f3"]) if len(scored_) > 1 else float("nan"),
         tau_pairs=len(scored_),
         knee=front_knee(front_, box),
         verdicts=judge_all(baselines, front_, objectives),
         history=history,
-        costlier_than_teacher=_outside(f3_front, test_box))
+        cost_fractions=_cost_fractions(f3_front, test_box))
 
 
-def _outside(front_: list[Candidate], box: ReferenceBox) -> list[str]:
-    """Cost objectives that leave the whole front outside the box (so its hypervolume is 0): worth saying."""
+def _cost_fractions(front_: list[Candidate], box: ReferenceBox) -> dict[str, float]:
     if not front_:
-        return []
+        return {}
     unit = box.unit(points(front_, box.objectives, "f3", "test_accuracy"))
-    return [o for j, o in enumerate(box.objectives) if o != "accuracy" and bool(np.all(unit[:, j] >= 1.0))]
+    return {o: float(unit[:, j].min()) for j, o in enumerate(box.objectives) if o != "accuracy"}
 
 
 def _fmt(value: Any) -> str:
@@ -215,18 +231,19 @@ def _table_lines(title: str, candidates: list[Candidate], objectives: tuple[str,
 
 def hypervolume_lines(summary: Summary, plot: str | None) -> list[str]:
     """The normalised hypervolume, its box, and the curve over wall time."""
-    test = summary.box["test"]
+    test, val = summary.test_box.as_dict(), summary.box.as_dict()
     lines = ["## Hypervolume (normalised to the study's reference box)", "",
              f"- every feasible trial at F2 (validation): {summary.hypervolume_f2:.4g}; the front recipes at F3 "
              f"(test): {summary.hypervolume_f3:.4g}",
              f"- box: accuracy from chance ({test['accuracy'][0]:.2f}%) to the teacher's accuracy "
-             f"({test['accuracy'][1]:.2f}% test, {summary.box['validation']['accuracy'][1]:.2f}% validation); "
+             f"({test['accuracy'][1]:.2f}% test, {val['accuracy'][1]:.2f}% validation); "
              "each cost from 0 to the unmodified teacher's modelled cost (the costlier of fp32 and 8-bit PTQ): "
              + ", ".join(f"{o} {v[1]:.4g}" for o, v in test.items() if o != "accuracy"),
              "- 1 would be a free model as accurate as the teacher; fixed by the study, so runs compare.", ""]
-    if summary.costlier_than_teacher:
-        lines[-1:-1] = [f"- no front member is cheaper than the teacher in {', '.join(summary.costlier_than_teacher)}:"
-                        " on that axis compression did not pay, and the hypervolume is 0."]
+    if summary.cost_fractions:
+        lines[-1:-1] = ["- the cheapest front member's cost as a fraction of the teacher's (a volume is a product: an "
+                        "axis near 1 keeps it small): " + ", ".join(f"{o} {v:.3g}" for o, v in
+                                                                   summary.cost_fractions.items())]
     if plot:
         lines += [f"![normalised hypervolume of the F2 front against wall time]({plot})", ""]
     return lines

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from contextlib import nullcontext
-from dataclasses import asdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,9 +166,7 @@ def write_outputs(ctx: Context, study: optuna.Study, front_: list[final.Candidat
     hypervolume_plot(out / "hypervolume.png", history, title=f"{ctx.config.name} ({ctx.config.profile})")
     results.write_report(out / "report.md", header, front_, base, objectives, summary,
                          hypervolume_plot="hypervolume.png")
-    (out / "summary.json").write_text(json.dumps({**header, **asdict(summary),
-                                                  "dominated_baselines": summary.dominated_baselines},
-                                                 indent=2, default=str))
+    (out / "summary.json").write_text(json.dumps({**header, **summary.as_json()}, indent=2, default=str))
     log(f"wrote trials.csv ({len(trials)} rows), pareto.csv ({len(front_table)}), baselines.csv, pareto.png, "
         f"report.md under {out}")
     return summary

@@ -52,9 +52,10 @@ def test_reference_box_is_fixed_by_the_study_not_by_the_run() -> None:
     # Other candidates (here baselines far worse and costlier than the teacher) used to move the reference point.
     many = summarise(front, [candidate("huge", 50.0, (9.0, 300.0, 8.0)), candidate("tiny", 12.0, (0.01, 0.1, 0.01))],
                      box(), box(97.0), [])
-    assert few.box == many.box
+    assert few.box == many.box == box() and few.as_json()["box"] == many.as_json()["box"]
     assert few.hypervolume_f2 == many.hypervolume_f2 and few.hypervolume_f3 == many.hypervolume_f3
     assert 0.0 < few.hypervolume_f2 < 1.0
+    assert few.cost_fractions == pytest.approx({"latency_zcu104": 0.2, "latency_rpi4": 0.2, "size_mb": 0.1})
     # A model as accurate as the teacher at half its cost on every axis holds exactly 1/8 of the box; being more
     # accurate than the teacher or costlier than it cannot leave [0, 1].
     assert box().hypervolume(np.array([[98.0, 0.5, 10.0, 0.5]])) == pytest.approx(0.125)
