@@ -36,6 +36,7 @@ from evaluators.batches import Batcher
 from evaluators.cost import model_cost
 from evaluators.executed import estimate_executed
 from evaluators.metrics import accuracy
+from evaluators.metrics import collapse_reason
 from evaluators.splits import Splits
 from evaluators.training import atomic_save
 from hardware_models import extract
@@ -245,8 +246,24 @@ class Evaluator:
                                                      device=self.device)
         return self._teacher_acc[val_images]
 
+    def collapsed(self, metrics: dict[str, Any]) -> str | None:
+        """Why a result is a failure rather than a point: its accuracy ended at chance level (None when not)."""
+        return collapse_reason(float(metrics["accuracy"]), self.splits.info.num_classes)
+
     def cached(self, recipe: Recipe, fidelity: Fidelity) -> dict[str, Any] | None:
-        return self.store.get(recipe, fidelity, self._fingerprint(fidelity))
+        known = self.store.get(recipe, fidelity, self._fingerprint(fidelity))
+        return None if known is None else {**self._image_counts(fidelity, known), **known}
+
+    def _image_counts(self, fidelity: Fidelity, known: dict[str, Any]) -> dict[str, int]:
+        """How many images each accuracy was measured on, for results cached before the counts were stored:
+        the level's config and the splits fix them, so they need no new evaluation."""
+        level = self.fidelity.level(fidelity)
+        counts = {}
+        if "accuracy" in known:
+            counts["accuracy_images"] = len(self.splits.val.first(level.val_images))
+        if "test_accuracy" in known:
+            counts["test_accuracy_images"] = len(self.splits.test.first(level.test_images))
+        return counts
 
     def _fingerprint(self, fidelity: Fidelity) -> str:
         return level_fingerprint(self.fidelity.level(fidelity), self.hardware)
@@ -283,11 +300,13 @@ class Evaluator:
         if not math.isfinite(acc):
             raise ValueError("accuracy is not a number")
         n = len(val)
-        out: dict[str, Any] = {"accuracy": acc, "accuracy_split": f"validation (first {n} images)",
+        out: dict[str, Any] = {"accuracy": acc, "accuracy_images": n,
+                               "accuracy_split": f"validation (first {n} images)",
                                "accuracy_drop": self.teacher_accuracy(images) - acc}
         if fidelity == Fidelity.F3:
             test = self.splits.test.first(self.fidelity.level(fidelity).test_images)
             out["test_accuracy"] = accuracy(compressed.model, test, self.batcher, device=self.device)
+            out["test_accuracy_images"] = len(test)
             out["test_split"] = f"test (first {len(test)} images)"
             if self.checkpoints is not None:
                 self.checkpoints.mkdir(parents=True, exist_ok=True)

@@ -28,3 +28,21 @@ def model_summary(model: nn.Module, input_shape: Sequence[int]) -> dict[str, flo
     every candidate is scored with, so the baseline and the compressed models are comparable."""
     cost = model_cost(model, tuple(input_shape), storage="fp32")
     return {"params": cost.params, "macs": cost.macs, "size_bytes_fp32": cost.size_bytes}
+
+
+COLLAPSE_MARGIN = 2.0  # points above or below chance within which a trained model has learnt nothing
+
+
+def chance_accuracy(classes: int) -> float:
+    """Top-1 accuracy (%) of guessing one class: what a network that collapsed to a constant output scores."""
+    return 100.0 / classes
+
+
+def collapse_reason(percent: float, classes: int, margin: float = COLLAPSE_MARGIN) -> str | None:
+    """Why an accuracy is no result: a run that ends within `margin` points of chance diverged or collapsed,
+    and counting it as a point would put noise on the front (it is cheap, so it often looks "optimal")."""
+    chance = chance_accuracy(classes)
+    if abs(percent - chance) > margin:
+        return None
+    return (f"collapsed: accuracy {percent:.2f}% is within {margin:g} points of chance "
+            f"({chance:.2f}% for {classes} classes)")

@@ -7,7 +7,8 @@ retried and nothing finished is repeated (the result cache makes even a half-fin
 
 Trial states: COMPLETE (scored at F2, constraints recorded, so infeasible trials are kept and marked),
 PRUNED (rejected at F0 by a cost constraint, reason stored), FAIL (an exception such as a diverging loss
-or a recipe a target cannot run, reason stored). The study goes on after every one of them.
+or a recipe a target cannot run, or an F2 accuracy at chance level: "collapsed"; reason stored, metrics kept).
+The study goes on after every one of them.
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ class Outcome:
 
 
 def evaluate_trial(evaluator: Evaluator, recipe: Recipe, constraints: tuple[Constraint, ...]) -> Outcome:
-    """F0 gate and F1 on one build, then F2; any exception becomes a FAIL with its reason."""
+    """F0 gate and F1 on one build, then F2; any exception, or an F2 accuracy at chance level, becomes a FAIL with
+    its reason: a collapsed network is cheap, so told as a point it would sit on the front and steer the sampler."""
     t0 = time.monotonic()
     try:
         f1 = evaluator.evaluate(recipe, Fidelity.F1, cost_gate(constraints))
@@ -138,7 +140,9 @@ def evaluate_trial(evaluator: Evaluator, recipe: Recipe, constraints: tuple[Cons
         f2 = evaluator.evaluate(recipe, Fidelity.F2)
     except Exception as err:  # noqa: BLE001 - a failing trial is recorded, and the study goes on
         return Outcome(TrialState.FAIL, {}, f"{type(err).__name__}: {err}"[:500], time.monotonic() - t0)
-    return Outcome(TrialState.COMPLETE, {"f1": f1, "f2": f2}, "", time.monotonic() - t0)
+    collapsed = evaluator.collapsed(f2)
+    state = TrialState.FAIL if collapsed else TrialState.COMPLETE
+    return Outcome(state, {"f1": f1, "f2": f2}, collapsed or "", time.monotonic() - t0)
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, recipe: Recipe, outcome: Outcome, objectives: tuple[str, ...],
@@ -175,7 +179,7 @@ class Progress:
         self.done += 1
         self.new += 1
         acc = outcome.metrics.get("f2", {}).get("accuracy")
-        if acc is not None and not acc <= self.best:
+        if acc is not None and outcome.state == TrialState.COMPLETE and not acc <= self.best:
             self.best = acc
         rate = (time.monotonic() - self.started) / self.new
         eta = rate * max(self.total - self.done, 0)

@@ -20,10 +20,11 @@ from optuna.trial import TrialState
 from evaluators.candidate import Evaluator
 from evaluators.candidate import Fidelity
 from search.engine import BaselineSet
+from search.intervals import measured
 from search.objectives import direction
-from search.pareto import knee_index
-from search.pareto import knee_weights
 from search.pareto import pareto_mask
+from search.reference import ReferenceBox
+from search.reference import knee
 from spaces.recipe import Recipe
 from spaces.thesis_recipes import survey_quantization_recipes
 from spaces.thesis_recipes import thesis_table_recipes
@@ -44,6 +45,12 @@ class Candidate:
     metrics: dict[str, dict[str, Any]]
     trial: int | None = None
     feasible: bool = True
+    failure: str = ""  # why its final level is no result ("collapsed: ..."); such a candidate is not a point
+
+
+def scored(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates whose numbers count: a collapsed one is a failure, not a (cheap, "optimal") point."""
+    return [c for c in candidates if not c.failure]
 
 
 def completed(study: optuna.Study) -> list[Candidate]:
@@ -78,14 +85,24 @@ def front(candidates: list[Candidate], objectives: tuple[str, ...], level: str =
     return [c for c, keep in zip(pool, mask, strict=True) if keep]
 
 
-def spread(front_: list[Candidate], objectives: tuple[str, ...], limit: int) -> list[Candidate]:
+def front_knee(front_: list[Candidate], box: ReferenceBox, level: str = "f2", accuracy_key: str = "accuracy") -> int:
+    """The knee of `front_` (an index into it) among its scored members, measured in the study's box."""
+    alive = [i for i, c in enumerate(front_) if not c.failure and level in c.metrics]
+    if not alive:
+        return -1
+    costs = [o for o in box.objectives if o != "accuracy"]
+    accuracies = [measured(front_[i].metrics[level], accuracy_key) for i in alive]
+    cost_points = np.array([[float(front_[i].metrics[level][o]) for o in costs] for i in alive])
+    return alive[knee(accuracies, cost_points, box)]
+
+
+def spread(front_: list[Candidate], limit: int, box: ReferenceBox) -> list[Candidate]:
     """At most `limit` front members: the knee, the most accurate, then evenly spaced along accuracy."""
     if len(front_) <= limit:
         return front_
-    dirs = [direction(o) for o in objectives]
-    knee = front_[knee_index(points(front_, objectives, "f2"), dirs, knee_weights(objectives))]
+    knee_ = front_[front_knee(front_, box)]
     ordered = sorted(front_, key=lambda c: c.metrics["f2"]["accuracy"], reverse=True)
-    picks = {knee.recipe.hash(): knee}
+    picks = {knee_.recipe.hash(): knee_}
     for i in [0, *np.linspace(0, len(ordered) - 1, limit).round().astype(int)]:
         if len(picks) >= limit:
             break
@@ -94,11 +111,14 @@ def spread(front_: list[Candidate], objectives: tuple[str, ...], limit: int) -> 
 
 
 def finish(candidate: Candidate, evaluator: Evaluator, levels: tuple[Fidelity, ...]) -> Candidate:
+    """`candidate` scored at every level of `levels`; marked failed when the last one ended at chance level."""
     metrics = dict(candidate.metrics)
     for level in levels:
         if level.value not in metrics:
             metrics[level.value] = evaluator.evaluate(candidate.recipe, level)
-    return Candidate(candidate.recipe, candidate.source, metrics, candidate.trial, candidate.feasible)
+    last = metrics[levels[-1].value] if levels else {}
+    failure = (evaluator.collapsed(last) or "") if "accuracy" in last else ""
+    return Candidate(candidate.recipe, candidate.source, metrics, candidate.trial, candidate.feasible, failure)
 
 
 Job = tuple[Candidate, tuple[Fidelity, ...]]

@@ -1,4 +1,5 @@
-"""pareto.png: accuracy against latency on each target, the front highlighted, the baselines marked."""
+"""pareto.png: accuracy against latency on each target, the front highlighted, the baselines marked; and
+hypervolume.png: the normalised hypervolume against wall time."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from search.history import HypervolumePoint  # noqa: E402
+from search.pareto import staircase  # noqa: E402
+
 
 def _numeric(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
     if frame.empty or any(c not in frame for c in columns):
@@ -23,18 +27,66 @@ def _numeric(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
     return out.dropna(subset=list(columns))
 
 
+FLAT = 0.03  # a cost that varies by less than this fraction across the front is said to be flat on the panel
+LOG_SPAN = 10.0  # log axes only when the values span at least this factor; below it log ticks go unlabelled
+
+
+def flat_note(values: Sequence[float], what: str) -> str | None:
+    """"latency varies < 3% across the front" when it does: the panel's axis would otherwise stretch noise."""
+    v = [float(x) for x in values]
+    if len(v) < 2 or max(v) <= 0:
+        return None
+    spread = (max(v) - min(v)) / max(v)
+    return f"{what} varies < {FLAT:.0%} across the front ({spread:.1%})" if spread < FLAT else None
+
+
+def _axis(ax: plt.Axes, values: pd.Series) -> bool:
+    """Log x-axis when the values span a decade or more, linear otherwise; plain readable tick labels either way.
+    Returns whether the axis is logarithmic."""
+    positive = values[values > 0]
+    log = len(positive) > 1 and positive.max() / positive.min() >= LOG_SPAN
+    if log:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    else:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=6))
+    formatter = matplotlib.ticker.ScalarFormatter(useOffset=False)
+    formatter.set_scientific(False)
+    ax.xaxis.set_major_formatter(formatter)
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    return log
+
+
+def _front(ax: plt.Axes, front: pd.DataFrame, lat: str) -> None:
+    """The projection's own non-dominated staircase joined; the other front members marked, not joined."""
+    f = _numeric(front, lat, "f3_test_accuracy")
+    if "state" in f:
+        f = f[f["state"] != "FAIL"]
+    steps = staircase(f["f3_test_accuracy"].tolist(), f[lat].tolist())
+    on = f.iloc[steps]
+    others = f.drop(index=on.index)
+    ax.plot(on[lat], on["f3_test_accuracy"], "o", c="tab:red", ms=6, drawstyle="steps-post", ls="-",
+            label="front, non-dominated in this projection (F3, test)")
+    ax.scatter(others[lat], others["f3_test_accuracy"], s=40, facecolors="none", edgecolors="tab:red",
+               label="other front members (kept by other objectives)")
+    note = flat_note(f[lat].tolist(), "latency")
+    if note:
+        ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=8, color="tab:red",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "tab:red"})
+
+
 def pareto_plot(path: Path, trials: pd.DataFrame, front: pd.DataFrame, baselines: pd.DataFrame,
                 targets: Sequence[str], *, title: str, highlight: dict[str, float] | None = None) -> None:
-    """One panel per target. Grey: every trial at F2 (validation). Red: the front at F3 (test).
-    Blue squares: the baseline recipes at F3 (test). `highlight` ({"latency_<t>": x, "accuracy": y}) marks one
-    point, e.g. the recipe an export bundle holds."""
+    """One panel per target. Grey: every trial at F2 (validation). Red: the front at F3 (test): its members that
+    are non-dominated in this panel's two axes joined as a staircase, the others as open circles (a many-objective
+    front is not a curve in any one projection). Blue squares: the baseline recipes at F3 (test). `highlight`
+    ({"latency_<t>": x, "accuracy": y}) marks one point, e.g. the recipe an export bundle holds."""
     fig, axes = plt.subplots(1, len(targets), figsize=(6.5 * len(targets), 5), squeeze=False)
     for ax, target in zip(axes[0], targets, strict=True):
         lat = f"latency_{target}"
         t = _numeric(trials, f"f2_{lat}", "f2_accuracy")
         ax.scatter(t[f"f2_{lat}"], t["f2_accuracy"], s=14, c="0.65", label="trials (F2, validation)")
-        f = _numeric(front, f"f3_{lat}", "f3_test_accuracy").sort_values(f"f3_{lat}")
-        ax.plot(f[f"f3_{lat}"], f["f3_test_accuracy"], "o-", c="tab:red", ms=6, label="front (F3, test)")
+        _front(ax, front, f"f3_{lat}")
         b = _numeric(baselines, f"f3_{lat}", "f3_test_accuracy")
         ax.scatter(b[f"f3_{lat}"], b["f3_test_accuracy"], marker="s", s=36, c="tab:blue",
                    label="baselines (F3, test)")
@@ -44,17 +96,33 @@ def pareto_plot(path: Path, trials: pd.DataFrame, front: pd.DataFrame, baselines
         if highlight and lat in highlight:
             ax.scatter([highlight[lat]], [highlight["accuracy"]], marker="*", s=260, c="gold", edgecolors="k",
                        zorder=5, label="this bundle (test)")
-        if len(t) + len(f) + len(b):
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        else:
+        shown = pd.concat([t[f"f2_{lat}"], _numeric(front, f"f3_{lat}")[f"f3_{lat}"], b[f"f3_{lat}"]])
+        log = _axis(ax, shown) if len(shown) else False
+        if not len(shown):
             ax.text(0.5, 0.5, "no trial was scored (all rejected or failed)", ha="center", transform=ax.transAxes)
-        ax.set_xlabel(f"modelled latency on {target} (ms, log scale)")
+        ax.set_xlabel(f"modelled latency on {target} (ms{', log scale' if log else ''})")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def hypervolume_plot(path: Path, history: Sequence[HypervolumePoint], *, title: str) -> None:
+    """The normalised hypervolume of the F2 front against wall time: how fast the search found what it found."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    if history:
+        ax.plot([h.minutes for h in history], [h.hypervolume for h in history], drawstyle="steps-post",
+                marker=".", c="tab:red")
+    else:
+        ax.text(0.5, 0.5, "no trial finished", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("wall time since the first trial started (min)")
+    ax.set_ylabel("normalised hypervolume (F2 front, validation)")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

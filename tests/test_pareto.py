@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from search.pareto import hypervolume
-from search.pareto import knee_index
 from search.pareto import pareto_mask
+from search.pareto import staircase
 
 
 def test_front_keeps_only_non_dominated_points_with_mixed_directions() -> None:
@@ -50,6 +50,16 @@ def test_adding_a_dominated_point_leaves_hypervolume_unchanged_and_a_new_front_p
     assert hypervolume(np.vstack([pts, [[0.0, 0.0, 1.0]]]), ref, ["min"] * 3) > base
 
 
-def test_knee_is_the_balanced_point() -> None:
-    pts = np.array([[99, 100], [95, 10], [60, 1], [90, 50]])
-    assert knee_index(pts, ["max", "min"]) == 1
+def test_staircase_is_the_projections_front_in_cost_order() -> None:
+    accuracy = [84.0, 97.8, 90.0, 97.2, 95.0, 96.0]
+    latency = [0.565, 0.568, 0.570, 0.5675, 0.5660, 0.600]
+    # 90.0 at 0.570 and 96.0 at 0.600 are beaten in this projection (kept on the front by other objectives).
+    assert staircase(accuracy, latency) == [0, 4, 3, 1]
+    assert staircase([], []) == []
+
+
+def test_a_panel_says_when_a_cost_barely_varies_across_the_front() -> None:
+    from search.plots import flat_note
+
+    assert flat_note([0.565, 0.5675, 0.568], "latency") == "latency varies < 3% across the front (0.5%)"
+    assert flat_note([0.3, 0.6], "latency") is None and flat_note([0.5], "latency") is None

@@ -23,7 +23,6 @@ from search.config import load_study
 from search.context import make_plan
 from search.objectives import parse_constraint
 from search.objectives import parse_pick
-from search.pareto import knee_index
 from search.stats import kendall_tau
 from spaces.recipe import Recipe
 from tests.cli_helpers import search_cli
@@ -175,14 +174,10 @@ def test_constraints_and_picks_parse() -> None:
         parse_pick("max speed", known)
 
 
-def test_kendall_tau_and_weighted_knee() -> None:
+def test_kendall_tau() -> None:
     assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
-    import numpy as np
-
-    front = np.array([[90.0, 10.0], [60.0, 1.0], [89.0, 5.0]])  # accuracy (max), latency (min)
-    assert knee_index(front, ["max", "min"], [1.0, 1.0]) == 2
 
 
 @pytest.mark.slow
