@@ -98,6 +98,22 @@ def test_arm_threads_precision_and_clock() -> None:
         estimate(model, shape, "rpi4", threads=8)
 
 
+@pytest.mark.parametrize("target", ["rpi4", "rpi5"])
+def test_arm_costs_each_layer_at_its_own_precision(target: str) -> None:
+    """A mixed int8/fp32 map (what sensitivity allocation produces) lies strictly between all-int8 and all-fp32,
+    and moving one more layer to fp32 never makes it faster."""
+    model = build_network("torchvision:resnet18", device="meta")
+    shape = (3, 224, 224)
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    int8, fp32 = (estimate(model, shape, target, precision=p)["latency_ms"] for p in ("int8", "fp32"))
+    stem_fp32 = estimate(model, shape, target, precision={"*": "int8", layers[0]: 32})
+    half = estimate(model, shape, target, precision={"*": "int8", **dict.fromkeys(layers[::2], 32)})
+    assert int8 < stem_fp32["latency_ms"] < half["latency_ms"] < fp32
+    assert half["precision"] == "int8/fp32" and any("each layer is costed with its own" in a
+                                                    for a in half["assumptions"])
+    assert estimate(model, shape, target, precision=dict.fromkeys(layers, 8))["latency_ms"] == int8
+
+
 def test_rpi5_is_derived_from_rpi4_with_stated_assumptions() -> None:
     model = build_network("torchvision:mobilenet_v2", device="meta")
     pi4 = estimate(model, (3, 224, 224), "rpi4", precision="int8", runtime="pytorch")
