@@ -1,0 +1,136 @@
+"""Per-layer precision by sensitivity: the allocation favours the layers that hurt most and keeps to its MAC
+budget, the measure reads the calibration split only, and the resolved bits reach the model and the Pi's
+cost model layer by layer."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from evaluators.candidate import HardwareConfig
+from evaluators.candidate import estimate_targets
+from evaluators.data import DataConfig
+from evaluators.data import prepare_data
+from evaluators.datasets import Dataset
+from evaluators.splits import SplitConfig
+from spaces import sensitivity
+from spaces.apply import Budget
+from spaces.apply import apply
+from spaces.architectures import create_model
+from spaces.macs import count_macs
+from spaces.quantization import bit_widths
+from spaces.quantization import resolve_bits
+from spaces.recipe import Allocation
+from spaces.recipe import Quantization
+from spaces.recipe import QuantKind
+from spaces.recipe import Recipe
+from tests.test_apply import _poisoned
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+BUDGET = Budget(score_images=64, calib_images=64, eval_batch_size=32)
+MIXED = Recipe(quant=Quantization(kind=QuantKind.PTQ, allocation=Allocation.SENSITIVITY, high_fraction=0.3))
+
+
+@pytest.fixture(scope="module")
+def calib_only(mnist_root: Path):
+    """MNIST with validation, test *and* training poisoned: a recipe that neither prunes nor trains may read
+    the calibration split only, so sensitivity must get all it needs from there."""
+    split = SplitConfig(val_size=100, calib_size=64, train_size=256, seed=0)
+    splits, batcher = prepare_data(DataConfig(dataset=Dataset.MNIST, resolution=28, split=split), mnist_root,
+                                   allow_download=False)
+    poisoned = _poisoned(splits)
+    return replace(poisoned, train=poisoned.val), batcher
+
+
+def _teacher(arch: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model(arch, in_channels=1).eval()
+
+
+def test_allocation_takes_the_most_sensitive_layers_within_the_mac_budget() -> None:
+    scores = {"stem": 0.9, "big": 0.8, "mid": 0.5, "small": 0.1, "harmless": 0.0}
+    macs = {"stem": 10, "big": 60, "mid": 20, "small": 5, "harmless": 5}
+    assert sensitivity.allocate(scores, macs, 0.0) == []
+    assert sensitivity.allocate(scores, macs, 0.1) == ["stem"]
+    assert sensitivity.allocate(scores, macs, 0.35) == ["stem", "mid", "small"]  # big does not fit: skipped
+    assert sensitivity.allocate(scores, macs, 0.7) == ["stem", "big"]
+    assert sensitivity.allocate(scores, macs, 1.0) == ["stem", "big", "mid", "small"]  # 0 never gains anything
+    for fraction in (0.05, 0.2, 0.5, 0.8):
+        assert sum(macs[n] for n in sensitivity.allocate(scores, macs, fraction)) <= fraction * sum(macs.values())
+    with pytest.raises(ValueError, match="outside 0 .. 1"):
+        sensitivity.allocate(scores, macs, 1.5)
+
+
+def test_the_layer_that_int8_breaks_is_measured_most_sensitive(calib_only) -> None:
+    splits, batcher = calib_only
+    model = _teacher("mlp")
+    with torch.no_grad():
+        model.get_submodule("3").weight[0, 0] = 50.0  # one outlier: a per-tensor int8 grid loses the rest
+    quant = Quantization(kind=QuantKind.PTQ, per_channel=False)
+    batches = [x for x, _ in batcher.eval_batches(splits.calib, 32)]
+    scores = sensitivity.one_layer_kl(model, quant, batches)
+    assert set(scores) == {"1", "3", "5"} and max(scores, key=scores.get) == "3"
+    assert all(s > 0 for s in scores.values())
+
+
+def test_apply_resolves_per_layer_bits_from_the_calibration_split_once(calib_only, tmp_path: Path) -> None:
+    splits, batcher = calib_only
+    teacher = _teacher("small_cnn")
+    out = apply(MIXED, teacher, splits, batcher, BUDGET, cache_dir=tmp_path)
+    high = out.info["high_precision_layers"]
+    macs = count_macs(out.model, out.input_shape)
+    widths = bit_widths(out.model)
+    assert high and len(high) < len(widths)
+    assert widths == {n: (32, 32) if n in high else (8, 8) for n in widths}
+    assert sum(macs[n] for n in high) <= MIXED.quant.high_fraction * sum(macs.values())
+    assert out.info["high_mac_fraction"] <= MIXED.quant.high_fraction
+    assert not out.info["sensitivity_from_cache"] and list((tmp_path / "sensitivity").glob("*.json"))
+    again = apply(replace(MIXED, quant=replace(MIXED.quant, high_fraction=0.1)), teacher, splits, batcher, BUDGET,
+                  cache_dir=tmp_path)
+    assert again.info["sensitivity_from_cache"]  # another budget, the same network: measured once
+    with pytest.raises(ValueError, match="apply\\(\\) resolves it"):
+        resolve_bits(teacher, MIXED.quant)
+
+
+def test_a_mixed_recipe_costs_between_all_int8_and_all_fp32_on_the_pi(calib_only) -> None:
+    splits, batcher = calib_only
+    teacher = _teacher("small_cnn")
+    # At 224x224, as the studies cost latency: at 28x28 the Pi's fitted int8 kernels cost ~0.65 ms per layer
+    # against ~0.05 ms in fp32, so there a tiny network is fastest in fp32 and a mix need not lie between.
+    hardware = HardwareConfig(targets=("rpi4",), resolution=224)
+    latency = {}
+    for name, quant in {"int8": Quantization(kind=QuantKind.PTQ), "fp32": Quantization(),
+                        "mixed": MIXED.quant}.items():
+        recipe = Recipe(quant=quant)
+        out = apply(recipe, teacher, splits, batcher, BUDGET)
+        latency[name] = estimate_targets(out.model, recipe, out.input_shape, hardware)["rpi4"]
+    assert latency["mixed"]["precision"] == "int8/fp32"
+    assert latency["int8"]["latency_ms"] < latency["mixed"]["latency_ms"] < latency["fp32"]["latency_ms"]
+
+
+@pytest.mark.parametrize(("quant", "reason"), [
+    (Quantization(kind=QuantKind.FP16, allocation=Allocation.SENSITIVITY), "needs ptq or qat"),
+    (Quantization(kind=QuantKind.PTQ, allocation=Allocation.SENSITIVITY, layer_bits=(("stem", 4, 8),)),
+     "leave quant.layer_bits empty"),
+    (Quantization(kind=QuantKind.PTQ, allocation=Allocation.SENSITIVITY, high_fraction=1.2), "outside 0 .. 1"),
+    (Quantization(kind=QuantKind.PTQ, allocation=Allocation.SENSITIVITY, high_bits=8), "must exceed"),
+    (Quantization(kind=QuantKind.PTQ, allocation=Allocation.SENSITIVITY, high_bits=12), "bit widths [12]"),
+    (Quantization(kind=QuantKind.PTQ, high_fraction=0.2), "need quant.allocation 'sensitivity'"),
+])
+def test_invalid_allocations_are_rejected_with_a_reason(quant: Quantization, reason: str) -> None:
+    with pytest.raises(ValueError, match="invalid recipe") as err:
+        Recipe(quant=quant).validate()
+    assert reason in str(err.value)
+
+
+def test_new_fields_round_trip_and_leave_existing_hashes_alone() -> None:
+    assert Recipe().hash() == "876362d3445719d7"  # the hash every stored default recipe has had
+    assert "allocation" not in Recipe(quant=Quantization(kind=QuantKind.PTQ)).to_json()
+    assert Recipe.from_json(MIXED.to_json()) == MIXED
+    assert Recipe.from_json(MIXED.to_json()).hash() == MIXED.hash()
+    other = replace(MIXED, quant=replace(MIXED.quant, high_fraction=0.25))
+    assert len({MIXED.hash(), other.hash(), replace(MIXED, quant=replace(MIXED.quant, high_bits=16)).hash(),
+                Recipe(quant=Quantization(kind=QuantKind.PTQ)).hash()}) == 4
