@@ -16,6 +16,8 @@ from evaluators.data import DataConfig
 from evaluators.data import prepare_data
 from evaluators.datasets import Dataset
 from evaluators.splits import SplitConfig
+from search.bundle_onnx import session
+from search.qdq import export_qdq
 from spaces import sensitivity
 from spaces.apply import Budget
 from spaces.apply import apply
@@ -100,7 +102,7 @@ def test_a_mixed_recipe_costs_between_all_int8_and_all_fp32_on_the_pi(calib_only
     teacher = _teacher("small_cnn")
     # At 224x224, as the studies cost latency: at 28x28 the Pi's fitted int8 kernels cost ~0.65 ms per layer
     # against ~0.05 ms in fp32, so there a tiny network is fastest in fp32 and a mix need not lie between.
-    hardware = HardwareConfig(targets=("rpi4",), resolution=224)
+    hardware = HardwareConfig(targets=("rpi4",), deploy_resolution=224)
     latency = {}
     for name, quant in {"int8": Quantization(kind=QuantKind.PTQ), "fp32": Quantization(),
                         "mixed": MIXED.quant}.items():
@@ -134,3 +136,26 @@ def test_new_fields_round_trip_and_leave_existing_hashes_alone() -> None:
     other = replace(MIXED, quant=replace(MIXED.quant, high_fraction=0.25))
     assert len({MIXED.hash(), other.hash(), replace(MIXED, quant=replace(MIXED.quant, high_bits=16)).hash(),
                 Recipe(quant=Quantization(kind=QuantKind.PTQ)).hash()}) == 4
+
+
+def test_the_shipped_qdq_graph_keeps_the_recipes_float_layers_in_fp32(calib_only, tmp_path: Path) -> None:
+    """What is scored is what ships: model_int8.onnx (search.qdq) quantizes the int8 layers with the recipe's
+    scales and leaves the high-precision ones fp32, in one graph onnxruntime runs, computing what PyTorch does."""
+    import onnx
+
+    splits, batcher = calib_only
+    out = apply(MIXED, _teacher("small_cnn"), splits, batcher, BUDGET)
+    high = set(out.info["high_precision_layers"])
+    exported = export_qdq(out.model, out.input_shape, tmp_path / "model_int8.onnx")
+    assert {layer.name for layer in exported.layers if layer.kind == "int8"} == set(bit_widths(out.model)) - high
+    graph = onnx.load(str(exported.path)).graph
+    made_by = {o: node.op_type for node in graph.node for o in node.output}
+    weight_source = {node.input[1]: made_by.get(node.input[1], "initializer") for node in graph.node
+                     if node.op_type in ("Conv", "Gemm", "MatMul")}
+    assert {name.removesuffix(".weight") for name, src in weight_source.items() if src == "initializer"} == high
+    x = next(batcher.eval_batches(splits.calib, 16))[0]
+    with torch.no_grad():
+        expected = out.model(x).numpy()
+    runner = session(exported.path)
+    got = runner.run(None, {runner.get_inputs()[0].name: x.numpy()})[0]
+    assert abs(got - expected).max() < 1e-3 * max(1.0, abs(expected).max())
