@@ -39,6 +39,7 @@ from evaluators.splits import Splits
 from evaluators.training import atomic_save
 from hardware_models import estimate
 from hardware_models import get_target
+from spaces.apply import LATE_BUDGET_FIELDS
 from spaces.apply import Budget
 from spaces.apply import CompressedModel
 from spaces.apply import apply
@@ -110,7 +111,12 @@ class HardwareConfig:
 
 
 def level_fingerprint(level: LevelConfig, hardware: HardwareConfig) -> str:
-    blob = json.dumps({"level": asdict(level), "hardware": asdict(hardware)}, sort_keys=True, default=str)
+    """Keys cached results; budget fields added later are left out at their defaults (`LATE_BUDGET_FIELDS`)."""
+    data = asdict(level)
+    for name in LATE_BUDGET_FIELDS:
+        if getattr(level.budget, name) == Budget.__dataclass_fields__[name].default:
+            del data["budget"][name]
+    blob = json.dumps({"level": data, "hardware": asdict(hardware)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

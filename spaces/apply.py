@@ -93,6 +93,9 @@ class Budget:
     qat_train: TrainConfig = field(default_factory=_qat_config)
     bn_images: int = field(default=256, metadata={"min": 0, "max": 50_000})  # adaptive BN, training split
     score_images: int = field(default=500, metadata={"min": 1, "max": 10_000})  # calibration split
+    # Calibration split: one-layer sensitivity costs a forward pass over these per layer, so it gets its own,
+    # smaller count (the KL it measures is smooth: a few dozen images rank the layers).
+    sensitivity_images: int = field(default=64, metadata={"min": 1, "max": 10_000})
     calib_images: int = field(default=512, metadata={"min": 1, "max": 10_000})  # PTQ, calibration split
     max_candidates: int = field(default=8, metadata={"min": 1, "max": 256})  # caps the recipe's EagleEye K
     taylor_images: int = field(default=128, metadata={"min": 1, "max": 10_000})  # training split
@@ -101,6 +104,11 @@ class Budget:
     # Keep trained fresh students in the cache dir (one file per student x distillation x budget: tens of MB
     # each, so a search over continuous temperatures should leave it off; reruns of fixed recipes gain most).
     cache_students: bool = False
+
+
+# Budget fields added after results were first cached: result fingerprints leave them out while at their
+# default, so a study's cached results stay valid (evaluators.candidate.level_fingerprint).
+LATE_BUDGET_FIELDS = ("sensitivity_images",)
 
 
 @dataclass(frozen=True)
@@ -336,9 +344,9 @@ def _existing(model: nn.Module, quant: Quantization) -> Quantization:
 def _allocate(ctx: Context, model: nn.Module, quant: Quantization) -> Quantization:
     """Sensitivity allocation made concrete: the most sensitive layers, within the MAC budget, at high bits.
 
-    Measured on the first `score_images` of the calibration split (never validation), once per network.
+    Measured on the first `sensitivity_images` of the calibration split (never validation), once per network.
     """
-    batches = [x for x, _ in ctx.batches(ctx.splits.calib, ctx.budget.score_images)]
+    batches = [x for x, _ in ctx.batches(ctx.splits.calib, ctx.budget.sensitivity_images)]
     found = sensitivity.measure(model, quant, batches, cache_dir=ctx.cache_dir)
     macs = count_macs(model, tuple(batches[0].shape[1:]))
     high = sensitivity.allocate(found.scores, macs, quant.high_fraction)

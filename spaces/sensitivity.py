@@ -7,7 +7,7 @@ Which layers get it is decided here, once per network, by how much each layer hu
 quantized to the low precision.
 
 The measure: the mean KL divergence KL(p_float || p_quantized) of the softmax outputs over the first
-`Budget.score_images` images of the *calibration* split, with one layer at a time quantized (weights and input
+`Budget.sensitivity_images` images of the *calibration* split, with one layer at a time quantized (weights and input
 activations, at the recipe's low bits, calibration method and granularity; BN folded as deployment does) and
 every other layer in float. Why this one:
 - Accuracy drop on a few hundred images moves in steps of 1/N and is 0 for most single layers, so most

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from evaluators.candidate import HardwareConfig
+from evaluators.candidate import LevelConfig
 from evaluators.candidate import estimate_targets
+from evaluators.candidate import level_fingerprint
 from evaluators.data import DataConfig
 from evaluators.data import prepare_data
 from evaluators.datasets import Dataset
@@ -32,7 +34,7 @@ from spaces.recipe import Recipe
 from tests.test_apply import _poisoned
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-BUDGET = Budget(score_images=64, calib_images=64, eval_batch_size=32)
+BUDGET = Budget(score_images=64, calib_images=64, sensitivity_images=48, eval_batch_size=32)
 MIXED = Recipe(quant=Quantization(kind=QuantKind.PTQ, allocation=Allocation.SENSITIVITY, high_fraction=0.3))
 
 
@@ -159,3 +161,11 @@ def test_the_shipped_qdq_graph_keeps_the_recipes_float_layers_in_fp32(calib_only
     runner = session(exported.path)
     got = runner.run(None, {runner.get_inputs()[0].name: x.numpy()})[0]
     assert abs(got - expected).max() < 1e-3 * max(1.0, abs(expected).max())
+
+
+def test_the_sensitivity_budget_keeps_cached_results_valid() -> None:
+    """A new Budget field at its default leaves every result fingerprint as it was (the value below is the
+    default levels' fingerprint before the field existed; a deliberate change of defaults changes it)."""
+    assert level_fingerprint(LevelConfig(), HardwareConfig()) == "a098b0027d"
+    changed = LevelConfig(budget=Budget(sensitivity_images=32))
+    assert level_fingerprint(changed, HardwareConfig()) != level_fingerprint(LevelConfig(), HardwareConfig())
