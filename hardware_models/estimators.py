@@ -83,6 +83,9 @@ def _dpu(model: nn.Module, network: Network, profile: Profile, options: Options)
     if odd:
         notes.append(f"{len(odd)} non-8-bit layers are costed as INT8 (as_int8=True): the DPU stores and runs "
                      "sub-8-bit weights as 8-bit, so they are not faster")
+    if any(b > 8 for b in plan.weight_bits(network).values()) and options.as_int8:
+        notes.append("layers above 8 bits (fp16/fp32) are quantized to INT8 by Vitis AI for the DPU: the board "
+                     "runs them in INT8, so accuracy measured with them in float is optimistic there")
     board = dpu.board_from(profile.board, profile.config)
     cost = dpu.DpuModel(board, boards={profile.board: board})
     case = Case(network=network, board=profile.board, threads=1, precision="int8", runtime=runtime,

@@ -54,6 +54,9 @@ def test_dpu_runs_only_int8() -> None:
     assert any("8-bit" in a for a in as8["assumptions"])
     mixed = estimate(model, SHAPE, "zcu104", precision={"*": 8, "2": 4})
     assert mixed["deployable"] is False and "'2'" not in mixed["reason"] and "2 (4-bit)" in mixed["reason"]
+    float_head = estimate(model, SHAPE, "zcu104", precision={"*": 8, "5": 32}, as_int8=True)
+    assert float_head["latency_ms"] == int8["latency_ms"]
+    assert any("quantized to INT8 by Vitis AI" in a for a in float_head["assumptions"])
     with pytest.raises(KeyError, match="does not have"):
         estimate(model, SHAPE, "zcu104", precision={"conv9": 8})
 
