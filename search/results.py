@@ -25,6 +25,7 @@ from search.pareto import knee_index
 from search.pareto import knee_weights
 from search.pareto import to_minimisation
 from search.stats import kendall_tau
+from spaces.recipe import Allocation
 from spaces.recipe import Recipe
 from spaces.recipe import describe
 from spaces.recipe import weight_bits_label
@@ -42,6 +43,7 @@ def recipe_columns(recipe: Recipe) -> dict[str, Any]:
             "global_ranking": recipe.prune.global_ranking, "blocks_removed": recipe.prune.blocks_removed,
             "quant": q.kind.value, "weight_bits": weight_bits_label(q) if q.kind.value in ("ptq", "qat") else "",
             "act_bits": q.act_bits if q.kind.value in ("ptq", "qat") else "", "calibration": q.calibration.value,
+            "high_fraction": q.high_fraction if q.allocation == Allocation.SENSITIVITY else "",
             "recipe_hash": recipe.hash()}
 
 

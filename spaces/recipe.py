@@ -151,7 +151,7 @@ class Recipe:
 
 
 def describe(recipe: Recipe) -> str:
-    """One line for logs and tables: `resnet18 kd:logit prune:structured:0.3 ptq:4/8b`."""
+    """One line for logs and tables: `resnet18 kd:logit prune:structured:0.3 ptq:4/8b` (`ptq:8/32b@0.25`)."""
     parts = [recipe.student]
     if recipe.distill.kind != DistillKind.NONE:
         parts.append(f"kd:{recipe.distill.kind.value}")
@@ -159,15 +159,17 @@ def describe(recipe: Recipe) -> str:
         parts.append(f"prune:{recipe.prune.kind.value}:{recipe.prune.ratio or recipe.prune.blocks_removed:g}")
     if recipe.quant.kind in (QuantKind.PTQ, QuantKind.QAT):
         parts.append(f"{recipe.quant.kind.value}:{weight_bits_label(recipe.quant)}b")
+        if recipe.quant.allocation == Allocation.SENSITIVITY:
+            parts[-1] += f"@{recipe.quant.high_fraction:g}"  # ptq:8/32b@0.25: a quarter of the MACs at 32 bits
     elif recipe.quant.kind != QuantKind.NONE:
         parts.append(recipe.quant.kind.value)
     return " ".join(parts)
 
 
 def weight_bits_label(quant: Quantization) -> str:
-    """`4/8` for explicit per-layer bits; `8/32@0.25` for sensitivity allocation (a quarter of the MACs at 32)."""
+    """The weight widths a recipe uses: `4/8` for explicit per-layer bits, `8/32` for sensitivity allocation."""
     if quant.allocation == Allocation.SENSITIVITY:
-        return f"{quant.weight_bits}/{quant.high_bits}@{quant.high_fraction:g}"
+        return f"{quant.weight_bits}/{quant.high_bits}"
     return "/".join(map(str, sorted({b for _, b, _ in quant.layer_bits}) or [quant.weight_bits]))
 
 

@@ -31,6 +31,7 @@ from spaces.recipe import Allocation
 from spaces.recipe import Quantization
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
+from spaces.recipe import describe
 from tests.test_apply import _poisoned
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -135,6 +136,7 @@ def test_new_fields_round_trip_and_leave_existing_hashes_alone() -> None:
     assert "allocation" not in Recipe(quant=Quantization(kind=QuantKind.PTQ)).to_json()
     assert Recipe.from_json(MIXED.to_json()) == MIXED
     assert Recipe.from_json(MIXED.to_json()).hash() == MIXED.hash()
+    assert describe(MIXED) == "teacher ptq:8/32b@0.3"
     other = replace(MIXED, quant=replace(MIXED.quant, high_fraction=0.25))
     assert len({MIXED.hash(), other.hash(), replace(MIXED, quant=replace(MIXED.quant, high_bits=16)).hash(),
                 Recipe(quant=Quantization(kind=QuantKind.PTQ)).hash()}) == 4
