@@ -43,6 +43,7 @@ from hardware_models import extract
 from hardware_models import get_target
 from hardware_models.capability import Deployment
 from hardware_models.targets import deployment
+from spaces.apply import LATE_BUDGET_FIELDS
 from spaces.apply import Budget
 from spaces.apply import CompressedModel
 from spaces.apply import apply
@@ -120,7 +121,12 @@ COST_RULES = 2
 
 
 def level_fingerprint(level: LevelConfig, hardware: HardwareConfig) -> str:
-    blob = json.dumps({"level": asdict(level), "hardware": asdict(hardware), "cost_rules": COST_RULES},
+    """Keys cached results; budget fields added later are left out at their defaults (`LATE_BUDGET_FIELDS`)."""
+    data = asdict(level)
+    for name in LATE_BUDGET_FIELDS:
+        if getattr(level.budget, name) == Budget.__dataclass_fields__[name].default:
+            del data["budget"][name]
+    blob = json.dumps({"level": data, "hardware": asdict(hardware), "cost_rules": COST_RULES},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 

@@ -58,6 +58,7 @@ _CPU_FUSED = frozenset({"silu", "SiLU", "hardswish", "Hardswish", "sigmoid", "Si
                         "Hardsigmoid", "mish", "Mish"})
 BYTES = {"fp32": 4.0, "int8": 1.0}
 RUNTIMES = ("ncnn", "pytorch")
+_WEIGHTED = (Kind.CONV, Kind.DWCONV, Kind.FC)
 PRECISIONS = ("fp32", "int8")
 
 
@@ -111,6 +112,19 @@ def param_specs(runtime: str, precision: str) -> tuple[ParamSpec, ...]:
     )
 
 
+def layer_kernels(case: Case) -> dict[int, str]:
+    """Kernel precision per layer index: the case's map for layers with weights; a layer without weights
+    (pooling, add, activation) runs at the precision of the tensor it reads, as in an onnxruntime QDQ graph,
+    where an op between two int8 layers is int8 and one fed by an fp32 layer stays fp32."""
+    default = case.precision if case.precision in PRECISIONS else "fp32"
+    named = {name: p if p in PRECISIONS else "fp32" for name, p in case.layer_precision}
+    kernels: dict[int, str] = {}
+    for layer in case.network.layers:
+        inherited = kernels.get(layer.inputs[0], default) if layer.inputs else default
+        kernels[layer.index] = named.get(layer.name, default if layer.kind in _WEIGHTED else inherited)
+    return kernels
+
+
 class ArmModel(CostModel):
     family = "arm"
 
@@ -138,13 +152,15 @@ class ArmModel(CostModel):
         self._layout = layout
 
     def table(self, case: Case) -> LayerTable:
-        cls, work, act, weights, names, kinds = [], [], [], [], [], []
+        cls, work, act, weights, names, kinds, prec = [], [], [], [], [], [], []
         layers = case.network.layers
+        kernels = layer_kernels(case)
         for layer in case.network.computed():
             c = _class_of(layer, layers)
             if c is None:
                 continue
             cls.append(c)
+            prec.append(PRECISIONS.index(kernels[layer.index]))
             work.append(layer.macs if c <= 4 else layer.in_elements + layer.out_elements)
             act.append(layer.in_elements + layer.out_elements)
             weights.append(layer.weights)
@@ -153,7 +169,7 @@ class ArmModel(CostModel):
         precision = case.precision if case.precision in PRECISIONS else "fp32"
         return LayerTable(
             columns={"cls": np.array(cls, int), "work": np.array(work, float), "act": np.array(act, float),
-                     "weights": np.array(weights, float), "count": np.ones(len(cls))},
+                     "weights": np.array(weights, float), "count": np.ones(len(cls)), "prec": np.array(prec, int)},
             case=np.zeros(len(cls), int),
             case_columns={"threads": np.array([float(max(case.threads, 1))]),
                           "clock_ghz": np.array([case.clock_ghz or self.board.clock_ghz]),
@@ -165,15 +181,17 @@ class ArmModel(CostModel):
         """Every term is linear in the per-class sums, so one row per (case, class) gives the same totals."""
         if self.combine != "sum":
             return table  # max() is per layer: no aggregation
-        key = table.case * len(CLASSES) + table["cls"]
+        key = (table.case * len(PRECISIONS) + table["prec"]) * len(CLASSES) + table["cls"]
         unique, inverse = np.unique(key, return_inverse=True)
 
         def total(column: np.ndarray) -> np.ndarray:
             return np.bincount(inverse, column, minlength=unique.size)
 
         columns = {"cls": unique % len(CLASSES), "work": total(table["work"]), "act": total(table["act"]),
-                   "weights": total(table["weights"]), "count": total(table["count"])}
-        return LayerTable(columns, unique // len(CLASSES), table.case_columns, n_cases=table.n_cases)
+                   "weights": total(table["weights"]), "count": total(table["count"]),
+                   "prec": (unique // len(CLASSES)) % len(PRECISIONS)}
+        return LayerTable(columns, unique // (len(CLASSES) * len(PRECISIONS)), table.case_columns,
+                          n_cases=table.n_cases)
 
     def group_key(self, case: Case) -> str:
         precision = case.precision if case.precision in PRECISIONS else "fp32"
@@ -199,7 +217,8 @@ class ArmModel(CostModel):
     def predict(self, values: Mapping[str, float], table: LayerTable) -> Prediction:
         g = self._group_values(values)
         group = table.case_columns["group"].astype(int)
-        layer_group = group[table.case]
+        case_group = group[table.case]  # runtime x the case's precision; each layer swaps in its own kernels
+        layer_group = case_group - case_group % len(PRECISIONS) + table["prec"]
         rates = np.stack([g[f"{c}_per_cycle"] for c in CLASSES], axis=1)[layer_group, table["cls"]]
         build = g["builds"][layer_group, table.case_columns["build"].astype(int)[table.case]]
         threads = table.per_layer_case("threads")

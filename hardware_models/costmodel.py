@@ -30,6 +30,8 @@ class Case:
     precision: str = "int8"
     runtime: str = ""
     clock_ghz: float = 0.0       # 0: the board's default clock
+    # Per-layer kernels of a mixed-precision graph, (layer name, precision); other layers run at `precision`.
+    layer_precision: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,9 @@ def _dpu(model: nn.Module, network: Network, profile: Profile, options: Options)
     if odd:
         notes.append(f"{len(odd)} non-8-bit layers are costed as INT8 (as_int8=True): the DPU stores and runs "
                      "sub-8-bit weights as 8-bit, so they are not faster")
+    if any(b > 8 for b in plan.weight_bits(network).values()) and options.as_int8:
+        notes.append("layers above 8 bits (fp16/fp32) are quantized to INT8 by Vitis AI for the DPU: the board "
+                     "runs them in INT8, so accuracy measured with them in float is optimistic there")
     board = dpu.board_from(profile.board, profile.config)
     cost = dpu.DpuModel(board, boards={profile.board: board})
     case = Case(network=network, board=profile.board, threads=1, precision="int8", runtime=runtime,
@@ -107,26 +110,30 @@ def _dpu(model: nn.Module, network: Network, profile: Profile, options: Options)
     return result
 
 
-def _arm_precision(plan: PrecisionPlan, network: Network) -> tuple[str, list[str]]:
-    """One kernel family per network: int8 when most MACs are <= 8 bit (mixed maps are noted)."""
+def _arm_precision(plan: PrecisionPlan, network: Network) -> tuple[str, dict[str, str], list[str]]:
+    """Kernels per layer: int8 for <= 8-bit weights, fp32 otherwise; the network's own precision (its call
+    overhead and its error interval) is that of most MACs. onnxruntime runs a mixed QDQ graph layer by layer."""
     bits = plan.weight_bits(network)
+    kernels = {n: "int8" if b <= 8 else "fp32" for n, b in bits.items()}
     macs = {layer.name: layer.macs for layer in network.computed()}
-    low = sum(macs.get(n, 0) for n, b in bits.items() if b <= 8)
+    low = sum(macs.get(n, 0) for n, k in kernels.items() if k == "int8")
     total = max(sum(macs.get(n, 0) for n in bits), 1)
     precision = "int8" if (low / total >= 0.5 if bits else plan.default_bits <= 8) else "fp32"
     notes = []
-    if len(set(bits.values())) > 1:
-        notes.append(f"mixed precision: every layer is costed with the {precision} kernels (most MACs)")
+    if len(set(kernels.values())) > 1:
+        notes.append(f"mixed precision: each layer is costed with its own kernels ({low / total:.0%} of the MACs "
+                     "int8, the rest fp32); the Quantize/DequantizeLinear pairs at each precision boundary are not "
+                     "costed")
     if any(b < 8 for b in bits.values()):
         notes.append("sub-8-bit weights run with int8 kernels on the CPU: no faster than int8")
     if any(8 < b < 32 for b in bits.values()):
         notes.append("16-bit weights are costed with fp32 kernels (no fp16 arithmetic on the Cortex-A72)")
-    return precision, notes
+    return precision, kernels, notes
 
 
 @register_estimator("arm")
 def _arm(model: nn.Module, network: Network, profile: Profile, options: Options) -> dict[str, Any]:
-    precision, notes = _arm_precision(resolve(options.precision, profile.default_precision), network)
+    precision, kernels, notes = _arm_precision(resolve(options.precision, profile.default_precision), network)
     runtime = options.runtime or profile.default_runtime
     board = arm.ARM_BOARDS[profile.board]
     threads = options.threads or profile.default_threads
@@ -139,12 +146,15 @@ def _arm(model: nn.Module, network: Network, profile: Profile, options: Options)
                      "parameters are uncalibrated physical defaults")
     cost = arm.ArmModel(board, tuple(profile.calibration.get("builds", ())))
     table = cost.table(Case(network=network, board=profile.board, threads=threads, precision=precision,
-                            runtime=runtime, clock_ghz=options.clock_ghz or 0.0))
+                            runtime=runtime, clock_ghz=options.clock_ghz or 0.0,
+                            layer_precision=tuple(sorted(kernels.items()))))
     prediction = cost.predict(profile.params, table)
     watts = profile.power.watts(threads)
     latency = float(prediction.totals(table)[0])
     band = _interval(latency, profile, f"{runtime}.{precision}.", [], network.macs)
-    result = {"measured": False, "deployable": True, "reason": None, "precision": precision,
+    mixed = "/".join(p for p in arm.PRECISIONS[::-1] if p in kernels.values()) if len(set(kernels.values())) > 1 \
+        else precision
+    result = {"measured": False, "deployable": True, "reason": None, "precision": mixed,
               "threads": threads, "runtime": runtime, **_timing(latency, watts, profile.power.source), **band,
               "assumptions": [*profile.assumptions, *profile.power.notes, *notes, band["interval_note"]]}
     if options.per_layer:

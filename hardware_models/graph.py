@@ -141,6 +141,14 @@ def _base_status(layer: Layer, value: _Value, needed: bool, live_inputs: int) ->
     return Status.COMPUTED
 
 
+def _through_free(layers: Sequence[Layer], status: list[Status], consumers: dict[int, int], source: Layer) -> Layer:
+    """The producer behind a chain of free single-use layers: a BN folded into its conv leaves an nn.Identity
+    between the conv and its ReLU, and the ReLU still fuses into the conv on deployment."""
+    while status[source.index] is Status.FREE and len(source.inputs) == 1 and consumers.get(source.index, 0) == 1:
+        source = layers[source.inputs[0]]
+    return source
+
+
 def _fuse(layers: Sequence[Layer], status: list[Status]) -> None:
     """Fold BN into the conv it follows, and fuse clamp-like activations into the conv (or folded BN)."""
     consumers: dict[int, int] = {}
@@ -151,7 +159,7 @@ def _fuse(layers: Sequence[Layer], status: list[Status]) -> None:
     for layer in layers:
         if status[layer.index] is not Status.COMPUTED or len(layer.inputs) != 1:
             continue
-        source = layers[layer.inputs[0]]
+        source = _through_free(layers, status, consumers, layers[layer.inputs[0]])
         if consumers.get(source.index, 0) != 1 or status[source.index] not in (Status.COMPUTED, Status.FUSED):
             continue
         conv_like = source.kind in (Kind.CONV, Kind.DWCONV, Kind.FC)

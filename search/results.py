@@ -34,8 +34,10 @@ from search.verdicts import Outcome
 from search.verdicts import Verdict
 from search.verdicts import judge_all
 from search.verdicts import verdict_lines
+from spaces.recipe import Allocation
 from spaces.recipe import Recipe
 from spaces.recipe import describe
+from spaces.recipe import weight_bits_label
 
 LEVELS = ("f1", "f2", "f3")
 SKIP = frozenset({"fidelity", "recipe_hash", "apply_seconds", "storage", "accuracy_split", "test_split", "checkpoint"})
@@ -43,14 +45,14 @@ SKIP = frozenset({"fidelity", "recipe_hash", "apply_seconds", "storage", "accura
 
 def recipe_columns(recipe: Recipe) -> dict[str, Any]:
     q = recipe.quant
-    bits = sorted({b for _, b, _ in q.layer_bits}) or [q.weight_bits]
     return {"label": recipe.label, "student": recipe.student, "distill": recipe.distill.kind.value,
             "temperature": recipe.distill.temperature, "alpha": recipe.distill.alpha,
             "prune": recipe.prune.kind.value, "prune_ratio": recipe.prune.ratio,
             "importance": recipe.prune.importance.value, "schedule": recipe.prune.schedule.value,
             "global_ranking": recipe.prune.global_ranking, "blocks_removed": recipe.prune.blocks_removed,
-            "quant": q.kind.value, "weight_bits": "/".join(map(str, bits)) if q.kind.value in ("ptq", "qat") else "",
+            "quant": q.kind.value, "weight_bits": weight_bits_label(q) if q.kind.value in ("ptq", "qat") else "",
             "act_bits": q.act_bits if q.kind.value in ("ptq", "qat") else "", "calibration": q.calibration.value,
+            "high_fraction": q.high_fraction if q.allocation == Allocation.SENSITIVITY else "",
             "recipe_hash": recipe.hash()}
 
 

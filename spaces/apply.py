@@ -12,6 +12,8 @@
    different teacher, and PTQ of the trained network is the thesis's own baseline.
 4. Quantization: PTQ calibrates on the calibration split only; QAT calibrates, then spends the fine-tune
    steps training through the fake quantizers (unstructured masks are re-attached, so zeros stay zero).
+   Sensitivity allocation is resolved first into concrete per-layer bits (`spaces.sensitivity`, measured on
+   the calibration split), so the model's `bit_widths()` and everything costed from them are per layer.
 
 The search maps its fidelity levels onto budgets: F1 = all step counts 0 (prune + adaptive BN + PTQ
 calibration, about a second), F2 = a few hundred steps, F3 = a full fine-tune.
@@ -44,15 +46,18 @@ from evaluators.training import TrainConfig
 from evaluators.training import atomic_save
 from evaluators.training import train
 from spaces import pruning
+from spaces import sensitivity
 from spaces.architectures import create_model
 from spaces.distillation import data_digest
 from spaces.distillation import setup_distillation
 from spaces.distillation import weights_digest
+from spaces.macs import count_macs
 from spaces.quantization import calibrate
 from spaces.quantization import layer_groups
 from spaces.quantization import quantizable_layers
 from spaces.quantization import quantize_model
 from spaces.recipe import TEACHER
+from spaces.recipe import Allocation
 from spaces.recipe import PruneKind
 from spaces.recipe import PruneSchedule
 from spaces.recipe import Quantization
@@ -88,6 +93,9 @@ class Budget:
     qat_train: TrainConfig = field(default_factory=_qat_config)
     bn_images: int = field(default=256, metadata={"min": 0, "max": 50_000})  # adaptive BN, training split
     score_images: int = field(default=500, metadata={"min": 1, "max": 10_000})  # calibration split
+    # Calibration split: one-layer sensitivity costs a forward pass over these per layer, so it gets its own,
+    # smaller count (the KL it measures is smooth: a few dozen images rank the layers).
+    sensitivity_images: int = field(default=64, metadata={"min": 1, "max": 10_000})
     calib_images: int = field(default=512, metadata={"min": 1, "max": 10_000})  # PTQ, calibration split
     max_candidates: int = field(default=8, metadata={"min": 1, "max": 256})  # caps the recipe's EagleEye K
     taylor_images: int = field(default=128, metadata={"min": 1, "max": 10_000})  # training split
@@ -96,6 +104,11 @@ class Budget:
     # Keep trained fresh students in the cache dir (one file per student x distillation x budget: tens of MB
     # each, so a search over continuous temperatures should leave it off; reruns of fixed recipes gain most).
     cache_students: bool = False
+
+
+# Budget fields added after results were first cached: result fingerprints leave them out while at their
+# default, so a study's cached results stay valid (evaluators.candidate.level_fingerprint).
+LATE_BUDGET_FIELDS = ("sensitivity_images",)
 
 
 @dataclass(frozen=True)
@@ -328,12 +341,30 @@ def _existing(model: nn.Module, quant: Quantization) -> Quantization:
     return replace(quant, layer_bits=tuple(e for e in quant.layer_bits if e[0] in names))
 
 
+def _allocate(ctx: Context, model: nn.Module, quant: Quantization) -> Quantization:
+    """Sensitivity allocation made concrete: the most sensitive layers, within the MAC budget, at high bits.
+
+    Measured on the first `sensitivity_images` of the calibration split (never validation), once per network.
+    """
+    batches = [x for x, _ in ctx.batches(ctx.splits.calib, ctx.budget.sensitivity_images)]
+    found = sensitivity.measure(model, quant, batches, cache_dir=ctx.cache_dir)
+    macs = count_macs(model, tuple(batches[0].shape[1:]))
+    high = sensitivity.allocate(found.scores, macs, quant.high_fraction)
+    ctx.info.update(high_precision_layers=high, sensitivity_seconds=found.seconds,
+                    sensitivity_from_cache=found.from_cache,
+                    high_mac_fraction=round(sum(macs[n] for n in high) / max(sum(macs.values()), 1), 4))
+    return sensitivity.resolve(quant, high)
+
+
 def _quantize(ctx: Context, model: nn.Module) -> nn.Module:
     masks = pruning.make_permanent(model)
     quant = ctx.recipe.quant
     if quant.kind == QuantKind.NONE:
         return model
-    qmodel = quantize_model(model, _existing(model, quant))
+    resolved = _existing(model, quant)
+    if quant.allocation == Allocation.SENSITIVITY:  # validation allows it for ptq and qat only
+        resolved = _allocate(ctx, model, resolved)
+    qmodel = quantize_model(model, resolved)
     if quant.kind in (QuantKind.PTQ, QuantKind.QAT):
         calibrate(qmodel, ctx.batches(ctx.splits.calib, ctx.budget.calib_images), quant.calibration)
     if quant.kind == QuantKind.QAT:

@@ -112,15 +112,21 @@ def hint_loss(adapters: nn.ModuleList, student: list[torch.Tensor], teacher: lis
 _DIGESTS: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
 
-def weights_digest(model: nn.Module) -> str:
-    """sha256 of every tensor in the state dict (memoized per module: teachers are never modified)."""
-    if model not in _DIGESTS:
-        h = hashlib.sha256()
-        for name, tensor in model.state_dict().items():
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+def weights_digest(model: nn.Module, *, memo: bool = True) -> str:
+    """sha256 of every tensor in the state dict.
+
+    Memoized per module by default (teachers are never modified); `memo=False` for a network that is still
+    being changed in place (a student between pruning and quantization), whose digest must be recomputed.
+    """
+    if memo and model in _DIGESTS:
+        return _DIGESTS[model]
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    if memo:
         _DIGESTS[model] = h.hexdigest()
-    return _DIGESTS[model]
+    return h.hexdigest()
 
 
 def data_digest(data: ImageSet, resolution: int) -> str:

@@ -24,6 +24,7 @@ from spaces.fake_quant import check_bits
 from spaces.fake_quant import float_mode
 from spaces.fake_quant import quantizer_mode
 from spaces.recipe import VALID_BITS
+from spaces.recipe import Allocation
 from spaces.recipe import Calibration
 from spaces.recipe import Quantization
 from spaces.recipe import QuantKind
@@ -176,9 +177,13 @@ def resolve_bits(model: nn.Module, quant: Quantization) -> dict[str, Bits]:
     none -> 32/32 and fp16 -> 16/16 everywhere (overrides are ignored: those kinds have no integer grid);
     ptq/qat -> the defaults, then `layer_bits` overrides applied in the order given (so a layer override
     placed after its group's override wins). An override names a group (see `layer_groups`) or a layer.
+    Sensitivity allocation is resolved to overrides by `apply` (it needs data), so it is refused here.
     """
     layers = quantizable_layers(model)
     kind = QuantKind(quant.kind)
+    if kind not in UNIFORM_BITS and quant.allocation == Allocation.SENSITIVITY:
+        raise ValueError("sensitivity allocation has no bits until a sensitivity is measured: apply() resolves "
+                         "it (spaces.sensitivity.resolve)")
     if kind in UNIFORM_BITS:
         return dict.fromkeys(layers, UNIFORM_BITS[kind])
     bits = dict.fromkeys(layers, (check_bits(quant.weight_bits), check_bits(quant.act_bits)))

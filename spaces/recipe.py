@@ -54,6 +54,13 @@ class QuantKind(StrEnum):
     QAT = "qat"
 
 
+class Allocation(StrEnum):
+    """Who decides each layer's bits: the recipe (`layer_bits`), or a sensitivity measure under a budget."""
+
+    EXPLICIT = "explicit"  # weight_bits/act_bits everywhere, then the layer_bits overrides
+    SENSITIVITY = "sensitivity"  # the most sensitive layers get high_bits, up to high_fraction of the MACs
+
+
 class Calibration(StrEnum):
     MINMAX = "minmax"
     PERCENTILE = "percentile"
@@ -93,6 +100,12 @@ class Quantization:
     per_channel: bool = True
     calibration: Calibration = Calibration.MINMAX
     fold_bn: bool = True  # fold BatchNorm into convolutions before quantizing, as deployment does
+    # Sensitivity allocation (spaces.sensitivity): layers run at (weight_bits, act_bits) except the most
+    # sensitive ones, which run at (high_bits, high_bits) while their MACs fit in high_fraction of the total.
+    # Added after recipes were first stored: omitted from the JSON and the hash while at their defaults.
+    allocation: Allocation = Allocation.EXPLICIT
+    high_bits: int = 32
+    high_fraction: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,14 +117,14 @@ class Recipe:
     label: str = ""  # a human name ("thesis: OS 20% + PTQ"); not part of the hash
 
     def to_json(self) -> str:
-        return json.dumps(_plain(asdict(self)), sort_keys=True)
+        return json.dumps(_canonical(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Recipe:
         return recipe_from_dict(json.loads(text))
 
     def hash(self) -> str:
-        data = _plain(asdict(self))
+        data = _canonical(self)
         data.pop("label")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -138,18 +151,26 @@ class Recipe:
 
 
 def describe(recipe: Recipe) -> str:
-    """One line for logs and tables: `resnet18 kd:logit prune:structured:0.3 ptq:4/8b`."""
+    """One line for logs and tables: `resnet18 kd:logit prune:structured:0.3 ptq:4/8b` (`ptq:8/32b@0.25`)."""
     parts = [recipe.student]
     if recipe.distill.kind != DistillKind.NONE:
         parts.append(f"kd:{recipe.distill.kind.value}")
     if recipe.prune.kind != PruneKind.NONE:
         parts.append(f"prune:{recipe.prune.kind.value}:{recipe.prune.ratio or recipe.prune.blocks_removed:g}")
     if recipe.quant.kind in (QuantKind.PTQ, QuantKind.QAT):
-        bits = sorted({b for _, b, _ in recipe.quant.layer_bits}) or [recipe.quant.weight_bits]
-        parts.append(f"{recipe.quant.kind.value}:{'/'.join(map(str, bits))}b")
+        parts.append(f"{recipe.quant.kind.value}:{weight_bits_label(recipe.quant)}b")
+        if recipe.quant.allocation == Allocation.SENSITIVITY:
+            parts[-1] += f"@{recipe.quant.high_fraction:g}"  # ptq:8/32b@0.25: a quarter of the MACs at 32 bits
     elif recipe.quant.kind != QuantKind.NONE:
         parts.append(recipe.quant.kind.value)
     return " ".join(parts)
+
+
+def weight_bits_label(quant: Quantization) -> str:
+    """The weight widths a recipe uses: `4/8` for explicit per-layer bits, `8/32` for sensitivity allocation."""
+    if quant.allocation == Allocation.SENSITIVITY:
+        return f"{quant.weight_bits}/{quant.high_bits}"
+    return "/".join(map(str, sorted({b for _, b, _ in quant.layer_bits}) or [quant.weight_bits]))
 
 
 def _plain(value: Any) -> Any:
@@ -158,6 +179,20 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value.value if isinstance(value, StrEnum) else value
+
+
+# Fields added after recipes were first hashed, with the defaults that mean "as before": left out of the JSON and
+# the hash while at the default, so every stored recipe, result file and checkpoint keeps its hash.
+LATE_FIELDS: dict[str, dict[str, Any]] = {"quant": {"allocation": "explicit", "high_bits": 32, "high_fraction": 0.0}}
+
+
+def _canonical(recipe: Recipe) -> dict[str, Any]:
+    data = _plain(asdict(recipe))
+    for part, defaults in LATE_FIELDS.items():
+        for name, default in defaults.items():
+            if data[part][name] == default:
+                del data[part][name]
+    return data
 
 
 def _tuples(value: Any) -> Any:
@@ -175,7 +210,8 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     return Recipe(**kwargs)
 
 
-ENUMS = {e.__name__: e for e in (DistillKind, PruneKind, Importance, PruneSchedule, QuantKind, Calibration)}
+ENUMS = {e.__name__: e for e in (DistillKind, PruneKind, Importance, PruneSchedule, QuantKind, Calibration,
+                                  Allocation)}
 
 
 def _enum(type_name: Any, value: Any) -> Any:
@@ -240,6 +276,23 @@ def _bits(r: Recipe) -> str | None:
     return bits_problem([q.weight_bits, q.act_bits, *(b for _, w, a in q.layer_bits for b in (w, a))])
 
 
+def _allocation(r: Recipe) -> str | None:
+    q = r.quant
+    if q.allocation == Allocation.EXPLICIT:
+        late = (q.high_bits, q.high_fraction) != (32, 0.0)
+        return "quant.high_bits and quant.high_fraction need quant.allocation 'sensitivity'" if late else None
+    if q.kind not in (QuantKind.PTQ, QuantKind.QAT):
+        return f"sensitivity allocation chooses integer layers, so it needs ptq or qat, not {q.kind.value!r}"
+    if q.layer_bits:
+        return "sensitivity allocation chooses every layer's bits itself: leave quant.layer_bits empty"
+    if not 0.0 <= q.high_fraction <= 1.0:
+        return f"quant.high_fraction {q.high_fraction} is outside 0 .. 1"
+    bad = bits_problem([q.high_bits])
+    if bad or q.high_bits <= q.weight_bits:
+        return bad or f"quant.high_bits {q.high_bits} must exceed quant.weight_bits {q.weight_bits}"
+    return None
+
+
 def _distill(r: Recipe) -> str | None:
     d = r.distill
     if d.temperature <= 0 or not 0.0 <= d.alpha <= 1.0 or d.feature_weight < 0:
@@ -253,7 +306,8 @@ def _distill(r: Recipe) -> str | None:
     return None
 
 
-RULES: tuple[Callable[[Recipe], str | None], ...] = (_ratio, _layer_counts, _prune_settings, _bits, _distill)
+RULES: tuple[Callable[[Recipe], str | None], ...] = (_ratio, _layer_counts, _prune_settings, _bits, _allocation,
+                                                     _distill)
 
 
 def _known_student(student: str, teacher: str, resolution: int | None) -> str | None:

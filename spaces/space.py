@@ -34,6 +34,7 @@ from spaces.quantization import layer_groups
 from spaces.quantization import quantizable_layers
 from spaces.recipe import MAX_PRUNE_RATIO
 from spaces.recipe import TEACHER
+from spaces.recipe import Allocation
 from spaces.recipe import Calibration
 from spaces.recipe import Distillation
 from spaces.recipe import DistillKind
@@ -52,6 +53,9 @@ class BitGrouping(StrEnum):
     UNIFORM = "uniform"  # one weight bit-width for the whole network
     GROUP = "group"  # one per coarse group (`spaces.quantization.layer_groups`: stem, stages, head)
     LAYER = "layer"  # one per Conv2d/Linear: the most freedom, the hardest search
+    # Per layer too, from two sampled numbers: a higher precision and the share of MACs that may run at it;
+    # a sensitivity measure (spaces.sensitivity) picks the layers. Precisions come from `layer_precisions`.
+    SENSITIVITY = "sensitivity"
 
 
 class BitSource(StrEnum):
@@ -87,6 +91,12 @@ class SpaceConfig:
     bit_choices: tuple[int, ...] = (4, 6, 8)
     act_bit_choices: tuple[int, ...] = (8,)
     grouping: BitGrouping = BitGrouping.GROUP
+    # grouping "sensitivity": the precisions a layer may run at on the targets (the Pi: int8 or fp32; the Pi 5
+    # adds fp16, so (8, 16, 32)). The lowest is every layer's default (with act_bit_choices for activations);
+    # one higher precision is sampled, and the share of MACs it may use from high_fraction_min .. _max.
+    layer_precisions: tuple[int, ...] = (8, 32)
+    high_fraction_min: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+    high_fraction_max: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
     calibrations: tuple[Calibration, ...] = tuple(Calibration)
     per_channel: bool = True
     bits: BitSource = BitSource.LISTED
@@ -102,15 +112,18 @@ class SpaceConfig:
                  "act_bit_choices", "calibrations")
         empty = [name for name in lists if not getattr(self, name)]
         unknown = [s for s in self.students if s != TEACHER and s not in list_architectures()]
-        bits_reason = bits_problem((*self.bit_choices, *self.act_bit_choices))
+        bits_reason = bits_problem((*self.bit_choices, *self.act_bit_choices, *self.layer_precisions))
+        one_precision = self.grouping == BitGrouping.SENSITIVITY and len(set(self.layer_precisions)) < 2
         checks = [
             (empty, f"{', '.join(empty)} must list at least one choice"),
             (unknown, f"unknown students {unknown}; known: {', '.join(list_architectures())} or {TEACHER!r}"),
             (bits_reason, bits_reason),
             (self.ratio_min > self.ratio_max or self.sparsity_min > self.sparsity_max, "a minimum exceeds its maximum"),
             (self.ratio_min <= 0 or self.sparsity_min <= 0, "ratio_min and sparsity_min must be > 0 (kind none is 0)"),
-            (self.temperature_min > self.temperature_max or self.alpha_min > self.alpha_max,
-             "a minimum exceeds its maximum"),
+            (self.temperature_min > self.temperature_max or self.alpha_min > self.alpha_max
+             or self.high_fraction_min > self.high_fraction_max, "a minimum exceeds its maximum"),
+            (one_precision, f"grouping 'sensitivity' needs at least two layer_precisions (e.g. [8, 32]), got "
+                            f"{list(self.layer_precisions)}"),
         ]
         return next((reason for failed, reason in checks if failed), None)
 
@@ -238,6 +251,18 @@ class SearchSpace:
         common = {"kind": kind, "act_bits": act_bits, "calibration": calibration, "per_channel": c.per_channel}
         if c.grouping == BitGrouping.UNIFORM:
             return Quantization(weight_bits=_choose(trial, "quant.bits", list(c.bit_choices), c.bit_choices), **common)
+        if c.grouping == BitGrouping.SENSITIVITY:
+            return self._sensitivity(trial, common)
         names = _layer_names(arch, c.grouping)
         bits = [_choose(trial, f"quant.bits.{n}", list(c.bit_choices), c.bit_choices) for n in names]
         return Quantization(layer_bits=tuple((n, b, act_bits) for n, b in zip(names, bits, strict=True)), **common)
+
+    def _sensitivity(self, trial: optuna.Trial, common: dict[str, Any]) -> Quantization:
+        """Two parameters whatever the network's depth: the higher precision and its share of the MACs."""
+        c = self.config
+        low = min(c.layer_precisions)
+        highs = sorted({p for p in c.layer_precisions if p > low})
+        high = _choose(trial, "quant.high_bits", highs, tuple(highs))
+        fraction = _float(trial, "quant.high_fraction", c.high_fraction_min, c.high_fraction_max, step=c.ratio_step)
+        return Quantization(weight_bits=low, allocation=Allocation.SENSITIVITY, high_bits=high,
+                            high_fraction=fraction, **common)

@@ -31,10 +31,13 @@ from spaces.architectures import create_model
 from spaces.quantization import bit_widths
 from spaces.quantization import resolve_bits
 from spaces.recipe import TEACHER
+from spaces.recipe import Allocation
 from spaces.recipe import DistillKind
 from spaces.recipe import PruneKind
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
+from spaces.sensitivity import resolve
+from spaces.space import BitGrouping
 from spaces.space import SearchSpace
 from spaces.space import SpaceConfig
 from spaces.thesis_recipes import channel_ratio_for_macs
@@ -83,7 +86,10 @@ def _check(out: object, recipe: Recipe, teacher: torch.nn.Module, channels: int,
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
     expected_quant = recipe.quant.kind in (QuantKind.PTQ, QuantKind.QAT, QuantKind.FP16)
     assert any(bits != (32, 32) for bits in bit_widths(out.model).values()) == expected_quant
-    if recipe.quant.kind in (QuantKind.PTQ, QuantKind.QAT) and recipe.prune.kind != PruneKind.LAYER:
+    if recipe.quant.allocation == Allocation.SENSITIVITY:
+        resolved = resolve(recipe.quant, out.info["high_precision_layers"])
+        assert bit_widths(out.model) == resolve_bits(out.model, resolved)
+    elif recipe.quant.kind in (QuantKind.PTQ, QuantKind.QAT) and recipe.prune.kind != PruneKind.LAYER:
         assert bit_widths(out.model) == resolve_bits(out.model, recipe.quant)
     if recipe.prune.kind == PruneKind.UNSTRUCTURED:
         assert pruning.weight_sparsity(out.model) >= recipe.prune.ratio - 0.01
@@ -91,21 +97,25 @@ def _check(out: object, recipe: Recipe, teacher: torch.nn.Module, channels: int,
         assert model_cost(out.model, (channels, size, size)).macs < model_cost(teacher, (channels, size, size)).macs
 
 
-def _contract(data: tuple, teacher_arch: str, student: str, channels: int, size: int) -> None:
+def _contract(data: tuple, teacher_arch: str, student: str, channels: int, size: int,
+              grouping: BitGrouping = BitGrouping.GROUP) -> list[Recipe]:
     splits, batcher = data
     torch.manual_seed(0)
     teacher = create_model(teacher_arch, in_channels=channels).eval()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    space = SearchSpace(SpaceConfig(students=(student,), ratio_max=0.9), teacher_arch)
+    space = SearchSpace(SpaceConfig(students=(student,), ratio_max=0.9, grouping=grouping), teacher_arch)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=sum(map(ord, student))))
+    recipes = []
     for _ in range(TRIALS_PER_STUDENT):
         trial = study.ask()
         recipe = space.suggest(trial)
+        recipes.append(recipe)
         _check(apply(recipe, teacher, splits, batcher, TINY), recipe, teacher, channels, size)
         study.tell(trial, 0.0)
         for part in ("distill", "prune", "quant"):
             COVERED[part].add(getattr(recipe, part).kind)
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # the teacher is untouched
+    return recipes
 
 
 @pytest.mark.parametrize("student", CIFAR_STUDENTS)
@@ -116,6 +126,12 @@ def test_every_suggested_recipe_applies_to_every_cifar_student(cifar, student: s
 @pytest.mark.parametrize("student", [TEACHER, "mlp", "small_cnn"])
 def test_every_suggested_recipe_applies_to_every_mnist_student(mnist, student: str) -> None:
     _contract(mnist, "mlp", student, 1, 28)
+
+
+@pytest.mark.parametrize("student", [TEACHER, "small_cnn"])
+def test_sensitivity_allocated_recipes_apply_after_any_pruning(mnist, student: str) -> None:
+    recipes = _contract(mnist, "mlp", student, 1, 28, BitGrouping.SENSITIVITY)
+    assert sum(r.quant.allocation == Allocation.SENSITIVITY for r in recipes) >= 2
 
 
 def test_the_contract_runs_covered_every_kind() -> None:

@@ -46,6 +46,18 @@ def test_batch_norm_and_relu_are_folded_into_convolutions() -> None:
     assert Status.FUSED in statuses[Kind.ACT]
 
 
+@pytest.mark.parametrize("target", ["rpi4", "zcu104"])
+def test_a_network_with_batch_norm_folded_away_costs_the_same(target: str) -> None:
+    """Quantization folds BN into the conv and leaves an nn.Identity: the ReLU after it still fuses."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()).eval()
+    folded = nn.Sequential(model[0], nn.Identity(), nn.ReLU(), model[3], nn.Identity(), nn.ReLU()).eval()
+    both = [estimate(m, (3, 64, 64), target, precision="int8") for m in (model, folded)]
+    assert both[0]["latency_ms"] == pytest.approx(both[1]["latency_ms"])
+    assert both[1]["layers"].get("computed") == 2
+
+
 def test_zero_edges_and_unused_nodes_are_removed() -> None:
     full = nb201(ALL_CONV)
     # node 2 is computed but unused: node 3 reads only node 0 and node 1 through real ops

@@ -54,6 +54,9 @@ def test_dpu_runs_only_int8() -> None:
     assert any("8-bit" in a for a in as8["assumptions"])
     mixed = estimate(model, SHAPE, "zcu104", precision={"*": 8, "2": 4})
     assert mixed["deployable"] is False and "'2'" not in mixed["reason"] and "2 (4-bit)" in mixed["reason"]
+    float_head = estimate(model, SHAPE, "zcu104", precision={"*": 8, "5": 32}, as_int8=True)
+    assert float_head["latency_ms"] == int8["latency_ms"]
+    assert any("quantized to INT8 by Vitis AI" in a for a in float_head["assumptions"])
     with pytest.raises(KeyError, match="does not have"):
         estimate(model, SHAPE, "zcu104", precision={"conv9": 8})
 
@@ -96,6 +99,22 @@ def test_arm_threads_precision_and_clock() -> None:
     assert slow["latency_ms"] > four["latency_ms"]
     with pytest.raises(ValueError, match="threads must be 1..4"):
         estimate(model, shape, "rpi4", threads=8)
+
+
+@pytest.mark.parametrize("target", ["rpi4", "rpi5"])
+def test_arm_costs_each_layer_at_its_own_precision(target: str) -> None:
+    """A mixed int8/fp32 map (what sensitivity allocation produces) lies strictly between all-int8 and all-fp32,
+    and moving one more layer to fp32 never makes it faster."""
+    model = build_network("torchvision:resnet18", device="meta")
+    shape = (3, 224, 224)
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    int8, fp32 = (estimate(model, shape, target, precision=p)["latency_ms"] for p in ("int8", "fp32"))
+    stem_fp32 = estimate(model, shape, target, precision={"*": "int8", layers[0]: 32})
+    half = estimate(model, shape, target, precision={"*": "int8", **dict.fromkeys(layers[::2], 32)})
+    assert int8 < stem_fp32["latency_ms"] < half["latency_ms"] < fp32
+    assert half["precision"] == "int8/fp32" and any("each layer is costed with its own" in a
+                                                    for a in half["assumptions"])
+    assert estimate(model, shape, target, precision=dict.fromkeys(layers, 8))["latency_ms"] == int8
 
 
 def test_rpi5_is_derived_from_rpi4_with_stated_assumptions() -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -26,6 +29,7 @@ from spaces.recipe import Recipe
 from spaces.space import BitGrouping
 from spaces.space import SearchSpace
 from spaces.space import SpaceConfig
+from tests.test_user_study import readme_block
 
 REPO = Path(__file__).resolve().parent.parent
 ALL_CNN_STUDENTS = (TEACHER, "resnet18", "resnet50", "mobilenet_v2", "squeezenet1_0", "squeezenet1_1", "small_cnn")
@@ -66,7 +70,8 @@ def test_suggestions_validate_and_each_name_keeps_one_distribution(grouping: Bit
     assert kinds["distill"] == set(DistillKind) and kinds["prune"] == set(PruneKind)
     assert kinds["quant"] == {QuantKind.NONE, QuantKind.PTQ, QuantKind.QAT}
     assert kinds["student"] == set(ALL_CNN_STUDENTS)
-    assert any(n.startswith("quant.bits") for n in seen)
+    assert any(n.startswith("quant.high_fraction" if grouping == BitGrouping.SENSITIVITY else "quant.bits")
+               for n in seen)
 
 
 def test_impossible_choices_are_never_suggested() -> None:
@@ -95,6 +100,29 @@ def test_space_config_rejects_bad_values_and_builds_from_a_table() -> None:
     assert SpaceConfig(distill_kinds=("none", "logit")).distill_kinds == (DistillKind.NONE, DistillKind.LOGIT)
     built = build(SpaceConfig, {"ratio_max": 0.5, "round_to": 16, "grouping": "layer"}, "study.toml [space]")
     assert built.round_to == 16 and built.grouping == BitGrouping.LAYER
+
+
+def test_sensitivity_grouping_samples_two_numbers_whatever_the_depth() -> None:
+    config = SpaceConfig(grouping="sensitivity", layer_precisions=[8, 16, 32], high_fraction_max=0.3,
+                         quant_kinds=("ptq",))
+    study = _ask(SearchSpace(config, "resnet50"), 20, seed=3)
+    for trial in study.trials:
+        quant = Recipe.from_json(trial.user_attrs["recipe"]).quant
+        assert {n for n in trial.params if n.startswith("quant.") and "calibration" not in n} == \
+            {"quant.high_bits", "quant.high_fraction"}
+        assert quant.allocation == "sensitivity" and quant.weight_bits == 8 and quant.layer_bits == ()
+        assert quant.high_bits in (16, 32) and 0.0 <= quant.high_fraction <= 0.3
+    pinned = _ask(SearchSpace(replace(config, layer_precisions=(8, 32)), "resnet50"), 3, seed=3)
+    assert all("quant.high_bits" not in t.params for t in pinned.trials)  # one higher precision: nothing to sample
+    for bad, reason in [({"layer_precisions": (8,)}, "at least two layer_precisions"),
+                        ({"layer_precisions": (8, 12)}, "bit widths [12]"),
+                        ({"high_fraction_min": 0.6, "high_fraction_max": 0.2}, "minimum exceeds")]:
+        with pytest.raises(ValueError, match=re.escape(reason)):
+            SpaceConfig(grouping="sensitivity", **bad)
+    built = build(SpaceConfig, {"grouping": "sensitivity", "layer_precisions": [8, 16, 32]}, "study.toml [space]")
+    assert built.layer_precisions == (8, 16, 32) and built.grouping == BitGrouping.SENSITIVITY
+    readme = build(SpaceConfig, tomllib.loads(readme_block("space"))["space"], "README.md [space]")
+    assert readme.grouping == BitGrouping.SENSITIVITY and readme.high_fraction_max == 0.3
 
 
 @pytest.mark.parametrize(("recipe", "reason"), [
