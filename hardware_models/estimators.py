@@ -134,7 +134,11 @@ def _arm(model: nn.Module, network: Network, profile: Profile, options: Options)
         raise ValueError(f"unknown CPU runtime {runtime!r}; known: {', '.join(arm.RUNTIMES)}")
     if not 1 <= threads <= board.cores:
         raise ValueError(f"threads must be 1..{board.cores} on {board.name}, got {threads}")
-    if f"{runtime}.{precision}." not in profile.calibration.get("fitted_groups", []):
+    group = f"{runtime}.{precision}."
+    borrowed = profile.calibration.get("unmeasured_groups", {}).get(group)
+    if borrowed:
+        notes += [] if borrowed[1] in profile.assumptions else [borrowed[1]]
+    elif group not in profile.calibration.get("fitted_groups", []):
         notes.append(f"no {runtime} {precision} measurements were in the calibration data: these "
                      "parameters are uncalibrated physical defaults")
     cost = arm.ArmModel(board, tuple(profile.calibration.get("builds", ())))
@@ -143,7 +147,7 @@ def _arm(model: nn.Module, network: Network, profile: Profile, options: Options)
     prediction = cost.predict(profile.params, table)
     watts = profile.power.watts(threads)
     latency = float(prediction.totals(table)[0])
-    band = _interval(latency, profile, f"{runtime}.{precision}.", [], network.macs)
+    band = _interval(latency, profile, group, [], network.macs)
     result = {"measured": False, "deployable": True, "reason": None, "precision": precision,
               "threads": threads, "runtime": runtime, **_timing(latency, watts, profile.power.source), **band,
               "assumptions": [*profile.assumptions, *profile.power.notes, *notes, band["interval_note"]]}
