@@ -37,7 +37,10 @@ class Measurement:
 
     @property
     def label(self) -> str:
-        return f"{self.spec} [{self.input_shape[-1]}px, {self.precision or 'default'}, {self.threads or '-'}t]"
+        scheme, _, argument = self.spec.partition(":")
+        # An ONNX path is long; its last two parts (bundle folder, file) say which network it is.
+        name = f"onnx:.../{'/'.join(Path(argument).parts[-2:])}" if scheme == "onnx" else self.spec
+        return f"{name} [{self.input_shape[-1]}px, {self.precision or 'default'}, {self.threads or '-'}t]"
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,15 @@ def _int(text: str | None) -> int:
     return 0 if math.isnan(value) else int(value)
 
 
+def resolve_spec(spec: str, folder: Path) -> str:
+    """`onnx:PATH` specs name a file relative to the table's folder (rpi/run_onnx.py writes them so); made
+    absolute here so that the row means the same file wherever calibrate runs."""
+    scheme, _, argument = spec.partition(":")
+    if scheme != "onnx" or Path(argument).is_absolute():
+        return spec
+    return f"onnx:{(folder / argument).resolve()}"
+
+
 def load_measurements(path: str | Path) -> MeasurementTable:
     path = Path(path)
     raw = path.read_bytes()
@@ -112,7 +124,7 @@ def load_measurements(path: str | Path) -> MeasurementTable:
             continue
         board = record.get("board") or ""
         rows.append(Measurement(
-            row=number, spec=spec, input_shape=parse_input(record["input"]),
+            row=number, spec=resolve_spec(spec, path.parent), input_shape=parse_input(record["input"]),
             latency_ms=value, board=board,
             runtime=record.get("runtime") or "", threads=_int(record.get("threads")),
             precision=_precision(record.get("precision") or "", record.get("note") or ""),

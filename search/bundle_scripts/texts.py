@@ -92,7 +92,9 @@ def bundle_readme(metrics: dict[str, Any], present: list[str]) -> str:
         lines.append(f"- **simulation**: {deploy['simulated']}")
     lines += ["", "## Measuring on the boards", "",
               "- Raspberry Pi: `python3 rpi/run_onnx.py --benchmark 200` (numpy + onnxruntime) appends a row with "
-              "the columns of hardware_models/data/rpi.csv to rpi_benchmark.csv.",
+              "the columns of hardware_models/data/rpi.csv to rpi_benchmark.csv, at the thread count the prediction "
+              "used (rpi/preprocess.json); `python -m hardware_models.calibrate --target rpi4 --measurements "
+              "rpi_benchmark.csv --out my_pi.json` fits a profile a study can name as a target.",
               "- ZCU104: see zcu104/README.md. " + NOT_RUN_HERE, ""]
     return "\n".join(lines)
 
