@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -39,6 +40,9 @@ from evaluators.splits import Splits
 from evaluators.training import atomic_save
 from hardware_models import estimate
 from hardware_models import get_target
+from hardware_models import list_targets
+from hardware_models import resolve_profile
+from hardware_models.profiles import builtin_profile_path
 from spaces.apply import Budget
 from spaces.apply import CompressedModel
 from spaces.apply import apply
@@ -84,26 +88,77 @@ class FidelityConfig:
         return getattr(self, fidelity.value)
 
 
+# The CPU runtimes a study may predict for its Raspberry Pi targets; the bundle's runner is onnxruntime.
+CPU_RUNTIMES = ("onnxruntime", "ncnn", "pytorch")
+_METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def target_name(target: str) -> str:
+    """The name a target's metrics carry (`latency_<name>`): a built-in target's own, a profile file's stem.
+
+    A profile path names the user's calibrated board (`profiles/my_pi.json` -> latency_my_pi). A stem that is
+    a built-in target's name would make `latency_rpi4` ambiguous, so it is refused.
+    """
+    if not target.endswith(".json"):
+        get_target(target)  # the KeyError lists the targets and mentions profile paths
+        return target
+    stem = Path(target).stem
+    if not _METRIC_NAME.match(stem):
+        raise ValueError(f"profile {target}: its file name {stem!r} becomes the metric latency_{stem}, which must "
+                         "be lower-case letters, digits and '_' (rename the file, e.g. my_pi.json)")
+    if stem in list_targets():
+        raise ValueError(f"profile {target}: latency_{stem} would read as the built-in target {stem!r}; rename the "
+                         f"file (e.g. my_{stem}.json)")
+    return stem
+
+
 @settings
 class HardwareConfig:
-    """Which boards score a candidate, at which input size, and which storage rule sizes it."""
+    """Which boards score a candidate, at which input size, and which storage rule sizes it.
+
+    A target is a built-in name (`zcu104`, `rpi4`, ...) or the path of a profile JSON that
+    `python -m hardware_models.calibrate --out` wrote (relative to the study file). CPU (Raspberry Pi) targets
+    predict `cpu_runtime` at `cpu_threads` (0: the profile's default, the thread count it was measured at;
+    4 for the built-in Pi profiles): onnxruntime by default, because that is what the bundle's rpi/run_onnx.py
+    runs, and the bundle writes these threads as the runner's default.
+    """
 
     targets: tuple[str, ...] = ("zcu104", "rpi4")
     # Latency and energy are modelled at this input size (0: the study's resolution). The thesis deployed at
     # 224x224 while the CPU profiles train at 32x32: accuracy then comes from 32, cost from 224.
     resolution: int = field(default=0, metadata={"min": 0, "max": 1024})
     storage: str = field(default="packed", metadata={"choices": ("packed", "dpu_int8", "fp32", "packed_sparse")})
+    cpu_runtime: str = field(default="onnxruntime", metadata={"choices": CPU_RUNTIMES})
+    cpu_threads: int = field(default=0, metadata={"min": 0, "max": 64})
 
     def __post_init__(self) -> None:
+        names = []
         for target in self.targets:
             try:
-                get_target(target)
-            except KeyError as err:
+                names.append(target_name(target))
+            except (KeyError, ValueError) as err:
                 raise ValueError(f"hardware.targets: {err.args[0]}") from None
+        clash = sorted({n for n in names if names.count(n) > 1})
+        if clash:
+            raise ValueError(f"hardware.targets: two targets are both named {clash[0]!r} (latency_{clash[0]}); "
+                             "list each board once and give profile files distinct names")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The metric name of each target, in order (`latency_<name>`)."""
+        return tuple(target_name(t) for t in self.targets)
+
+
+def profile_digests(hardware: HardwareConfig) -> dict[str, str]:
+    """sha256 of each target's profile file: recalibrating a profile (yours, or a regenerated built-in one)
+    changes every prediction, so cached results keyed without it would be stale."""
+    paths = {t: Path(t) if t.endswith(".json") else builtin_profile_path(t) for t in hardware.targets}
+    return {t: hashlib.sha256(p.read_bytes()).hexdigest()[:12] for t, p in paths.items() if p.is_file()}
 
 
 def level_fingerprint(level: LevelConfig, hardware: HardwareConfig) -> str:
-    blob = json.dumps({"level": asdict(level), "hardware": asdict(hardware)}, sort_keys=True, default=str)
+    blob = json.dumps({"level": asdict(level), "hardware": asdict(hardware), "profiles": profile_digests(hardware)},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -142,24 +197,26 @@ def _precision(model: nn.Module, recipe: Recipe) -> dict[str, int] | str:
 
 def estimate_targets(model: nn.Module, recipe: Recipe, shape: tuple[int, int, int],
                      hardware: HardwareConfig) -> dict[str, dict[str, Any]]:
-    """The full `hardware_models.estimate` result per target. The DPU costs sub-8-bit layers as INT8 (it runs
-    nothing else) and an unquantized network as the INT8 model Vitis AI would make of it."""
+    """The full `hardware_models.estimate` result per target name. The DPU costs sub-8-bit layers as INT8 (it
+    runs nothing else) and an unquantized network as the INT8 model Vitis AI would make of it; CPU targets run
+    the study's `cpu_runtime` at `cpu_threads`."""
     if hardware.resolution:
         shape = (shape[0], hardware.resolution, hardware.resolution)
     out: dict[str, dict[str, Any]] = {}
     with float_mode(model):
-        for target in hardware.targets:
-            family = get_target(target).family
+        for name, target in zip(hardware.names, hardware.targets, strict=True):
+            family = resolve_profile(target).family
             precision = _precision(model, recipe)
             if family == "dpu" and isinstance(precision, str):
                 precision = "int8"
-            out[target] = estimate(model, shape, target, precision=precision, as_int8=family == "dpu")
+            cpu = {"runtime": hardware.cpu_runtime, "threads": hardware.cpu_threads or None} if family == "arm" else {}
+            out[name] = estimate(model, shape, target, precision=precision, as_int8=family == "dpu", **cpu)
     return out
 
 
 def hardware_metrics(model: nn.Module, recipe: Recipe, shape: tuple[int, int, int],
                      hardware: HardwareConfig) -> dict[str, Any]:
-    """latency_<target> (ms) and energy_<target> (mJ) per target."""
+    """latency_<target> (ms) and energy_<target> (mJ) per target name."""
     out: dict[str, Any] = {}
     for target, result in estimate_targets(model, recipe, shape, hardware).items():
         if result.get("latency_ms") is None:

@@ -139,7 +139,7 @@ def write_outputs(ctx: Context, study: optuna.Study, front_: list[final.Candidat
         front_table["knee"] = [i == summary.knee for i in range(len(front_table))]
     front_table.to_csv(out / "pareto.csv", index=False)
     base_table.to_csv(out / "baselines.csv", index=False)
-    pareto_plot(out / "pareto.png", trials, front_table, base_table, ctx.config.hardware.targets,
+    pareto_plot(out / "pareto.png", trials, front_table, base_table, ctx.config.hardware.names,
                 title=f"{ctx.config.name} ({ctx.config.profile}): {len(trials)} trials, front of {len(front_)}")
     results.write_report(out / "report.md", header, front_, base, objectives, summary)
     (out / "summary.json").write_text(json.dumps({**header, **summary.__dict__}, indent=2, default=str))
