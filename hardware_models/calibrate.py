@@ -298,6 +298,15 @@ def leave_network_out(calibration: Calibration) -> np.ndarray:
     return held_out(calibration, list(groups.values()), restarts=1)
 
 
+def measured_thread_counts(calibration: Calibration) -> dict[str, list[int]]:
+    """Per parameter group, the thread counts its rows were measured at: a prediction at another count
+    extrapolates the multi-thread terms (onnxruntime's rows are all at 4 threads), and says so."""
+    found: dict[str, set[int]] = {}
+    for case in calibration.cases:
+        found.setdefault(calibration.model.group_key(case), set()).add(case.threads)
+    return {g: sorted(t) for g, t in sorted(found.items())}
+
+
 def measured_threads(calibration: Calibration) -> int:
     """The thread count a profile predicts at by default: the most common one among the rows of the target's
     default runtime (a profile fitted on 1-thread rows should not extrapolate to 4), else the target's."""
@@ -322,6 +331,7 @@ def make_profile(calibration: Calibration, loo: np.ndarray | None = None,
         "prior": calibration.prior_source, "prior_weight": calibration.prior_weight,
         **({"calibrated_config": dpu.config_of(dpu.DPU_BOARDS[spec.board])} if spec.family == "dpu" else {}),
         "fitted_groups": sorted({model.group_key(c) for c in calibration.cases}),
+        "threads_measured": measured_thread_counts(calibration),
     }
     if loo is not None:
         summary.update(loo_mape_pct=mape(loo, y), loo_within_10pct=within(loo, y))
@@ -335,6 +345,7 @@ def make_profile(calibration: Calibration, loo: np.ndarray | None = None,
     if spec.family == "arm":
         params, borrowed = arm.borrow_unmeasured(params, summary["fitted_groups"])
         summary["unmeasured_groups"] = {g: list(v) for g, v in borrowed.items()}
+        summary["threads_measured"].update({g: summary["threads_measured"][v[0]] for g, v in borrowed.items()})
         if "interval" in summary:
             summary["interval"] = borrow_interval(summary["interval"], {g: v[0] for g, v in borrowed.items()})
     profile = Profile(

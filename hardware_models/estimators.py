@@ -124,6 +124,15 @@ def _arm_precision(plan: PrecisionPlan, network: Network) -> tuple[str, list[str
     return precision, notes
 
 
+def _unmeasured_threads(profile: Profile, group: str, threads: int) -> list[str]:
+    """A thread count the group's rows never ran at: its speed-up and per-layer costs are extrapolated."""
+    measured = profile.calibration.get("threads_measured", {}).get(group)
+    if not measured or threads in measured:
+        return []
+    return [f"{group.strip('.').replace('.', ' ')} was measured at {', '.join(map(str, measured))} thread(s) "
+            f"only: {threads} thread(s) extrapolates its multi-thread speed-up and per-layer costs"]
+
+
 @register_estimator("arm")
 def _arm(model: nn.Module, network: Network, profile: Profile, options: Options) -> dict[str, Any]:
     precision, notes = _arm_precision(resolve(options.precision, profile.default_precision), network)
@@ -147,7 +156,7 @@ def _arm(model: nn.Module, network: Network, profile: Profile, options: Options)
     prediction = cost.predict(profile.params, table)
     watts = profile.power.watts(threads)
     latency = float(prediction.totals(table)[0])
-    band = _interval(latency, profile, group, [], network.macs)
+    band = _interval(latency, profile, group, _unmeasured_threads(profile, group, threads), network.macs)
     result = {"measured": False, "deployable": True, "reason": None, "precision": precision,
               "threads": threads, "runtime": runtime, **_timing(latency, watts, profile.power.source), **band,
               "assumptions": [*profile.assumptions, *profile.power.notes, *notes, band["interval_note"]]}

@@ -133,6 +133,8 @@ def _complete_rpi5(profile: Profile) -> Profile:
                              "the Pi 4 fit is transferred (same work per cycle, clock 2.4/1.8, memory "
                              f"x{RPI5_MEMORY_RATIO:.3f}){'; ' + why if why else ''}"]
     cal["unmeasured_groups"] = unmeasured
+    cal["threads_measured"] = {**cal.get("threads_measured", {}),
+                               **{g: t for g, t in rpi4.calibration.get("threads_measured", {}).items() if g in groups}}
     if "interval" in cal and "interval" in rpi4.calibration:
         cal["interval"] = borrow_interval(cal["interval"], {g: g for g in groups}, rpi4.calibration["interval"])
     notes = (f"Raspberry Pi 5 {', '.join(g.strip('.') for g in sorted(fitted))} parameters are fitted on its own "

@@ -112,6 +112,17 @@ def test_rpi5_ncnn_is_measured_and_its_onnxruntime_transferred_from_rpi4() -> No
     assert pi5["energy_source"] == "assumed"
 
 
+def test_a_thread_count_never_measured_widens_the_interval() -> None:
+    """The onnxruntime rows are all at 4 threads: 1 thread extrapolates the multi-thread terms, and says so."""
+    model, shape = build_network("torchvision:resnet18", device="meta"), (3, 224, 224)
+    four, one = estimate(model, shape, "rpi4", threads=4), estimate(model, shape, "rpi4", threads=1)
+    assert "measured at 4 thread(s) only: 1 thread(s) extrapolates" in one["interval_note"]
+    assert "extrapolates" not in four["interval_note"]
+    assert one["latency_ms_high"] / one["latency_ms"] > four["latency_ms_high"] / four["latency_ms"]
+    ncnn = estimate(model, shape, "rpi4", threads=1, runtime="ncnn")  # ncnn was measured at 1 and 4 threads
+    assert "extrapolates" not in ncnn["interval_note"]
+
+
 def test_onnxruntime_int8_says_it_was_never_measured() -> None:
     model, shape = build_network("torchvision:resnet18", device="meta"), (3, 224, 224)
     fp32 = estimate(model, shape, "rpi4", precision="fp32")
