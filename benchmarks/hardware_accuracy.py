@@ -1,7 +1,7 @@
 """How well the hardware models predict measurements they were not fitted on.
 
     python -m benchmarks.hardware_accuracy            # markdown tables on stdout (a few minutes)
-    python -m benchmarks.hardware_accuracy --quick    # ZCU104 and rpi.csv only (about a minute)
+    python -m benchmarks.hardware_accuracy --quick    # ZCU104 and the Raspberry Pi tables only (a few minutes)
 
 Per target: leave-network-FAMILY-out predictions (every row of an architecture family held out together,
 each refit starting from the physical prior), after repeated measurements of one network are averaged
@@ -34,11 +34,14 @@ from hardware_models.calibrate import prepare
 from hardware_models.calibrate import with_graph_policy
 from hardware_models.fitting import mape
 from hardware_models.fitting import spearman
+from hardware_models.fitting import to_theta
 from hardware_models.fitting import within
 from hardware_models.graph import POLICIES
 from hardware_models.host import measure
 from hardware_models.intervals import conformal_halfwidth
+from hardware_models.profiles import load_builtin
 from hardware_models.specs import build_network
+from hardware_models.targets import to_rpi5_params
 from hardware_models.validation import coverage
 from hardware_models.validation import family_folds
 from hardware_models.validation import family_of
@@ -135,8 +138,11 @@ def zcu104() -> list[str]:
     return lines
 
 
+RPI4_TABLES = "rpi.csv + rpi_runtimes.csv"
+
+
 def rpi4() -> list[str]:
-    calibration = prepare("rpi4", data("rpi.csv"))
+    calibration = prepare("rpi4", [data("rpi.csv"), data("rpi_runtimes.csv")])
     result = family_out(calibration)
     y, cases = result.measured, calibration.cases
     lines = []
@@ -146,13 +152,31 @@ def rpi4() -> list[str]:
             runtimes = sorted({cases[i].runtime.partition("@")[0] for i in rows})
             split = "; ".join(f"{rt}: MAPE {mape(result.predicted[r], y[r]):.1f}% (n={len(r)})" for rt in runtimes
                               for r in [[i for i in rows if cases[i].runtime.startswith(rt)]])
-            lines.append(score(f"rpi4 / rpi.csv / {threads} thread(s), {precision} (family out)", rows,
+            lines.append(score(f"rpi4 / {RPI4_TABLES} / {threads} thread(s), {precision} (family out)", rows,
                                result.predicted, result.baseline, y, result.covered, split).markdown())
+    ort = [i for i, c in enumerate(cases) if c.runtime.startswith("onnxruntime")]
+    lines.append(score("rpi4 / rpi_runtimes.csv / onnxruntime fp32, 4 threads (family out)", ort, result.predicted,
+                       result.baseline, y, result.covered, _errors(result, ort)).markdown())
     everything = range(y.size)
-    lines.append(score("rpi4 / rpi.csv / all rows (family out)", everything, result.predicted, result.baseline, y,
-                       result.covered, f"{len(family_folds([r.spec for r in calibration.table.rows]))} families; "
+    lines.append(score(f"rpi4 / {RPI4_TABLES} / all rows (family out)", everything, result.predicted, result.baseline,
+                       y, result.covered, f"{len(family_folds([r.spec for r in calibration.table.rows]))} families; "
                        f"{len(calibration.table.merged)} repeated measurement(s) averaged").markdown())
     return lines
+
+
+def rpi5() -> list[str]:
+    """The Pi 5's own ncnn rows: fitted on them (family out) against the pure transfer of the Pi 4 profile,
+    which never saw a Pi 5 row - the evidence behind fitting rpi5 on its own rows."""
+    calibration = prepare("rpi5", data("rpi_runtimes.csv"))
+    result = family_out(calibration)
+    y, model, rows = result.measured, calibration.model, range(result.measured.size)
+    moved = to_rpi5_params(load_builtin("rpi4").params)
+    theta = to_theta(model.params, {**model.defaults(), **{k: v for k, v in moved.items() if k in model.defaults()}})
+    transferred = calibration.predict(theta, rows)
+    return [score("rpi5 / rpi_runtimes.csv / ncnn, own rows (family out)", rows, result.predicted, result.baseline, y,
+                  result.covered, f"{len(family_folds([r.spec for r in calibration.table.rows]))} families").markdown(),
+            score("rpi5 / rpi_runtimes.csv / ncnn, the rpi4 fit transferred (no Pi 5 row used)", rows, transferred,
+                  result.baseline, y, np.zeros(y.size, bool), "coverage not applicable").markdown()]
 
 
 def split_scores(by_policy: dict[str, Calibration], train: Sequence[int], test: Sequence[int],
@@ -244,15 +268,17 @@ def speed() -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.hardware_accuracy", description=__doc__)
     parser.add_argument("--quick", action="store_true",
-                        help="ZCU104 and rpi.csv only: skip NAS-Bench-201, the alternatives and the host runs")
+                        help="ZCU104 and the Raspberry Pi tables only: skip NAS-Bench-201, the alternatives and the "
+                             "host runs")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print("## Hardware model accuracy (held-out predictions)\n")
     print(HEADER)
-    for section in (zcu104, rpi4) if args.quick else (zcu104, rpi4, nb201):
+    for section in (zcu104, rpi4, rpi5) if args.quick else (zcu104, rpi4, rpi5, nb201):
         for line in section():
             print(line, flush=True)
-    print("\nzcu102, kv260 and rpi5 have no measurements of their own (transferred from zcu104 / rpi4): not scored.\n")
+    print("\nzcu102 and kv260 have no measurements of their own (transferred from zcu104): not scored. rpi5's "
+          "onnxruntime parameters are rpi4's transferred (no Pi 5 onnxruntime rows): not scored.\n")
     if not args.quick:
         print("\n".join(alternatives()) + "\n")
     for line in ([] if args.quick else host()) + speed():

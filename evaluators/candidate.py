@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -34,14 +35,18 @@ from torch import nn
 
 from evaluators.batches import Batcher
 from evaluators.cost import model_cost
-from evaluators.executed import estimate_executed
 from evaluators.metrics import accuracy
 from evaluators.metrics import collapse_reason
 from evaluators.splits import Splits
 from evaluators.training import atomic_save
+from hardware_models import estimate
 from hardware_models import extract
 from hardware_models import get_target
+from hardware_models import list_targets
+from hardware_models import resolve_profile
 from hardware_models.capability import Deployment
+from hardware_models.profiles import builtin_profile_path
+from hardware_models.targets import TARGETS
 from hardware_models.targets import deployment
 from spaces.apply import LATE_BUDGET_FIELDS
 from spaces.apply import Budget
@@ -90,6 +95,30 @@ class FidelityConfig:
         return getattr(self, fidelity.value)
 
 
+# The CPU runtimes a study may predict for its Raspberry Pi targets; the bundle's runner is onnxruntime.
+CPU_RUNTIMES = ("onnxruntime", "ncnn", "pytorch")
+_METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def target_name(target: str) -> str:
+    """The name a target's metrics carry (`latency_<name>`): a built-in target's own, a profile file's stem.
+
+    A profile path names the user's calibrated board (`profiles/my_pi.json` -> latency_my_pi). A stem that is
+    a built-in target's name would make `latency_rpi4` ambiguous, so it is refused.
+    """
+    if not target.endswith(".json"):
+        get_target(target)  # the KeyError lists the targets and mentions profile paths
+        return target
+    stem = Path(target).stem
+    if not _METRIC_NAME.match(stem):
+        raise ValueError(f"profile {target}: its file name {stem!r} becomes the metric latency_{stem}, which must "
+                         "be lower-case letters, digits and '_' (rename the file, e.g. my_pi.json)")
+    if stem in list_targets():
+        raise ValueError(f"profile {target}: latency_{stem} would read as the built-in target {stem!r}; rename the "
+                         f"file (e.g. my_{stem}.json)")
+    return stem
+
+
 @settings
 class HardwareConfig:
     """Which boards score a candidate, at which input size, and which storage rule sizes it.
@@ -100,19 +129,44 @@ class HardwareConfig:
     search trains and scores accuracy at `[data] resolution` (cheap) while costs are predicted at the deploy
     size; the export then fine-tunes the chosen recipe for `deploy_finetune_steps` at the deploy size and
     measures its accuracy there before writing the bundle.
+
+    A target is a built-in name (`zcu104`, `rpi4`, ...) or the path of a profile JSON that
+    `python -m hardware_models.calibrate --out` wrote (relative to the study file). CPU (Raspberry Pi) targets
+    predict `cpu_runtime` at `cpu_threads` (0: the profile's default, the thread count it was measured at;
+    4 for the built-in Pi profiles): onnxruntime by default, because that is what the bundle's rpi/run_onnx.py
+    runs, and the bundle writes these threads as the runner's default.
     """
 
     targets: tuple[str, ...] = ("zcu104", "rpi4")
     deploy_resolution: int = field(default=0, metadata={"min": 0, "max": 1024})
     deploy_finetune_steps: int = field(default=200, metadata={"min": 0, "max": 1_000_000})
     storage: str = field(default="packed", metadata={"choices": ("packed", "dpu_int8", "fp32", "packed_sparse")})
+    cpu_runtime: str = field(default="onnxruntime", metadata={"choices": CPU_RUNTIMES})
+    cpu_threads: int = field(default=0, metadata={"min": 0, "max": 64})
 
     def __post_init__(self) -> None:
+        names = []
         for target in self.targets:
             try:
-                get_target(target)
-            except KeyError as err:
+                names.append(target_name(target))
+            except (KeyError, ValueError) as err:
                 raise ValueError(f"hardware.targets: {err.args[0]}") from None
+        clash = sorted({n for n in names if names.count(n) > 1})
+        if clash:
+            raise ValueError(f"hardware.targets: two targets are both named {clash[0]!r} (latency_{clash[0]}); "
+                             "list each board once and give profile files distinct names")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The metric name of each target, in order (`latency_<name>`)."""
+        return tuple(target_name(t) for t in self.targets)
+
+
+def profile_digests(hardware: HardwareConfig) -> dict[str, str]:
+    """sha256 of each target's profile file: recalibrating a profile (yours, or a regenerated built-in one)
+    changes every prediction, so cached results keyed without it would be stale."""
+    paths = {t: Path(t) if t.endswith(".json") else builtin_profile_path(t) for t in hardware.targets}
+    return {t: hashlib.sha256(p.read_bytes()).hexdigest()[:12] for t, p in paths.items() if p.is_file()}
 
 
 # Bumped when the way a recipe is costed changes, so that cached results made under the old rules are not reused:
@@ -126,7 +180,8 @@ def level_fingerprint(level: LevelConfig, hardware: HardwareConfig) -> str:
     for name in LATE_BUDGET_FIELDS:
         if getattr(level.budget, name) == Budget.__dataclass_fields__[name].default:
             del data["budget"][name]
-    blob = json.dumps({"level": data, "hardware": asdict(hardware), "cost_rules": COST_RULES},
+    blob = json.dumps({"level": data, "hardware": asdict(hardware), "cost_rules": COST_RULES,
+                       "profiles": profile_digests(hardware)},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -172,7 +227,26 @@ def deployments(model: nn.Module, recipe: Recipe, shape: tuple[int, int, int],
         network = extract(model, shape)
     bits = requested_bits(model, recipe)
     float_network = recipe.quant.kind == QuantKind.NONE
-    return {t: deployment(t, bits, float_network=float_network, network=network) for t in hardware.targets}
+    out = {}
+    for target in hardware.targets:
+        profile = resolve_profile(target)
+        runtime = hardware.cpu_runtime if profile.family == "arm" else None
+        out[target] = deployment(capability_target(target), bits, runtime=runtime, float_network=float_network,
+                                 network=network)
+    return out
+
+
+def capability_target(target: str) -> str:
+    """The built-in target whose capability rules apply: itself, or for a calibrated profile JSON the board it
+    was calibrated as (a user's Pi profile runs what a Raspberry Pi runs)."""
+    if target in TARGETS:
+        return target
+    profile = resolve_profile(target)
+    for name in (profile.target, profile.board):
+        if name in TARGETS:
+            return name
+    raise ValueError(f"profile {target}: names board {profile.board!r}, which has no capability rules; calibrate it "
+                     f"with --target set to one of {', '.join(sorted(TARGETS))}")
 
 
 def _cost_shape(shape: tuple[int, int, int], hardware: HardwareConfig) -> tuple[int, int, int]:
@@ -182,21 +256,27 @@ def _cost_shape(shape: tuple[int, int, int], hardware: HardwareConfig) -> tuple[
 
 def estimate_targets(model: nn.Module, recipe: Recipe, shape: tuple[int, int, int],
                      hardware: HardwareConfig) -> dict[str, dict[str, Any]]:
-    """The full `hardware_models.estimate` result per target, costed at the precision each board *executes*
-    (`Deployment.precision_map`; mixed int8/float networks layer by layer, `evaluators.executed`): a 4-bit
-    layer is costed as int8 everywhere, fp16 as fp32 on the Pi 4, and an unquantized network as the INT8 model
-    Vitis AI makes of it on the DPU. Every result carries `runs_as` and `deployment_notes`; a target that cannot
-    run the recipe gets `deployable: False`, its reason and no latency (nothing is promised there)."""
+    """The full `hardware_models.estimate` result per target name, costed at the precision each board *executes*
+    (`Deployment.precision_map`; the CPU model costs a mixed int8/float network layer by layer): a 4-bit layer is
+    costed as int8 everywhere, fp16 as fp32 on the Pi 4, and an unquantized network as the INT8 model Vitis AI
+    makes of it on the DPU. CPU targets run the study's `cpu_runtime` at `cpu_threads`. Every result carries
+    `runs_as`, `deployment_notes` and the `input_shape` it was predicted for; a target that cannot run the
+    recipe gets `deployable: False`, its reason and no latency (nothing is promised there)."""
+    shape = _cost_shape(shape, hardware)
+    plans = deployments(model, recipe, shape, hardware)
     out: dict[str, dict[str, Any]] = {}
-    for target, plan in deployments(model, recipe, shape, hardware).items():
+    for name, target in zip(hardware.names, hardware.targets, strict=True):
+        plan = plans[target]
         common = {"runs_as": plan.runs_as, "deployment_notes": list(plan.notes)}
         if not plan.deployable:
-            out[target] = {"target": target, "deployable": False, "reason": plan.reason, "latency_ms": None,
-                           "energy_mj": None, **common}
+            out[name] = {"target": name, "deployable": False, "reason": plan.reason, "latency_ms": None,
+                         "energy_mj": None, **common}
             continue
+        family = resolve_profile(target).family
+        cpu = {"runtime": hardware.cpu_runtime, "threads": hardware.cpu_threads or None} if family == "arm" else {}
         with float_mode(model):
-            result = estimate_executed(model, _cost_shape(shape, hardware), target, plan)
-        out[target] = {**result, **common, "input_shape": list(_cost_shape(shape, hardware))}
+            result = estimate(model, shape, target, precision=plan.precision_map(), as_int8=family == "dpu", **cpu)
+        out[name] = {**result, **common, "input_shape": list(shape)}
     return out
 
 

@@ -86,6 +86,12 @@ def resolve_profile(target: str | Path) -> Profile:
     return _load(str(path), path.stat().st_mtime)
 
 
+def profile_source(target: str | Path) -> str:
+    """Which profile a result came from: `built-in rpi4`, or the absolute path of a user's profile JSON."""
+    name = str(target)
+    return f"built-in {name}" if name in TARGETS else str(Path(name).resolve())
+
+
 def _input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     """(C, H, W), or (1, C, H, W) as nn-Meter and torchinfo take it; every estimate is at batch 1."""
     shape = tuple(int(s) for s in input_shape)
@@ -128,6 +134,7 @@ def estimate(model: nn.Module, input_shape: Sequence[int], target: str | Path, *
                          f"known: {', '.join(sorted(ESTIMATORS))}")
     result = ESTIMATORS[profile.family](model, network, profile, options)
     common = _common(network, model, profile)
+    common["profile"] = profile_source(target)
     common["assumptions"] += result.pop("assumptions", [])
     return {**common, **result}
 

@@ -10,16 +10,18 @@ max()-ed: fitted on the ncnn rows both ways, the sum fits better (the A72's smal
 memory latency behind NEON arithmetic; `combine="max"` is the strict roofline, and
 benchmarks/hardware_accuracy.py prints the fit error of both).
 
-Parameters are fitted per (runtime, precision): ncnn's fp32 and int8 kernels and PyTorch/qnnpack behave
-too differently to share rates. Multi-thread speed-up is 1 + (threads - 1) x parallel_efficiency on the
-compute term only - memory bandwidth is shared. Rows measured with an older build of the same runtime
-get a build factor on their compute rates (ncnn's 1.5 GHz rows come from an older commit).
+Parameters are fitted per (runtime, precision): ncnn's fp32 and int8 kernels, onnxruntime's CPU execution
+provider and PyTorch/qnnpack behave too differently to share rates (resnet18, fp32, 4 threads on a Pi 4: 123 ms
+with ncnn, 275 ms with onnxruntime in the data). Multi-thread speed-up is 1 + (threads - 1) x
+parallel_efficiency on the compute term only - memory bandwidth is shared. Rows measured with an older build
+of the same runtime get a build factor on their compute rates (ncnn's 1.5 GHz rows come from an older commit).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,15 +59,43 @@ _INT8_SPEEDUP = 1.5
 _CPU_FUSED = frozenset({"silu", "SiLU", "hardswish", "Hardswish", "sigmoid", "Sigmoid", "hardsigmoid",
                         "Hardsigmoid", "mish", "Mish"})
 BYTES = {"fp32": 4.0, "int8": 1.0}
-RUNTIMES = ("ncnn", "pytorch")
+RUNTIMES = ("ncnn", "pytorch", "onnxruntime")
 _WEIGHTED = (Kind.CONV, Kind.DWCONV, Kind.FC)
 PRECISIONS = ("fp32", "int8")
+# Words in a measurement row's runtime column -> runtime key; the first match wins, no match is ncnn.
+_RUNTIME_WORDS = (("onnxruntime", "onnxruntime"), ("pytorch", "pytorch"), ("qnnpack", "pytorch"))
+# Runtimes whose int8 kernels have no measurement on a Pi anywhere in the public data: their int8 parameters
+# are the fp32 fit's (no int8 speed-up credited; tensors are 1 byte), and the profile and every interval say
+# so. onnxruntime's int8 GEMMs are fastest with the dot-product instructions the Pi 4's A72 lacks.
+INT8_FROM_FP32 = ("onnxruntime",)
 
 
 def runtime_of(text: str) -> str:
-    """`ncnn (benchncnn, ...)` -> ncnn; `PyTorch qnnpack ...` -> pytorch; empty -> ncnn."""
+    """`ncnn (benchncnn, ...)` -> ncnn; `onnxruntime 1.17 (python)` -> onnxruntime; `PyTorch qnnpack ...` ->
+    pytorch; empty -> ncnn."""
     lowered = text.lower()
-    return "pytorch" if "pytorch" in lowered or "qnnpack" in lowered else "ncnn"
+    return next((key for word, key in _RUNTIME_WORDS if word in lowered), "ncnn")
+
+
+def borrow_unmeasured(values: Mapping[str, float], fitted_groups: Sequence[str]
+                      ) -> tuple[dict[str, float], dict[str, tuple[str, str]]]:
+    """Parameters of the INT8_FROM_FP32 runtimes' int8 groups taken from their fitted fp32 group.
+
+    Returns the completed parameters and, per borrowed group, (the group it comes from, why): the profile
+    stores both, and every prediction that uses a borrowed group gets a widened interval.
+    """
+    out, reasons = dict(values), {}
+    for runtime in INT8_FROM_FP32:
+        source, target = f"{runtime}.fp32.", f"{runtime}.int8."
+        if source not in fitted_groups or target in fitted_groups:
+            continue
+        for name, value in values.items():
+            if name.startswith(source):
+                out[target + name[len(source):]] = value
+        reasons[target] = (source, f"no public {runtime} int8 measurement on a Raspberry Pi exists: the {runtime} "
+                           "fp32 fit is used (no int8 speed-up credited, 1-byte tensors); measure your own with "
+                           "rpi/run_onnx.py --benchmark and recalibrate")
+    return out, reasons
 
 
 def build_of(source: str) -> str:
@@ -210,6 +240,7 @@ class ArmModel(CostModel):
 
     def _group_values(self, values: Mapping[str, float]) -> dict[str, np.ndarray]:
         """Parameter arrays indexed by group (runtime x precision)."""
+        values = {**self.defaults(), **values}  # a profile written before a runtime existed lacks its group
         return {short: np.array([values[n] for n in names] if short != "builds" else
                                 [[values[n] for n in row] + [1.0] for row in names], float)
                 for short, names in self._layout.items()}

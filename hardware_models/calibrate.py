@@ -13,6 +13,12 @@ from scratch (`--from-scratch` to force that, `--adapt PROFILE` to adapt another
 
     python -m hardware_models.calibrate --target rpi4 --measurements my_ten_rows.csv --out my_pi.json
 
+Several files are fitted as one table (`--measurements a.csv b.csv`); rows whose board names another
+Raspberry Pi than the target's are skipped and listed. The rows `rpi/run_onnx.py --benchmark` writes name
+the ONNX file they timed (`onnx:PATH`, relative to the CSV), so pruned networks calibrate too. `--out` never
+replaces a built-in profile (`--builtin` regenerates those from the packaged data); name the written file as
+a study target instead: `[hardware] targets = ["rpi4", "my_pi.json"]`.
+
 Every profile also stores the leave-family-out residuals' conformal quantiles, which set the 90%
 intervals of `estimate()`.
 """
@@ -46,11 +52,14 @@ from hardware_models.fitting import within
 from hardware_models.graph import POLICIES
 from hardware_models.graph import extract_spec
 from hardware_models.graph import with_policy
+from hardware_models.intervals import borrow_interval
 from hardware_models.intervals import interval_summary
 from hardware_models.measurements import Measurement
 from hardware_models.measurements import MeasurementTable
+from hardware_models.measurements import board_key
 from hardware_models.measurements import deduplicate
-from hardware_models.measurements import load_measurements
+from hardware_models.measurements import load_tables
+from hardware_models.measurements import only_board
 from hardware_models.profiles import Profile
 from hardware_models.profiles import builtin_profile_path
 from hardware_models.profiles import load_profile
@@ -101,12 +110,9 @@ class Calibration:
 
 
 def _board(spec: TargetSpec, row: Measurement) -> str:
-    text = row.board.lower()
     if spec.family == "dpu" and row.board:
         return dpu.board_of(row.board)
-    if spec.family == "arm" and ("pi 5" in text or "pi5" in text):
-        return "rpi5"
-    return spec.board
+    return board_key(row.board) or spec.board if spec.family == "arm" else spec.board
 
 
 def _arm_builds(spec: TargetSpec, rows: Sequence[Measurement]) -> dict[int, str]:
@@ -207,8 +213,8 @@ def choose_policy(calibration: Calibration) -> Calibration:
     return best
 
 
-def prepare(target: str, measurements: str | Path, combine: str | None = None, base: Profile | None = None,
-            prior_weight: float | None = None) -> Calibration:
+def prepare(target: str, measurements: str | Path | Sequence[str | Path], combine: str | None = None,
+            base: Profile | None = None, prior_weight: float | None = None) -> Calibration:
     """Load, trace and fit; `combine` swaps the model's compute/memory rule (to compare alternatives).
 
     With `base` (an existing profile) the fit *adapts* it: its parameters are the prior (weight
@@ -219,7 +225,9 @@ def prepare(target: str, measurements: str | Path, combine: str | None = None, b
     if spec.family == "host":
         raise SystemExit("error: the host target is measured, not calibrated; pick one of "
                          "zcu104, zcu102, kv260, rpi4, rpi5")
-    table = deduplicate(load_measurements(measurements))
+    table = deduplicate(read_table(measurements))
+    if spec.family == "arm":
+        table = only_board(table, spec.board)
     if not table.rows:
         raise SystemExit(f"error: {measurements} has no usable rows (need spec, input and a latency)")
     cases, builds = cases_for(spec, table)
@@ -233,6 +241,11 @@ def prepare(target: str, measurements: str | Path, combine: str | None = None, b
     theta0 = calibration.prior
     theta = fit_rows(calibration, range(len(cases)), theta0, restarts=4 if len(cases) < 100 else 2)
     return dataclasses.replace(calibration, theta=_fit_contention(calibration, theta))
+
+
+def read_table(measurements: str | Path | Sequence[str | Path]) -> MeasurementTable:
+    """One measurement file, or several read as one table."""
+    return load_tables([measurements] if isinstance(measurements, (str, Path)) else list(measurements))
 
 
 def adapt_from(calibration: Calibration, base: Profile, prior_weight: float | None = None) -> Calibration:
@@ -285,6 +298,23 @@ def leave_network_out(calibration: Calibration) -> np.ndarray:
     return held_out(calibration, list(groups.values()), restarts=1)
 
 
+def measured_thread_counts(calibration: Calibration) -> dict[str, list[int]]:
+    """Per parameter group, the thread counts its rows were measured at: a prediction at another count
+    extrapolates the multi-thread terms (onnxruntime's rows are all at 4 threads), and says so."""
+    found: dict[str, set[int]] = {}
+    for case in calibration.cases:
+        found.setdefault(calibration.model.group_key(case), set()).add(case.threads)
+    return {g: sorted(t) for g, t in sorted(found.items())}
+
+
+def measured_threads(calibration: Calibration) -> int:
+    """The thread count a profile predicts at by default: the most common one among the rows of the target's
+    default runtime (a profile fitted on 1-thread rows should not extrapolate to 4), else the target's."""
+    spec = calibration.spec
+    threads = Counter(c.threads for c in calibration.cases if c.runtime.partition("@")[0] == spec.default_runtime)
+    return threads.most_common(1)[0][0] if threads else spec.default_threads
+
+
 def make_profile(calibration: Calibration, loo: np.ndarray | None = None,
                  family_out: np.ndarray | None = None) -> Profile:
     """The fitted parameters and their provenance; with `family_out` predictions, the interval residuals."""
@@ -292,7 +322,8 @@ def make_profile(calibration: Calibration, loo: np.ndarray | None = None,
     fitted = calibration.predict(calibration.theta, range(len(calibration.cases)))
     y = calibration.measured
     summary: dict[str, object] = {
-        "measurements": Path(calibration.table.path).name, "sha256": calibration.table.sha256,
+        "measurements": calibration.table.name, "sha256": calibration.table.sha256,
+        "files": dict(calibration.table.files),
         "calibrated_board": spec.board,
         "rows_used": len(y), "rows_skipped": len(calibration.table.skipped),
         "fit_mape_pct": mape(fitted, y), "fit_within_10pct": within(fitted, y),
@@ -300,6 +331,7 @@ def make_profile(calibration: Calibration, loo: np.ndarray | None = None,
         "prior": calibration.prior_source, "prior_weight": calibration.prior_weight,
         **({"calibrated_config": dpu.config_of(dpu.DPU_BOARDS[spec.board])} if spec.family == "dpu" else {}),
         "fitted_groups": sorted({model.group_key(c) for c in calibration.cases}),
+        "threads_measured": measured_thread_counts(calibration),
     }
     if loo is not None:
         summary.update(loo_mape_pct=mape(loo, y), loo_within_10pct=within(loo, y))
@@ -309,14 +341,21 @@ def make_profile(calibration: Calibration, loo: np.ndarray | None = None,
                        interval=interval_summary(np.log(family_out / y),
                                                  [model.group_key(c) for c in calibration.cases],
                                                  [c.network.macs for c in calibration.cases]))
+    params = from_theta(model.params, calibration.theta)
+    if spec.family == "arm":
+        params, borrowed = arm.borrow_unmeasured(params, summary["fitted_groups"])
+        summary["unmeasured_groups"] = {g: list(v) for g, v in borrowed.items()}
+        summary["threads_measured"].update({g: summary["threads_measured"][v[0]] for g, v in borrowed.items()})
+        if "interval" in summary:
+            summary["interval"] = borrow_interval(summary["interval"], {g: v[0] for g, v in borrowed.items()})
     profile = Profile(
         target=spec.name, family=spec.family, board=spec.board,
-        params=from_theta(model.params, calibration.theta), power=builtin_power(spec.name),
-        default_runtime=spec.default_runtime, default_threads=spec.default_threads,
+        params=params, power=builtin_power(spec.name),
+        default_runtime=spec.default_runtime, default_threads=measured_threads(calibration),
         default_precision=spec.default_precision,
         runtimes=tuple(sorted({c.runtime.partition("@")[0] for c in calibration.cases})),
         graph_policy=calibration.policy,
-        assumptions=(), calibration=summary,
+        assumptions=tuple(reason for _, reason in summary.get("unmeasured_groups", {}).values()), calibration=summary,
         config=dpu.config_of(dpu.DPU_BOARDS[spec.board]) if spec.family == "dpu" else {})
     return spec.transfer(profile) if spec.transfer else profile
 
@@ -347,17 +386,35 @@ def _base_profile(args: argparse.Namespace) -> Profile | None:
         return load_profile(args.adapt)
     if args.from_scratch or args.builtin:
         return None
-    rows = len(deduplicate(load_measurements(args.measurements)).rows)
+    rows = len(deduplicate(read_table(args.measurements)).rows)
     path = builtin_profile_path(args.target)
     return load_profile(path) if rows < ADAPT_BELOW and path.is_file() else None
+
+
+def _measurement_files(args: argparse.Namespace) -> list[str]:
+    if args.measurements:
+        return list(args.measurements)
+    if not args.builtin:
+        raise ValueError("--measurements is required: give the CSV file(s) your board's rows are in "
+                         "(rpi/run_onnx.py --benchmark writes rpi_benchmark.csv)")
+    package = builtin_profile_path(args.target).parent.parent
+    return [str(package / name) for name in get_target(args.target).measurements]
+
+
+def _check_out(out: str | None) -> None:
+    """A user's calibration never replaces a built-in profile (that is --builtin, from the packaged data)."""
+    if out and Path(out).resolve().parent == builtin_profile_path("rpi4").resolve().parent:
+        raise ValueError(f"--out {out} is in the built-in profiles folder; write your profile elsewhere "
+                         "(e.g. --out profiles/my_pi.json) and name that path as a target")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hardware_models.calibrate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", required=True, help="zcu104, zcu102, kv260, rpi4 or rpi5")
-    parser.add_argument("--measurements", required=True, help="CSV in the format of hardware_models/data")
-    parser.add_argument("--out", help="profile JSON to write (default: print only)")
+    parser.add_argument("--measurements", nargs="+", help="CSV file(s) in the format of hardware_models/data, "
+                        "fitted as one table (default with --builtin: the target's packaged files)")
+    parser.add_argument("--out", help="profile JSON to write (default: print only); never a built-in profile")
     parser.add_argument("--builtin", action="store_true", help="write hardware_models/profiles/TARGET.json")
     parser.add_argument("--adapt", metavar="PROFILE", help="adapt this profile JSON (default: the target's "
                         f"built-in profile when the table has fewer than {ADAPT_BELOW} rows)")
@@ -368,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "calibrated interval: estimates get a nominal factor-of-2 band)")
     args = parser.parse_args(argv)
     try:
+        args.measurements = _measurement_files(args)
+        _check_out(args.out)
         base = _base_profile(args)
         calibration = prepare(args.target, args.measurements, base=base)
     except (KeyError, ValueError, FileNotFoundError) as error:

@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, help="C x H x W (or 1 x C x H x W), e.g. 3x224x224")
     parser.add_argument("--precision", help="fp32, int8, int5, ... (target default if omitted)")
     parser.add_argument("--threads", type=int, help="CPU threads (CPU targets)")
-    parser.add_argument("--runtime", help="vart-python / vart-cpp (DPU), ncnn / pytorch (Raspberry Pi)")
+    parser.add_argument("--runtime", help="vart-python / vart-cpp (DPU); onnxruntime (default), ncnn, pytorch "
+                        "(Raspberry Pi)")
     parser.add_argument("--clock-ghz", type=float, help="override the board clock")
     parser.add_argument("--as-int8", action="store_true", help="cost non-8-bit layers as INT8 on the DPU")
     parser.add_argument("--per-layer", action="store_true", help="add the per-layer breakdown")

@@ -131,6 +131,15 @@ def _arm_precision(plan: PrecisionPlan, network: Network) -> tuple[str, dict[str
     return precision, kernels, notes
 
 
+def _unmeasured_threads(profile: Profile, group: str, threads: int) -> list[str]:
+    """A thread count the group's rows never ran at: its speed-up and per-layer costs are extrapolated."""
+    measured = profile.calibration.get("threads_measured", {}).get(group)
+    if not measured or threads in measured:
+        return []
+    return [f"{group.strip('.').replace('.', ' ')} was measured at {', '.join(map(str, measured))} thread(s) "
+            f"only: {threads} thread(s) extrapolates its multi-thread speed-up and per-layer costs"]
+
+
 @register_estimator("arm")
 def _arm(model: nn.Module, network: Network, profile: Profile, options: Options) -> dict[str, Any]:
     precision, kernels, notes = _arm_precision(resolve(options.precision, profile.default_precision), network)
@@ -141,7 +150,11 @@ def _arm(model: nn.Module, network: Network, profile: Profile, options: Options)
         raise ValueError(f"unknown CPU runtime {runtime!r}; known: {', '.join(arm.RUNTIMES)}")
     if not 1 <= threads <= board.cores:
         raise ValueError(f"threads must be 1..{board.cores} on {board.name}, got {threads}")
-    if f"{runtime}.{precision}." not in profile.calibration.get("fitted_groups", []):
+    group = f"{runtime}.{precision}."
+    borrowed = profile.calibration.get("unmeasured_groups", {}).get(group)
+    if borrowed:
+        notes += [] if borrowed[1] in profile.assumptions else [borrowed[1]]
+    elif group not in profile.calibration.get("fitted_groups", []):
         notes.append(f"no {runtime} {precision} measurements were in the calibration data: these "
                      "parameters are uncalibrated physical defaults")
     cost = arm.ArmModel(board, tuple(profile.calibration.get("builds", ())))
@@ -151,7 +164,7 @@ def _arm(model: nn.Module, network: Network, profile: Profile, options: Options)
     prediction = cost.predict(profile.params, table)
     watts = profile.power.watts(threads)
     latency = float(prediction.totals(table)[0])
-    band = _interval(latency, profile, f"{runtime}.{precision}.", [], network.macs)
+    band = _interval(latency, profile, group, _unmeasured_threads(profile, group, threads), network.macs)
     mixed = "/".join(p for p in arm.PRECISIONS[::-1] if p in kernels.values()) if len(set(kernels.values())) > 1 \
         else precision
     result = {"measured": False, "deployable": True, "reason": None, "precision": mixed,

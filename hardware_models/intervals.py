@@ -81,7 +81,11 @@ class Interval:
 
 def latency_interval(latency_ms: float, calibration: Mapping[str, Any], group: str,
                      unmeasured: Sequence[str] = (), macs: int = 0) -> Interval:
-    """The interval of one prediction; `unmeasured` lists what about this setting no measurement covers."""
+    """The interval of one prediction; `unmeasured` lists what about this setting no measurement covers
+    (the profile's `unmeasured_groups` add theirs)."""
+    borrowed = calibration.get("unmeasured_groups", {}).get(group)
+    if borrowed:
+        unmeasured = (*unmeasured, borrowed[1])
     summary = calibration.get("interval")
     if not summary:
         q, level = math.log(2.0), LEVEL
@@ -102,3 +106,20 @@ def latency_interval(latency_ms: float, calibration: Mapping[str, Any], group: s
         note += (f"; widened x{factor:g} in log terms because no measurement covers this setting "
                  f"({'; '.join(unmeasured)})")
     return Interval(latency_ms * math.exp(-q), latency_ms * math.exp(q), level, note)
+
+
+def borrow_interval(summary: Mapping[str, Any], borrowed: Mapping[str, str],
+                    source: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The interval summary with each borrowed group given its source group's half-width, rows and sizes
+    (from `source`, another profile's summary, or from `summary` itself).
+
+    `latency_interval` still widens it (the profile lists the group under `unmeasured_groups`): the source's
+    residuals say how well the source is predicted, not how well it stands in for the borrowed setting.
+    """
+    source = summary if source is None else source
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in summary.items()}
+    for group, origin in borrowed.items():
+        for key in ("log_halfwidth", "rows", "macs_range"):
+            if origin in source.get(key, {}):
+                out[key][group] = source[key][origin]
+    return out

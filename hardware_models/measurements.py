@@ -37,7 +37,10 @@ class Measurement:
 
     @property
     def label(self) -> str:
-        return f"{self.spec} [{self.input_shape[-1]}px, {self.precision or 'default'}, {self.threads or '-'}t]"
+        scheme, _, argument = self.spec.partition(":")
+        # An ONNX path is long; its last two parts (bundle folder, file) say which network it is.
+        name = f"onnx:.../{'/'.join(Path(argument).parts[-2:])}" if scheme == "onnx" else self.spec
+        return f"{name} [{self.input_shape[-1]}px, {self.precision or 'default'}, {self.threads or '-'}t]"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,11 @@ class MeasurementTable:
     rows: tuple[Measurement, ...]
     skipped: tuple[str, ...]
     merged: tuple[str, ...] = ()   # repeated measurements averaged by `deduplicate`
+    files: tuple[tuple[str, str], ...] = ()   # (file name, sha256) of every file the rows come from
+
+    @property
+    def name(self) -> str:
+        return " + ".join(n for n, _ in self.files) or Path(self.path).name
 
 
 def _latency_column(header: Sequence[str]) -> str:
@@ -86,6 +94,15 @@ def _int(text: str | None) -> int:
     return 0 if math.isnan(value) else int(value)
 
 
+def resolve_spec(spec: str, folder: Path) -> str:
+    """`onnx:PATH` specs name a file relative to the table's folder (rpi/run_onnx.py writes them so); made
+    absolute here so that the row means the same file wherever calibrate runs."""
+    scheme, _, argument = spec.partition(":")
+    if scheme != "onnx" or Path(argument).is_absolute():
+        return spec
+    return f"onnx:{(folder / argument).resolve()}"
+
+
 def load_measurements(path: str | Path) -> MeasurementTable:
     path = Path(path)
     raw = path.read_bytes()
@@ -107,12 +124,56 @@ def load_measurements(path: str | Path) -> MeasurementTable:
             continue
         board = record.get("board") or ""
         rows.append(Measurement(
-            row=number, spec=spec, input_shape=parse_input(record["input"]), latency_ms=value, board=board,
+            row=number, spec=resolve_spec(spec, path.parent), input_shape=parse_input(record["input"]),
+            latency_ms=value, board=board,
             runtime=record.get("runtime") or "", threads=_int(record.get("threads")),
             precision=_precision(record.get("precision") or "", record.get("note") or ""),
             clock_ghz=_clock_ghz(board), fps_multi_thread=_float(record.get("fps_multi_thread")),
             source=record.get("source") or ""))
-    return MeasurementTable(str(path), hashlib.sha256(raw).hexdigest(), tuple(rows), tuple(skipped))
+    digest = hashlib.sha256(raw).hexdigest()
+    return MeasurementTable(str(path), digest, tuple(rows), tuple(skipped), files=((path.name, digest),))
+
+
+def load_tables(paths: Sequence[str | Path]) -> MeasurementTable:
+    """Several measurement files as one table (the built-in Pi 4 profile fits rpi.csv and rpi_runtimes.csv).
+
+    Rows are renumbered through the files (row numbers key the build tags, so they must be unique); skipped
+    rows name their file. One file is returned as `load_measurements` reads it.
+    """
+    tables = [load_measurements(p) for p in paths]
+    if len(tables) == 1:
+        return tables[0]
+    rows, skipped, offset = [], [], 0
+    for table in tables:
+        rows += [dataclasses.replace(r, row=r.row + offset) for r in table.rows]
+        skipped += [f"{Path(table.path).name} {s}" for s in table.skipped]
+        offset += len(table.rows) + len(table.skipped)
+    files = tuple(f for t in tables for f in t.files)
+    combined = hashlib.sha256("".join(f"{n}:{d}\n" for n, d in files).encode()).hexdigest()
+    return MeasurementTable(" + ".join(str(p) for p in paths), combined, tuple(rows), tuple(skipped), files=files)
+
+
+def board_key(board: str) -> str:
+    """`Raspberry Pi 5 ...` -> rpi5, `Raspberry Pi 4 Model B ...` -> rpi4, anything else -> ''."""
+    text = board.lower()
+    match = re.search(r"pi\s?([45])\b", text)
+    return f"rpi{match.group(1)}" if match else ""
+
+
+def only_board(table: MeasurementTable, board: str) -> MeasurementTable:
+    """Rows measured on `board` or on an unnamed board; rows that name another Pi are skipped and listed.
+
+    A Pi 5's Cortex-A76 does more per cycle than the Pi 4's A72: one parameter set cannot serve both boards,
+    so each board's profile fits only its own rows.
+    """
+    keep, skipped = [], []
+    for row in table.rows:
+        other = board_key(row.board)
+        if other and other != board:
+            skipped.append(f"row {row.row} ({row.spec}): measured on {other}, not {board}")
+        else:
+            keep.append(row)
+    return dataclasses.replace(table, rows=tuple(keep), skipped=table.skipped + tuple(skipped))
 
 
 def _setting(row: Measurement) -> tuple:

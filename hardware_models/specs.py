@@ -11,6 +11,7 @@ import importlib
 import json
 from collections.abc import Callable
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -167,3 +168,14 @@ def _arch(argument: str) -> nn.Module:
         raise RuntimeError(f"spec 'arch:{argument}' needs spaces.architectures, which cannot be imported "
                            f"({error}); use a torchvision: or thesis: spec instead") from error
     return architectures.create_model(argument, num_classes=10)
+
+
+@register_scheme("onnx")
+def _onnx(argument: str) -> nn.Module:
+    """The layers of an ONNX file (a bundle's model.onnx or model_int8.onnx, pruned or not)."""
+    from hardware_models.onnx_graph import OnnxNetwork
+
+    if not Path(argument).is_file():
+        raise FileNotFoundError(f"spec onnx:{argument}: no such file (in a measurement table the path is relative "
+                                "to the table's folder: keep the CSV next to the bundle it measured)")
+    return OnnxNetwork(argument)

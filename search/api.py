@@ -223,7 +223,7 @@ class StudyResult:
         from search.export import export_selected
         from search.selection import select
 
-        selected = select(self.out, self.study.config.hardware.targets, trial=trial, pick=pick)
+        selected = select(self.out, self.study.config.hardware.names, trial=trial, pick=pick)
         return export_selected(self.study.context(), self.out, selected, path, test_images=test_images,
                                requantize=requantize)
 
@@ -240,6 +240,11 @@ def _quick() -> FidelityConfig:
 
 
 BUDGETS: dict[str, Callable[[], FidelityConfig]] = {"quick": _quick, "standard": FidelityConfig}
+
+
+def _absolute_profiles(targets: Sequence[str]) -> tuple[str, ...]:
+    """Profile JSON targets are paths relative to the working directory here (a study file's folder there)."""
+    return tuple(str(Path(t).resolve()) if t.endswith(".json") else t for t in targets)
 
 
 def compress(teacher: nn.Module | str, *, data: str | Path | None = None, train: Any = None, val: Any = None,
@@ -279,6 +284,7 @@ def compress(teacher: nn.Module | str, *, data: str | Path | None = None, train:
         space=space or SpaceConfig(students=("teacher",), distill_kinds=("none",), round_to=8, candidates=2),
         search=search or SearchConfig(trials=trials, population=max(2, min(10, trials // 2)),
                                       baselines=BaselineSet.SURVEY, final_max=4),
-        fidelity=fidelity or BUDGETS[budget](), hardware=HardwareConfig(targets=tuple(targets)), profile="api")
+        fidelity=fidelity or BUDGETS[budget](), hardware=HardwareConfig(targets=_absolute_profiles(targets)),
+        profile="api")
     options = options or RunOptions(**option_kwargs)
     return Study(config, options, teacher=given, data=memory).optimize()

@@ -241,8 +241,8 @@ def network_spec(recipe: Recipe, splits: Splits) -> str:
     """A hardware_models spec string for the deployed network, where one exists ('' otherwise).
 
     `arch:NAME` builds a registry network with 3 input channels and 10 classes; a pruned network, the
-    teacher itself (its name is not in the recipe) or another shape has no spec, and
-    hardware_models.calibrate skips (and lists) rows without one.
+    teacher itself (its name is not in the recipe) or another shape has no spec. Kept as metadata:
+    rpi/run_onnx.py's rows name the ONNX file they timed (`onnx:PATH`), which every network has.
     """
     unpruned = recipe.prune.kind == PruneKind.NONE
     fits = splits.info.channels == 3 and splits.info.num_classes == 10
@@ -258,7 +258,7 @@ def _write_scripts(out: Path, metrics: dict[str, Any], info: DatasetInfo) -> Non
     deployed = metrics["deployed_file"]
     _write_json(out / "rpi" / "preprocess.json", {**common, "model": deployed,
                                                    "precision": "int8" if deployed == QUANTIZED_FILE else "fp32",
-                                                   "labels": list(info.classes)})
+                                                   "labels": list(info.classes), **cpu_setting(metrics["predicted"])})
     for name in ("quantize.py", "run_vart.py"):
         shutil.copyfile(SCRIPTS / name, out / "zcu104" / name)
     (out / "zcu104" / "compile.sh").write_text(texts.compile_sh())
@@ -267,6 +267,15 @@ def _write_scripts(out: Path, metrics: dict[str, Any], info: DatasetInfo) -> Non
                                                   "dpu": "DPUCZDX8G_ISA1_B4096 x2 @300MHz",
                                                   "gops": round(2 * metrics["size"]["macs"] / 1e9, 6)})
     (out / "zcu104" / "README.md").write_text(texts.zcu104_readme(metrics))
+
+
+def cpu_setting(predicted: dict[str, dict]) -> dict[str, Any]:
+    """The runtime and threads the first CPU (Raspberry Pi) prediction used: run_onnx.py's defaults, so that
+    what is measured on the board is what was promised. Without a CPU target: onnxruntime, 1 thread."""
+    for target, result in predicted.items():
+        if result.get("family") == "arm":
+            return {"runtime": result["runtime"], "threads": int(result["threads"]), "predicted_by": target}
+    return {"runtime": "onnxruntime", "threads": 1, "predicted_by": None}
 
 
 def _plain_json(value: Any) -> Any:

@@ -185,12 +185,19 @@ def load_study(study: str, profile: str | None = None) -> StudyConfig:
 
 
 def with_paths_from(config: StudyConfig, base: Path) -> StudyConfig:
-    """Relative file paths of the config made absolute against `base`."""
+    """Relative file paths of the config made absolute against `base` (a profile JSON named as a target too)."""
     teacher = config.teacher
     paths = {k: str((base / v).resolve()) for k in ("checkpoint", "code")
              if (v := getattr(teacher, k)) and not Path(v).is_absolute()}
+    targets = tuple(str((base / t).resolve()) if t.endswith(".json") else t for t in config.hardware.targets)
+    missing = [t for t in targets if t.endswith(".json") and not Path(t).is_file()]
+    if missing:
+        raise ConfigError(f"{config.source}: hardware.targets: profile {missing[0]} does not exist; write it with "
+                          "python -m hardware_models.calibrate --target rpi4 --measurements rpi_benchmark.csv "
+                          f"--out {missing[0]}")
     return dataclasses.replace(config, data=resolve_root(config.data, base),
-                               teacher=dataclasses.replace(teacher, **paths))
+                               teacher=dataclasses.replace(teacher, **paths),
+                               hardware=dataclasses.replace(config.hardware, targets=targets))
 
 
 def from_json(raw: dict, where: str) -> StudyConfig:

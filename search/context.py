@@ -63,7 +63,7 @@ class Plan:
 
 
 def make_plan(config: StudyConfig) -> Plan:
-    targets = config.hardware.targets
+    targets = config.hardware.names
     known = known_metrics(targets)
     objectives = config.search.objectives or default_objectives(targets)
     bad = [o for o in objectives if o not in known or o in ("accuracy_drop", "test_accuracy")]

@@ -89,7 +89,7 @@ def export(args: argparse.Namespace) -> int:
     config = run_config(args)
     run = Path(args.run or Path("runs") / config.name / config.profile)
     read_run(run)  # an empty or missing study fails before any data is read
-    selected = select(run, config.hardware.targets, trial=args.trial, pick=args.pick)
+    selected = select(run, config.hardware.names, trial=args.trial, pick=args.pick)
     study = Study(config, RunOptions(out=str(run), data_root=args.data_root, cache_dir=args.cache_dir,
                                      device="cpu", progress=False))
     export_selected(study.context(), run, selected, args.out, test_images=args.test_images,
@@ -147,8 +147,8 @@ def _plot(run: Path, config, selected: Selected, png: Path) -> None:  # noqa: AN
     base = pd.read_csv(run / "baselines.csv") if (run / "baselines.csv").stat().st_size > 1 else pd.DataFrame()
     m = selected.metrics
     point = {"accuracy": m.get("f3_test_accuracy", m.get("f2_accuracy")),
-             **{f"latency_{t}": m.get(f"f3_latency_{t}", m.get(f"f2_latency_{t}")) for t in config.hardware.targets}}
-    pareto_plot(png, trials, front, base, config.hardware.targets, title=f"{config.name}: {selected.how}",
+             **{f"latency_{t}": m.get(f"f3_latency_{t}", m.get(f"f2_latency_{t}")) for t in config.hardware.names}}
+    pareto_plot(png, trials, front, base, config.hardware.names, title=f"{config.name}: {selected.how}",
                 highlight={k: float(v) for k, v in point.items() if v is not None and v == v})
 
 

@@ -162,7 +162,7 @@ def write_outputs(ctx: Context, study: optuna.Study, front_: list[final.Candidat
         front_table["knee"] = [i == summary.knee for i in range(len(front_table))]
     front_table.to_csv(out / "pareto.csv", index=False)
     base_table.to_csv(out / "baselines.csv", index=False)
-    pareto_plot(out / "pareto.png", trials, front_table, base_table, ctx.config.hardware.targets,
+    pareto_plot(out / "pareto.png", trials, front_table, base_table, ctx.config.hardware.names,
                 title=f"{ctx.config.name} ({ctx.config.profile}): {len(trials)} trials, front of {len(front_)}")
     hypervolume_plot(out / "hypervolume.png", history, title=f"{ctx.config.name} ({ctx.config.profile})")
     results.write_report(out / "report.md", header, front_, base, objectives, summary,

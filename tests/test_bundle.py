@@ -289,7 +289,12 @@ def test_rpi_runner_classifies_and_benchmarks(bundle: tuple[Path, dict], data: t
     with open(csv_path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2  # the second run appended
-    assert (rows[0]["precision"], rows[0]["input"], rows[0]["threads"]) == ("int8", "1x28x28", "1")
+    # The runner's default threads are the ones the rpi4 prediction used; the row names the file it timed.
+    threads = json.loads((out / "rpi" / "preprocess.json").read_text())["threads"]
+    assert threads == bundle[1]["predicted"]["rpi4"]["threads"] == 4
+    assert (rows[0]["precision"], rows[0]["input"], rows[0]["threads"]) == ("int8", "1x28x28", str(threads))
+    assert rows[0]["spec"].startswith("onnx:") and rows[0]["spec"].endswith("/model_int8.onnx")
+    assert rows[0]["runtime"].startswith("onnxruntime")
     assert float(rows[0]["latency_ms"]) > 0 and rows[0]["model"] == "test small_cnn"
 
 

@@ -89,11 +89,13 @@ def test_vart_python_costs_more_than_cpp() -> None:
 def test_arm_threads_precision_and_clock() -> None:
     model = build_network("torchvision:resnet18", device="meta")
     shape = (3, 224, 224)
-    four = estimate(model, shape, "rpi4")
-    one = estimate(model, shape, "rpi4", threads=1)
-    int8 = estimate(model, shape, "rpi4", precision="int8")
-    slow = estimate(model, shape, "rpi4", clock_ghz=1.5)
-    assert (four["threads"], four["precision"], four["runtime"]) == (4, "fp32", "ncnn")
+    default = estimate(model, shape, "rpi4")
+    assert (default["threads"], default["precision"], default["runtime"]) == (4, "fp32", "onnxruntime")
+    four = estimate(model, shape, "rpi4", runtime="ncnn")
+    one = estimate(model, shape, "rpi4", threads=1, runtime="ncnn")
+    int8 = estimate(model, shape, "rpi4", precision="int8", runtime="ncnn")
+    slow = estimate(model, shape, "rpi4", clock_ghz=1.5, runtime="ncnn")
+    assert default["latency_ms"] > 1.5 * four["latency_ms"]  # onnxruntime is the slower runtime in the data
     assert one["latency_ms"] > four["latency_ms"] and one["power_w"] < four["power_w"]
     assert int8["latency_ms"] < four["latency_ms"]
     assert slow["latency_ms"] > four["latency_ms"]
@@ -117,13 +119,36 @@ def test_arm_costs_each_layer_at_its_own_precision(target: str) -> None:
     assert estimate(model, shape, target, precision=dict.fromkeys(layers, 8))["latency_ms"] == int8
 
 
-def test_rpi5_is_derived_from_rpi4_with_stated_assumptions() -> None:
-    model = build_network("torchvision:mobilenet_v2", device="meta")
-    pi4 = estimate(model, (3, 224, 224), "rpi4", precision="int8", runtime="pytorch")
-    pi5 = estimate(model, (3, 224, 224), "rpi5", precision="int8", runtime="pytorch")
-    assert 1.2 < pi4["latency_ms"] / pi5["latency_ms"] < 1.6
-    assert any("Raspberry Pi 5 has NO calibration data" in a for a in pi5["assumptions"])
+def test_rpi5_ncnn_is_measured_and_its_onnxruntime_transferred_from_rpi4() -> None:
+    model, shape = build_network("torchvision:mobilenet_v2", device="meta"), (3, 224, 224)
+    pi4 = estimate(model, shape, "rpi4")
+    pi5 = estimate(model, shape, "rpi5")
+    assert pi5["runtime"] == "onnxruntime" and 1.2 < pi4["latency_ms"] / pi5["latency_ms"] < 1.6
+    assert any("no Pi 5 measurement" in a for a in pi5["assumptions"])
+    assert "no onnxruntime fp32 measurement on a Raspberry Pi 5" in pi5["interval_note"]
+    ncnn = estimate(model, shape, "rpi5", runtime="ncnn")
+    assert "widened" not in ncnn["interval_note"]  # the Pi 5's own ncnn rows back it
     assert pi5["energy_source"] == "assumed"
+
+
+def test_a_thread_count_never_measured_widens_the_interval() -> None:
+    """The onnxruntime rows are all at 4 threads: 1 thread extrapolates the multi-thread terms, and says so."""
+    model, shape = build_network("torchvision:resnet18", device="meta"), (3, 224, 224)
+    four, one = estimate(model, shape, "rpi4", threads=4), estimate(model, shape, "rpi4", threads=1)
+    assert "measured at 4 thread(s) only: 1 thread(s) extrapolates" in one["interval_note"]
+    assert "extrapolates" not in four["interval_note"]
+    assert one["latency_ms_high"] / one["latency_ms"] > four["latency_ms_high"] / four["latency_ms"]
+    ncnn = estimate(model, shape, "rpi4", threads=1, runtime="ncnn")  # ncnn was measured at 1 and 4 threads
+    assert "extrapolates" not in ncnn["interval_note"]
+
+
+def test_onnxruntime_int8_says_it_was_never_measured() -> None:
+    model, shape = build_network("torchvision:resnet18", device="meta"), (3, 224, 224)
+    fp32 = estimate(model, shape, "rpi4", precision="fp32")
+    int8 = estimate(model, shape, "rpi4", precision="int8")
+    assert any("no public onnxruntime int8 measurement" in a for a in int8["assumptions"])
+    assert "widened" in int8["interval_note"] and "widened" not in fp32["interval_note"]
+    assert int8["latency_ms_high"] / int8["latency_ms"] > fp32["latency_ms_high"] / fp32["latency_ms"]
 
 
 def test_dpu_configuration_is_a_profile_parameter(tmp_path) -> None:

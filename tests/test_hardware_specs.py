@@ -20,7 +20,7 @@ torch.set_num_threads(1)
 
 def calibration_specs() -> list[tuple[str, str]]:
     found = set()
-    for name in ("zcu104_dpu.csv", "rpi.csv"):
+    for name in ("zcu104_dpu.csv", "rpi.csv", "rpi_runtimes.csv"):
         text = resources.files("hardware_models").joinpath(f"data/{name}").read_text()
         found |= {(r["spec"], r["input"]) for r in csv.DictReader(text.splitlines()) if r["spec"]}
     return sorted(found)
@@ -84,7 +84,7 @@ def test_bad_specs_are_clear_errors(spec: str, error: type) -> None:
 
 
 def test_unknown_scheme_lists_schemes() -> None:
-    with pytest.raises(KeyError, match="known schemes: arch, mobilenet_v1, nb201, thesis, torchvision"):
+    with pytest.raises(KeyError, match="known schemes: arch, mobilenet_v1, nb201, onnx, thesis, torchvision"):
         build_network("timm:resnet18")
 
 
@@ -98,3 +98,40 @@ def test_arch_scheme_builds_project_students() -> None:
     name = architectures.list_architectures()[0]
     model = build_network(f"arch:{name}", device="meta")
     assert isinstance(model, nn.Module)
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "mobilenet_v2", "squeezenet1_1"])
+def test_an_onnx_file_costs_what_its_torch_network_costs(arch: str, tmp_path) -> None:
+    """A benchmark row names the ONNX file it timed; rebuilt from that file (fp32 or int8 QDQ), the network
+    has the torch network's layers, so its latency on a CPU target is the same."""
+    from hardware_models import estimate
+    from hardware_models.host import export_onnx
+    from hardware_models.host import host_calibration
+    from hardware_models.host import quantize_int8
+    from spaces.architectures import create_model
+
+    shape = (3, 32, 32)
+    model = create_model(arch, num_classes=10).eval()
+    fp32 = export_onnx(model, shape, tmp_path / "model.onnx")
+    int8 = quantize_int8(fp32, tmp_path / "model_int8.onnx", host_calibration(shape, samples=2), per_channel=True,
+                         reduce_range=True, pre_process=False)
+    expected = estimate(model, shape, "rpi4", precision="int8")
+    for path in (fp32, int8):
+        network = build_network(f"onnx:{path}", device="meta")
+        result = estimate(network, shape, "rpi4", precision="int8")
+        assert (result["macs"], result["latency_ms"]) == (expected["macs"], pytest.approx(expected["latency_ms"]))
+
+
+def test_an_onnx_operator_the_models_do_not_know_is_named(tmp_path) -> None:
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper
+
+    node = helper.make_node("Einsum", ["input", "input"], ["output"], equation="ij,ij->ij")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(graph), tmp_path / "odd.onnx")
+    with pytest.raises(ValueError, match="ONNX operator Einsum .* is not supported"):
+        build_network(f"onnx:{tmp_path / 'odd.onnx'}", device="meta")
+    with pytest.raises(FileNotFoundError, match="relative to the table's folder"):
+        build_network("onnx:missing.onnx", device="meta")

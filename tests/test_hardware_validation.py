@@ -99,11 +99,11 @@ def test_few_measurements_adapt_the_builtin_profile(tmp_path: Path, capsys: pyte
     rows = _first_rows(tmp_path, "nb201_raspi4_sample.csv", 8)
     adapted, scratch = tmp_path / "adapted.json", tmp_path / "scratch.json"
     assert calibrate_main(["--target", "rpi4", "--measurements", str(rows), "--out", str(adapted)]) == 0
-    assert "prior: rpi4 profile (rpi.csv) (weight 0.3)" in capsys.readouterr().out
+    assert "prior: rpi4 profile (rpi.csv + rpi_runtimes.csv) (weight 0.3)" in capsys.readouterr().out
     assert calibrate_main(["--target", "rpi4", "--measurements", str(rows), "--out", str(scratch),
                            "--from-scratch", "--no-loo"]) == 0
     base = load_builtin("rpi4").params
-    group = [k for k in base if k.startswith("ncnn.fp32.") and "build_" not in k]
+    group = [k for k in base if k.startswith(f"{load_builtin('rpi4').default_runtime}.fp32.") and "build_" not in k]
 
     def drift(path: Path) -> float:
         params = load_profile(path).params

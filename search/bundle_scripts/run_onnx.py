@@ -5,14 +5,17 @@ Standalone: needs numpy and onnxruntime only (Pillow for PNG/JPEG inputs; .npy i
 
     python3 run_onnx.py digit.png                      # class of one image
     python3 run_onnx.py images/                        # every image in a folder
-    python3 run_onnx.py --benchmark 200 --threads 1    # latency at batch 1, appended to rpi_benchmark.csv
+    python3 run_onnx.py --benchmark 200                # latency at batch 1, appended to rpi_benchmark.csv
 
 Preprocessing repeats the one the model was trained and evaluated with: resize (bilinear) to the model's
 input size, scale pixels to [0, 1], subtract the mean and divide by the standard deviation stored in
 preprocess.json next to this script.
 
-The benchmark CSV has exactly the columns of hardware_models/data/rpi.csv, so a user's measurements feed
-`python -m hardware_models.calibrate --target rpi4 --measurements rpi_benchmark.csv` unchanged.
+The default thread count is the one the study's latency prediction used (`threads` in preprocess.json), so
+the number you measure is the number that was promised. The benchmark CSV has exactly the columns of
+hardware_models/data/rpi.csv, and its `spec` names the ONNX file that was timed (`onnx:PATH`, relative to the
+CSV), so every row - pruned networks included - feeds
+`python -m hardware_models.calibrate --target rpi4 --measurements rpi_benchmark.csv --out my_pi.json` unchanged.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=None,
                         help="ONNX file (default: the bundle's deployed file, named in preprocess.json)")
     parser.add_argument("--preprocess", type=Path, default=HERE / "preprocess.json")
-    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="onnxruntime intra-op threads (default: the threads the study's prediction used, "
+                             "from preprocess.json)")
     parser.add_argument("--benchmark", type=int, default=0, metavar="N", help="time N runs at batch 1")
     parser.add_argument("--warmup", type=int, default=10, help="untimed runs before the benchmark")
     parser.add_argument("--csv", type=Path, default=Path("rpi_benchmark.csv"), help="benchmark CSV (appended)")
@@ -175,6 +180,11 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def onnx_spec(model: Path, csv_path: Path) -> str:
+    """`onnx:PATH` of the timed file, relative to the CSV's folder (calibrate rebuilds its layers from it)."""
+    return "onnx:" + Path(os.path.relpath(model.resolve(), csv_path.resolve().parent)).as_posix()
+
+
 def benchmark_row(args: argparse.Namespace, config: dict, times: np.ndarray) -> dict[str, str]:
     import onnxruntime as ort
 
@@ -184,7 +194,7 @@ def benchmark_row(args: argparse.Namespace, config: dict, times: np.ndarray) -> 
             f"p90 {np.percentile(times, 90):.3f} ms; {args.model.name} sha256 {_sha256(args.model)[:12]}")
     return {"board": args.board or board_name(), "runtime": f"onnxruntime {ort.__version__} (python, batch 1)",
             "threads": str(args.threads), "precision": precision, "model": config.get("model_name", args.model.stem),
-            "spec": config.get("spec", "") if args.spec is None else args.spec,
+            "spec": onnx_spec(args.model, args.csv) if args.spec is None else args.spec,
             "input": "x".join(str(s) for s in config["input_shape"]), "latency_ms": f"{np.median(times):.4f}",
             "source": f"measured: rpi/run_onnx.py --benchmark {times.size} on {socket.gethostname()}, {today}",
             "note": f"{note}; {args.note}" if args.note else note}
@@ -213,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.model is None:
         args.model = HERE.parent / config.get("model", "model_int8.onnx")
         args.precision = args.precision or config.get("precision", "")
+    args.threads = args.threads or int(config.get("threads", 1))
+    if config.get("runtime", "onnxruntime") != "onnxruntime":
+        print(f"note: the study predicted {config['runtime']}, this runner is onnxruntime: the measured latency "
+              "is not the one that was predicted", file=sys.stderr)
     session = make_session(args.model, args.threads)
     labels = config.get("labels") or []
     for path, index, probability in classify(session, image_paths(args.inputs), config):

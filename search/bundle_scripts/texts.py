@@ -96,8 +96,10 @@ def bundle_readme(metrics: dict[str, Any], present: list[str]) -> str:
               f"- **Raspberry Pi**: {deploy['rpi']}", f"- **this machine**: {deploy['host']}"]
     lines += ["", "## Measuring on the boards", "",
               "- Raspberry Pi: `python3 rpi/run_onnx.py --benchmark 200` (numpy + onnxruntime; runs the deployed "
-              "file) appends a row with "
-              "the columns of hardware_models/data/rpi.csv to rpi_benchmark.csv.",
+              "file) appends a row with the columns of hardware_models/data/rpi.csv to rpi_benchmark.csv, at the "
+              "thread count the prediction used (rpi/preprocess.json); `python -m hardware_models.calibrate "
+              "--target rpi4 --measurements rpi_benchmark.csv --out my_pi.json` fits a profile a study can name as a "
+              "target.",
               "- ZCU104: see zcu104/README.md. " + NOT_RUN_HERE, ""]
     return "\n".join(lines)
 
