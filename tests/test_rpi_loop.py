@@ -31,6 +31,8 @@ from spaces.apply import apply
 from spaces.architectures import create_model
 from spaces.recipe import PruneKind
 from spaces.recipe import Pruning
+from spaces.recipe import Quantization
+from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
 from tests.user_data import write_generated_imagefolder
 
@@ -59,11 +61,12 @@ def test_benchmark_rows_calibrate_a_profile_that_a_study_predicts_with(tmp_path:
     csv_path = tmp_path / "rpi_benchmark.csv"
     for ratio in (0.0, 0.4, 0.7):
         recipe = Recipe(prune=Pruning(kind=PruneKind.STRUCTURED, ratio=ratio) if ratio else Pruning(),
-                        label=f"pruned {ratio}")
+                        quant=Quantization(kind=QuantKind.PTQ), label=f"pruned {ratio}")
         model = apply(recipe, base, splits, batcher, BUDGET).model.eval()
         predicted = estimate_targets(model, recipe, shape, hardware)
         out = tmp_path / "bundles" / f"p{int(ratio * 10)}"
-        write_bundle(model, recipe, splits, batcher, out, predicted=predicted, calib_images=16, test_images=8)
+        write_bundle(model, recipe, splits, batcher, out, predicted=predicted, network="small_cnn", calib_images=16,
+                     test_images=8)
         config = json.loads((out / "rpi" / "preprocess.json").read_text())
         assert (config["runtime"], config["threads"], config["predicted_by"]) == ("onnxruntime", 1, "rpi4")
         for onnx in ("model.onnx", "model_int8.onnx"):
