@@ -277,6 +277,7 @@ def test_ray_backend_survives_a_killed_worker(mnist_root: Path, cache_dir: Path,
     assert killed, "no worker was seen evaluating a trial"
     trials = pd.read_csv(tmp_path / "ray" / "trials.csv")
     assert len(trials) == 6 and (trials["state"] == "COMPLETE").all()
+    assert (trials["told"] == "f2").any() and set(trials["told"]) <= {"f1", "f2"}  # F2 rung as a second task
     assert json.loads((tmp_path / "ray" / "summary.json").read_text())["backend"] == "ray"
     on_ray = pd.read_csv(tmp_path / "ray" / "baselines.csv")
     local = pd.read_csv(mlp_study[0] / "baselines.csv")
