@@ -206,7 +206,8 @@ def judge(first: Outcome, promoter: Promoter, objectives: tuple[str, ...]) -> Ou
     is: the caller then runs `second_rung`); any other outcome passes unchanged and adds nothing to the pool."""
     if first.level != "f1":
         return first
-    decision: Decision = promoter.decide([float(first.metrics["f1"][o]) for o in objectives])
+    f1 = first.metrics["f1"]
+    decision: Decision = promoter.decide([float(f1[o]) for o in objectives], str(f1.get("recipe_hash", "")))
     if decision.promoted:
         return replace(first, level="f2", promotion=decision.note())
     return replace(first, standing=decision.standing, promotion=decision.note(), reason=decision.note())
@@ -271,18 +272,18 @@ def told_at_f2(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.COMPLETE and trial.user_attrs.get("told", "f2") == "f2"
 
 
-def f1_points(study: optuna.Study, objectives: tuple[str, ...]) -> list[list[float]]:
-    """Every F1 result the study has measured, in trial order: the promotion pool a resumed run starts from."""
-    out = []
-    for t in study.get_trials(deepcopy=False):
-        f1 = t.user_attrs.get("f1", {})
-        if finished(t) and "accuracy" in f1 and all(o in f1 for o in objectives):
-            out.append([float(f1[o]) for o in objectives])
-    return out
-
-
 def make_promoter(study: optuna.Study, config: SearchConfig, objectives: tuple[str, ...]) -> Promoter:
-    return Promoter(config.promotion, config.eta, [direction(o) for o in objectives], f1_points(study, objectives))
+    """The promotion pool a resumed run starts from: every F1 result the study has measured, once per recipe, in
+    trial order, and the recipes that were scored at F2."""
+    promoter = Promoter(config.promotion, config.eta, [direction(o) for o in objectives])
+    for t in study.get_trials(deepcopy=False):
+        f1, key = t.user_attrs.get("f1", {}), str(t.user_attrs.get("recipe_hash", ""))
+        if not finished(t) or "accuracy" not in f1 or not all(o in f1 for o in objectives):
+            continue
+        promoter.add([float(f1[o]) for o in objectives], key)
+        if "f2" in t.user_attrs and key:
+            promoter.scored.add(key)
+    return promoter
 
 
 @dataclass

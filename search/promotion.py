@@ -23,6 +23,7 @@ from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
 from enum import StrEnum
 
 import numpy as np
@@ -109,22 +110,24 @@ class Decision:
 
     def note(self) -> str:
         verdict = "promoted to F2" if self.promoted else "not promoted (F1 only)"
+        if self.promoted and self.position >= self.quota:
+            verdict += " (scored there before)"
         return f"{verdict}: F1 rank {self.position + 1} of {self.seen}, top {self.quota} promoted"
 
 
-Rule = Callable[[np.ndarray, Directions, int], Decision]
+Rule = Callable[[np.ndarray, int, Directions, int], Decision]
 
 
-def moasha(points: np.ndarray, directions: Directions, eta: int) -> Decision:
-    """The last row of `points` (the result that just arrived) against all rows: promoted when among the top
+def moasha(points: np.ndarray, index: int, directions: Directions, eta: int) -> Decision:
+    """Row `index` of `points` (the result that just arrived) against all rows: promoted when among the top
     `ceil(n / eta)` by `promotion_order`."""
     n = len(points)
-    position = promotion_order(points, directions).index(n - 1)
+    position = promotion_order(points, directions).index(index % n)
     quota = math.ceil(n / eta)
     return Decision(position < quota, position, n, quota)
 
 
-def ladder(points: np.ndarray, directions: Directions, eta: int) -> Decision:
+def ladder(points: np.ndarray, index: int, directions: Directions, eta: int) -> Decision:
     """Every result climbs to F2, whatever F1 said: today's fixed ladder, kept to compare against."""
     return Decision(True, 0, len(points), len(points))
 
@@ -140,7 +143,25 @@ class Promoter:
     eta: int
     directions: Sequence[str]
     points: list[list[float]] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # the recipe hash of each point ("" when not known)
+    scored: set[str] = field(default_factory=set)  # recipes promoted before: their F2 result is cached
 
-    def decide(self, point: Sequence[float]) -> Decision:
+    def add(self, point: Sequence[float], key: str = "") -> int:
+        """The index of the recipe's result in the pool, added when the recipe is new to it."""
+        if key and key in self.keys:
+            return self.keys.index(key)
         self.points.append([float(v) for v in point])
-        return RULES[self.kind](np.array(self.points, dtype=float), self.directions, self.eta)
+        self.keys.append(key)
+        return len(self.points) - 1
+
+    def decide(self, point: Sequence[float], key: str = "") -> Decision:
+        """The decision for a result that just arrived. A recipe sampled again counts once in the pool (a second
+        copy of one point would push other results down): it is judged where its first result stands now, and
+        one promoted before is promoted again, since its F2 result is cached and costs nothing."""
+        index = self.add(point, key)
+        decision = RULES[self.kind](np.array(self.points, dtype=float), index, self.directions, self.eta)
+        if key in self.scored and not decision.promoted:
+            decision = replace(decision, promoted=True)
+        if decision.promoted and key:
+            self.scored.add(key)
+        return decision

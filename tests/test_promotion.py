@@ -26,6 +26,8 @@ from search.promotion import nondominated_ranks
 from search.promotion import promotion_order
 from search.reference import ReferenceBox
 from spaces.recipe import Recipe
+from spaces.thesis_recipes import PTQ8
+from spaces.thesis_recipes import QAT8
 
 ACC_LATENCY = ["max", "min"]  # accuracy (%), latency (ms)
 SEEN = [[90.0, 1.0], [85.0, 0.5], [80.0, 2.0], [70.0, 3.0], [60.0, 4.0]]
@@ -41,7 +43,7 @@ def dominated_by(point: np.ndarray, others: np.ndarray) -> int:
 def test_an_f1_point_dominated_by_the_promoted_share_is_not_promoted() -> None:
     """Six F1 results, eta 3: the top ceil(6/3) = 2 are promoted. (75, 2.5) is dominated by three earlier results,
     so at least those three rank ahead of it: not promoted, and told with its standing."""
-    decision = moasha(np.array([*SEEN, [75.0, 2.5]]), ACC_LATENCY, eta=3)
+    decision = moasha(np.array([*SEEN, [75.0, 2.5]]), -1, ACC_LATENCY, eta=3)
     assert (decision.seen, decision.quota) == (6, 2)
     assert not decision.promoted and decision.position >= 3
     assert 0 < decision.standing < 1 and "not promoted" in decision.note()
@@ -50,7 +52,7 @@ def test_an_f1_point_dominated_by_the_promoted_share_is_not_promoted() -> None:
 @pytest.mark.parametrize("new", [[95.0, 0.4],  # dominates every earlier result
                                  [97.0, 5.0]])  # non-dominated: the most accurate, and the slowest
 def test_a_non_dominated_f1_point_that_covers_new_ground_is_promoted(new: list[float]) -> None:
-    decision = moasha(np.array([*SEEN, new]), ACC_LATENCY, eta=3)
+    decision = moasha(np.array([*SEEN, new]), -1, ACC_LATENCY, eta=3)
     assert decision.promoted and decision.position == 0 and decision.standing == 0.0
 
 
@@ -70,6 +72,19 @@ def test_the_rule_never_promotes_a_point_dominated_by_its_quota_on_random_stream
             assert not decision.promoted
         promoted += decision.promoted
     assert 5 <= promoted < 60 / 2  # the rate settles near 1/eta, far below the ladder's 60
+
+
+def test_a_recipe_sampled_again_counts_once_and_keeps_its_f2() -> None:
+    promoter = Promoter(PromotionKind.MOASHA, 3, ACC_LATENCY)
+    decisions = {key: promoter.decide(p, key) for key, p in zip("abcde", SEEN, strict=True)}
+    assert decisions["a"].promoted and not decisions["e"].promoted
+    again = promoter.decide(SEEN[4], "e")
+    assert len(promoter.points) == 5 and (again.seen, again.position, again.promoted) == (5, 4, False)
+    for key, better in zip("fghi", [[99.0, 0.1], [98.0, 0.09], [97.0, 0.08], [96.0, 0.07]], strict=True):
+        promoter.decide(better, key)  # four results that dominate the first push it out of the top share...
+    first_again = promoter.decide(SEEN[0], "a")
+    assert first_again.position >= first_again.quota
+    assert first_again.promoted and "scored there before" in first_again.note()  # ...but its F2 is cached
 
 
 def test_nondominated_ranks_and_the_promotion_order() -> None:
@@ -163,11 +178,14 @@ def test_the_promotion_pool_is_rebuilt_from_the_storage_on_resume() -> None:
     f1 = Outcome(TrialState.COMPLETE, {"f1": _metrics(70.0, 0.2, 0.1)}, level="f1", standing=0.5)
     f2 = Outcome(TrialState.COMPLETE, {"f1": _metrics(60.0, 0.5, 0.3), "f2": _metrics(80.0, 0.5, 0.3)})
     f0 = Outcome(TrialState.COMPLETE, {"f1": _metrics(None, 0.3, 0.8)}, "infeasible", level="f0")
-    for outcome in (f1, f2, f0):
-        engine.tell(study, study.ask(), Recipe(), outcome, OBJECTIVES, ())
+    recipes = [Recipe(), Recipe(quant=PTQ8), Recipe(quant=QAT8), Recipe()]  # the last: the first sampled again
+    for recipe, outcome in zip(recipes, (f1, f2, f0, f1), strict=True):
+        engine.tell(study, study.ask(), recipe, outcome, OBJECTIVES, ())
     study.ask()  # left RUNNING, as a killed run leaves it
     promoter = engine.make_promoter(study, SearchConfig(eta=4), OBJECTIVES)
     assert promoter.points == [[70.0, 0.2, 0.1], [60.0, 0.5, 0.3]]  # F1 results only, the rejected one has none
+    assert promoter.keys == [recipes[0].hash(), recipes[1].hash()]  # the repeated recipe counts once
+    assert promoter.scored == {recipes[1].hash()}  # the recipe scored at F2
     assert (promoter.kind, promoter.eta) == (PromotionKind.MOASHA, 4)
 
 
