@@ -288,11 +288,13 @@ def make_promoter(study: optuna.Study, config: SearchConfig, objectives: tuple[s
 
 @dataclass
 class Progress:
-    """Trial count, best accuracy so far and an ETA, on one line per trial (and a tqdm bar when wanted)."""
+    """Trial count, best accuracy so far and an ETA, on one line per trial (and a tqdm bar when wanted); with a
+    wall-clock budget the ETA is never past the time left."""
 
     total: int
     done: int
     log: Callable[[str], None]
+    clock: Clock | None = None
     started: float = field(default_factory=time.monotonic)
     new: int = 0
     best: float = float("nan")
@@ -306,6 +308,8 @@ class Progress:
             self.best = acc
         rate = (time.monotonic() - self.started) / self.new
         eta = rate * max(self.total - self.done, 0)
+        left = self.clock.left() if self.clock else None
+        eta = eta if left is None else min(eta, left)
         what = f"{outcome.level.upper()} acc {acc:.2f}%" if acc is not None else \
             ("infeasible at F0" if outcome.level == "f0" else outcome.state.name.lower())
         why = f" | {outcome.reason[:120]}" if outcome.reason else ""

@@ -106,12 +106,12 @@ def trials_table(study: optuna.Study, final: dict[str, Candidate], objectives: t
         rows.append({"trial": t.number, "state": t.state.name, **recipe_columns(recipe), **metric_columns(metrics),
                      "feasible": t.user_attrs.get("feasible", t.state == optuna.trial.TrialState.COMPLETE),
                      "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("reason", "") or failure,
-                     "told": _told(t), "promotion": t.user_attrs.get("promotion", ""),
+                     "told": told_level(t), "promotion": t.user_attrs.get("promotion", ""),
                      "duration_s": duration, "recipe_json": t.user_attrs["recipe"]})
     return ensure_columns(pd.DataFrame(rows), objectives)
 
 
-def _told(trial: optuna.trial.FrozenTrial) -> str:
+def told_level(trial: optuna.trial.FrozenTrial) -> str:
     """The level whose values the sampler was told (`search.engine.tell`): f2, f1 (F1 only) or f0 (rejected at F0
     by a cost constraint); empty for a PRUNED or FAILED trial, which was told no values."""
     if trial.state != optuna.trial.TrialState.COMPLETE:

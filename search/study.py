@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -105,7 +106,7 @@ def search(ctx: Context, storage: str, executor: Executor, log: Log) -> optuna.S
     plan = search_plan(ctx, loop)
     study.set_user_attr("plan", plan)  # report.md records it
     log(f"plan: {plan}")
-    progress = engine.Progress(cfg.search.trials, done, log)
+    progress = engine.Progress(cfg.search.trials, done, log, clock=loop.clock)
     executor.search(study, SearchSpace(cfg.space, cfg.teacher.arch), loop, progress)
     return study
 
@@ -203,8 +204,7 @@ def run_study(ctx: Context, storage: str, backend: Backend, log: Log) -> results
         study = search(ctx, storage, executor, log)
         front_, base = finalise(ctx, study, executor, log)
     states = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
-    told = {level: sum(t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("told", "f2") == level
-                       for t in study.trials) for level in ("f2", "f1", "f0")}
+    told = Counter(results.told_level(t) for t in study.trials)
     notes = size_notes(ctx)
     header = {"study": ctx.config.name, "profile": ctx.config.profile, "sampler": ctx.config.search.sampler.value,
               "trials": {k: v for k, v in states.items() if v},
