@@ -201,6 +201,8 @@ def test_a_wall_clock_budget_stops_the_search_and_a_resumed_run_keeps_it(mnist_r
     assert "plan: up to 500 trials or 2s of search wall time, whichever ends first" in result.stdout
     first = len(pd.read_csv(tmp_path / "w" / "trials.csv"))
     assert 1 <= first < 500 and "final stage" in result.stdout
+    etas = [line.split("ETA ")[1].split(" min")[0] for line in result.stdout.splitlines() if " ETA " in line]
+    assert etas and all(float(eta) <= 2 / 60 for eta in etas)  # never past the time left, whatever 500 trials take
     again = search_cli(*args)
     assert again.returncode == 0, again.stderr
     assert "spent earlier" in again.stdout and "[" + str(first + 1) + "/500]" not in again.stdout
