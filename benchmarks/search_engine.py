@@ -6,7 +6,11 @@
     search with the same N, averaged over seeds (one shared reference point per seed: accuracy 0 and 1.1 x
     the worst cost either run saw);
 (c) overhead: the engine's own time per trial (ask, suggest, tell, storage) against the evaluation time;
-(d) Ray: wall time of the same N trials with 1 and with 2 workers on this machine.
+(d) Ray: wall time of the same N trials with 1 and with 2 workers on this machine;
+(e) promotion at equal wall time: MO-ASHA, the fixed F1 -> F2 ladder and random search (with the ladder), each
+    given the same search budget per seed, with its own result store and student cache (no run reuses another's
+    work); the normalised hypervolume of the F2 front against wall time (the study's reference box), its value at
+    the budget, and the time each method needs to reach the ladder's final hypervolume.
 
 Every number is measured on the study's splits as the search uses them (validation for F1/F2/F3
 accuracy); nothing here reads the test split. Results go to stdout (markdown) and `--out/benchmark.json`.
@@ -27,13 +31,20 @@ import numpy as np
 import optuna
 
 from evaluators.candidate import Fidelity
+from evaluators.candidate import ResultStore
 from search import engine
+from search.budget import Clock
+from search.budget import describe_duration
 from search.context import RunSpec
 from search.context import load_context
 from search.engine import SamplerKind
+from search.history import HypervolumePoint
+from search.history import hypervolume_history
 from search.objectives import direction
 from search.pareto import hypervolume
 from search.pareto import pareto_mask
+from search.promotion import PromotionKind
+from search.reference import ReferenceBox
 from search.stats import kendall_tau
 from spaces.space import SearchSpace
 
@@ -49,7 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--trials", type=int, default=40, help="(b) trials per search")
     p.add_argument("--seeds", type=int, default=3, help="(b) seeds averaged")
     p.add_argument("--ray-trials", type=int, default=12, help="(d) trials per Ray run (0 skips d)")
-    p.add_argument("--only", default="abcd", help="which parts to run, e.g. 'ab'")
+    p.add_argument("--race-seconds", type=int, default=300, help="(e) search wall time per method and seed")
+    p.add_argument("--race-seeds", type=int, default=3, help="(e) seeds per method")
+    p.add_argument("--only", default="abcde", help="which parts to run, e.g. 'ab'")
     return p.parse_args(argv)
 
 
@@ -143,6 +156,65 @@ def ray_scaling(args: argparse.Namespace, out: Path) -> dict:
             "speedup": walls[1] / walls[2]}
 
 
+# (e): method -> (sampler, None for the study's own; promotion)
+RACE: dict[str, tuple[SamplerKind | None, PromotionKind]] = {
+    "moasha": (None, PromotionKind.MOASHA), "ladder": (None, PromotionKind.LADDER),
+    "random": (SamplerKind.RANDOM, PromotionKind.LADDER)}
+
+
+def _race_run(ctx, box: ReferenceBox, method: str, seed: int, seconds: int,  # noqa: ANN001 - a Context
+              folder: Path) -> list[HypervolumePoint]:
+    """One search given `seconds` of wall time, as `search.run` runs it (SQLite storage, the engine's loop)."""
+    sampler, promotion = RACE[method]
+    config = dataclasses.replace(ctx.config.search, sampler=sampler or ctx.config.search.sampler,
+                                 promotion=promotion, seed=seed, trials=100_000, budget=describe_duration(seconds))
+    run = folder / f"{method}-{seed}"
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    evaluator = dataclasses.replace(ctx.evaluator, store=ResultStore(run / "results"), cache_dir=run / "cache",
+                                    checkpoints=None)
+    objectives, constraints = ctx.plan.objectives, ctx.plan.constraints
+    study = engine.open_study("race", f"sqlite:///{(run / 'study.db').resolve()}", config, objectives,
+                              bool(constraints))
+    loop = engine.Loop(objectives, constraints, config.trials, engine.make_promoter(study, config, objectives),
+                       Clock.of_study(study, config.budget_seconds))
+    engine.run_local(study, SearchSpace(ctx.config.space, ctx.config.teacher.arch), evaluator, loop,
+                     engine.Progress(config.trials, 0, lambda line: None))
+    return hypervolume_history(study, box)
+
+
+def value_at(history: list[HypervolumePoint], minutes: float) -> float:
+    """The hypervolume reached by `minutes` of wall time (0 before the first F2 point)."""
+    return max([h.hypervolume for h in history if h.minutes <= minutes], default=0.0)
+
+
+def time_to(history: list[HypervolumePoint], target: float) -> float | None:
+    """The first wall time (minutes) at which the hypervolume reached `target`; None when it never did."""
+    return next((h.minutes for h in history if h.hypervolume >= target and h.hypervolume > 0), None)
+
+
+def race(ctx, seconds: int, seeds: int, folder: Path) -> dict:  # noqa: ANN001 - a search.context.Context
+    """(e): every method per seed, seeds interleaved so that a change in machine load hits all methods alike."""
+    from search.study import reference_box
+
+    box, minutes = reference_box(ctx), seconds / 60
+    curves: dict[str, list[list[HypervolumePoint]]] = {m: [] for m in RACE}
+    for seed in range(seeds):
+        for method in RACE:
+            curves[method].append(_race_run(ctx, box, method, seed, seconds, folder))
+            print(f"  (e) seed {seed} {method}: hypervolume {value_at(curves[method][-1], minutes):.4g} after "
+                  f"{len(curves[method][-1])} trials", file=sys.stderr, flush=True)
+    final = {m: [value_at(c, minutes) for c in cs] for m, cs in curves.items()}
+    reach = {m: [time_to(c, target) for c, target in zip(cs, final["ladder"], strict=True)]
+             for m, cs in curves.items()}
+    mean = {m: float(np.mean(v)) for m, v in final.items()}
+    return {"seconds": seconds, "seeds": seeds, "hypervolume": final, "mean": mean,
+            "ratio_to_ladder": {m: (v / mean["ladder"] if mean["ladder"] else float("nan")) for m, v in mean.items()},
+            "minutes_to_ladder_final": reach,
+            "trials": {m: [len(c) for c in cs] for m, cs in curves.items()},
+            "curves": {m: [[(h.minutes, h.hypervolume) for h in c] for c in cs] for m, cs in curves.items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
@@ -158,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         found["efficiency"] = efficiency(ctx, args.trials, args.seeds)
     if "d" in args.only and args.ray_trials:
         found["ray"] = ray_scaling(args, out)
+    if "e" in args.only:
+        found["race"] = race(ctx, args.race_seconds, args.race_seeds, out / "race")
     (out / "benchmark.json").write_text(json.dumps(found, indent=2))
     print(report(found))
     return 0
@@ -181,7 +255,22 @@ def report(found: dict) -> str:
         d = found["ray"]
         lines.append(f"- (d) Ray, {d['trials']} trials: 1 worker {d['wall_s_1_worker']:.1f} s, 2 workers "
                      f"{d['wall_s_2_workers']:.1f} s (speed-up {d['speedup']:.2f}x)")
+    if "race" in found:
+        lines += race_lines(found["race"])
     return "\n".join(lines)
+
+
+def race_lines(e: dict) -> list[str]:
+    """(e) as markdown: the mean normalised hypervolume at equal wall time and the time to reach the ladder's."""
+    lines = [f"- (e) {e['seconds']} s of search per method, {e['seeds']} seeds (normalised hypervolume of the F2 "
+             "front, the study's box):", "", "| method | trials | hypervolume per seed | mean | vs ladder | "
+             "minutes to the ladder's final value |", "|---|---|---|---|---|---|"]
+    for m in e["hypervolume"]:
+        per_seed = ", ".join(f"{v:.4g}" for v in e["hypervolume"][m])
+        reach = ", ".join("never" if t is None else f"{t:.1f}" for t in e["minutes_to_ladder_final"][m])
+        lines.append(f"| {m} | {', '.join(map(str, e['trials'][m]))} | {per_seed} | {e['mean'][m]:.4g} | "
+                     f"{e['ratio_to_ladder'][m]:.2f}x | {reach} |")
+    return lines
 
 
 if __name__ == "__main__":

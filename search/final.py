@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from evaluators.candidate import Evaluator
 from evaluators.candidate import Fidelity
 from search.engine import BaselineSet
+from search.engine import told_at_f2
 from search.intervals import measured
 from search.objectives import direction
 from search.pareto import pareto_mask
@@ -54,8 +55,11 @@ def scored(candidates: list[Candidate]) -> list[Candidate]:
 
 
 def completed(study: optuna.Study) -> list[Candidate]:
+    """The trials scored at F2: F1-only and F0-rejected trials are COMPLETE for the sampler, not candidates."""
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if not told_at_f2(t):
+            continue
         metrics = {k: t.user_attrs[k] for k in ("f1", "f2") if k in t.user_attrs}
         out.append(Candidate(Recipe.from_json(t.user_attrs["recipe"]), f"trial {t.number}", metrics, t.number,
                              bool(t.user_attrs.get("feasible", True))))

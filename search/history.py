@@ -2,7 +2,8 @@
 
 Why: a final hypervolume says where a run ended, not how fast it got there; comparing two samplers or two
 budgets at equal wall time needs the curve. Times are optuna's `datetime_complete` of each trial, measured from
-the first trial's start (a resumed run's pause is included: it is wall time the user waited).
+the first trial's start (a resumed run's pause is included: it is wall time the user waited). Only trials
+told at F2 count: an F1-only or F0-rejected trial is no point of the front.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from search.engine import told_at_f2
 from search.reference import ReferenceBox
 
 
@@ -34,7 +36,7 @@ def hypervolume_history(study: optuna.Study, box: ReferenceBox) -> list[Hypervol
     scored: list[list[float]] = []
     history, value = [], 0.0
     for n, t in enumerate(trials, 1):
-        if t.state == TrialState.COMPLETE and t.values is not None and t.user_attrs.get("feasible", True):
+        if told_at_f2(t) and t.values is not None and t.user_attrs.get("feasible", True):
             scored.append(list(t.values))
             value = box.hypervolume(np.array(scored))
         history.append(HypervolumePoint((t.datetime_complete - start).total_seconds() / 60, n, value))

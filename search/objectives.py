@@ -98,8 +98,11 @@ def undeployable(metrics: Mapping[str, Any]) -> str | None:
 
     Such a recipe is rejected at F0 rather than kept as an infeasible point: its latency and energy on that
     target are not numbers (the board cannot run it, see `hardware_models.capability`), so it has no place on
-    a front whose objectives include them, and rejecting it before any training costs nothing. The sampler
-    sees the trial as PRUNED with this reason, like any other cost-only constraint violation."""
+    a front whose objectives include them, and rejecting it before any training costs nothing. The trial stays
+    PRUNED with this reason, unlike a cost-constraint violation (told as infeasible, `search.engine.tell`): there
+    is no latency to tell, an invented one would be a made-up point in NSGA-II's crowding, and the cause is
+    categorical (a precision or operator the board lacks), not a boundary in cost that the sampler could learn;
+    `[space] bits = "target"` removes such precisions from the space up front."""
     for key, value in metrics.items():
         if key.startswith("deployable_") and value is False:
             target = key.removeprefix("deployable_")

@@ -33,12 +33,16 @@ from spaces.space import SearchSpace
 WORKER_RETRIES = 2
 
 
-def _evaluate(spec: RunSpec, recipe_json: str, threads: int) -> engine.Outcome:
+def _evaluate(spec: RunSpec, recipe_json: str, threads: int, first: engine.Outcome | None) -> engine.Outcome:
+    """One rung of one trial on a worker: F0 and F1 (`first` None), or F2 for a promoted F1 result."""
     import torch
 
     torch.set_num_threads(threads)
     ctx = cached_context(spec)
-    return engine.evaluate_trial(ctx.evaluator, Recipe.from_json(recipe_json), ctx.plan.constraints)
+    recipe = Recipe.from_json(recipe_json)
+    if first is None:
+        return engine.first_rung(ctx.evaluator, recipe, ctx.plan.constraints)
+    return engine.second_rung(ctx.evaluator, recipe, first)
 
 
 def _finish(spec: RunSpec, candidate: final.Candidate, levels: tuple[Fidelity, ...],
@@ -76,11 +80,11 @@ class RayExecutor:
     workers: int
     threads: int
 
-    def search(self, study: optuna.Study, space: SearchSpace, progress: engine.Progress) -> None:
+    def search(self, study: optuna.Study, space: SearchSpace, loop: engine.Loop, progress: engine.Progress) -> None:
         import ray
 
         remote = ray.remote(num_cpus=1, max_retries=WORKER_RETRIES)(_evaluate)
-        _loop(study, space, self.ctx, self.workers, remote, self.threads, progress)
+        _loop(study, space, self.ctx.spec, loop, _Workers(self.workers, remote, self.threads), progress)
 
     def finish(self, jobs: list[final.Job]) -> Iterator[final.Finished]:
         """Every job is submitted at once; Ray runs as many as there are CPUs (the workers, or a cluster's)."""
@@ -111,24 +115,34 @@ def ray_session(ctx: Context, address: str | None, workers: int) -> Iterator[Ray
             ray.shutdown()
 
 
-def _loop(study: optuna.Study, space: SearchSpace, ctx: Context, workers: int, remote: Any, threads: int,
+@dataclass(frozen=True)
+class _Workers:
+    count: int
+    remote: Any  # the Ray remote function `_evaluate`
+    threads: int
+
+
+def _loop(study: optuna.Study, space: SearchSpace, spec: RunSpec, loop: engine.Loop, workers: _Workers,
           progress: engine.Progress) -> None:
+    """Asynchronous rungs: a trial's F1 task returns to the driver, which decides its promotion at once against
+    every F1 result so far (MO-ASHA) and either tells it or submits its F2 task; no worker waits for a rung."""
     import ray
 
-    objectives, constraints, total = ctx.plan.objectives, ctx.plan.constraints, ctx.config.search.trials
     pending: dict[Any, tuple[optuna.Trial, Recipe]] = {}
     while True:
-        while len(pending) < workers and engine.count_finished(study) + len(pending) < total:
+        while len(pending) < workers.count and loop.may_ask(study, len(pending)):
             trial = study.ask()
             recipe = space.suggest(trial)
-            pending[remote.remote(ctx.spec, recipe.to_json(), threads)] = (trial, recipe)
+            pending[workers.remote.remote(spec, recipe.to_json(), workers.threads, None)] = (trial, recipe)
         if not pending:
             return
         ready, _ = ray.wait(list(pending), num_returns=1)
         trial, recipe = pending.pop(ready[0])
         try:
-            outcome = ray.get(ready[0])
+            outcome = engine.judge(ray.get(ready[0]), loop.promoter, loop.objectives)
         except ray.exceptions.RayError as err:  # the worker died more often than Ray retries
             outcome = engine.Outcome(optuna.trial.TrialState.FAIL, {}, f"worker lost: {type(err).__name__}")
-        engine.tell(study, trial, recipe, outcome, objectives, constraints)
-        progress.update(outcome, recipe, trial.number)
+        if outcome.awaits_f2:
+            pending[workers.remote.remote(spec, recipe.to_json(), workers.threads, outcome)] = (trial, recipe)
+            continue
+        loop.told(study, trial, recipe, outcome, progress)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from search.deployment import deployment_columns
 from search.deployment import is_deployment_key
+from search.engine import told_at_f2
 from search.final import Candidate
 from search.final import front_knee
 from search.final import points
@@ -99,14 +100,23 @@ def trials_table(study: optuna.Study, final: dict[str, Candidate], objectives: t
         recipe = Recipe.from_json(t.user_attrs["recipe"])
         metrics = {k: t.user_attrs[k] for k in LEVELS if k in t.user_attrs}
         failure = ""
-        if recipe.hash() in final and t.state == optuna.trial.TrialState.COMPLETE:
+        if recipe.hash() in final and told_at_f2(t):
             metrics, failure = final[recipe.hash()].metrics, final[recipe.hash()].failure
         duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
         rows.append({"trial": t.number, "state": t.state.name, **recipe_columns(recipe), **metric_columns(metrics),
                      "feasible": t.user_attrs.get("feasible", t.state == optuna.trial.TrialState.COMPLETE),
                      "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("reason", "") or failure,
+                     "told": told_level(t), "promotion": t.user_attrs.get("promotion", ""),
                      "duration_s": duration, "recipe_json": t.user_attrs["recipe"]})
     return ensure_columns(pd.DataFrame(rows), objectives)
+
+
+def told_level(trial: optuna.trial.FrozenTrial) -> str:
+    """The level whose values the sampler was told (`search.engine.tell`): f2, f1 (F1 only) or f0 (rejected at F0
+    by a cost constraint); empty for a PRUNED or FAILED trial, which was told no values."""
+    if trial.state != optuna.trial.TrialState.COMPLETE:
+        return ""
+    return str(trial.user_attrs.get("told", "f2"))
 
 
 def candidates_table(candidates: list[Candidate], constraints: tuple[Constraint, ...],

@@ -20,6 +20,7 @@ from evaluators.datasets import DataError
 from evaluators.teacher import CACHE_ENV
 from search.api import RunOptions
 from search.api import Study
+from search.budget import parse_duration
 from search.config import ConfigError
 from search.config import available_studies
 from search.config import load_study
@@ -54,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="where to train and evaluate (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars (logs stay)")
     p.add_argument("--trials", type=int, default=None, help="number of search trials (default: the profile's)")
+    p.add_argument("--budget", default=None, metavar="TIME",
+                   help="search wall time, e.g. 90s, 60m or 1h30m: no new trial starts once it is spent (nor once "
+                        "--trials are done), then the final stage runs (default: the profile's [search] budget)")
     p.add_argument("--fresh", action="store_true",
                    help="start the study over (default: resume it; finished trials are never repeated)")
     p.add_argument("--storage", default=None,
@@ -84,6 +88,12 @@ def study_from_args(args: argparse.Namespace) -> Study:
                                                                          code=str(Path(args.code).resolve())))
     if args.trials:
         config = dataclasses.replace(config, search=dataclasses.replace(config.search, trials=args.trials))
+    if args.budget is not None:
+        try:
+            parse_duration(args.budget)
+        except ValueError as err:
+            raise ConfigError(f"--budget: {err}") from None
+        config = dataclasses.replace(config, search=dataclasses.replace(config.search, budget=args.budget))
     return Study(config, options_from_args(args))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -23,6 +24,8 @@ from evaluators.candidate import Fidelity
 from search import engine
 from search import final
 from search import results
+from search.budget import Clock
+from search.budget import describe_duration
 from search.context import Context
 from search.context import size_notes
 from search.deploy_resolution import DeployResolution
@@ -30,6 +33,7 @@ from search.deployment import append_deployment_section
 from search.history import hypervolume_history
 from search.plots import hypervolume_plot
 from search.plots import pareto_plot
+from search.promotion import PromotionKind
 from search.reference import ReferenceBox
 from spaces.recipe import Recipe
 from spaces.space import SearchSpace
@@ -57,7 +61,8 @@ def storage_url(out: Path, storage: str | None) -> str:
 class Executor(Protocol):
     """Where the expensive work runs: the trials of the search, then the final stage's F3 jobs."""
 
-    def search(self, study: optuna.Study, space: SearchSpace, progress: engine.Progress) -> None: ...
+    def search(self, study: optuna.Study, space: SearchSpace, loop: engine.Loop, progress: engine.Progress) -> None:
+        ...
 
     def finish(self, jobs: list[final.Job]) -> Iterator[final.Finished]: ...
 
@@ -66,10 +71,8 @@ class Executor(Protocol):
 class LocalExecutor:
     ctx: Context
 
-    def search(self, study: optuna.Study, space: SearchSpace, progress: engine.Progress) -> None:
-        ctx = self.ctx
-        engine.run_local(study, space, ctx.evaluator, ctx.config.search, ctx.plan.objectives, ctx.plan.constraints,
-                         progress)
+    def search(self, study: optuna.Study, space: SearchSpace, loop: engine.Loop, progress: engine.Progress) -> None:
+        engine.run_local(study, space, self.ctx.evaluator, loop, progress)
 
     def finish(self, jobs: list[final.Job]) -> Iterator[final.Finished]:
         return final.finish_serially(jobs, self.ctx.evaluator)
@@ -97,8 +100,29 @@ def search(ctx: Context, storage: str, executor: Executor, log: Log) -> optuna.S
     done = engine.count_finished(study)
     if done or retried:
         log(f"resuming: {done} trials finished earlier" + (f", {retried} interrupted ones retried" if retried else ""))
-    executor.search(study, SearchSpace(cfg.space, cfg.teacher.arch), engine.Progress(cfg.search.trials, done, log))
+    loop = engine.Loop(ctx.plan.objectives, ctx.plan.constraints, cfg.search.trials,
+                       engine.make_promoter(study, cfg.search, ctx.plan.objectives),
+                       Clock.of_study(study, cfg.search.budget_seconds))
+    plan = search_plan(ctx, loop)
+    study.set_user_attr("plan", plan)  # report.md records it
+    log(f"plan: {plan}")
+    progress = engine.Progress(cfg.search.trials, done, log, clock=loop.clock)
+    executor.search(study, SearchSpace(cfg.space, cfg.teacher.arch), loop, progress)
     return study
+
+
+def search_plan(ctx: Context, loop: engine.Loop) -> str:
+    """The plan printed before the search: how many trials or how long, who gets F2, what the final stage does."""
+    cfg = ctx.config.search
+    limit = f"up to {cfg.trials} trials"
+    if loop.clock.limit is not None:
+        spent = f", {describe_duration(loop.clock.spent_before)} spent earlier" if loop.clock.spent_before else ""
+        limit += f" or {cfg.budget} of search wall time{spent}, whichever ends first"
+    rungs = {PromotionKind.MOASHA: f"F0 and F1 for every recipe, F2 for the top 1/{cfg.eta} of the F1 results by "
+                                   "non-dominated rank (MO-ASHA)",
+             PromotionKind.LADDER: "F0, F1 and F2 for every recipe (fixed ladder)"}[cfg.promotion]
+    return (f"{limit}; {rungs}; then F3 for up to {cfg.final_max} front recipes and the "
+            f"{cfg.baselines.value} baselines")
 
 
 def finalise(ctx: Context, study: optuna.Study, executor: Executor,
@@ -180,9 +204,13 @@ def run_study(ctx: Context, storage: str, backend: Backend, log: Log) -> results
         study = search(ctx, storage, executor, log)
         front_, base = finalise(ctx, study, executor, log)
     states = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
+    told = Counter(results.told_level(t) for t in study.trials)
     notes = size_notes(ctx)
     header = {"study": ctx.config.name, "profile": ctx.config.profile, "sampler": ctx.config.search.sampler.value,
-              "trials": {k: v for k, v in states.items() if v}, "objectives": list(ctx.plan.objectives),
+              "trials": {k: v for k, v in states.items() if v},
+              "told to the sampler": {"F2": told["f2"], "F1 only (not promoted)": told["f1"],
+                                      "infeasible at F0": told["f0"]},
+              "search plan": study.user_attrs.get("plan", ""), "objectives": list(ctx.plan.objectives),
               "constraints": [str(c) for c in ctx.plan.constraints], "backend": backend.kind,
               "input size": DeployResolution.of(ctx.evaluator.batcher.resolution,
                                                 ctx.config.hardware.deploy_resolution).note(),

@@ -129,15 +129,87 @@ def test_a_failing_trial_is_recorded_with_its_reason(mnist_root: Path, cache_dir
     assert engine.count_finished(study) == 1  # counts towards the budget: not retried forever
 
 
-def test_infeasible_trials_are_rejected_at_f0_and_kept(mnist_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+def test_infeasible_trials_are_rejected_at_f0_and_told_as_infeasible(mnist_root: Path, cache_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """A cost constraint no recipe meets: every trial stops at F0 (no accuracy measured), and is told to the
+    sampler as a COMPLETE but infeasible trial with its F0 costs and its constraint value, so NSGA-II learns the
+    boundary; none reaches the front or the final stage."""
+    import optuna
+
     tight = variant(tmp_path, 'baselines = "survey_quantization"',
                     'baselines = "none"\nconstraints = ["size_mb <= 0.0001"]', "tight.toml")
     result = search_cli(*study_args(mnist_root, tmp_path / "b", cache_dir, study=str(tight)))
     assert result.returncode == 0, result.stderr
     trials = pd.read_csv(tmp_path / "b" / "trials.csv")
-    assert len(trials) == 8 and (trials["state"] == "PRUNED").all()
+    assert len(trials) == 8 and (trials["state"] == "COMPLETE").all() and (trials["told"] == "f0").all()
     assert trials["reason"].str.startswith("infeasible at F0: size_mb").all()
-    assert trials["f1_accuracy"].isna().all()  # rejected before any accuracy was measured
+    assert trials["f1_accuracy"].isna().all() and trials["f2_accuracy"].isna().all()  # no accuracy measured
+    assert (~trials["feasible"].astype(bool)).all()
+    study = optuna.load_study(study_name="mlp_mnist-smoke", storage=f"sqlite:///{tmp_path / 'b' / 'study.db'}")
+    for t in study.trials:
+        violation = t.user_attrs["f1"]["size_mb"] - 0.0001
+        assert list(t.constraints.values()) == pytest.approx([violation]) and violation > 0
+        assert t.values[0] == 0.0 and t.values[-1] == pytest.approx(t.user_attrs["f1"]["size_mb"])
+    assert study.best_trials == []  # optuna's own front: feasible trials only
+    assert pd.read_csv(tmp_path / "b" / "pareto.csv").empty
+    assert "F3 for 0 front recipes" in result.stdout
+
+
+def test_a_tight_constraint_still_finds_a_front_of_feasible_recipes(mnist_root: Path, cache_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    """`size_mb <= 0.02` lies between the smallest recipes of the space (about 0.004 MB) and the largest (0.055):
+    the rejected ones teach the sampler, and the front holds feasible recipes only, scored at F3."""
+    tight = variant(tmp_path, 'baselines = "survey_quantization"',
+                    'baselines = "none"\nconstraints = ["size_mb <= 0.02"]', "tight.toml")
+    result = search_cli(*study_args(mnist_root, tmp_path / "t", cache_dir, study=str(tight)))
+    assert result.returncode == 0, result.stderr
+    trials = pd.read_csv(tmp_path / "t" / "trials.csv")
+    assert (trials["told"] == "f0").any() and (trials["told"] == "f2").any()
+    assert (trials.loc[trials["told"] == "f0", "f1_size_mb"] > 0.02).all()
+    front = pd.read_csv(tmp_path / "t" / "pareto.csv")
+    assert len(front) >= 1 and (front["f2_size_mb"] <= 0.02).all() and front["f3_test_accuracy"].notna().all()
+    assert set(front["recipe_hash"]) <= set(trials.loc[trials["told"] == "f2", "recipe_hash"])
+
+
+def test_promotion_spends_f2_on_the_promising_share_and_the_ladder_on_all(mlp_study: tuple[Path, str],
+                                                                         mnist_root: Path, cache_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    """MO-ASHA (the default): every recipe gets F1, some are F1-only (told with their F1 values and marked), and
+    the front comes from F2 trials only; `promotion = "ladder"` gives every recipe F2."""
+    out, stdout = mlp_study
+    assert "plan: up to 8 trials; F0 and F1 for every recipe, F2 for the top 1/3" in stdout
+    trials = pd.read_csv(out / "trials.csv")
+    f1_only = trials[trials["told"] == "f1"]
+    assert len(f1_only) >= 1 and f1_only["f2_accuracy"].isna().all() and f1_only["f1_accuracy"].notna().all()
+    assert f1_only["promotion"].str.startswith("not promoted").all()
+    assert set(pd.read_csv(out / "pareto.csv")["recipe_hash"]) <= set(trials.loc[trials["told"] == "f2",
+                                                                                 "recipe_hash"])
+    ladder = variant(tmp_path, 'sampler = "nsga2"', 'sampler = "nsga2"\npromotion = "ladder"')
+    result = search_cli(*study_args(mnist_root, tmp_path / "l", cache_dir, "--trials", "4", study=str(ladder)))
+    assert result.returncode == 0, result.stderr
+    assert "F0, F1 and F2 for every recipe (fixed ladder)" in result.stdout
+    assert set(pd.read_csv(tmp_path / "l" / "trials.csv")["told"].fillna("")) <= {"f2", ""}
+
+
+def test_a_wall_clock_budget_stops_the_search_and_a_resumed_run_keeps_it(mnist_root: Path, cache_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    """`--budget 2s` with room for 500 trials: the search stops asking once 2 s are spent, then runs the final
+    stage; rerunning the same command finds the budget spent and starts no trial."""
+    args = study_args(mnist_root, tmp_path / "w", cache_dir, "--trials", "500", "--budget", "2s")
+    result = search_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "plan: up to 500 trials or 2s of search wall time, whichever ends first" in result.stdout
+    first = len(pd.read_csv(tmp_path / "w" / "trials.csv"))
+    assert 1 <= first < 500 and "final stage" in result.stdout
+    etas = [line.split("ETA ")[1].split(" min")[0] for line in result.stdout.splitlines() if " ETA " in line]
+    assert etas and all(float(eta) <= 2 / 60 for eta in etas)  # never past the time left, whatever 500 trials take
+    again = search_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert "spent earlier" in again.stdout and "[" + str(first + 1) + "/500]" not in again.stdout
+    assert len(pd.read_csv(tmp_path / "w" / "trials.csv")) == first
+    bad = search_cli(*study_args(mnist_root, tmp_path / "x", cache_dir, "--budget", "an hour"))
+    assert bad.returncode == 2 and bad.stderr.strip() == ("error: --budget: 'an hour' is not a wall-clock time; use "
+                                                          "hours, minutes and seconds such as '90s', '60m' or '1h30m'")
 
 
 @pytest.mark.parametrize(("old", "new", "message"), [
@@ -146,6 +218,9 @@ def test_infeasible_trials_are_rejected_at_f0_and_kept(mnist_root: Path, cache_d
     ('baselines = "survey_quantization"', 'constraints = ["size_mb about 3"]', "is not 'METRIC OP NUMBER [@ p90]'"),
     ('targets = ["zcu104", "rpi4"]', 'targets = ["zcu104", "pi"]', "unknown target 'pi'"),
     ("bit_choices = [2, 4, 6, 8]", "bit_choices = [3, 12]", "bit widths [12] are not supported"),
+    ('sampler = "nsga2"', 'sampler = "nsga2"\nbudget = "an hour"', "search.budget: 'an hour' is not a wall-clock"),
+    ('sampler = "nsga2"', 'sampler = "nsga2"\npromotion = "asha"', "search.promotion: 'asha' is not allowed"),
+    ('sampler = "nsga2"', 'sampler = "nsga2"\neta = 1', "search.eta: 1 is out of range"),
 ])
 def test_bad_search_config_fails_in_one_line(old: str, new: str, message: str, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -204,6 +279,7 @@ def test_ray_backend_survives_a_killed_worker(mnist_root: Path, cache_dir: Path,
     assert killed, "no worker was seen evaluating a trial"
     trials = pd.read_csv(tmp_path / "ray" / "trials.csv")
     assert len(trials) == 6 and (trials["state"] == "COMPLETE").all()
+    assert (trials["told"] == "f2").any() and set(trials["told"]) <= {"f1", "f2"}  # F2 rung as a second task
     assert json.loads((tmp_path / "ray" / "summary.json").read_text())["backend"] == "ray"
     on_ray = pd.read_csv(tmp_path / "ray" / "baselines.csv")
     local = pd.read_csv(mlp_study[0] / "baselines.csv")
