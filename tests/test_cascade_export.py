@@ -1,0 +1,123 @@
+"""A cascade of the MNIST smoke study's knee and its teacher: fitted on validation only, exported, run by its
+own runner on this host and verified (the issue's done-when)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import py_compile
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from evaluators.data import prepare_data
+from evaluators.datasets import ImageSet
+from search.api import RunOptions
+from search.api import Study
+from search.cascade_export import CascadeSpec
+from search.cascade_export import fit_cascade
+from search.cascade_export import stage_model
+from search.cascade_export import teacher_stage
+from search.cascade_fit import report_on_test
+from search.config import load_study
+from search.selection import select
+from tests.cli_helpers import search_cli
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def export_cli(*args: str) -> subprocess.CompletedProcess:
+    return search_cli(*args, module="search.export")
+
+
+@pytest.fixture(scope="module")
+def cascade_bundle(mlp_study: tuple[Path, str], mnist_root: Path, cache_dir: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run, _ = mlp_study
+    out = tmp_path_factory.mktemp("cascade") / "knee_teacher"
+    result = export_cli("--study", "mlp_mnist", "--profile", "smoke", "--run", str(run), "--pick", "knee",
+                        "--cascade", "--out", str(out), "--data-root", str(mnist_root), "--cache-dir", str(cache_dir))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_the_runner_on_this_host_reproduces_metrics_json(cascade_bundle: Path, mnist_root: Path,
+                                                         tmp_path: Path) -> None:
+    metrics = json.loads((cascade_bundle / "metrics.json").read_text())
+    assert metrics["fit"]["split"] == "val" and metrics["searched"]["split"] == "test"
+    teacher = metrics["fit"]["outcome"]["stage_accuracy"][-1]
+    assert metrics["fit"]["outcome"]["accuracy"] >= teacher - 0.5  # the goal, met on validation
+    assert 0.0 < metrics["searched"]["escalation_rate"] < 1.0  # a real cascade: some inputs escalate, not all
+    splits, _ = prepare_data(load_study("mlp_mnist", "smoke").data, mnist_root, allow_download=False)
+    test = splits.test.first(int(metrics["measured"]["images"]))
+    np.save(tmp_path / "images.npy", test.take(slice(None)).numpy())
+    np.save(tmp_path / "labels.npy", test.labels.numpy())
+    result = subprocess.run([sys.executable, str(cascade_bundle / "run_cascade.py"), "--images",
+                             str(tmp_path / "images.npy"), "--labels", str(tmp_path / "labels.npy"), "--benchmark",
+                             "100", "--json", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    ran = json.loads((tmp_path / "out.json").read_text())
+    for reference in (metrics["measured"], metrics["searched"]):
+        assert abs(ran["accuracy"] - reference["accuracy"]) <= 0.5
+        assert abs(ran["escalation_rate"] - reference["escalation_rate"]) * 100 <= 0.5
+    assert ran["latency"]["p95_ms"] >= ran["latency"]["mean_ms"] * 0.5 > 0
+    for target in ("zcu104", "rpi4"):
+        cost = metrics["predicted"][target]
+        first, second = cost["stages"]
+        assert first["latency_ms"] < cost["latency_ms"] < first["latency_ms"] + second["latency_ms"] + 1
+        assert cost["latency_p95_ms"] >= cost["latency_ms"]
+    assert "zcu104_a53" in metrics["predicted"]["zcu104"]["stages"][1]["where"]  # the float stage on the A53
+
+
+def test_verify_passes_and_names_an_edited_policy(cascade_bundle: Path, mnist_root: Path, tmp_path: Path) -> None:
+    result = export_cli("--verify", str(cascade_bundle), "--data-root", str(mnist_root))
+    assert result.returncode == 0, result.stderr
+    assert "verified" in result.stdout
+    copy = tmp_path / "copy"
+    shutil.copytree(cascade_bundle, copy)
+    policy = json.loads((copy / "policy.json").read_text())
+    policy["policy"]["thresholds"] = [1.0]
+    (copy / "policy.json").write_text(json.dumps(policy))
+    result = export_cli("--verify", str(copy), "--data-root", str(mnist_root))
+    assert result.returncode == 1 and "policy.json: sha256 differs" in result.stderr
+
+
+def test_bundle_carries_each_stage_and_a_compilable_zcu104_runner(cascade_bundle: Path) -> None:
+    policy = json.loads((cascade_bundle / "policy.json").read_text())
+    assert [s["precision"] for s in policy["stages"]] == ["int8", "fp32"]
+    for stage in policy["stages"]:
+        assert (cascade_bundle / stage["model"]).is_file()
+    for name in ("stage1/zcu104/compile.sh", "stage1/zcu104/quantize.py", "stage1/zcu104/run_vart.py",
+                 "zcu104/run_cascade_vart.py", "run_cascade.py"):
+        assert (cascade_bundle / name).is_file(), name
+    py_compile.compile(str(cascade_bundle / "zcu104" / "run_cascade_vart.py"), doraise=True,
+                       cfile=str(cascade_bundle.parent / "vart.pyc"))
+
+
+def _poisoned(splits: object) -> object:
+    """Test images of the wrong shape: any model that reads them fails."""
+    poison = ImageSet(torch.zeros(3, 7, 5, 5, dtype=torch.uint8), torch.zeros(3, dtype=torch.long))
+    return dataclasses.replace(splits, test=poison)
+
+
+def test_the_fit_never_reads_the_test_split(mlp_study: tuple[Path, str], mnist_root: Path, cache_dir: Path) -> None:
+    run, _ = mlp_study
+    config = load_study("mlp_mnist", "smoke")
+    ctx = Study(config, RunOptions(out=str(run), data_root=str(mnist_root), cache_dir=str(cache_dir), device="cpu",
+                                   progress=False)).context()
+    selected = select(run, config.hardware.names, trial=None, pick="knee")
+    knee = torch.load(run / "checkpoints" / f"{selected.recipe.hash()}.pt", map_location="cpu",
+                      weights_only=False)["model"]  # the study's own checkpoint, written by this test session
+    stages = [stage_model(ctx, "knee", knee, selected.recipe), teacher_stage(ctx)]
+    honest = fit_cascade(ctx, stages, CascadeSpec())
+    poisoned = dataclasses.replace(ctx, splits=_poisoned(ctx.splits))
+    blind = fit_cascade(poisoned, stages, CascadeSpec())
+    assert blind.cascade == honest.cascade and blind.val == honest.val
+    with pytest.raises(RuntimeError):  # the poison is real: reporting on that test split fails
+        report_on_test(blind.cascade, [s.model for s in stages], poisoned.splits.test, ctx.evaluator.batcher)
