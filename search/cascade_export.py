@@ -120,8 +120,8 @@ def spec_json(spec: CascadeSpec) -> str:
 
 
 def cascade_of(selected: Selected) -> CascadeSpec | None:
-    """The spec of a front row that is a cascade (`cascade_spec` column, written by the study), else None."""
-    text = selected.metrics.get("cascade_spec")
+    """The spec of a front row that is a cascade (its `f3_cascade_spec` column, written by the study), else None."""
+    text = selected.metrics.get("f3_cascade_spec")
     if not isinstance(text, str) or not text:
         return None
     data = json.loads(text)

@@ -60,6 +60,10 @@ class SearchConfig:
     constraints: tuple[str, ...] = ()  # e.g. "latency_zcu104 <= 5", "accuracy_drop <= 1"
     final_max: int = field(default=8, metadata={"min": 1, "max": 1000})  # front recipes that get F3
     baselines: BaselineSet = BaselineSet.SURVEY  # thesis_table needs the thesis's ResNet-50 teacher
+    # After the front: quantized front members + the teacher as cascades (search.cascade_study), fitted on
+    # validation to stay within `cascade_within` points of the teacher; non-dominated ones join the front.
+    cascades: bool = False
+    cascade_within: float = field(default=0.5, metadata={"min": 0.0, "max": 100.0})
 
 
 class StudyMismatch(ValueError):

@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, default=None, help="export this trial number (see trials.csv)")
     which.add_argument("--pick", default=None,
-                       help="'knee' (default), or 'max|min METRIC [with METRIC OP NUMBER [and ...]]', e.g. "
+                       help="'knee' (default), 'cascade' (the front's most accurate cascade), or "
+                            "'max|min METRIC [with METRIC OP NUMBER [and ...]]', e.g. "
                             "'max accuracy with latency_zcu104 <= 5' (applied to the front's F3 validation numbers)")
     p.add_argument("--out", default=None, help="bundle folder (default: <run>/bundles/<recipe hash>/); must be empty")
     p.add_argument("--verify", default=None, metavar="DIR",

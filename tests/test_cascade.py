@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -148,3 +149,46 @@ def test_the_a53_is_slower_than_the_pi4_on_the_same_network() -> None:
     pi = estimate(model, SHAPE, "rpi4", precision="fp32")
     a53 = estimate(model, SHAPE, str(PROFILE_PATH), precision="fp32")
     assert 2.0 < a53["latency_ms"] / pi["latency_ms"] < 4.0  # clock 1.5x, work per cycle 2x
+
+
+def _candidate(source: str, accuracy: float, latency: float, size: float) -> object:
+    from search.final import Candidate
+    from spaces.recipe import Recipe
+
+    return Candidate(Recipe(label=source), source, {"f3": {"accuracy": accuracy, "latency_rpi4": latency,
+                                                           "size_mb": size}})
+
+
+def test_only_cascades_no_front_member_dominates_join_the_front() -> None:
+    import pandas as pd
+
+    from search.cascade_study import add_to_front
+    from search.cascade_study import non_dominated
+
+    front = [_candidate("fast", 90.0, 1.0, 1.0), _candidate("accurate", 95.0, 5.0, 4.0)]
+    between = _candidate("cascade: fast + teacher", 94.0, 2.0, 5.0)  # new trade-off: joins
+    worse = _candidate("cascade: slow + teacher", 93.0, 6.0, 6.0)    # beaten by "accurate" everywhere
+    joined = non_dominated([between, worse], front, ("accuracy", "latency_rpi4", "size_mb"))
+    assert joined == [True, False]
+    table = add_to_front(pd.DataFrame({"source": ["fast", "accurate"], "knee": [True, False]}),
+                         pd.DataFrame({"source": [between.source, worse.source]}), joined)
+    assert list(table["source"]) == ["fast", "accurate", between.source]
+    assert list(table["cascade"]) == [False, False, True] and not table["knee"].iloc[2]
+
+
+def test_a_cascade_row_of_the_front_exports_as_the_cascade_it_was_scored_as() -> None:
+    from search.cascade_export import CascadeSpec
+    from search.cascade_export import cascade_of
+    from search.cascade_export import spec_json
+    from search.final import Candidate
+    from search.results import candidates_table
+    from search.selection import best_cascade
+    from spaces.recipe import Recipe
+
+    spec = CascadeSpec(within=1.0, score="margin")
+    row = Candidate(Recipe(label="knee"), "cascade: trial 3 + teacher",
+                    {"f3": {"accuracy": 91.0, "accuracy_images": 100, "cascade_spec": spec_json(spec)}})
+    table = candidates_table([row], (), ("accuracy",)).assign(cascade=True, knee=False)
+    selected = best_cascade(table)
+    assert cascade_of(selected) == spec
+    assert cascade_of(dataclasses.replace(selected, metrics={"f3_accuracy": 91.0})) is None

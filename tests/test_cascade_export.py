@@ -121,3 +121,39 @@ def test_the_fit_never_reads_the_test_split(mlp_study: tuple[Path, str], mnist_r
     assert blind.cascade == honest.cascade and blind.val == honest.val
     with pytest.raises(RuntimeError):  # the poison is real: reporting on that test split fails
         report_on_test(blind.cascade, [s.model for s in stages], poisoned.splits.test, ctx.evaluator.batcher)
+
+
+def test_a_study_with_cascades_scores_them_and_reports_them(mnist_root: Path, cache_dir: Path,
+                                                            tmp_path: Path) -> None:
+    """`[search] cascades = true`: every quantized front member + the teacher is fitted and scored; report.md and
+    cascades.csv list them, pareto.csv gains the non-dominated ones, and `--pick cascade` exports one or says why
+    not in one line."""
+    import pandas as pd
+
+    from tests.cli_helpers import study_args
+
+    text = (Path(__file__).resolve().parent.parent / "studies" / "mlp_mnist.toml").read_text()
+    study = tmp_path / "cascades.toml"
+    study.write_text(text.replace('baselines = "survey_quantization"',
+                                  'baselines = "none"\ncascades = true\ncascade_within = 1.0'))
+    run = tmp_path / "run"
+    result = search_cli(*study_args(mnist_root, run, cache_dir, study=str(study)))
+    assert result.returncode == 0, result.stderr
+    scored = pd.read_csv(run / "cascades.csv")
+    assert len(scored) >= 1 and scored["source"].str.startswith("cascade: ").all()
+    assert (scored["f3_accuracy_images"] == 5000).all()  # fitted on the whole validation split
+    assert scored["f3_escalation_rate"].between(0, 1).all() and scored["f3_latency_p95_zcu104"].notna().all()
+    report = (run / "report.md").read_text()
+    assert "## Cascades" in report and all(s in report for s in scored["source"])
+    front = pd.read_csv(run / "pareto.csv")
+    joined = scored[scored["joins_front"]]
+    assert sorted(front.loc[front["cascade"], "source"]) == sorted(joined["source"])
+    picked = export_cli("--study", str(study), "--profile", "smoke", "--run", str(run), "--pick", "cascade",
+                        "--out", str(tmp_path / "bundle"), "--data-root", str(mnist_root), "--cache-dir",
+                        str(cache_dir))
+    if len(joined):
+        assert picked.returncode == 0, picked.stderr
+        assert (tmp_path / "bundle" / "policy.json").is_file()
+    else:
+        assert picked.returncode == 2 and "the front has no cascade" in picked.stderr
+        assert len(picked.stderr.strip().splitlines()) == 1
