@@ -157,3 +157,22 @@ def test_a_study_with_cascades_scores_them_and_reports_them(mnist_root: Path, ca
     else:
         assert picked.returncode == 2 and "the front has no cascade" in picked.stderr
         assert len(picked.stderr.strip().splitlines()) == 1
+
+
+def test_the_adaptive_benchmark_compares_the_cascade_with_each_stage(mlp_study: tuple[Path, str], mnist_root: Path,
+                                                                     cache_dir: Path, tmp_path: Path) -> None:
+    from benchmarks.adaptive import main
+
+    run, _ = mlp_study
+    assert main(["--run", str(run), "--data-root", str(mnist_root), "--cache-dir", str(cache_dir),
+                 "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "adaptive.json").read_text())
+    stage1, teacher, cascade = result["rows"]
+    assert cascade["model"] == "cascade" and 0.0 <= cascade["escalation_rate"] < 1.0
+    for t in ("zcu104", "rpi4"):
+        # the fitted cascade costs no more than stage 1 plus the escalated share of the teacher and the switch
+        # (metrics.json rounds to 6 decimals)
+        assert stage1[f"energy_{t}"] - 1e-5 <= cascade[f"energy_{t}"] <= stage1[f"energy_{t}"] + teacher[f"energy_{t}"]
+        assert result["energy_savings_vs_teacher"][t] == pytest.approx(teacher[f"energy_{t}"] / cascade[f"energy_{t}"],
+                                                                      rel=1e-4)
+    assert cascade["host_mean_ms"] > 0 and "| cascade |" in result["table"]
