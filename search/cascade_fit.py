@@ -14,7 +14,9 @@ split can show, up to 200 per boundary), plus 0 (never escalate) and 1 (always).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import weakref
 from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,12 +104,29 @@ def fit(cascade: Cascade, val_probs: Sequence[np.ndarray], val_labels: np.ndarra
     return Fitted(tried[best], options[best][0], goal, options[best][1])
 
 
+# Probabilities per model (by identity, held weakly) and per image set (by a hash of its pixels and labels): a
+# study scores several cascades that share the teacher, whose forward passes over validation and test would
+# otherwise be repeated for each (minutes for a ResNet-50 on a CPU). Stage models are final (F3) and not trained
+# further, so a cached answer stays right.
+_PROBS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, int], np.ndarray]] = weakref.WeakKeyDictionary()
+
+
+def _data_key(data: ImageSet, batcher: Batcher) -> tuple[str, int]:
+    digest = hashlib.sha256(data.digest())
+    digest.update(data.labels.numpy().tobytes())
+    return digest.hexdigest(), batcher.resolution
+
+
 @torch.no_grad()
 def stage_probs(model: nn.Module, data: ImageSet, batcher: Batcher, batch_size: int = 500) -> np.ndarray:
     """Softmax probabilities of `model` on every image of `data` (float64, so scores compare exactly)."""
-    model = model.eval().cpu()
-    out = [torch.softmax(model(x).double(), dim=1).numpy() for x, _ in batcher.eval_batches(data, batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, 0))
+    key = _data_key(data, batcher)
+    cached = _PROBS.setdefault(model, {})
+    if key not in cached:
+        model = model.eval().cpu()
+        out = [torch.softmax(model(x).double(), dim=1).numpy() for x, _ in batcher.eval_batches(data, batch_size)]
+        cached[key] = np.concatenate(out) if out else np.zeros((0, 0))
+    return cached[key]
 
 
 def labels_of(data: ImageSet) -> np.ndarray:
