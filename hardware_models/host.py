@@ -139,7 +139,9 @@ def quantize_int8(fp32_path: Path, out_path: Path, reader: CalibrationReader, *,
     return Path(out_path)
 
 
-def _session(path: Path, threads: int) -> object:
+def session(path: Path, threads: int = 1) -> object:
+    """The project's one onnxruntime CPU session: `threads` intra-op threads, one inter-op thread, full graph
+    optimisation (what the boards' runner uses too), warnings silenced."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -180,8 +182,8 @@ def measure(model: nn.Module, input_shape: Sequence[int], *, precision: str = "f
         if precision == "int8":
             path = quantize_int8(path, Path(tmp) / "model.int8.onnx", host_calibration(input_shape, calibration),
                                  per_channel=False, reduce_range=False, pre_process=False)
-        session = _session(path, threads)
-        times = time_session(session, input_shape, runs, warmup, budget_s)
+        runner = session(path, threads)
+        times = time_session(runner, input_shape, runs, warmup, budget_s)
     return HostMeasurement(float(np.median(times)), float(np.percentile(times, 10)),
                            float(np.percentile(times, 90)), int(times.size), warmup, threads, precision,
                            cpu_name(), ort.__version__)

@@ -62,15 +62,9 @@ def quantize_int8(fp32: Path, out: Path, calib: ImageSet, batcher: Batcher) -> P
 
 
 def session(path: Path, threads: int = 1):  # noqa: ANN201 - onnxruntime.InferenceSession
-    """An onnxruntime CPU session; a file onnxruntime cannot load raises BundleError naming it."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    """`hardware_models.host.session`; a file onnxruntime cannot load raises BundleError naming it."""
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return host.session(path, threads)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises several unrelated types for a bad file
         raise BundleError(f"{path.name}: onnxruntime cannot load it ({type(error).__name__}: "
                           f"{str(error).splitlines()[0][:200] if str(error) else ''})") from error
