@@ -26,6 +26,7 @@ from search.bundle import check_files
 from search.bundle import manifest
 from search.bundle import write_bundle
 from search.bundle_scripts import run_cascade as runner
+from search.cascade import CascadeError
 from search.cascade_cost import CascadeCost
 from search.cascade_cost import StageCost
 from search.cascade_cost import expected_cost
@@ -58,11 +59,13 @@ class StageModel:
 def stage_cost(target: str, stage: StageModel, precision: str, shape: tuple[int, ...]) -> StageCost:
     """Where the target's placement runs this stage, and what it costs there."""
     where = placement(target).where(precision)
-    if where == target:
-        result = stage.predicted[target]
-    else:  # e.g. the ZCU104's float stage on its Cortex-A53 cores
+    result = stage.predicted.get(target, {})
+    if result.get("latency_ms") is None:
+        raise CascadeError(f"stage {stage.name!r} has no cost on {target} ({result.get('reason') or 'not predicted'}): "
+                           "a cascade is costed only on targets every stage runs on")
+    if where != target:  # e.g. the ZCU104's float stage on its Cortex-A53 cores, at the size the target was costed
         with float_mode(stage.model):
-            result = estimate(stage.model, shape, where, precision="fp32")
+            result = estimate(stage.model, tuple(result.get("input_shape", shape)), where, precision="fp32")
     label = where if where == target else f"{Path(where).stem} (modelled from {target}'s placement)"
     return StageCost(float(result["latency_ms"]), float(result["energy_mj"]), label)
 

@@ -16,6 +16,7 @@ import torch
 
 from evaluators.candidate import estimate_targets
 from search.cascade import Cascade
+from search.cascade import CascadeError
 from search.cascade import Policy
 from search.cascade import Stage
 from search.cascade_bundle import StageModel
@@ -28,6 +29,7 @@ from search.cascade_fit import Fitted
 from search.cascade_fit import Goal
 from search.cascade_fit import fit_on_validation
 from search.context import Context
+from search.deploy_resolution import DeployResolution
 from search.selection import Selected
 from spaces.recipe import TEACHER
 from spaces.recipe import Recipe
@@ -96,6 +98,10 @@ def fit_cascade(ctx: Context, stages: list[StageModel], spec: CascadeSpec) -> Fi
 
 def export_cascade(ctx: Context, selected: Selected, model: torch.nn.Module, out: Path, spec: CascadeSpec,
                    test_images: int, extra: dict[str, Any]) -> Path:
+    resolution = DeployResolution.of(ctx.evaluator.batcher.resolution, ctx.config.hardware.deploy_resolution)
+    if resolution.proxy:
+        raise CascadeError(f"{resolution.note()}: a cascade bundle is written at the training size only; export it "
+                           "from a profile that searches at its deploy size (smoke, paper)")
     stages = [stage_model(ctx, "knee" if "knee" in selected.how else selected.how, model, selected.recipe),
               teacher_stage(ctx)]
     fitted = fit_cascade(ctx, stages, spec)

@@ -21,6 +21,7 @@ import torch
 
 from evaluators.candidate import Fidelity
 from search.bundle import has_integer_layers
+from search.cascade import CascadeError
 from search.cascade_bundle import cascade_costs
 from search.cascade_export import TEACHER_RECIPE
 from search.cascade_export import CascadeSpec
@@ -82,7 +83,11 @@ def score_cascades(ctx: Context, front_: list[Candidate], log: Log) -> list[Cand
     for candidate in front_:
         if candidate.failure:
             continue
-        scored = score(ctx, candidate, teacher, spec)
+        try:
+            scored = score(ctx, candidate, teacher, spec)
+        except CascadeError as error:  # e.g. a target one stage cannot run: that cascade has no cost there
+            log(f"[cascade] {candidate.source} + teacher not scored: {error}")
+            continue
         if scored is not None:
             f3 = scored.metrics["f3"]
             log(f"[cascade] {scored.source}: val {f3['accuracy']:.2f}%, test {f3['test_accuracy']:.2f}%, "

@@ -192,3 +192,16 @@ def test_a_cascade_row_of_the_front_exports_as_the_cascade_it_was_scored_as() ->
     selected = best_cascade(table)
     assert cascade_of(selected) == spec
     assert cascade_of(dataclasses.replace(selected, metrics={"f3_accuracy": 91.0})) is None
+
+
+def test_a_stage_a_target_cannot_run_gives_no_cascade_cost_there() -> None:
+    from search.cascade_bundle import StageModel
+    from search.cascade_bundle import stage_cost
+    from spaces.architectures import create_model
+    from spaces.recipe import Recipe
+
+    stage = StageModel("fp16 student", create_model("mlp", num_classes=10, in_channels=1), Recipe(), "mlp",
+                       {"zcu104": {"deployable": False, "reason": "fp16 does not run on the DPU", "latency_ms": None}})
+    with pytest.raises(CascadeError) as error:
+        stage_cost("zcu104", stage, "fp32", SHAPE)
+    assert "has no cost on zcu104 (fp16 does not run on the DPU)" in one_line(error)
