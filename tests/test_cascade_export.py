@@ -19,6 +19,7 @@ from evaluators.data import prepare_data
 from evaluators.datasets import ImageSet
 from search.api import RunOptions
 from search.api import Study
+from search.bundle_scripts import run_cascade as runner
 from search.cascade_export import CascadeSpec
 from search.cascade_export import fit_cascade
 from search.cascade_export import stage_model
@@ -98,6 +99,27 @@ def test_bundle_carries_each_stage_and_a_compilable_zcu104_runner(cascade_bundle
         assert (cascade_bundle / name).is_file(), name
     py_compile.compile(str(cascade_bundle / "zcu104" / "run_cascade_vart.py"), doraise=True,
                        cfile=str(cascade_bundle.parent / "vart.pyc"))
+
+
+def test_the_zcu104_runner_falls_back_to_the_cpu_with_the_same_decisions(cascade_bundle: Path, mnist_root: Path,
+                                                                        tmp_path: Path) -> None:
+    """No VART here: stage 1 runs its ONNX file on the CPU, says so, and decides as run_cascade.py does."""
+    splits, _ = prepare_data(load_study("mlp_mnist", "smoke").data, mnist_root, allow_download=False)
+    test = splits.test.first(1000)
+    reference = runner.evaluate(cascade_bundle, test.take(slice(None)).numpy(), test.labels.numpy())
+    np.save(tmp_path / "images.npy", test.take(slice(None)).numpy())
+    np.save(tmp_path / "labels.npy", test.labels.numpy())
+    copy = tmp_path / "bundle"
+    shutil.copytree(cascade_bundle, copy)  # the runner may leave __pycache__ next to the bundle's scripts
+    result = subprocess.run([sys.executable, str(copy / "zcu104" / "run_cascade_vart.py"), "--images",
+                             str(tmp_path / "images.npy"), "--labels", str(tmp_path / "labels.npy"), "--threads", "1"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "fallback: stage 1 runs stage1/model_int8.onnx on the CPU" in result.stderr
+    ran = json.loads(result.stdout)
+    assert ran["images"] == 1000
+    assert abs(ran["accuracy"] - reference["accuracy"]) <= 0.5  # batch 1 there, batches of 250 in run_cascade.py
+    assert abs(ran["escalation_rate"] - reference["escalation_rate"]) * 100 <= 0.5
 
 
 def _poisoned(splits: object) -> object:
