@@ -84,23 +84,11 @@ def write_cascade_bundle(stages: Sequence[StageModel], fitted: Fitted, splits: S
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty: a bundle is written into a new or empty folder only")
     test = splits.test.first(test_images)
-    folders, precisions = [], []
-    for k, stage in enumerate(stages, 1):
-        stage_metrics = write_bundle(stage.model, stage.recipe, splits, batcher, out / f"stage{k}",
-                                     predicted=stage.predicted, network=stage.network, test_images=test_images)
-        folders.append(f"stage{k}/{stage_metrics['deployed_file']}")
-        precisions.append("int8" if "int8" in stage_metrics["deployed_file"] else "fp32")
+    folders, precisions = _write_stages(stages, splits, batcher, out, test_images)
     info = splits.info
     shape = (info.channels, batcher.resolution, batcher.resolution)
     cascade = fitted.cascade
-    policy = {"stages": [{"name": s.name, "model": f, "precision": p}
-                         for s, f, p in zip(cascade.stages, folders, precisions, strict=True)],
-              "policy": cascade.policy.to_json(), "input_shape": list(shape), "num_classes": info.num_classes,
-              "mean": list(info.mean), "std": list(info.std), "labels": list(info.classes)}
-    _write_json(out / POLICY_FILE, policy)
-    shutil.copyfile(SCRIPTS / "run_cascade.py", out / "run_cascade.py")
-    (out / "zcu104").mkdir(exist_ok=True)
-    shutil.copyfile(SCRIPTS / "run_cascade_vart.py", out / "zcu104" / "run_cascade_vart.py")
+    policy = _write_policy(out, fitted, folders, precisions, splits, shape)
     searched = report_on_test(cascade, [s.model for s in stages], test, batcher)
     pixels = test.take(slice(None)).numpy()
     measured = runner.evaluate(out, pixels, labels_of(test), bench=min(BENCHMARK_RUNS, len(test)))
@@ -114,11 +102,41 @@ def write_cascade_bundle(stages: Sequence[StageModel], fitted: Fitted, splits: S
                              cascade_costs(stages, precisions, searched.reach, targets, shape).items()},
                "predicted_note": "expected cost per inference with the escalation rates measured on the test split "
                                  "(searched); p95 is the latency of the deepest path at least 5% of inputs take"}
+    clash = sorted(set(extra_metrics or {}) & set(metrics))
+    if clash:
+        raise ValueError(f"extra_metrics would overwrite measured entries {clash}; rename them")
     metrics.update(extra_metrics or {})
     _write_json(out / "metrics.json", metrics)
     (out / "README.md").write_text(_readme(metrics, policy))
     _write_json(out / "manifest.json", manifest(out))
     return metrics
+
+
+def _write_stages(stages: Sequence[StageModel], splits: Splits, batcher: Batcher, out: Path,
+                  test_images: int) -> tuple[list[str], list[str]]:
+    """One ordinary bundle per stage; returns each stage's deployed file (relative to `out`) and its precision."""
+    folders, precisions = [], []
+    for k, stage in enumerate(stages, 1):
+        stage_metrics = write_bundle(stage.model, stage.recipe, splits, batcher, out / f"stage{k}",
+                                     predicted=stage.predicted, network=stage.network, test_images=test_images)
+        folders.append(f"stage{k}/{stage_metrics['deployed_file']}")
+        precisions.append("int8" if "int8" in stage_metrics["deployed_file"] else "fp32")
+    return folders, precisions
+
+
+def _write_policy(out: Path, fitted: Fitted, folders: list[str], precisions: list[str], splits: Splits,
+                  shape: tuple[int, ...]) -> dict[str, Any]:
+    """policy.json and the two runners that read it."""
+    info = splits.info
+    policy = {"stages": [{"name": s.name, "model": f, "precision": p}
+                         for s, f, p in zip(fitted.cascade.stages, folders, precisions, strict=True)],
+              "policy": fitted.cascade.policy.to_json(), "input_shape": list(shape), "num_classes": info.num_classes,
+              "mean": list(info.mean), "std": list(info.std), "labels": list(info.classes)}
+    _write_json(out / POLICY_FILE, policy)
+    shutil.copyfile(SCRIPTS / "run_cascade.py", out / "run_cascade.py")
+    (out / "zcu104").mkdir(exist_ok=True)
+    shutil.copyfile(SCRIPTS / "run_cascade_vart.py", out / "zcu104" / "run_cascade_vart.py")
+    return policy
 
 
 def _readme(metrics: dict[str, Any], policy: dict[str, Any]) -> str:
