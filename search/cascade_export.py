@@ -7,7 +7,9 @@ cascade that stays within X points of it at a fraction of its cost is the survey
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import field
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,10 @@ from search.cascade_fit import Goal
 from search.cascade_fit import fit_on_validation
 from search.context import Context
 from search.deploy_resolution import DeployResolution
+from search.qdq import float_network
 from search.selection import Selected
 from spaces.recipe import TEACHER
+from spaces.recipe import Quantization
 from spaces.recipe import Recipe
 from spaces.validated import settings
 
@@ -48,6 +52,15 @@ class CascadeSpec:
     budget: float = field(default=0.0, metadata={"min": 0.0})
     metric: str = ""  # latency_<target> or energy_<target>; default: energy on the study's first target
     classes: tuple[int, ...] = ()
+    # The stages after the chosen recipe, in order: "float" (its own float counterpart: the same network with its
+    # quantizers removed) and/or "teacher". One or two of them: a pair or a triple.
+    later: tuple[str, ...] = ("teacher",)
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.later if s not in LATER_STAGES]
+        if unknown or not 1 <= len(self.later) <= 2 or len(set(self.later)) != len(self.later):
+            raise CascadeError(f"cascade stages after the chosen recipe {list(self.later)}: give one or two of "
+                               f"{', '.join(sorted(LATER_STAGES))}, each once, e.g. 'float,teacher'")
 
 
 def stage_model(ctx: Context, name: str, model: torch.nn.Module, recipe: Recipe) -> StageModel:
@@ -60,6 +73,23 @@ def stage_model(ctx: Context, name: str, model: torch.nn.Module, recipe: Recipe)
 
 def teacher_stage(ctx: Context) -> StageModel:
     return stage_model(ctx, "teacher", ctx.evaluator.teacher, TEACHER_RECIPE)
+
+
+def float_stage(ctx: Context, first: StageModel) -> StageModel:
+    """The first stage's float counterpart: the same (pruned, fine-tuned) network without its quantizers, costed and
+    exported as an unquantized recipe."""
+    recipe = dataclasses.replace(first.recipe, quant=Quantization(), label=f"{first.recipe.label or first.name} fp32")
+    return stage_model(ctx, f"{first.name} (fp32)", float_network(first.model), recipe)
+
+
+LATER_STAGES: dict[str, Callable[[Context, StageModel], StageModel]] = {
+    "float": float_stage,
+    "teacher": lambda ctx, first: teacher_stage(ctx),
+}
+
+
+def stages_of(ctx: Context, first: StageModel, spec: CascadeSpec) -> list[StageModel]:
+    return [first] + [LATER_STAGES[name](ctx, first) for name in spec.later]
 
 
 def precision_of(stage: StageModel) -> str:
@@ -102,18 +132,15 @@ def export_cascade(ctx: Context, selected: Selected, model: torch.nn.Module, out
     if resolution.proxy:
         raise CascadeError(f"{resolution.note()}: a cascade bundle is written at the training size only; export it "
                            "from a profile that searches at its deploy size (smoke, paper)")
-    stages = [stage_model(ctx, "knee" if "knee" in selected.how else selected.how, model, selected.recipe),
-              teacher_stage(ctx)]
+    first = stage_model(ctx, "knee" if "knee" in selected.how else selected.how, model, selected.recipe)
+    stages = stages_of(ctx, first, spec)
     fitted = fit_cascade(ctx, stages, spec)
     print(f"cascade fitted on validation: thresholds {list(fitted.cascade.policy.thresholds)}, val accuracy "
           f"{fitted.val.accuracy:.2f}% (top stage {fitted.val.stage_accuracy[-1]:.2f}%), escalation rate "
           f"{100 * fitted.val.escalation_rate:.1f}%", flush=True)
     metrics = write_cascade_bundle(stages, fitted, ctx.splits, ctx.evaluator.batcher, out,
                                    targets=ctx.config.hardware.names, test_images=test_images,
-                                   extra_metrics={**extra, "spec": {"policy": spec.policy, "score": spec.score,
-                                                                    "within": spec.within, "budget": spec.budget,
-                                                                    "metric": spec.metric,
-                                                                    "classes": list(spec.classes)}})
+                                   extra_metrics={**extra, "spec": json.loads(spec_json(spec))})
     m = metrics["measured"]
     print(f"cascade bundle written to {out}: test accuracy {m['accuracy']:.2f}%, escalation rate "
           f"{100 * m['escalation_rate']:.1f}% (runner); searched {metrics['searched']['accuracy']:.2f}%", flush=True)
@@ -122,7 +149,8 @@ def export_cascade(ctx: Context, selected: Selected, model: torch.nn.Module, out
 
 def spec_json(spec: CascadeSpec) -> str:
     return json.dumps({"policy": spec.policy, "score": spec.score, "within": spec.within, "budget": spec.budget,
-                       "metric": spec.metric, "classes": list(spec.classes)}, sort_keys=True)
+                       "metric": spec.metric, "classes": list(spec.classes), "later": list(spec.later)},
+                      sort_keys=True)
 
 
 def cascade_of(selected: Selected) -> CascadeSpec | None:
@@ -131,4 +159,5 @@ def cascade_of(selected: Selected) -> CascadeSpec | None:
     if not isinstance(text, str) or not text:
         return None
     data = json.loads(text)
-    return CascadeSpec(**{**data, "classes": tuple(data.get("classes", ()))})
+    return CascadeSpec(**{**data, "classes": tuple(data.get("classes", ())),
+                          "later": tuple(data.get("later", ("teacher",)))})

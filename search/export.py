@@ -79,13 +79,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     c.add_argument("--cascade-metric", default="", help="the cost fitted: energy_<target> (default: first target) "
                    "or latency_<target>")
     c.add_argument("--cascade-classes", default="", help="priority policy: comma-separated class indices")
+    c.add_argument("--cascade-stages", default="teacher",
+                   help="the stages after the chosen recipe: 'teacher' (default), 'float' (its float counterpart) "
+                        "or 'float,teacher' (a triple)")
     return p.parse_args(argv)
 
 
 def cascade_spec(args: argparse.Namespace) -> CascadeSpec:
     classes = tuple(int(c) for c in args.cascade_classes.split(",") if c.strip())
     return CascadeSpec(policy=args.cascade_policy, score=args.cascade_score, within=args.cascade_within,
-                       budget=args.cascade_budget, metric=args.cascade_metric, classes=classes)
+                       budget=args.cascade_budget, metric=args.cascade_metric, classes=classes,
+                       later=tuple(s.strip() for s in args.cascade_stages.split(",") if s.strip()))
 
 
 def load_model(selected: Selected, run: Path, ctx: Context) -> torch.nn.Module:

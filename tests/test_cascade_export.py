@@ -198,3 +198,31 @@ def test_the_adaptive_benchmark_compares_the_cascade_with_each_stage(mlp_study: 
         assert result["energy_savings_vs_teacher"][t] == pytest.approx(teacher[f"energy_{t}"] / cascade[f"energy_{t}"],
                                                                       rel=1e-4)
     assert cascade["host_mean_ms"] > 0 and "| cascade |" in result["table"]
+
+
+def test_a_triple_knee_float_teacher_is_fitted_exported_and_run(mlp_study: tuple[Path, str], mnist_root: Path,
+                                                                cache_dir: Path, tmp_path: Path) -> None:
+    run, _ = mlp_study
+    out = tmp_path / "triple"
+    result = export_cli("--study", "mlp_mnist", "--profile", "smoke", "--run", str(run), "--pick", "knee",
+                        "--cascade", "--cascade-stages", "float,teacher", "--out", str(out),
+                        "--data-root", str(mnist_root), "--cache-dir", str(cache_dir))
+    assert result.returncode == 0, result.stderr
+    policy = json.loads((out / "policy.json").read_text())
+    assert [s["precision"] for s in policy["stages"]] == ["int8", "fp32", "fp32"]
+    assert len(policy["policy"]["thresholds"]) == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    measured, searched = metrics["measured"], metrics["searched"]
+    assert len(measured["reach"]) == 3 and measured["reach"][2] <= measured["reach"][1]
+    assert abs(measured["accuracy"] - searched["accuracy"]) <= 0.5
+    zcu = metrics["predicted"]["zcu104"]["stages"]
+    assert "zcu104_a53" in zcu[1]["where"] and "zcu104_a53" in zcu[2]["where"]  # both float stages on the A53
+
+
+def test_bad_cascade_stages_fail_in_one_line() -> None:
+    from spaces.validated import ConfigError
+
+    for later in (("teacher", "teacher"), ("student",), ()):
+        with pytest.raises(ConfigError) as error:
+            CascadeSpec(later=later)
+        assert "give one or two of float, teacher" in str(error.value) and "\n" not in str(error.value)
