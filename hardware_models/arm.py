@@ -47,6 +47,9 @@ class ArmBoard:
 ARM_BOARDS: dict[str, ArmBoard] = {
     "rpi4": ArmBoard(name="Raspberry Pi 4 B", core="Cortex-A72", cores=4, clock_ghz=1.8, memory="LPDDR4-3200, 32-bit"),
     "rpi5": ArmBoard(name="Raspberry Pi 5", core="Cortex-A76", cores=4, clock_ghz=2.4, memory="LPDDR4X-4267, 32-bit"),
+    # The ZCU104's processing system, where a cascade's float stage runs beside the DPU (hardware_models/a53.py).
+    "zcu104_a53": ArmBoard(name="ZCU104 PS (Zynq UltraScale+ APU)", core="Cortex-A53", cores=4, clock_ghz=1.2,
+                           memory="DDR4-2666, 64-bit"),
 }
 
 CLASSES = ("winograd", "gemm1x1", "conv", "dwconv", "fc", "eltwise", "move")

@@ -77,6 +77,11 @@ class SearchConfig:
     eta: int = field(default=3, metadata={"min": 2, "max": 1000})  # moasha: the top 1/eta of F1 results get F2
     budget: str = ""  # search wall time, e.g. "60m" or "1h30m"; "" = the trial count alone
 
+    # After the front: quantized front members + the teacher as cascades (search.cascade_study), fitted on
+    # validation to stay within `cascade_within` points of the teacher; non-dominated ones join the front.
+    cascades: bool = False
+    cascade_within: float = field(default=0.5, metadata={"min": 0.0, "max": 100.0})
+
     def __post_init__(self) -> None:
         if self.budget:
             try:

@@ -23,6 +23,12 @@ from search.api import config_as_json
 from search.bundle import FALLBACK_FILE
 from search.bundle import verify_bundle
 from search.bundle import write_bundle
+from search.cascade import CascadeError
+from search.cascade_bundle import is_cascade_bundle
+from search.cascade_bundle import verify_cascade
+from search.cascade_export import CascadeSpec
+from search.cascade_export import cascade_of
+from search.cascade_export import export_cascade
 from search.config import ConfigError
 from search.config import StudyConfig
 from search.config import from_json
@@ -49,7 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, default=None, help="export this trial number (see trials.csv)")
     which.add_argument("--pick", default=None,
-                       help="'knee' (default), or 'max|min METRIC [with METRIC OP NUMBER [and ...]]', e.g. "
+                       help="'knee' (default), 'cascade' (the front's most accurate cascade), or "
+                            "'max|min METRIC [with METRIC OP NUMBER [and ...]]', e.g. "
                             "'max accuracy with latency_zcu104 <= 5' (applied to the front's F3 validation numbers)")
     p.add_argument("--out", default=None, help="bundle folder (default: <run>/bundles/<recipe hash>/); must be empty")
     p.add_argument("--verify", default=None, metavar="DIR",
@@ -62,7 +69,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requantize", action="store_true",
                    help=f"also write the fallback {FALLBACK_FILE}: onnxruntime's own int8 calibration of the "
                         "float network (not the searched quantization)")
+    c = p.add_argument_group("cascade", "export the chosen recipe and the teacher as a cascade (search.cascade)")
+    c.add_argument("--cascade", action="store_true", help="stage 1 the chosen recipe, stage 2 the study's teacher")
+    c.add_argument("--cascade-policy", default="confidence", help="confidence (default), budget or priority")
+    c.add_argument("--cascade-score", default="max_softmax", help="max_softmax (default) or margin")
+    c.add_argument("--cascade-within", type=float, default=0.5,
+                   help="fit: the cheapest thresholds within this many points of the teacher on validation")
+    c.add_argument("--cascade-budget", type=float, default=0.0, help="budget policy: expected cost per inference")
+    c.add_argument("--cascade-metric", default="", help="the cost fitted: energy_<target> (default: first target) "
+                   "or latency_<target>")
+    c.add_argument("--cascade-classes", default="", help="priority policy: comma-separated class indices")
+    c.add_argument("--cascade-stages", default="teacher",
+                   help="the stages after the chosen recipe: 'teacher' (default), 'float' (its float counterpart) "
+                        "or 'float,teacher' (a triple)")
     return p.parse_args(argv)
+
+
+def cascade_spec(args: argparse.Namespace) -> CascadeSpec:
+    classes = tuple(int(c) for c in args.cascade_classes.split(",") if c.strip())
+    return CascadeSpec(policy=args.cascade_policy, score=args.cascade_score, within=args.cascade_within,
+                       budget=args.cascade_budget, metric=args.cascade_metric, classes=classes,
+                       later=tuple(s.strip() for s in args.cascade_stages.split(",") if s.strip()))
 
 
 def load_model(selected: Selected, run: Path, ctx: Context) -> torch.nn.Module:
@@ -90,8 +117,17 @@ def export(args: argparse.Namespace) -> int:
     run = Path(args.run or Path("runs") / config.name / config.profile)
     read_run(run)  # an empty or missing study fails before any data is read
     selected = select(run, config.hardware.names, trial=args.trial, pick=args.pick)
+    spec = cascade_spec(args) if args.cascade else cascade_of(selected)
     study = Study(config, RunOptions(out=str(run), data_root=args.data_root, cache_dir=args.cache_dir,
                                      device="cpu", progress=False))
+    if spec is not None:
+        ctx = study.context()
+        out = Path(args.out or run / "bundles" / f"cascade-{selected.recipe.hash()}")
+        extra = {"study": config.name, "profile": config.profile, "selected": selected.how,
+                 "study_config": json.loads(json.dumps(config_as_json(config), default=str))}
+        export_cascade(ctx, selected, load_model(selected, run, ctx).eval(), out, spec,
+                       config.fidelity.f3.test_images if args.test_images is None else args.test_images, extra)
+        return 0
     export_selected(study.context(), run, selected, args.out, test_images=args.test_images,
                     requantize=args.requantize)
     return 0
@@ -166,13 +202,19 @@ def verify(args: argparse.Namespace) -> int:
     from evaluators.data import prepare_data
 
     splits, batcher = prepare_data(config.data, args.data_root, allow_download=False, cache_dir=_cache(args))
-    problems = verify_bundle(folder, splits, batcher)
+    if is_cascade_bundle(folder):
+        return _report(folder, verify_cascade(folder, splits), "the cascade runner reproduces its accuracy and "
+                       "escalation rate within 0.5 points of metrics.json and of the searched cascade")
+    return _report(folder, verify_bundle(folder, splits, batcher), "every ONNX file reproduces its test accuracy and "
+                   "the deployed one is within 0.5 points of the searched model")
+
+
+def _report(folder: Path, problems: list[str], what: str) -> int:
     for problem in problems:
         print(f"FAILED: {problem}", file=sys.stderr)
     if problems:
         return EXIT_FAILED
-    print(f"bundle {folder} verified: every checksum matches, every ONNX file reproduces its test accuracy and "
-          "the deployed one is within 0.5 points of the searched model")
+    print(f"bundle {folder} verified: every checksum matches, {what}")
     return 0
 
 
@@ -184,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return verify(args) if args.verify else export(args)
-    except (ConfigError, DataError, SelectionError, FileExistsError) as err:
+    except (ConfigError, CascadeError, DataError, SelectionError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
 

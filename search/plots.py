@@ -79,14 +79,21 @@ def pareto_plot(path: Path, trials: pd.DataFrame, front: pd.DataFrame, baselines
                 targets: Sequence[str], *, title: str, highlight: dict[str, float] | None = None) -> None:
     """One panel per target. Grey: every trial at F2 (validation). Red: the front at F3 (test): its members that
     are non-dominated in this panel's two axes joined as a staircase, the others as open circles (a many-objective
-    front is not a curve in any one projection). Blue squares: the baseline recipes at F3 (test). `highlight`
+    front is not a curve in any one projection). Blue squares: the baseline recipes at F3 (test).
+    Purple diamonds: cascades that joined the front (expected latency, test accuracy). `highlight`
     ({"latency_<t>": x, "accuracy": y}) marks one point, e.g. the recipe an export bundle holds."""
     fig, axes = plt.subplots(1, len(targets), figsize=(6.5 * len(targets), 5), squeeze=False)
+    is_cascade = front["cascade"].fillna(False).astype(bool) if "cascade" in front else pd.Series(False, front.index)
+    cascades, front = front[is_cascade], front[~is_cascade]
     for ax, target in zip(axes[0], targets, strict=True):
         lat = f"latency_{target}"
         t = _numeric(trials, f"f2_{lat}", "f2_accuracy")
         ax.scatter(t[f"f2_{lat}"], t["f2_accuracy"], s=14, c="0.65", label="trials (F2, validation)")
         _front(ax, front, f"f3_{lat}")
+        c = _numeric(cascades, f"f3_{lat}", "f3_test_accuracy")
+        if len(c):
+            ax.scatter(c[f"f3_{lat}"], c["f3_test_accuracy"], marker="D", s=40, c="tab:purple", zorder=4,
+                       label="cascades (expected latency, test)")
         b = _numeric(baselines, f"f3_{lat}", "f3_test_accuracy")
         ax.scatter(b[f"f3_{lat}"], b["f3_test_accuracy"], marker="s", s=36, c="tab:blue",
                    label="baselines (F3, test)")

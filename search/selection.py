@@ -96,10 +96,22 @@ def by_rule(front: pd.DataFrame, text: str, targets: tuple[str, ...]) -> Selecte
     return _row(front, int(front.index.get_loc(index)), f"{pick.goal} {pick.metric} ({text})")
 
 
+def best_cascade(front: pd.DataFrame) -> Selected:
+    """The most accurate (F3 validation) cascade on the front: `--pick cascade`."""
+    rows = front.index[front["cascade"].fillna(False).astype(bool)] if "cascade" in front else []
+    if not len(rows):
+        raise SelectionError("the front has no cascade: run the study with `[search] cascades = true`, or export "
+                             "any recipe with --cascade")
+    best = front.loc[rows, "f3_accuracy"].idxmax()
+    return _row(front, int(front.index.get_loc(best)), "most accurate cascade of the front")
+
+
 def select(run: Path, targets: tuple[str, ...], *, trial: int | None, pick: str | None) -> Selected:
     trials, front = read_run(run)
     if trial is not None:
         return by_trial(trials, trial)
     if pick in (None, "knee"):
         return knee(front)
+    if pick == "cascade":
+        return best_cascade(front)
     return by_rule(front, pick, targets)

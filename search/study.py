@@ -21,6 +21,7 @@ from typing import Protocol
 import optuna
 
 from evaluators.candidate import Fidelity
+from search import cascade_study
 from search import engine
 from search import final
 from search import results
@@ -184,6 +185,12 @@ def write_outputs(ctx: Context, study: optuna.Study, front_: list[final.Candidat
     summary = results.summarise(front_, base, box, reference_box(ctx, "test"), history)
     if not front_table.empty:
         front_table["knee"] = [i == summary.knee for i in range(len(front_table))]
+    cascades = cascade_study.score_cascades(ctx, front_, log)
+    joined = cascade_study.non_dominated(cascades, front_, objectives)
+    if cascades:
+        scored = results.candidates_table(cascades, ctx.plan.constraints, objectives)
+        scored.assign(joins_front=joined).to_csv(out / "cascades.csv", index=False)
+        front_table = cascade_study.add_to_front(front_table, scored, joined)
     front_table.to_csv(out / "pareto.csv", index=False)
     base_table.to_csv(out / "baselines.csv", index=False)
     pareto_plot(out / "pareto.png", trials, front_table, base_table, ctx.config.hardware.names,
@@ -192,6 +199,7 @@ def write_outputs(ctx: Context, study: optuna.Study, front_: list[final.Candidat
     results.write_report(out / "report.md", header, front_, base, objectives, summary,
                          hypervolume_plot="hypervolume.png")
     append_deployment_section(out / "report.md", front_, ctx.config.hardware.targets, ctx.config.hardware.storage)
+    cascade_study.append_report(out / "report.md", cascades, joined, ctx.config.hardware.names)
     (out / "summary.json").write_text(json.dumps({**header, **summary.as_json()}, indent=2, default=str))
     log(f"wrote trials.csv ({len(trials)} rows), pareto.csv ({len(front_table)}), baselines.csv, pareto.png, "
         f"report.md under {out}")
