@@ -81,6 +81,8 @@ class SearchConfig:
     # validation to stay within `cascade_within` points of the teacher; non-dominated ones join the front.
     cascades: bool = False
     cascade_within: float = field(default=0.5, metadata={"min": 0.0, "max": 100.0})
+    # Ray backend on a CUDA device: the share of one GPU each trial's task asks for (0.5 packs two per GPU).
+    gpus_per_trial: float = field(default=1.0, metadata={"min": 0.0, "max": 64.0})
 
     def __post_init__(self) -> None:
         if self.budget:

@@ -57,6 +57,19 @@ def _finish(spec: RunSpec, candidate: final.Candidate, levels: tuple[Fidelity, .
     return result, seconds
 
 
+def task_resources(device: str, gpus_per_trial: float) -> dict[str, float]:
+    """What one trial's Ray task asks for: one CPU, plus `gpus_per_trial` of a GPU when the study runs on CUDA.
+
+    Ray hides every GPU from a task that asks for none (it sets CUDA_VISIBLE_DEVICES to empty), so a CUDA
+    study must ask, or its workers silently fall back to nothing; a CPU study must not, or its tasks would
+    wait forever on a cluster without GPUs.
+    """
+    resources: dict[str, float] = {"num_cpus": 1}
+    if device == "cuda" and gpus_per_trial > 0:
+        resources["num_gpus"] = gpus_per_trial
+    return resources
+
+
 def start_ray(address: str | None, workers: int) -> bool:
     """Connect to `address`, or start a local instance sized to `workers`; True when we started it."""
     import ray
@@ -74,23 +87,28 @@ def start_ray(address: str | None, workers: int) -> bool:
 
 @dataclass
 class RayExecutor:
-    """Trials, then the final stage's F3 jobs, as Ray tasks of one CPU each (`threads` torch threads)."""
+    """Trials, then the final stage's F3 jobs, as Ray tasks of one CPU each (`threads` torch threads), and a
+    share of a GPU each when the study runs on CUDA (`task_resources`)."""
 
     ctx: Context
     workers: int
     threads: int
 
+    @property
+    def resources(self) -> dict[str, float]:
+        return task_resources(self.ctx.spec.device, self.ctx.config.search.gpus_per_trial)
+
     def search(self, study: optuna.Study, space: SearchSpace, loop: engine.Loop, progress: engine.Progress) -> None:
         import ray
 
-        remote = ray.remote(num_cpus=1, max_retries=WORKER_RETRIES)(_evaluate)
+        remote = ray.remote(max_retries=WORKER_RETRIES, **self.resources)(_evaluate)
         _loop(study, space, self.ctx.spec, loop, _Workers(self.workers, remote, self.threads), progress)
 
     def finish(self, jobs: list[final.Job]) -> Iterator[final.Finished]:
         """Every job is submitted at once; Ray runs as many as there are CPUs (the workers, or a cluster's)."""
         import ray
 
-        remote = ray.remote(num_cpus=1, max_retries=WORKER_RETRIES)(_finish)
+        remote = ray.remote(max_retries=WORKER_RETRIES, **self.resources)(_finish)
         pending = {remote.remote(self.ctx.spec, c, levels, self.threads): i for i, (c, levels) in enumerate(jobs)}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

@@ -336,3 +336,31 @@ def test_a_p90_constraint_reads_the_upper_end_of_the_prediction_interval() -> No
         parse_constraint("latency_zcu104 <= 5 @ p50", known)
     with pytest.raises(ValueError, match="latency_/energy_ metrics only"):
         parse_constraint("size_mb <= 5 @ p90", known)
+
+
+def test_ray_tasks_ask_for_a_gpu_share_only_on_cuda(tmp_path: Path) -> None:
+    """The resource request a trial's Ray task makes (the CPU-only stand-in for the CUDA test below)."""
+    from search.ray_backend import task_resources
+
+    assert task_resources("cpu", 1.0) == {"num_cpus": 1}  # a CPU study never waits on a GPU a cluster lacks
+    assert task_resources("cuda", 1.0) == {"num_cpus": 1, "num_gpus": 1.0}
+    assert task_resources("cuda", 0.25) == {"num_cpus": 1, "num_gpus": 0.25}  # four trials share one GPU
+    assert task_resources("cuda", 0.0) == {"num_cpus": 1}
+    assert load_study("mlp_mnist", "smoke").search.gpus_per_trial == 1.0
+    study = variant(tmp_path, 'final_max = 6', 'final_max = 6\ngpus_per_trial = -1')
+    with pytest.raises(Exception, match="gpus_per_trial"):
+        load_study(str(study), "smoke")
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_one_trial_runs_on_the_gpu_through_ray(mnist_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    ray_tmp = Path(f"/tmp/ray-gpu-{os.getpid()}")
+    args = [sys.executable, "-m", "search.run", *study_args(mnist_root, tmp_path / "gpu", cache_dir, "--backend",
+                                                             "ray", "--workers", "1", "--trials", "1"),
+            "--device", "cuda"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": str(ray_tmp), "HOME": str(tmp_path)}
+    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "device cuda" in result.stdout + result.stderr
+    trials = pd.read_csv(tmp_path / "gpu" / "trials.csv")
+    assert len(trials) == 1 and trials["state"].iloc[0] == "COMPLETE"
