@@ -26,8 +26,10 @@ class Batcher:
     resolution: int
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.info.mean).view(1, -1, 1, 1) * 255.0
-        std = torch.tensor(self.info.std).view(1, -1, 1, 1) * 255.0
+        """uint8 -> normalized float at the study's resolution, on the device `images` are on: a CUDA caller
+        moves the small uint8 batch first, so the (224 px) resize runs on the GPU, not in the CPU hot loop."""
+        mean = torch.tensor(self.info.mean, device=images.device).view(1, -1, 1, 1) * 255.0
+        std = torch.tensor(self.info.std, device=images.device).view(1, -1, 1, 1) * 255.0
         x = (images.float() - mean) / std
         if self.resolution != x.shape[-1]:
             x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
@@ -49,9 +51,13 @@ class Batcher:
             out[flip] = out[flip].flip(-1)
         return out
 
-    def train_batches(self, data: ImageSet, batch_size: int, *, seed: int, epoch: int,
-                      start_step: int = 0, augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Shuffled full batches of one epoch (the last partial batch is dropped), from `start_step` on."""
+    def train_batches(self, data: ImageSet, batch_size: int, *, seed: int, epoch: int, start_step: int = 0,
+                      augment: bool = True, device: torch.device | str = "cpu",
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled full batches of one epoch (the last partial batch is dropped), from `start_step` on.
+
+        Augmentation runs on the CPU on uint8 images at their stored size (seeded, so a resumed epoch sees the
+        same batches); normalization and the resize to the study's resolution run on `device`."""
         perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed * 100003 + epoch))
         steps = range(start_step, len(data) // batch_size)
         indices = [perm[step * batch_size: (step + 1) * batch_size] for step in steps]
@@ -59,12 +65,13 @@ class Batcher:
             if augment:
                 gen = torch.Generator().manual_seed((seed * 100003 + epoch) * 1000003 + step)
                 images = self.augment(images, gen)
-            yield self.normalize(images), data.labels[idx]
+            yield self.normalize(images.to(device)), data.labels[idx]
 
-    def eval_batches(self, data: ImageSet, batch_size: int = 500) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(self, data: ImageSet, batch_size: int = 500, *, device: torch.device | str = "cpu",
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         indices = [torch.arange(start, min(start + batch_size, len(data))) for start in range(0, len(data), batch_size)]
         for idx, images in zip(indices, data.batches(indices), strict=True):
-            yield self.normalize(images), data.labels[idx]
+            yield self.normalize(images.to(device)), data.labels[idx]
 
     def steps_per_epoch(self, data: ImageSet, batch_size: int) -> int:
         return len(data) // batch_size

@@ -18,8 +18,8 @@ def accuracy(model: nn.Module, data: ImageSet, batcher: Batcher, *, device: torc
     """Top-1 accuracy in percent; the caller names the split it passes, and reports it with the number."""
     model.eval().to(device)
     correct = 0
-    for x, y in batcher.eval_batches(data, batch_size):
-        correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
+    for x, y in batcher.eval_batches(data, batch_size, device=device):  # resized on the device
+        correct += int((model(x).argmax(1).cpu() == y).sum())
     return 100.0 * correct / len(data)
 
 

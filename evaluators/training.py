@@ -8,6 +8,7 @@ Ctrl-C / SIGTERM before the process exits.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -147,6 +148,19 @@ def _restore(state: TrainState, checkpoint: Path | None, tag: str) -> int:
     return state.step
 
 
+def memory_format(device: torch.device | str) -> torch.memory_format:
+    """channels_last on CUDA, where convolutions run faster in NHWC (tensor cores); the default elsewhere."""
+    return torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
+
+
+def accelerated(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); plain fp32 on the CPU, where the tool's
+    accuracy numbers were established."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def train(model: nn.Module, data: ImageSet, batcher: Batcher, config: TrainConfig, *,
           device: torch.device | str = "cpu", checkpoint: Path | None = None, desc: str = "train",
           loss_fn: LossFn | None = None, checkpoint_every_s: float = 60.0, max_steps: int | None = None,
@@ -162,7 +176,7 @@ def train(model: nn.Module, data: ImageSet, batcher: Batcher, config: TrainConfi
     if steps_per_epoch == 0:
         raise ValueError(f"no training images to train on (batch_size {config.batch_size}, {len(data)} images)")
     total = config.epochs * steps_per_epoch if max_steps is None else max_steps
-    model.to(device)
+    model.to(device, memory_format=memory_format(device))
     holder = nn.ParameterList(extra_params or [])
     opt = make_optimizer(nn.ModuleList([model, holder]), config)
     state = TrainState(model, opt, make_schedule(opt, config, total))
@@ -178,9 +192,10 @@ def train(model: nn.Module, data: ImageSet, batcher: Batcher, config: TrainConfi
         while state.step < total:
             epoch, offset = divmod(state.step, steps_per_epoch)
             for x, y in batcher.train_batches(data, config.batch_size, seed=config.seed, epoch=epoch,
-                                              start_step=offset, augment=config.augment):
+                                              start_step=offset, augment=config.augment, device=device):
                 torch.manual_seed(config.seed * 1_000_003 + state.step)
-                loss = loss_fn(model, x.to(device), y.to(device))
+                with accelerated(device):
+                    loss = loss_fn(model, x.to(device, memory_format=memory_format(device)), y.to(device))
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"{desc}: loss is {loss.item()} at step {state.step}")
                 opt.zero_grad(set_to_none=True)

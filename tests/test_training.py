@@ -96,3 +96,34 @@ def test_teacher_is_cached_verified_and_retrained_when_corrupt(mnist, tmp_path: 
     other = prepare_teacher(replace(config, train=replace(TRAIN, seed=1)), splits, batcher, SPLIT,
                             cache_dir=tmp_path, progress=False)
     assert other.folder != first.folder
+
+
+def test_batches_are_resized_on_the_device_the_images_are_moved_to(mnist) -> None:
+    """CPU training is unchanged (fp32, default memory format); a CUDA run resizes on the GPU, in bf16 and NHWC."""
+    from evaluators.batches import Batcher
+    from evaluators.training import accelerated
+    from evaluators.training import memory_format
+
+    splits, batcher = mnist
+    up = Batcher(batcher.info, 56)
+    x, _ = next(up.train_batches(splits.train, 8, seed=0, epoch=0, augment=False, device="cpu"))
+    assert x.shape[-1] == 56 and x.device.type == "cpu" and x.dtype == torch.float32
+    first = next(up.eval_batches(splits.val, 8))[0]
+    assert first.shape[-1] == 56 and first.device.type == "cpu"
+    assert memory_format("cpu") == torch.contiguous_format and memory_format("cuda") == torch.channels_last
+    with accelerated("cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_cuda_uses_bf16_channels_last_and_resizes_on_the_gpu(mnist) -> None:
+    from evaluators.batches import Batcher
+
+    splits, batcher = mnist
+    up = Batcher(batcher.info, 56)
+    x, _ = next(up.train_batches(splits.train, 8, seed=0, epoch=0, augment=False, device="cuda"))
+    assert x.device.type == "cuda" and x.shape[-1] == 56
+    torch.manual_seed(0)
+    model = create_model("small_cnn", in_channels=1)
+    result = train(model, splits.train, up, replace(TRAIN, epochs=1), device="cuda", max_steps=5, progress=False)
+    assert result.steps == 5 and next(model.parameters()).device.type == "cuda"
