@@ -20,24 +20,31 @@ def to_minimisation(points: np.ndarray, directions: Directions) -> np.ndarray:
     return np.asarray(points, dtype=float) * signs
 
 
-def dominated_by_any(point: np.ndarray, others: np.ndarray) -> bool:
-    """`point` is dominated by at least one row of `others` (all minimised): that row is no worse in every
-    objective and better in at least one.
+def dominates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`d[i, j]`: row i of `a` dominates row j of `b` (all minimised): no worse in every objective and better
+    in at least one.
 
-    The one dominance rule: the front (`pareto_mask`) and the report's "which baselines does the front
-    beat" both call it, so they cannot disagree about what dominating means.
+    The one dominance rule: the front (`pareto_mask`), the report's "which baselines does the front beat"
+    (`dominated_by_any`) and MO-ASHA's non-dominated ranks (`search.promotion`) all call it, so they cannot
+    disagree about what dominating means.
     """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    no_worse = np.all(a[:, None, :] <= b[None, :, :], axis=2)
+    better = np.any(a[:, None, :] < b[None, :, :], axis=2)
+    return no_worse & better
+
+
+def dominated_by_any(point: np.ndarray, others: np.ndarray) -> bool:
+    """`point` is dominated by at least one row of `others` (all minimised)."""
     if len(others) == 0:
         return False
-    no_worse = np.all(others <= point, axis=1)
-    better = np.any(others < point, axis=1)
-    return bool(np.any(no_worse & better))
+    return bool(dominates(others, np.asarray(point, dtype=float)[None, :]).any())
 
 
 def pareto_mask(points: np.ndarray, directions: Directions) -> np.ndarray:
     """True for every non-dominated point; duplicates of a front point are all kept."""
     p = to_minimisation(points, directions)
-    return np.array([not dominated_by_any(p[i], p) for i in range(len(p))], dtype=bool)
+    return ~dominates(p, p).any(axis=0) if len(p) else np.zeros(0, dtype=bool)
 
 
 def hypervolume(points: np.ndarray, reference: Sequence[float], directions: Directions) -> float:

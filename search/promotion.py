@@ -29,6 +29,7 @@ from enum import StrEnum
 import numpy as np
 
 from search.pareto import Directions
+from search.pareto import dominates
 from search.pareto import to_minimisation
 
 
@@ -37,21 +38,14 @@ class PromotionKind(StrEnum):
     LADDER = "ladder"  # F2 for every recipe that passes F0 (the fixed F1 -> F2 ladder, for comparison)
 
 
-def dominance_matrix(points: np.ndarray) -> np.ndarray:
-    """`d[i, j]`: point i dominates point j (all objectives minimised)."""
-    no_worse = np.all(points[:, None, :] <= points[None, :, :], axis=2)
-    better = np.any(points[:, None, :] < points[None, :, :], axis=2)
-    return no_worse & better
-
-
 def nondominated_ranks(points: np.ndarray) -> np.ndarray:
     """0 for the first front, 1 for the front once it is removed, and so on (minimisation)."""
-    dominates = dominance_matrix(points)
+    beats = dominates(points, points)
     ranks = np.full(len(points), -1, dtype=int)
     rank = 0
     while (ranks < 0).any():
         left = ranks < 0
-        free = left & ~np.any(dominates[left], axis=0)
+        free = left & ~np.any(beats[left], axis=0)
         ranks[free] = rank
         rank += 1
     return ranks
