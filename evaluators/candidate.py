@@ -221,8 +221,8 @@ def requested_bits(model: nn.Module, recipe: Recipe) -> dict[str, tuple[int, int
 def deployments(model: nn.Module, recipe: Recipe, shape: tuple[int, int, int],
                 hardware: HardwareConfig) -> dict[str, Deployment]:
     """What the recipe becomes on each target (`hardware_models.capability`): deployable, runs_as, and the
-    per-layer bits the board executes. The traced network is checked against the target's operator limits."""
-    shape = _cost_shape(shape, hardware)
+    per-layer bits the board executes. The network, traced at `shape` (the cost shape), is checked against the
+    target's operator limits."""
     with float_mode(model):
         network = extract(model, shape)
     bits = requested_bits(model, recipe)

@@ -17,8 +17,7 @@ from evaluators.batches import Batcher
 from evaluators.datasets import ImageSet
 from hardware_models import host
 
-OPSET = 17
-INPUT, OUTPUT = "input", "output"
+INPUT = "input"
 EVAL_BATCH = 250
 CALIB_BATCH = 32
 INT8_SETTINGS = ("onnxruntime quantize_static, QDQ, per-channel symmetric int8 weights with reduce_range "
