@@ -16,6 +16,7 @@ across processes (Ray workers share the folder) and across reruns.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -166,7 +167,13 @@ def profile_digests(hardware: HardwareConfig) -> dict[str, str]:
     """sha256 of each target's profile file: recalibrating a profile (yours, or a regenerated built-in one)
     changes every prediction, so cached results keyed without it would be stale."""
     paths = {t: Path(t) if t.endswith(".json") else builtin_profile_path(t) for t in hardware.targets}
-    return {t: hashlib.sha256(p.read_bytes()).hexdigest()[:12] for t, p in paths.items() if p.is_file()}
+    return {t: _file_digest(str(p), p.stat().st_mtime_ns) for t, p in paths.items() if p.is_file()}
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, mtime_ns: int) -> str:
+    """Read and hashed once per file version: every result lookup of a study asks for the fingerprint."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
 # Bumped when the way a recipe is costed changes, so that cached results made under the old rules are not reused:
