@@ -53,6 +53,7 @@ from spaces.apply import LATE_BUDGET_FIELDS
 from spaces.apply import Budget
 from spaces.apply import CompressedModel
 from spaces.apply import apply
+from spaces.architectures import small_stems_at
 from spaces.fake_quant import float_mode
 from spaces.quantization import UNIFORM_BITS
 from spaces.quantization import bit_widths
@@ -181,15 +182,22 @@ def _file_digest(path: str, mtime_ns: int) -> str:
 COST_RULES = 2
 
 
-def level_fingerprint(level: LevelConfig, hardware: HardwareConfig) -> str:
-    """Keys cached results; budget fields added later are left out at their defaults (`LATE_BUDGET_FIELDS`)."""
+def level_fingerprint(level: LevelConfig, hardware: HardwareConfig, resolution: int | None = None) -> str:
+    """Keys cached results; budget fields added later are left out at their defaults (`LATE_BUDGET_FIELDS`).
+
+    With the training `resolution`, the small stems the registry builds there are part of the key
+    (`spaces.architectures.small_stems_at`): results computed with another stem are not reused. Where every
+    network keeps torchvision's stem the key is what it was before stems existed."""
     data = asdict(level)
     for name in LATE_BUDGET_FIELDS:
         if getattr(level.budget, name) == Budget.__dataclass_fields__[name].default:
             del data["budget"][name]
-    blob = json.dumps({"level": data, "hardware": asdict(hardware), "cost_rules": COST_RULES,
-                       "profiles": profile_digests(hardware)},
-                      sort_keys=True, default=str)
+    fields = {"level": data, "hardware": asdict(hardware), "cost_rules": COST_RULES,
+              "profiles": profile_digests(hardware)}
+    stems = small_stems_at(resolution) if resolution is not None else {}
+    if stems:
+        fields["stems"] = stems
+    blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -359,7 +367,7 @@ class Evaluator:
         return counts
 
     def _fingerprint(self, fidelity: Fidelity) -> str:
-        return level_fingerprint(self.fidelity.level(fidelity), self.hardware)
+        return level_fingerprint(self.fidelity.level(fidelity), self.hardware, self.batcher.resolution)
 
     def build(self, recipe: Recipe, fidelity: Fidelity) -> CompressedModel:
         budget = self.fidelity.level(fidelity).budget

@@ -35,8 +35,10 @@ from evaluators.training import TrainConfig
 from evaluators.training import atomic_save
 from evaluators.training import train
 from evaluators.training import warn
+from spaces.architectures import Stem
 from spaces.architectures import create_model
 from spaces.architectures import list_architectures
+from spaces.architectures import stem_of
 from spaces.distillation import weights_digest
 from spaces.user_models import add_code_path
 from spaces.user_models import canonical_name
@@ -99,8 +101,12 @@ class Teacher:
 
 
 def teacher_key(config: TeacherConfig, split: SplitConfig, resolution: int, data_fingerprint: str) -> str:
-    blob = json.dumps({"format": TEACHER_FORMAT, "teacher": config.key_fields(), "split": asdict(split),
-                       "resolution": resolution, "data": data_fingerprint}, sort_keys=True, default=str)
+    fields = {"format": TEACHER_FORMAT, "teacher": config.key_fields(), "split": asdict(split),
+              "resolution": resolution, "data": data_fingerprint}
+    stem = stem_of(config.network, resolution)
+    if stem != Stem.IMAGENET:  # a student used as teacher; teachers cached with torchvision's stem keep their keys
+        fields["stem"] = stem.value
+    blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -132,7 +138,7 @@ def prepare_teacher(config: TeacherConfig, splits: Splits, batcher: Batcher, spl
     key = teacher_key(config, split, batcher.resolution, splits.fingerprint)
     folder = _folder(cache_dir, config, info.name.value, key)
     torch.manual_seed(config.train.seed)  # the initial weights are part of what the key promises
-    model = build_teacher(config, info.num_classes, info.channels)
+    model = build_teacher(config, info.num_classes, info.channels, batcher.resolution)
     meta = _load_cached(folder, model)
     if meta is not None:
         return Teacher(model, meta, folder, from_cache=True)
@@ -157,11 +163,12 @@ def _folder(cache_dir: Path | None, config: TeacherConfig, dataset: str, key: st
     return folder
 
 
-def build_teacher(config: TeacherConfig, num_classes: int, in_channels: int) -> nn.Module:
-    """The teacher's network, untrained; an architecture that cannot be built is a one-line ConfigError."""
+def build_teacher(config: TeacherConfig, num_classes: int, in_channels: int, resolution: int) -> nn.Module:
+    """The teacher's network, untrained, with the stem the registry picks for `resolution`; an architecture that
+    cannot be built is a one-line ConfigError."""
     add_code_path(config.code)
     try:
-        return create_model(config.network, num_classes=num_classes, in_channels=in_channels)
+        return create_model(config.network, num_classes=num_classes, in_channels=in_channels, resolution=resolution)
     except (KeyError, TypeError) as err:
         raise ConfigError(f"teacher.arch: {err.args[0] if err.args else err}") from None
 
@@ -185,7 +192,7 @@ def user_teacher(config: TeacherConfig, splits: Splits, batcher: Batcher, split:
     data, split) and kept in the cache; the weights are always read from the user's file."""
     info, path = splits.info, Path(config.checkpoint)
     state = read_checkpoint(path, allow_pickle=config.allow_pickle)
-    model = build_teacher(config, info.num_classes, info.channels)
+    model = build_teacher(config, info.num_classes, info.channels, batcher.resolution)
     load_into(model, state, path=path, arch=config.network, num_classes=info.num_classes, in_channels=info.channels)
     check_outputs(model, path=path, num_classes=info.num_classes, in_channels=info.channels,
                   resolution=batcher.resolution)

@@ -45,6 +45,8 @@ from search.qdq import QdqExport
 from search.qdq import export_float
 from search.qdq import export_qdq
 from search.qdq import float_network
+from spaces.architectures import Stem
+from spaces.architectures import model_stem
 from spaces.quantization import bit_widths
 from spaces.recipe import INT_BITS
 from spaces.recipe import TEACHER
@@ -233,20 +235,24 @@ def _metrics(out: Path, model: nn.Module, float_net: nn.Module, recipe: Recipe, 
         "size": {"params": int(summary["params"]), "macs": int(summary["macs"]),
                  **{f"{p.name}_bytes": p.stat().st_size for p in sorted(out.glob("model*.onnx"))}},
         "host_latency_ms": {key: _latency(out / name, shape) for key, name in onnx_files.items()},
-        "predicted": _plain_json(predicted), "deployment": deployment(model, qdq), "spec": network_spec(recipe, splits)}
+        "predicted": _plain_json(predicted), "deployment": deployment(model, qdq),
+        "spec": network_spec(recipe, splits, model_stem(model))}
     return {**metrics, **_plain_json(extra or {})}
 
 
-def network_spec(recipe: Recipe, splits: Splits) -> str:
+def network_spec(recipe: Recipe, splits: Splits, stem: Stem = Stem.IMAGENET) -> str:
     """A hardware_models spec string for the deployed network, where one exists ('' otherwise).
 
-    `arch:NAME` builds a registry network with 3 input channels and 10 classes; a pruned network, the
+    `arch:NAME` builds a registry network with 3 input channels and 10 classes (`arch:NAME@cifar` with its
+    small stem, which the input size alone does not tell: the bundle may deploy at another size); a pruned network, the
     teacher itself (its name is not in the recipe) or another shape has no spec. Kept as metadata:
     rpi/run_onnx.py's rows name the ONNX file they timed (`onnx:PATH`), which every network has.
     """
     unpruned = recipe.prune.kind == PruneKind.NONE
     fits = splits.info.channels == 3 and splits.info.num_classes == 10
-    return f"arch:{recipe.student}" if unpruned and fits and recipe.student != TEACHER else ""
+    if not (unpruned and fits and recipe.student != TEACHER):
+        return ""
+    return f"arch:{recipe.student}" + ("" if stem == Stem.IMAGENET else f"@{stem.value}")
 
 
 # --- scripts, json, manifest ----------------------------------------------------------------------------------------

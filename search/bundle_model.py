@@ -3,7 +3,9 @@
 A bundle is a file from outside once it leaves the machine that wrote it, so it is read with
 `torch.load(weights_only=True)`: only tensors and plain containers. The network is rebuilt from its
 architecture name (the registry, `torchvision:<name>` or the user's `package.module:factory`), reshaped to the
-channel counts the state dict holds (what pruning left), with BatchNorms that were folded and residual blocks
+channel counts the state dict holds (what pruning left), with the stem it was trained with (`stem`, recorded
+because the bundle's input size need not be the training size the registry's rule picked it for; files without
+it predate small stems and have torchvision's), with BatchNorms that were folded and residual blocks
 that were removed turned into `nn.Identity`, and the recipe's fake quantizers attached at the recorded
 bit-widths; then the state dict (weights, trained or calibrated scales) is loaded strictly.
 """
@@ -16,7 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from spaces.architectures import Stem
 from spaces.architectures import create_model
+from spaces.architectures import model_stem
 from spaces.fake_quant import attach_quantizers
 from spaces.quantization import bit_widths
 from spaces.quantization import is_quantized
@@ -33,7 +37,8 @@ class BundleModelError(RuntimeError):
 def save_model(path: Path, model: nn.Module, recipe: Recipe, *, network: str, input_shape: tuple[int, ...],
                num_classes: int, dataset: str, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
     torch.save({"format": FORMAT, "state_dict": model.state_dict(), "recipe": recipe.to_json(),
-                "recipe_hash": recipe.hash(), "network": network, "input_shape": list(input_shape),
+                "recipe_hash": recipe.hash(), "network": network, "stem": model_stem(model).value,
+                "input_shape": list(input_shape),
                 "num_classes": num_classes, "dataset": dataset, "mean": list(mean), "std": list(std),
                 "quantized": is_quantized(model),
                 "bit_widths": {k: list(v) for k, v in bit_widths(model).items()}}, path)
@@ -59,7 +64,7 @@ def load_model(path: Path) -> tuple[nn.Module, Recipe]:
     state: dict[str, torch.Tensor] = saved["state_dict"]
     try:
         net = create_model(saved["network"], num_classes=int(saved["num_classes"]),
-                           in_channels=int(saved["input_shape"][0]))
+                           in_channels=int(saved["input_shape"][0]), stem=Stem(saved.get("stem", Stem.IMAGENET)))
     except (KeyError, ImportError, ValueError) as error:
         raise BundleModelError(f"{path}: cannot build its network {saved['network']!r} ({error}); install or "
                                "import the package that defines it") from None

@@ -47,7 +47,9 @@ from evaluators.training import atomic_save
 from evaluators.training import train
 from spaces import pruning
 from spaces import sensitivity
+from spaces.architectures import Stem
 from spaces.architectures import create_model
+from spaces.architectures import stem_of
 from spaces.distillation import data_digest
 from spaces.distillation import setup_distillation
 from spaces.distillation import weights_digest
@@ -192,7 +194,8 @@ def _student(ctx: Context) -> nn.Module:
         return copy.deepcopy(ctx.teacher)
     torch.manual_seed(ctx.budget.seed)
     info = ctx.splits.info
-    model = create_model(ctx.recipe.student, num_classes=info.num_classes, in_channels=info.channels).to(ctx.device)
+    model = create_model(ctx.recipe.student, num_classes=info.num_classes, in_channels=info.channels,
+                         resolution=ctx.batcher.resolution).to(ctx.device)
     path = _student_path(ctx)
     if path is not None and path.exists():
         model.load_state_dict(torch.load(path, map_location=ctx.device, weights_only=True))
@@ -212,6 +215,9 @@ def _student_path(ctx: Context) -> Path | None:
     distill = json.dumps(json.loads(r.to_json())["distill"], sort_keys=True)
     parts = [r.student, distill, str(b.student_steps), str(b.seed), b.student_train.fingerprint(),
              weights_digest(ctx.teacher), data_digest(ctx.splits.train, ctx.batcher.resolution)]
+    stem = stem_of(r.student, ctx.batcher.resolution)
+    if stem != Stem.IMAGENET:  # students cached before stems existed had torchvision's: their keys stay
+        parts.append(stem.value)
     key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
     return ctx.cache_dir / "students" / f"{r.student}-{key}.pt"
 

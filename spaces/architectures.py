@@ -3,6 +3,12 @@
 A new architecture is one decorated builder (as in timm's `@register_model`); tests iterate over the
 registry, so it is covered the moment it is registered. Every network is built with `weights=None`:
 no pretrained weights can be downloaded, so teachers are trained by the tool itself.
+
+Stems: torchvision's networks downsample 32x before their last stage (a stride-2 convolution, a max-pool,
+then strided stages), which is right at 224 px and leaves one cell at CIFAR's 32 px: MobileNetV2 and
+SqueezeNet then end in 1x1 feature maps. A network may declare a small-input ("CIFAR") stem, and its
+`StemRule` picks it below a resolution; the choice is made here, from the input resolution, never per study.
+Which students get one, and why, is measured by `python -m benchmarks.stems` (docs/stems.md).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torchvision
 from torch import nn
@@ -18,6 +25,35 @@ from hardware_models.networks import attach_thesis_head
 from hardware_models.networks import hidden_head
 
 Builder = Callable[[int, int], nn.Module]
+StemEdit = Callable[[nn.Module], None]  # turns a freshly built network's ImageNet stem into the small one, in place
+
+
+class Stem(StrEnum):
+    IMAGENET = "imagenet"  # torchvision's, as published: what every network without a StemRule is built with
+    CIFAR = "cifar"  # the first downsampling removed (stride-1 stem convolution, no first max-pool)
+
+
+# Below this many pixels torchvision's 32x downsampling leaves a single cell for the last stage (at 64 px it
+# leaves 2x2): the stems of the thesis's 224 px networks stop making sense there.
+SMALL_INPUT_BELOW = 64
+# The attribute a network built with a small stem carries; absent means torchvision's stem (every network
+# built before stems existed, and every network without a StemRule).
+STEM_ATTRIBUTE = "compress_stem"
+
+
+@dataclass(frozen=True)
+class StemRule:
+    """The small-input stem a network has, and the resolution below which it is built with it."""
+
+    small: StemEdit
+    below: int = SMALL_INPUT_BELOW
+
+    def __post_init__(self) -> None:
+        if self.below < 1:
+            raise ValueError(f"StemRule.below must be a resolution >= 1, got {self.below}")
+
+    def stem_for(self, resolution: int) -> Stem:
+        return Stem.CIFAR if resolution < self.below else Stem.IMAGENET
 
 
 @dataclass(frozen=True)
@@ -29,17 +65,37 @@ class Architecture:
     default_resolution: int
     # Fixed-input networks (the MLP) only accept exactly this resolution.
     fixed_resolution: bool = False
+    # None: one stem at every resolution (the teacher, user and torchvision: networks, the MLP, small_cnn).
+    stem_rule: StemRule | None = None
+
+    def stem_for(self, resolution: int | None = None) -> Stem:
+        """The stem this network is built with for `resolution`-px inputs (None: its default resolution)."""
+        if self.stem_rule is None:
+            return Stem.IMAGENET
+        return self.stem_rule.stem_for(self.default_resolution if resolution is None else resolution)
+
+    def build(self, num_classes: int, in_channels: int, stem: Stem) -> nn.Module:
+        if stem == Stem.IMAGENET:
+            return self.builder(num_classes, in_channels)
+        if self.stem_rule is None:
+            raise ValueError(f"architecture {self.name!r} has no {stem.value} stem; it has only its own")
+        model = self.builder(num_classes, in_channels)
+        self.stem_rule.small(model)  # edits keep each layer's input channels: greyscale stems stay greyscale
+        setattr(model, STEM_ATTRIBUTE, stem.value)  # travels with copies and pickles: bundles record it
+        return model
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
 
 
 def register_architecture(name: str, *, description: str, default_resolution: int = 32,
-                          fixed_resolution: bool = False) -> Callable[[Builder], Builder]:
+                          fixed_resolution: bool = False,
+                          stem_rule: StemRule | None = None) -> Callable[[Builder], Builder]:
     def decorate(builder: Builder) -> Builder:
         if name in ARCHITECTURES:
             raise ValueError(f"architecture {name!r} is registered twice")
-        ARCHITECTURES[name] = Architecture(name, builder, description, default_resolution, fixed_resolution)
+        ARCHITECTURES[name] = Architecture(name, builder, description, default_resolution, fixed_resolution,
+                                           stem_rule)
         return builder
 
     return decorate
@@ -70,9 +126,33 @@ def list_architectures(pattern: str = "*") -> list[str]:
     return sorted(n for n in ARCHITECTURES if fnmatch.fnmatch(n, pattern))
 
 
-def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """Build a freshly initialised network by registry name."""
-    return get_architecture(name).builder(num_classes, in_channels)
+def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3, resolution: int | None = None,
+                 stem: Stem | None = None) -> nn.Module:
+    """Build a freshly initialised network by registry name, with the stem its rule picks for `resolution`-px
+    inputs (None: the architecture's default resolution). `stem` overrides the rule: a bundle rebuilds the
+    stem it was saved with, whatever the rule says today."""
+    arch = get_architecture(name)
+    return arch.build(num_classes, in_channels, arch.stem_for(resolution) if stem is None else Stem(stem))
+
+
+def stem_of(name: str, resolution: int | None = None) -> Stem:
+    """The stem `create_model(name, resolution=resolution)` builds. Networks named by a scheme (torchvision:,
+    the user's factory) have no rule, so this never imports the user's code."""
+    arch = ARCHITECTURES.get(name)
+    return Stem.IMAGENET if arch is None else arch.stem_for(resolution)
+
+
+def small_stems_at(resolution: int) -> dict[str, str]:
+    """The registered networks built with a small stem at `resolution`, and which one: part of the keys of
+    cached results, so that none computed with another stem is reused (empty, so keys stay as they were, where
+    every network keeps torchvision's stem)."""
+    return {name: arch.stem_rule.small.__name__ for name, arch in sorted(ARCHITECTURES.items())
+            if arch.stem_rule is not None and arch.stem_for(resolution) != Stem.IMAGENET}
+
+
+def model_stem(model: nn.Module) -> Stem:
+    """The stem a built network has (what `create_model` recorded on it)."""
+    return Stem(getattr(model, STEM_ATTRIBUTE, Stem.IMAGENET.value))
 
 
 def first_conv_for(model: nn.Module, in_channels: int) -> nn.Module:
@@ -86,6 +166,50 @@ def first_conv_for(model: nn.Module, in_channels: int) -> nn.Module:
                                                       child.stride, child.padding, bias=child.bias is not None))
                 return model
     raise ValueError(f"{type(model).__name__} has no convolution to adapt to {in_channels} channels")
+
+
+SMALL_STEMS: dict[str, StemEdit] = {}
+
+
+def small_stem(name: str) -> Callable[[StemEdit], StemEdit]:
+    """Register a named small-input stem edit (the benchmark measures every one; a StemRule uses one)."""
+    def decorate(edit: StemEdit) -> StemEdit:
+        if name in SMALL_STEMS:
+            raise ValueError(f"small stem {name!r} is registered twice")
+        SMALL_STEMS[name] = edit
+        return edit
+
+    return decorate
+
+
+@small_stem("resnet_3x3")
+def resnet_3x3(model: nn.Module) -> None:
+    """He et al. (2016, sec. 4.2)'s CIFAR ResNet stem: conv1 3x3 stride 1, no max-pool (total stride 8, not 32)."""
+    conv = model.conv1
+    model.conv1 = nn.Conv2d(conv.in_channels, conv.out_channels, 3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # torchvision's own init
+    model.maxpool = nn.Identity()
+
+
+@small_stem("mobilenet_v2_conv")
+def mobilenet_v2_conv(model: nn.Module) -> None:
+    """The first convolution at stride 1 (total stride 16: a 2x2 last stage at 32 px)."""
+    model.features[0][0].stride = (1, 1)
+
+
+@small_stem("mobilenet_v2_conv_block")
+def mobilenet_v2_conv_block(model: nn.Module) -> None:
+    """The first convolution and the first strided inverted residual (16->24) at stride 1 (total stride 8), as
+    in the CIFAR MobileNetV2s of kuangliu/pytorch-cifar."""
+    mobilenet_v2_conv(model)
+    model.features[2].conv[1][0].stride = (1, 1)  # its depthwise 3x3
+
+
+@small_stem("squeezenet_conv_pool")
+def squeezenet_conv_pool(model: nn.Module) -> None:
+    """The first convolution at stride 1 and no first max-pool (total stride 8); the later pools stay."""
+    model.features[0].stride = (1, 1)
+    model.features[2] = nn.Identity()
 
 
 def _thesis(base: str, hidden: list[int]) -> Builder:
@@ -107,8 +231,18 @@ THESIS_HEADS = {
     "squeezenet1_0": ("SqueezeNet 1.0; keeps its 512->classes 1x1 conv classifier", []),
     "squeezenet1_1": ("SqueezeNet 1.1; keeps its 512->classes 1x1 conv classifier", []),
 }
+# The students' small stems below SMALL_INPUT_BELOW px, as measured by `python -m benchmarks.stems` (docs/stems.md).
+# The teacher (resnet50) keeps torchvision's stem at every resolution: a CIFAR stem would cost it about 16x the
+# MACs, change every cached teacher and break the comparison with the thesis's ResNet-50.
+SMALL_STEM_OF = {
+    "resnet18": "resnet_3x3",
+    "mobilenet_v2": "mobilenet_v2_conv_block",
+    "squeezenet1_0": "squeezenet_conv_pool",
+    "squeezenet1_1": "squeezenet_conv_pool",
+}
 for _name, (_description, _hidden) in THESIS_HEADS.items():
-    register_architecture(_name, description=_description)(_thesis(_name, _hidden))
+    _rule = StemRule(SMALL_STEMS[SMALL_STEM_OF[_name]]) if _name in SMALL_STEM_OF else None
+    register_architecture(_name, description=_description, stem_rule=_rule)(_thesis(_name, _hidden))
 
 
 @register_architecture("mlp", description="The thesis's MNIST MLP: 784-64-64-10", default_resolution=28,

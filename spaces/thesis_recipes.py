@@ -51,7 +51,7 @@ ITERATIVE_STEPS = 2  # the thesis does not say how many; two halves of the targe
 @functools.cache
 def channel_ratio_for_macs(arch: str, mac_reduction: float, resolution: int = 32) -> float:
     """The uniform channel ratio (3 decimals) that removes `mac_reduction` of `arch`'s Conv/Linear MACs."""
-    model = create_model(arch).eval()
+    model = create_model(arch, resolution=resolution).eval()  # the stem, and so the MACs, depend on the size
     example = torch.zeros(1, 3, resolution, resolution)
     graph = ChannelGraph(model, example, Importance.RANDOM)  # any importance: only the widths matter here
     macs = MacModel(model, example, graph)
