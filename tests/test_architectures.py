@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
+from spaces.architectures import SMALL_INPUT_BELOW
+from spaces.architectures import SMALL_STEMS
+from spaces.architectures import Stem
+from spaces.architectures import StemRule
 from spaces.architectures import create_model
 from spaces.architectures import get_architecture
 from spaces.architectures import list_architectures
+from spaces.architectures import model_stem
+from spaces.architectures import small_stems_at
+from spaces.architectures import stem_of
 
 
 @pytest.mark.parametrize("name", list_architectures())
@@ -51,3 +59,64 @@ def test_squeezenet_keeps_its_conv_classifier_and_mnist_cnns_take_one_channel() 
 def test_unknown_architecture_lists_the_known_ones() -> None:
     with pytest.raises(KeyError, match="unknown architecture 'vgg99'; known: .*resnet18"):
         create_model("vgg99")
+
+
+def _geometry(model: nn.Module) -> list[tuple]:
+    """Kernel, stride and padding of every convolution and max-pool, in order: what makes a stem, whatever the
+    channel counts and head."""
+    return [(type(m).__name__, m.kernel_size, m.stride, m.padding) for m in model.modules()
+            if isinstance(m, (nn.Conv2d, nn.MaxPool2d))]
+
+
+def _last_map(model: nn.Module, resolution: int) -> int:
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.shape[-1]))
+             for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, resolution, resolution))
+    for hook in hooks:
+        hook.remove()
+    return sizes[-1]
+
+
+SMALL_STEMMED = [n for n in list_architectures() if get_architecture(n).stem_rule is not None]
+
+
+def test_the_students_have_small_stems_and_the_teacher_does_not() -> None:
+    assert set(SMALL_STEMMED) == {"resnet18", "mobilenet_v2", "squeezenet1_0", "squeezenet1_1"}
+    assert stem_of("resnet50", 32) == Stem.IMAGENET and stem_of("torchvision:resnet18", 32) == Stem.IMAGENET
+
+
+@pytest.mark.parametrize("name", SMALL_STEMMED)
+def test_the_rule_picks_the_stem_by_input_resolution(name: str) -> None:
+    torchvision_net = getattr(torchvision.models, name)(weights=None)
+    big = create_model(name, resolution=SMALL_INPUT_BELOW)
+    assert model_stem(big) == Stem.IMAGENET and _geometry(big) == _geometry(torchvision_net)
+    assert _geometry(create_model(name, resolution=224)) == _geometry(torchvision_net)
+    small = create_model(name, resolution=SMALL_INPUT_BELOW - 1)
+    assert model_stem(small) == Stem.CIFAR and _geometry(small) != _geometry(torchvision_net)
+    assert _last_map(create_model(name, resolution=32), 32) > 1
+    assert _last_map(create_model(name, resolution=224), 32) == 1  # torchvision's stem fed 32 px: a single cell
+
+
+def test_mobilenet_v2_keeps_a_4x4_map_at_32_px_and_torchvisions_7x7_at_224() -> None:
+    assert _last_map(create_model("mobilenet_v2", resolution=32), 32) == 4
+    assert _last_map(create_model("mobilenet_v2", resolution=224), 224) == 7
+
+
+def test_the_teacher_keeps_torchvisions_stem_at_32_px() -> None:
+    assert _geometry(create_model("resnet50", resolution=32)) == _geometry(torchvision.models.resnet50(weights=None))
+    with pytest.raises(ValueError, match="'resnet50' has no cifar stem"):
+        create_model("resnet50", stem=Stem.CIFAR)
+
+
+def test_a_small_stem_keeps_greyscale_input() -> None:
+    model = create_model("resnet18", in_channels=1, resolution=28)
+    assert model_stem(model) == Stem.CIFAR and model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_stem_rules_validate_and_key_results_only_where_a_small_stem_is_built() -> None:
+    with pytest.raises(ValueError, match="below must be a resolution >= 1"):
+        StemRule(SMALL_STEMS["resnet_3x3"], below=0)
+    assert small_stems_at(224) == {}
+    assert small_stems_at(32)["mobilenet_v2"] == "mobilenet_v2_conv_block"
