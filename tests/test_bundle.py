@@ -43,6 +43,7 @@ from search.bundle import manifest
 from search.bundle import verify_bundle
 from search.bundle import write_bundle
 from search.bundle_model import load_model
+from search.bundle_model import save_model
 from search.bundle_onnx import session
 from search.bundle_scripts.texts import COMPILE_COMMAND
 from search.bundle_scripts.texts import NOT_RUN_HERE
@@ -50,7 +51,9 @@ from search.deploy_resolution import DeployResolution
 from search.deploy_resolution import adapt
 from spaces.apply import Budget
 from spaces.apply import apply
+from spaces.architectures import Stem
 from spaces.architectures import create_model
+from spaces.architectures import model_stem
 from spaces.fake_quant import float_mode
 from spaces.recipe import PruneKind
 from spaces.recipe import Pruning
@@ -439,3 +442,24 @@ def test_refuses_a_non_empty_folder_and_clashing_extras(bundle: tuple[Path, dict
     with pytest.raises(ValueError, match="accuracy"):
         write_bundle(trained, Recipe(), *data, tmp_path / "new", predicted={}, extra_metrics={"accuracy": 1.0})
     assert not (tmp_path / "new").exists()
+
+
+def test_model_pt_rebuilds_the_stem_it_was_trained_with(tmp_path: Path) -> None:
+    """MobileNetV2's small stem only changes strides, so its weights load into either stem: the file must say which.
+    Saved for a 64 px input (where the rule picks torchvision's stem), it rebuilds the small one it was trained
+    with; a file written before stems existed has no `stem` and rebuilds torchvision's, which it was made with."""
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", resolution=32).eval()
+    shape = (3, 64, 64)
+    save_model(tmp_path / "model.pt", model, Recipe(student="mobilenet_v2"), network="mobilenet_v2",
+               input_shape=shape, num_classes=10, dataset="cifar10", mean=(0.5,) * 3, std=(0.25,) * 3)
+    rebuilt, _ = load_model(tmp_path / "model.pt")
+    assert model_stem(rebuilt) == Stem.CIFAR
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x))
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    del saved["stem"]
+    torch.save(saved, tmp_path / "before_stems.pt")
+    old, _ = load_model(tmp_path / "before_stems.pt")
+    assert model_stem(old) == Stem.IMAGENET and old.features[0][0].stride == (2, 2)

@@ -100,6 +100,13 @@ def test_arch_scheme_builds_project_students() -> None:
     assert isinstance(model, nn.Module)
 
 
+def test_arch_specs_name_the_stem_not_the_input_size() -> None:
+    """A bundle's `arch:` spec may be timed at any input size, so the small stem is named (`@cifar`)."""
+    pytest.importorskip("spaces.architectures")
+    assert build_network("arch:mobilenet_v2", device="meta").features[0][0].stride == (2, 2)
+    assert build_network("arch:mobilenet_v2@cifar", device="meta").features[0][0].stride == (1, 1)
+
+
 @pytest.mark.parametrize("arch", ["small_cnn", "mobilenet_v2", "squeezenet1_1"])
 def test_an_onnx_file_costs_what_its_torch_network_costs(arch: str, tmp_path) -> None:
     """A benchmark row names the ONNX file it timed; rebuilt from that file (fp32 or int8 QDQ), the network

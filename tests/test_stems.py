@@ -1,0 +1,77 @@
+"""Cached networks and results are keyed by the stem they were built with: none computed with one stem is reused
+for the other, and keys where every network keeps torchvision's stem are what they were before stems existed.
+
+Each test changes the registry's rule for one student (monkeypatched back afterwards) and checks that the key
+changes with it, so a key that ignored the stem fails here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from evaluators.batches import Batcher
+from evaluators.candidate import HardwareConfig
+from evaluators.candidate import LevelConfig
+from evaluators.candidate import level_fingerprint
+from evaluators.datasets import DATASET_INFO
+from evaluators.datasets import Dataset
+from evaluators.datasets import ImageSet
+from evaluators.splits import SplitConfig
+from evaluators.splits import Splits
+from evaluators.teacher import TeacherConfig
+from evaluators.teacher import teacher_key
+from spaces.apply import Budget
+from spaces.apply import Context
+from spaces.apply import _student_path
+from spaces.architectures import ARCHITECTURES
+from spaces.architectures import SMALL_STEMS
+from spaces.architectures import StemRule
+from spaces.architectures import create_model
+from spaces.recipe import Recipe
+
+
+def _without_rule(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setitem(ARCHITECTURES, name, dataclasses.replace(ARCHITECTURES[name], stem_rule=None))
+
+
+def test_result_fingerprints_change_with_the_stems_built_at_the_training_size(monkeypatch) -> None:
+    level, hardware = LevelConfig(), HardwareConfig()
+    assert level_fingerprint(level, hardware, 224) == level_fingerprint(level, hardware)  # no small stem at 224
+    at_32 = level_fingerprint(level, hardware, 32)
+    assert at_32 != level_fingerprint(level, hardware)
+    rule = StemRule(SMALL_STEMS["mobilenet_v2_conv"])
+    monkeypatch.setitem(ARCHITECTURES, "mobilenet_v2", dataclasses.replace(ARCHITECTURES["mobilenet_v2"],
+                                                                           stem_rule=rule))
+    assert level_fingerprint(level, hardware, 32) != at_32
+
+
+def test_a_student_used_as_teacher_is_cached_per_stem_and_resnet50_keeps_its_key(monkeypatch) -> None:
+    split = SplitConfig()
+    student, teacher = TeacherConfig(arch="mobilenet_v2"), TeacherConfig(arch="resnet50")
+    keys = (teacher_key(student, split, 32, "data"), teacher_key(teacher, split, 32, "data"))
+    _without_rule(monkeypatch, "mobilenet_v2")
+    _without_rule(monkeypatch, "resnet18")  # not resnet50's rule: it has none, so its key must not move
+    assert teacher_key(student, split, 32, "data") != keys[0]
+    assert teacher_key(teacher, split, 32, "data") == keys[1]
+
+
+def _context(student: str, cache_dir: Path) -> Context:
+    torch.manual_seed(0)  # the same teacher weights and images each time: only the stem may move the key
+    info = DATASET_INFO[Dataset.CIFAR10]
+    images = ImageSet(torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8), torch.arange(8) % 10)
+    splits = Splits(info, images, images, images, images, "digits")
+    return Context(Recipe(student=student), create_model("small_cnn"), splits, Batcher(info, 32),
+                   Budget(student_steps=10, cache_students=True), cache_dir, torch.device("cpu"), {})
+
+
+def test_cached_students_are_kept_per_stem(monkeypatch, tmp_path: Path) -> None:
+    small, small_cnn = _student_path(_context("squeezenet1_1", tmp_path)), _student_path(_context("small_cnn",
+                                                                                                  tmp_path))
+    assert small is not None and small != small_cnn
+    _without_rule(monkeypatch, "squeezenet1_1")
+    assert _student_path(_context("squeezenet1_1", tmp_path)) != small
+    assert _student_path(_context("small_cnn", tmp_path)) == small_cnn
