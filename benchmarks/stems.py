@@ -13,6 +13,11 @@ measures, per student and per candidate stem (`spaces.architectures.SMALL_STEMS`
   the same seed, batch, steps and schedule for every stem; validation is carved from the training images
   (the test split is never read: this measurement chooses the stems).
 
+The choice it prints (`choose`): a student gets a small stem when that stem is more accurate than torchvision's
+(the 95% interval of the difference excludes 0, `search.intervals.compare_accuracy`) and its predicted latency
+stays below the teacher's (ResNet-50 with torchvision's stem, the network every student must undercut) on every
+target; among such stems the most accurate. Otherwise it keeps torchvision's stem.
+
     python -m benchmarks.stems [--steps 300] [--batch 64] [--val 2000] [--archs resnet18 ...]
                                [--data-root /work/shared/data] [--out docs/stems.md]
 
@@ -27,6 +32,7 @@ import platform
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +49,10 @@ from evaluators.metrics import accuracy
 from evaluators.splits import SplitConfig
 from evaluators.training import TrainConfig
 from evaluators.training import train
+from search.intervals import Accuracy
+from search.intervals import Comparison
+from search.intervals import compare_accuracy
+from search.intervals import difference_interval
 from search.intervals import wilson
 from spaces.architectures import SMALL_STEMS
 from spaces.architectures import Stem
@@ -58,6 +68,7 @@ CANDIDATES = {
 }
 RESOLUTION = 32
 TARGETS = ("zcu104", "rpi4")
+TEACHER = "resnet50"
 
 
 @dataclass(frozen=True)
@@ -72,12 +83,31 @@ class Row:
     images: int
     train_seconds: float
 
+    @property
+    def measured(self) -> Accuracy:
+        return Accuracy(self.accuracy, self.images)
+
     def markdown(self) -> str:
         lo, hi = wilson(self.accuracy, self.images)
         latency = " | ".join(f"{self.latency_ms[t]:.2f}" for t in TARGETS)
+        trained = f"{self.accuracy:.1f} [{lo:.1f}, {hi:.1f}] | {self.train_seconds:.0f}" if self.images else "- | -"
         return (f"| {self.arch} | {self.stem} | {self.macs / 1e6:.1f} | {self.params / 1e6:.2f} | "
-                f"{self.feature_map}x{self.feature_map} | {latency} | {self.accuracy:.1f} [{lo:.1f}, {hi:.1f}] | "
-                f"{self.train_seconds:.0f} |")
+                f"{self.feature_map}x{self.feature_map} | {latency} | {trained} |")
+
+
+def choose(rows: list[Row], teacher: Row) -> tuple[str, str]:
+    """The stem the measurement supports for one student's rows (torchvision's first), and why."""
+    base, *small = rows
+    fits = [r for r in small if compare_accuracy(r.measured, base.measured) == Comparison.BETTER
+            and all(r.latency_ms[t] < teacher.latency_ms[t] for t in TARGETS)]
+    notes = []
+    for r in small:
+        lo, hi = difference_interval(r.measured, base.measured)
+        slower = [t for t in TARGETS if r.latency_ms[t] >= teacher.latency_ms[t]]
+        notes.append(f"{r.stem}: {r.accuracy - base.accuracy:+.1f} points [{lo:+.1f}, {hi:+.1f}]"
+                     + (f", slower than the teacher on {', '.join(slower)}" if slower else ""))
+    best = max(fits, key=lambda r: r.accuracy, default=base)
+    return best.stem, "; ".join(notes)
 
 
 def build(arch: str, stem: str) -> nn.Module:
@@ -100,24 +130,37 @@ def last_feature_map(model: nn.Module, resolution: int) -> int:
     return sizes[-1]
 
 
-def measure(arch: str, stem: str, args: argparse.Namespace, splits, batcher) -> Row:  # noqa: ANN001
+def measure(arch: str, stem: str, args: argparse.Namespace, splits, batcher, *,  # noqa: ANN001
+            trained: bool = True) -> Row:
+    """One row; `trained=False` costs the network only (the teacher's reference row)."""
     torch.manual_seed(args.seed)
     model = build(arch, stem)
     shape = (3, RESOLUTION, RESOLUTION)
     cost = model_cost(model.eval(), shape)
     hw = hardware_metrics(model, Recipe(student=arch), shape, HardwareConfig(targets=TARGETS))
+    latency = {t: float(hw[f"latency_{t}"]) for t in TARGETS}
+    if not trained:
+        return Row(arch, stem, cost.macs, cost.params, last_feature_map(model, RESOLUTION), latency, 0.0, 0, 0.0)
     config = TrainConfig(batch_size=args.batch, lr=args.lr, seed=args.seed)
     result = train(model, splits.train, batcher, config, max_steps=args.steps, progress=False, desc=f"{arch} {stem}")
     acc = accuracy(model, splits.val, batcher)
-    return Row(arch, stem, cost.macs, cost.params, last_feature_map(model, RESOLUTION),
-               {t: float(hw[f"latency_{t}"]) for t in TARGETS}, acc, len(splits.val), result.seconds)
+    return Row(arch, stem, cost.macs, cost.params, last_feature_map(model, RESOLUTION), latency, acc,
+               len(splits.val), result.seconds)
 
 
-def runs(archs: list[str]) -> Iterator[tuple[str, str]]:
-    for arch in archs:
-        yield arch, Stem.IMAGENET.value
-        for stem in CANDIDATES[arch]:
-            yield arch, stem
+def stems(arch: str) -> Iterator[str]:
+    yield Stem.IMAGENET.value
+    yield from CANDIDATES[arch]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (what `lscpu` prints), so a table says what it was measured on."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -139,16 +182,25 @@ def main(argv: list[str] | None = None) -> None:
     splits, batcher = prepare_data(data, args.data_root, allow_download=False)
     header = ["| student | stem | MMACs | M params | last map | zcu104 ms | rpi4 ms | val acc % [95% CI] | train s |",
               "|---|---|---|---|---|---|---|---|---|"]
-    lines = list(header)
-    print("\n".join(header), flush=True)
-    for arch, stem in runs(args.archs):
-        row = measure(arch, stem, args, splits, batcher)
-        lines.append(row.markdown())
-        print(lines[-1], flush=True)
-        print(json.dumps({"arch": arch, "stem": stem, "accuracy": row.accuracy, "macs": row.macs}), file=sys.stderr)
+    teacher = measure(TEACHER, Stem.IMAGENET.value, args, splits, batcher, trained=False)
+    lines = [*header, teacher.markdown().replace(f"| {TEACHER} |", f"| {TEACHER} (teacher, cost only) |")]
+    print("\n".join(lines), flush=True)
+    choices = ["", "| student | chosen stem | small stems against torchvision's (95% interval of the difference) |",
+               "|---|---|---|"]
+    for arch in args.archs:
+        rows = []
+        for stem in stems(arch):
+            rows.append(measure(arch, stem, args, splits, batcher))
+            lines.append(rows[-1].markdown())
+            print(lines[-1], flush=True)
+            print(json.dumps(asdict(rows[-1])), file=sys.stderr)
+        chosen, why = choose(rows, teacher)
+        choices.append(f"| {arch} | {chosen} | {why} |")
+    lines += choices
+    print("\n".join(choices))
     footer = (f"\n{args.steps} steps of batch {args.batch} (lr {args.lr}, one-cycle, seed {args.seed}) on "
               f"{len(splits.train)} training images; accuracy on {len(splits.val)} validation images carved from "
-              f"CIFAR-10's training set; {torch.get_num_threads()} thread(s), {platform.processor() or 'cpu'}; "
+              f"CIFAR-10's training set; {torch.get_num_threads()} thread(s), {cpu_name()}; "
               f"{time.strftime('%Y-%m-%d')}.")
     print(footer)
     if args.out is not None:
