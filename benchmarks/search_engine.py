@@ -72,7 +72,7 @@ def _quiet() -> None:
 
 def proxy_fidelity(ctx, n: int, seed: int = 123) -> dict:  # noqa: ANN001 - a search.context.Context
     """(a): n distinct random recipes, each at F1, F2 and F3."""
-    space = SearchSpace(ctx.config.space, ctx.config.teacher.arch)
+    space = SearchSpace(ctx.config.space, ctx.config.teacher.arch, ctx.config.data.resolution)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     seen, rows = set(), []
     for _ in range(20 * n):
@@ -102,7 +102,7 @@ def _search(ctx, sampler: SamplerKind, seed: int, trials: int) -> tuple[np.ndarr
     db.parent.mkdir(parents=True, exist_ok=True)
     db.unlink(missing_ok=True)
     study = engine.open_study("bench", f"sqlite:///{db.resolve()}", config, objectives, bool(constraints))
-    space = SearchSpace(ctx.config.space, ctx.config.teacher.arch)
+    space = SearchSpace(ctx.config.space, ctx.config.teacher.arch, ctx.config.data.resolution)
     evaluation = 0.0
     t0 = time.monotonic()
     for trial, recipe in engine.asked(study, space, trials):
@@ -178,7 +178,8 @@ def _race_run(ctx, box: ReferenceBox, method: str, seed: int, seconds: int,  # n
                               bool(constraints))
     loop = engine.Loop(objectives, constraints, config.trials, engine.make_promoter(study, config, objectives),
                        Clock.of_study(study, config.budget_seconds))
-    engine.run_local(study, SearchSpace(ctx.config.space, ctx.config.teacher.arch), evaluator, loop,
+    space = SearchSpace(ctx.config.space, ctx.config.teacher.arch, ctx.config.data.resolution)
+    engine.run_local(study, space, evaluator, loop,
                      engine.Progress(config.trials, 0, lambda line: None))
     return hypervolume_history(study, box)
 

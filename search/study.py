@@ -108,7 +108,7 @@ def search(ctx: Context, storage: str, executor: Executor, log: Log) -> optuna.S
     study.set_user_attr("plan", plan)  # report.md records it
     log(f"plan: {plan}")
     progress = engine.Progress(cfg.search.trials, done, log, clock=loop.clock)
-    executor.search(study, SearchSpace(cfg.space, cfg.teacher.arch), loop, progress)
+    executor.search(study, SearchSpace(cfg.space, cfg.teacher.arch, cfg.data.resolution), loop, progress)
     return study
 
 

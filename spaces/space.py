@@ -157,9 +157,10 @@ def for_targets(config: SpaceConfig, targets: tuple[str, ...]) -> SpaceConfig:
 
 
 @functools.cache
-def _layer_names(arch: str, grouping: BitGrouping) -> tuple[str, ...]:
-    """Names that get their own bit-width parameter: groups or layers of the (unpruned) student."""
-    model = create_model(arch)
+def _layer_names(arch: str, grouping: BitGrouping, resolution: int | None) -> tuple[str, ...]:
+    """Names that get their own bit-width parameter: groups or layers of the (unpruned) student, built with the
+    stem it gets at `resolution` (groups follow the resolution stages, which a small stem moves)."""
+    model = create_model(arch, resolution=resolution)
     return tuple(layer_groups(model)) if grouping == BitGrouping.GROUP else tuple(quantizable_layers(model))
 
 
@@ -181,9 +182,10 @@ def _float(trial: optuna.Trial, name: str, low: float, high: float, **kwargs: An
 class SearchSpace:
     """Recipes for one teacher architecture, suggested through any optuna trial (or Ray Tune's wrapper)."""
 
-    def __init__(self, config: SpaceConfig, teacher_arch: str) -> None:
+    def __init__(self, config: SpaceConfig, teacher_arch: str, resolution: int | None = None) -> None:
+        """`resolution`: the training input size, which picks each student's stem (None: the registry's default)."""
         get_architecture(teacher_arch)  # raises KeyError naming the known ones
-        self.config, self.teacher_arch = config, teacher_arch
+        self.config, self.teacher_arch, self.resolution = config, teacher_arch, resolution
 
     def arch(self, student: str) -> str:
         return self.teacher_arch if student == TEACHER else student
@@ -253,7 +255,7 @@ class SearchSpace:
             return Quantization(weight_bits=_choose(trial, "quant.bits", list(c.bit_choices), c.bit_choices), **common)
         if c.grouping == BitGrouping.SENSITIVITY:
             return self._sensitivity(trial, common)
-        names = _layer_names(arch, c.grouping)
+        names = _layer_names(arch, c.grouping, self.resolution)
         bits = [_choose(trial, f"quant.bits.{n}", list(c.bit_choices), c.bit_choices) for n in names]
         return Quantization(layer_bits=tuple((n, b, act_bits) for n, b in zip(names, bits, strict=True)), **common)
 

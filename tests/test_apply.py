@@ -101,9 +101,9 @@ def _contract(data: tuple, teacher_arch: str, student: str, channels: int, size:
               grouping: BitGrouping = BitGrouping.GROUP) -> list[Recipe]:
     splits, batcher = data
     torch.manual_seed(0)
-    teacher = create_model(teacher_arch, in_channels=channels).eval()
+    teacher = create_model(teacher_arch, in_channels=channels, resolution=size).eval()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    space = SearchSpace(SpaceConfig(students=(student,), ratio_max=0.9, grouping=grouping), teacher_arch)
+    space = SearchSpace(SpaceConfig(students=(student,), ratio_max=0.9, grouping=grouping), teacher_arch, size)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=sum(map(ord, student))))
     recipes = []
     for _ in range(TRIALS_PER_STUDENT):

@@ -169,7 +169,10 @@ def test_groups_partition_the_quantizable_layers_contiguously(name: str) -> None
 
 def test_known_group_names() -> None:
     assert list(layer_groups(_model("resnet18"))) == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    # Groups are resolution stages: at 32 px the small stem leaves features.2 unstrided, so 1-3 are one stage.
     assert list(layer_groups(_model("mobilenet_v2"))) == [
+        "stem", "features.1-3", "features.4-6", "features.7-13", "features.14-18", "head"]
+    assert list(layer_groups(create_model("mobilenet_v2", resolution=224))) == [
         "stem", "features.1", "features.2-3", "features.4-6", "features.7-13", "features.14-18", "head"]
     assert layer_groups(_model("mlp")) == {"stem": ["1"], "block1": ["3"], "head": ["5"]}
 

@@ -17,6 +17,8 @@ import optuna
 import pytest
 
 from search.config import build
+from spaces.architectures import create_model
+from spaces.quantization import resolve_bits
 from spaces.recipe import TEACHER
 from spaces.recipe import Distillation
 from spaces.recipe import DistillKind
@@ -191,3 +193,15 @@ def test_ray_tune_optuna_search_drives_the_space(tmp_path: Path, monkeypatch: py
         ray_dir.cleanup()
     assert not results.errors and len(results) == 2
     assert all(len(r.metrics["hash"]) == 16 for r in results)
+
+
+@pytest.mark.parametrize("resolution", [32, 224])
+def test_bit_groups_are_those_of_the_stem_the_student_gets_at_the_training_size(resolution: int) -> None:
+    """MobileNetV2's small stem (below 64 px) merges features.1-3 into one stage: the space must name the groups
+    of the network that will be trained, or resolve_bits refuses the recipe at that size."""
+    space = SearchSpace(SpaceConfig(students=("mobilenet_v2",), grouping=BitGrouping.GROUP,
+                                    quant_kinds=(QuantKind.PTQ,)), "resnet50", resolution)
+    recipe = Recipe.from_json(_ask(space, 1, seed=0).trials[0].user_attrs["recipe"])
+    names = [name for name, _, _ in recipe.quant.layer_bits]
+    assert ("features.1-3" in names) == (resolution == 32)
+    resolve_bits(create_model("mobilenet_v2", resolution=resolution), recipe.quant)  # every group exists there
