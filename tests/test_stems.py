@@ -8,6 +8,9 @@ changes with it, so a key that ignored the stem fails here.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ from evaluators.datasets import Dataset
 from evaluators.datasets import ImageSet
 from evaluators.splits import SplitConfig
 from evaluators.splits import Splits
+from evaluators.teacher import TEACHER_FORMAT
 from evaluators.teacher import TeacherConfig
 from evaluators.teacher import teacher_key
 from spaces.apply import Budget
@@ -43,20 +47,24 @@ def test_result_fingerprints_change_with_the_stems_built_at_the_training_size(mo
     assert level_fingerprint(level, hardware, 224) == level_fingerprint(level, hardware)  # no small stem at 224
     at_32 = level_fingerprint(level, hardware, 32)
     assert at_32 != level_fingerprint(level, hardware)
-    rule = StemRule(SMALL_STEMS["mobilenet_v2_conv"])
+    current = ARCHITECTURES["mobilenet_v2"].stem_rule.small
+    other = next(e for n, e in SMALL_STEMS.items() if n.startswith("mobilenet_v2") and e is not current)
     monkeypatch.setitem(ARCHITECTURES, "mobilenet_v2", dataclasses.replace(ARCHITECTURES["mobilenet_v2"],
-                                                                           stem_rule=rule))
-    assert level_fingerprint(level, hardware, 32) != at_32
+                                                                           stem_rule=StemRule(other)))
+    assert level_fingerprint(level, hardware, 32) != at_32  # another small stem
+    _without_rule(monkeypatch, "mobilenet_v2")
+    assert level_fingerprint(level, hardware, 32) != at_32  # torchvision's stem again
 
 
 def test_a_student_used_as_teacher_is_cached_per_stem_and_resnet50_keeps_its_key(monkeypatch) -> None:
     split = SplitConfig()
     student, teacher = TeacherConfig(arch="mobilenet_v2"), TeacherConfig(arch="resnet50")
-    keys = (teacher_key(student, split, 32, "data"), teacher_key(teacher, split, 32, "data"))
+    before_stems = json.dumps({"format": TEACHER_FORMAT, "teacher": teacher.key_fields(), "split": asdict(split),
+                               "resolution": 32, "data": "data"}, sort_keys=True, default=str)
+    assert teacher_key(teacher, split, 32, "data") == hashlib.sha256(before_stems.encode()).hexdigest()[:16]
+    key = teacher_key(student, split, 32, "data")
     _without_rule(monkeypatch, "mobilenet_v2")
-    _without_rule(monkeypatch, "resnet18")  # not resnet50's rule: it has none, so its key must not move
-    assert teacher_key(student, split, 32, "data") != keys[0]
-    assert teacher_key(teacher, split, 32, "data") == keys[1]
+    assert teacher_key(student, split, 32, "data") != key
 
 
 def _context(student: str, cache_dir: Path) -> Context:
@@ -69,9 +77,9 @@ def _context(student: str, cache_dir: Path) -> Context:
 
 
 def test_cached_students_are_kept_per_stem(monkeypatch, tmp_path: Path) -> None:
-    small, small_cnn = _student_path(_context("squeezenet1_1", tmp_path)), _student_path(_context("small_cnn",
-                                                                                                  tmp_path))
+    small = _student_path(_context("mobilenet_v2", tmp_path))
+    small_cnn = _student_path(_context("small_cnn", tmp_path))
     assert small is not None and small != small_cnn
-    _without_rule(monkeypatch, "squeezenet1_1")
-    assert _student_path(_context("squeezenet1_1", tmp_path)) != small
+    _without_rule(monkeypatch, "mobilenet_v2")
+    assert _student_path(_context("mobilenet_v2", tmp_path)) != small
     assert _student_path(_context("small_cnn", tmp_path)) == small_cnn
