@@ -16,9 +16,10 @@ measures, per student and per candidate stem (`spaces.architectures.SMALL_STEMS`
 The choice it prints (`choose`): a student gets a small stem when that stem is more accurate than torchvision's
 (the 95% interval of the difference excludes 0, `search.intervals.compare_accuracy`) and its predicted latency
 stays below the teacher's (ResNet-50 with torchvision's stem, the network every student must undercut) on every
-target; among such stems the most accurate. Otherwise it keeps torchvision's stem.
+target; among such stems the cheapest, unless a costlier one is more accurate than it beyond the same interval.
+Otherwise it keeps torchvision's stem.
 
-    python -m benchmarks.stems [--steps 300] [--batch 64] [--val 2000] [--archs resnet18 ...]
+    python -m benchmarks.stems [--steps 200] [--batch 64] [--val 2000] [--archs resnet18 ...]
                                [--data-root /work/shared/data] [--out docs/stems.md]
 
 Set OMP_NUM_THREADS (the published table used 1 thread). The markdown table is printed and written to --out.
@@ -106,7 +107,10 @@ def choose(rows: list[Row], teacher: Row) -> tuple[str, str]:
         slower = [t for t in TARGETS if r.latency_ms[t] >= teacher.latency_ms[t]]
         notes.append(f"{r.stem}: {r.accuracy - base.accuracy:+.1f} points [{lo:+.1f}, {hi:+.1f}]"
                      + (f", slower than the teacher on {', '.join(slower)}" if slower else ""))
-    best = max(fits, key=lambda r: r.accuracy, default=base)
+    best = base
+    for r in sorted(fits, key=lambda r: r.macs):  # a costlier stem must beat the cheaper choice, not just tie it
+        if best is base or compare_accuracy(r.measured, best.measured) == Comparison.BETTER:
+            best = r
     return best.stem, "; ".join(notes)
 
 
@@ -166,7 +170,7 @@ def cpu_name() -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.stems", description=__doc__.split("\n\n")[0])
     p.add_argument("--archs", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)

@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.stems import TARGETS
+from benchmarks.stems import Row
+from benchmarks.stems import choose
 from evaluators.batches import Batcher
 from evaluators.candidate import HardwareConfig
 from evaluators.candidate import LevelConfig
@@ -83,3 +86,20 @@ def test_cached_students_are_kept_per_stem(monkeypatch, tmp_path: Path) -> None:
     _without_rule(monkeypatch, "mobilenet_v2")
     assert _student_path(_context("mobilenet_v2", tmp_path)) != small
     assert _student_path(_context("small_cnn", tmp_path)) == small_cnn
+
+
+def _row(stem: str, macs: float, accuracy: float, latency: float) -> Row:
+    return Row("mobilenet_v2", stem, int(macs * 1e6), 2_390_000, 1, dict.fromkeys(TARGETS, latency), accuracy, 2000,
+               1.0)
+
+
+def test_the_benchmark_chooses_a_small_stem_only_when_it_pays() -> None:
+    """More accurate beyond the 95% interval and faster than the teacher everywhere; the cheapest such stem unless
+    a costlier one beats it beyond the interval too."""
+    teacher = _row("imagenet", 84, 0.0, 4.0)
+    base = _row("imagenet", 6, 28.0, 1.0)
+    assert choose([base, _row("a", 25, 34.0, 1.5), _row("b", 88, 36.0, 2.0)], teacher)[0] == "a"  # b ties a
+    assert choose([base, _row("a", 25, 34.0, 1.5), _row("b", 88, 40.0, 2.0)], teacher)[0] == "b"
+    assert choose([base, _row("a", 25, 29.5, 1.5)], teacher)[0] == "imagenet"  # ties torchvision's stem
+    slower, why = choose([base, _row("a", 556, 40.0, 5.0)], teacher)
+    assert slower == "imagenet" and "slower than the teacher" in why
