@@ -55,7 +55,6 @@ from search.intervals import Comparison
 from search.intervals import compare_accuracy
 from search.intervals import difference_interval
 from search.intervals import wilson
-from spaces.architectures import SMALL_STEMS
 from spaces.architectures import Stem
 from spaces.architectures import create_model
 from spaces.recipe import Recipe
@@ -116,10 +115,7 @@ def choose(rows: list[Row], teacher: Row) -> tuple[str, str]:
 
 def build(arch: str, stem: str) -> nn.Module:
     """The student with torchvision's stem ("imagenet") or one of the registered small stems."""
-    model = create_model(arch, num_classes=10, in_channels=3, stem=Stem.IMAGENET)
-    if stem != Stem.IMAGENET.value:
-        SMALL_STEMS[stem](model)
-    return model
+    return create_model(arch, num_classes=10, in_channels=3, stem=stem)
 
 
 def last_feature_map(model: nn.Module, resolution: int) -> int:

@@ -105,7 +105,7 @@ def teacher_key(config: TeacherConfig, split: SplitConfig, resolution: int, data
               "resolution": resolution, "data": data_fingerprint}
     stem = stem_of(config.network, resolution)
     if stem != Stem.IMAGENET:  # a student used as teacher; teachers cached with torchvision's stem keep their keys
-        fields["stem"] = stem.value
+        fields["stem"] = stem
     blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -162,14 +162,15 @@ def _thesis(argument: str) -> nn.Module:
 @register_scheme("arch")
 def _arch(argument: str) -> nn.Module:
     """The project's own students, from `spaces.architectures` (imported only when this scheme is used):
-    `arch:NAME` with torchvision's stem, `arch:NAME@STEM` with the one named (`cifar`), whatever the input size."""
+    `arch:NAME` with torchvision's stem, `arch:NAME@STEM` with the one named (`cifar`: its small stem, or a small
+    stem's own name, which is what bundles write), whatever the input size."""
     try:
         architectures = importlib.import_module("spaces.architectures")
     except ImportError as error:
         raise RuntimeError(f"spec 'arch:{argument}' needs spaces.architectures, which cannot be imported "
                            f"({error}); use a torchvision: or thesis: spec instead") from error
     name, _, stem = argument.partition("@")
-    return architectures.create_model(name, num_classes=10, stem=architectures.Stem(stem or "imagenet"))
+    return architectures.create_model(name, num_classes=10, stem=stem or "imagenet")
 
 
 @register_scheme("onnx")

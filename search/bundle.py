@@ -240,7 +240,7 @@ def _metrics(out: Path, model: nn.Module, float_net: nn.Module, recipe: Recipe, 
     return {**metrics, **_plain_json(extra or {})}
 
 
-def network_spec(recipe: Recipe, splits: Splits, stem: Stem = Stem.IMAGENET) -> str:
+def network_spec(recipe: Recipe, splits: Splits, stem: str = Stem.IMAGENET) -> str:
     """A hardware_models spec string for the deployed network, where one exists ('' otherwise).
 
     `arch:NAME` builds a registry network with 3 input channels and 10 classes (`arch:NAME@cifar` with its
@@ -252,7 +252,7 @@ def network_spec(recipe: Recipe, splits: Splits, stem: Stem = Stem.IMAGENET) -> 
     fits = splits.info.channels == 3 and splits.info.num_classes == 10
     if not (unpruned and fits and recipe.student != TEACHER):
         return ""
-    return f"arch:{recipe.student}" + ("" if stem == Stem.IMAGENET else f"@{stem.value}")
+    return f"arch:{recipe.student}" + ("" if stem == Stem.IMAGENET else f"@{stem}")
 
 
 # --- scripts, json, manifest ----------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ class BundleModelError(RuntimeError):
 def save_model(path: Path, model: nn.Module, recipe: Recipe, *, network: str, input_shape: tuple[int, ...],
                num_classes: int, dataset: str, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
     torch.save({"format": FORMAT, "state_dict": model.state_dict(), "recipe": recipe.to_json(),
-                "recipe_hash": recipe.hash(), "network": network, "stem": model_stem(model).value,
+                "recipe_hash": recipe.hash(), "network": network, "stem": model_stem(model),
                 "input_shape": list(input_shape),
                 "num_classes": num_classes, "dataset": dataset, "mean": list(mean), "std": list(std),
                 "quantized": is_quantized(model),
@@ -64,7 +64,7 @@ def load_model(path: Path) -> tuple[nn.Module, Recipe]:
     state: dict[str, torch.Tensor] = saved["state_dict"]
     try:
         net = create_model(saved["network"], num_classes=int(saved["num_classes"]),
-                           in_channels=int(saved["input_shape"][0]), stem=Stem(saved.get("stem", Stem.IMAGENET)))
+                           in_channels=int(saved["input_shape"][0]), stem=str(saved.get("stem", Stem.IMAGENET)))
     except (KeyError, ImportError, ValueError) as error:
         raise BundleModelError(f"{path}: cannot build its network {saved['network']!r} ({error}); install or "
                                "import the package that defines it") from None

@@ -217,7 +217,7 @@ def _student_path(ctx: Context) -> Path | None:
              weights_digest(ctx.teacher), data_digest(ctx.splits.train, ctx.batcher.resolution)]
     stem = stem_of(r.student, ctx.batcher.resolution)
     if stem != Stem.IMAGENET:  # students cached before stems existed had torchvision's: their keys stay
-        parts.append(stem.value)
+        parts.append(stem)
     key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
     return ctx.cache_dir / "students" / f"{r.student}-{key}.pt"
 

@@ -29,8 +29,11 @@ StemEdit = Callable[[nn.Module], None]  # turns a freshly built network's ImageN
 
 
 class Stem(StrEnum):
+    """The kind of stem a rule picks; a built network records the exact one (`model_stem`: "imagenet" or the
+    name of a `SMALL_STEMS` edit), so that a later change of a rule cannot change what a saved network was."""
+
     IMAGENET = "imagenet"  # torchvision's, as published: what every network without a StemRule is built with
-    CIFAR = "cifar"  # the first downsampling removed (stride-1 stem convolution, no first max-pool)
+    CIFAR = "cifar"  # the architecture's small-input stem (the first downsampling removed)
 
 
 # Below this many pixels torchvision's 32x downsampling leaves a single cell for the last stage (at 64 px it
@@ -43,12 +46,14 @@ STEM_ATTRIBUTE = "compress_stem"
 
 @dataclass(frozen=True)
 class StemRule:
-    """The small-input stem a network has, and the resolution below which it is built with it."""
+    """The small-input stem a network has (a `SMALL_STEMS` name), and the resolution below which it is used."""
 
-    small: StemEdit
+    small: str
     below: int = SMALL_INPUT_BELOW
 
     def __post_init__(self) -> None:
+        if self.small not in SMALL_STEMS:
+            raise KeyError(f"unknown small stem {self.small!r}; known: {', '.join(sorted(SMALL_STEMS))}")
         if self.below < 1:
             raise ValueError(f"StemRule.below must be a resolution >= 1, got {self.below}")
 
@@ -68,20 +73,27 @@ class Architecture:
     # None: one stem at every resolution (the teacher, user and torchvision: networks, the MLP, small_cnn).
     stem_rule: StemRule | None = None
 
-    def stem_for(self, resolution: int | None = None) -> Stem:
-        """The stem this network is built with for `resolution`-px inputs (None: its default resolution)."""
+    def stem_for(self, resolution: int | None = None) -> str:
+        """The stem this network is built with for `resolution`-px inputs (None: its default resolution):
+        "imagenet" or the name of its small stem."""
         if self.stem_rule is None:
-            return Stem.IMAGENET
-        return self.stem_rule.stem_for(self.default_resolution if resolution is None else resolution)
+            return Stem.IMAGENET.value
+        kind = self.stem_rule.stem_for(self.default_resolution if resolution is None else resolution)
+        return self.stem_rule.small if kind == Stem.CIFAR else Stem.IMAGENET.value
 
-    def build(self, num_classes: int, in_channels: int, stem: Stem) -> nn.Module:
-        if stem == Stem.IMAGENET:
-            return self.builder(num_classes, in_channels)
-        if self.stem_rule is None:
-            raise ValueError(f"architecture {self.name!r} has no {stem.value} stem; it has only its own")
+    def build(self, num_classes: int, in_channels: int, stem: str) -> nn.Module:
+        """`stem`: "imagenet", "cifar" (this architecture's small stem) or the name of any `SMALL_STEMS` edit."""
         model = self.builder(num_classes, in_channels)
-        self.stem_rule.small(model)  # edits keep each layer's input channels: greyscale stems stay greyscale
-        setattr(model, STEM_ATTRIBUTE, stem.value)  # travels with copies and pickles: bundles record it
+        if stem == Stem.IMAGENET:
+            return model
+        if stem == Stem.CIFAR:
+            if self.stem_rule is None:
+                raise ValueError(f"architecture {self.name!r} has no cifar stem; it has only its own")
+            stem = self.stem_rule.small
+        if stem not in SMALL_STEMS:
+            raise KeyError(f"unknown stem {stem!r}; known: imagenet, cifar, {', '.join(sorted(SMALL_STEMS))}")
+        SMALL_STEMS[stem](model)  # edits keep each layer's input channels: greyscale stems stay greyscale
+        setattr(model, STEM_ATTRIBUTE, stem)  # travels with copies and pickles: bundles record it
         return model
 
 
@@ -127,32 +139,32 @@ def list_architectures(pattern: str = "*") -> list[str]:
 
 
 def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3, resolution: int | None = None,
-                 stem: Stem | None = None) -> nn.Module:
+                 stem: str | None = None) -> nn.Module:
     """Build a freshly initialised network by registry name, with the stem its rule picks for `resolution`-px
-    inputs (None: the architecture's default resolution). `stem` overrides the rule: a bundle rebuilds the
-    stem it was saved with, whatever the rule says today."""
+    inputs (None: the architecture's default resolution). `stem` overrides the rule (see `Architecture.build`):
+    a bundle rebuilds the stem it was saved with, whatever the rule says today."""
     arch = get_architecture(name)
-    return arch.build(num_classes, in_channels, arch.stem_for(resolution) if stem is None else Stem(stem))
+    return arch.build(num_classes, in_channels, arch.stem_for(resolution) if stem is None else stem)
 
 
-def stem_of(name: str, resolution: int | None = None) -> Stem:
-    """The stem `create_model(name, resolution=resolution)` builds. Networks named by a scheme (torchvision:,
-    the user's factory) have no rule, so this never imports the user's code."""
+def stem_of(name: str, resolution: int | None = None) -> str:
+    """The stem `create_model(name, resolution=resolution)` builds ("imagenet" or a small stem's name).
+    Networks named by a scheme (torchvision:, the user's factory) have no rule, so this never imports user code."""
     arch = ARCHITECTURES.get(name)
-    return Stem.IMAGENET if arch is None else arch.stem_for(resolution)
+    return Stem.IMAGENET.value if arch is None else arch.stem_for(resolution)
 
 
 def small_stems_at(resolution: int) -> dict[str, str]:
     """The registered networks built with a small stem at `resolution`, and which one: part of the keys of
     cached results, so that none computed with another stem is reused (empty, so keys stay as they were, where
     every network keeps torchvision's stem)."""
-    return {name: arch.stem_rule.small.__name__ for name, arch in sorted(ARCHITECTURES.items())
-            if arch.stem_rule is not None and arch.stem_for(resolution) != Stem.IMAGENET}
+    return {name: arch.stem_for(resolution) for name, arch in sorted(ARCHITECTURES.items())
+            if arch.stem_for(resolution) != Stem.IMAGENET}
 
 
-def model_stem(model: nn.Module) -> Stem:
-    """The stem a built network has (what `create_model` recorded on it)."""
-    return Stem(getattr(model, STEM_ATTRIBUTE, Stem.IMAGENET.value))
+def model_stem(model: nn.Module) -> str:
+    """The stem a built network has: what `create_model` recorded on it, "imagenet" when nothing was."""
+    return str(getattr(model, STEM_ATTRIBUTE, Stem.IMAGENET.value))
 
 
 def first_conv_for(model: nn.Module, in_channels: int) -> nn.Module:
@@ -243,7 +255,7 @@ SMALL_STEM_OF = {
     "squeezenet1_0": "squeezenet_conv_pool",
 }
 for _name, (_description, _hidden) in THESIS_HEADS.items():
-    _rule = StemRule(SMALL_STEMS[SMALL_STEM_OF[_name]]) if _name in SMALL_STEM_OF else None
+    _rule = StemRule(SMALL_STEM_OF[_name]) if _name in SMALL_STEM_OF else None
     register_architecture(_name, description=_description, stem_rule=_rule)(_thesis(_name, _hidden))
 
 

@@ -9,7 +9,6 @@ from torch import nn
 
 from benchmarks.stems import CANDIDATES
 from spaces.architectures import SMALL_INPUT_BELOW
-from spaces.architectures import SMALL_STEMS
 from spaces.architectures import Stem
 from spaces.architectures import StemRule
 from spaces.architectures import create_model
@@ -96,7 +95,8 @@ def test_the_rule_picks_the_stem_by_input_resolution(name: str) -> None:
     assert model_stem(big) == Stem.IMAGENET and _geometry(big) == _geometry(torchvision_net)
     assert _geometry(create_model(name, resolution=224)) == _geometry(torchvision_net)
     small = create_model(name, resolution=SMALL_INPUT_BELOW - 1)
-    assert model_stem(small) == Stem.CIFAR and _geometry(small) != _geometry(torchvision_net)
+    assert model_stem(small) == get_architecture(name).stem_rule.small
+    assert _geometry(small) != _geometry(torchvision_net)
     assert _last_map(create_model(name, resolution=32), 32) > 1
     assert _last_map(create_model(name, resolution=224), 32) == 1  # torchvision's stem fed 32 px: a single cell
 
@@ -114,18 +114,19 @@ def test_the_teacher_keeps_torchvisions_stem_at_32_px() -> None:
 
 def test_a_small_stem_keeps_greyscale_input() -> None:
     model = create_model("mobilenet_v2", in_channels=1, resolution=28)
-    assert model_stem(model) == Stem.CIFAR and model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert model_stem(model) == "mobilenet_v2_conv_block" and model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_stem_rules_validate_and_key_results_only_where_a_small_stem_is_built() -> None:
     with pytest.raises(ValueError, match="below must be a resolution >= 1"):
-        StemRule(SMALL_STEMS["resnet_3x3"], below=0)
+        StemRule("resnet_3x3", below=0)
+    with pytest.raises(KeyError, match="unknown small stem 'resnet_7x7'; known: .*resnet_3x3"):
+        StemRule("resnet_7x7")
     assert small_stems_at(224) == {}
     assert small_stems_at(32)["mobilenet_v2"] == "mobilenet_v2_conv_block"
 
 
 @pytest.mark.parametrize(("name", "stem"), [(a, s) for a, stems in CANDIDATES.items() for s in stems])
 def test_every_measured_small_stem_builds_and_keeps_more_than_one_cell_at_32_px(name: str, stem: str) -> None:
-    model = create_model(name, stem=Stem.IMAGENET)
-    SMALL_STEMS[stem](model)
-    assert _last_map(model, 32) > 1 and model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    model = create_model(name, stem=stem)
+    assert model_stem(model) == stem and _last_map(model, 32) > 1 and model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)

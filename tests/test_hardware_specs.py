@@ -105,6 +105,8 @@ def test_arch_specs_name_the_stem_not_the_input_size() -> None:
     pytest.importorskip("spaces.architectures")
     assert build_network("arch:mobilenet_v2", device="meta").features[0][0].stride == (2, 2)
     assert build_network("arch:mobilenet_v2@cifar", device="meta").features[0][0].stride == (1, 1)
+    conv_only = build_network("arch:mobilenet_v2@mobilenet_v2_conv", device="meta")  # a bundle names the exact one
+    assert (conv_only.features[0][0].stride, conv_only.features[2].conv[1][0].stride) == ((1, 1), (2, 2))
 
 
 @pytest.mark.parametrize("arch", ["small_cnn", "mobilenet_v2", "squeezenet1_1"])
