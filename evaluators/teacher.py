@@ -168,10 +168,23 @@ def prepare_teacher(config: TeacherConfig, splits: Splits, batcher: Batcher, spl
 
 
 def _folder(cache_dir: Path | None, config: TeacherConfig, dataset: str, key: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.arch.partition("@")[0])  # no process-local instance id
-    folder = Path(cache_dir or default_cache_dir()) / "teachers" / f"{safe}-{dataset}-{key}"
+    folder = _folder_path(cache_dir, config, dataset, key)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def _folder_path(cache_dir: Path | None, config: TeacherConfig, dataset: str, key: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.arch.partition("@")[0])  # no process-local instance id
+    return Path(cache_dir or default_cache_dir()) / "teachers" / f"{safe}-{dataset}-{key}"
+
+
+def is_cached(config: TeacherConfig, splits: Splits, batcher: Batcher, split: SplitConfig, *,
+              cache_dir: Path | None = None, device: torch.device | str = "cpu") -> bool:
+    """Whether `prepare_teacher` would find this teacher trained in the cache (its files present; the checksum
+    is verified when it is loaded). Nothing is created."""
+    key = teacher_key(config.as_trained_on(device), split, batcher.resolution, splits.fingerprint)
+    folder = _folder_path(cache_dir, config, splits.info.name.value, key)
+    return (folder / "teacher.json").is_file() and (folder / "teacher.pt").is_file()
 
 
 def build_teacher(config: TeacherConfig, num_classes: int, in_channels: int) -> nn.Module:

@@ -36,6 +36,7 @@ from evaluators.splits import SplitConfig
 from evaluators.splits import Splits
 from evaluators.teacher import TeacherConfig
 from evaluators.teacher import build_teacher
+from evaluators.teacher import is_cached
 from search.budget import Sizing
 from search.config import ConfigError
 from search.config import StudyConfig
@@ -150,7 +151,8 @@ class Study:
 
     def size_to_budget(self) -> None:
         """With a budget and `sizing = "fit"`, replace the config by one sized to the budget (search.sizing),
-        before the teacher is trained: its epochs are part of the plan. The data read here is kept for the run."""
+        before the teacher is trained: its epochs are part of the plan, unless the teacher needs no training (the
+        user's, or the profile's already in the cache). The data read here is kept for the run."""
         cfg = self.config
         if self._ctx is not None or not cfg.search.budget or cfg.search.sizing != Sizing.FIT:
             return
@@ -159,10 +161,11 @@ class Study:
         self.data = self.data or prepare_data(cfg.data, o.data_root, allow_download=o.allow_download,
                                               cache_dir=cache)
         splits, batcher = self.data
-        given = self.teacher is not None or bool(cfg.teacher.checkpoint)
+        given = self.teacher is not None or bool(cfg.teacher.checkpoint) or is_cached(
+            cfg.teacher, splits, batcher, cfg.data.split, cache_dir=cache, device=self.device)
         network = copy_of(self.teacher) if self.teacher is not None else \
             lambda: build_teacher(cfg.teacher, splits.info.num_classes, splits.info.channels)
-        self.config = sized(cfg, self.out, splits, batcher, network, teacher_given=given, device=self.device,
+        self.config = sized(cfg, self.out, splits, batcher, network, teacher_ready=given, device=self.device,
                             log=self.log)
 
     def optimize(self) -> StudyResult:

@@ -57,7 +57,8 @@ class Shares:
     final: float = 0.20
 
     def without_teacher(self) -> Shares:
-        """A user's trained teacher needs no time: its share goes to the search and the final stage pro rata."""
+        """A teacher that needs no training (the user's, or one in the cache) leaves its share to the search and the
+        final stage, pro rata."""
         rest = self.search + self.final
         return Shares(teacher=0.0, search=self.search / rest, final=self.final / rest)
 
@@ -88,7 +89,7 @@ class RunPlan:
     times: StepTimes
     counts: Counts
     profile: Counts  # the profile's own counts, for comparison
-    teacher_given: bool
+    teacher_ready: bool  # the user's teacher, or the profile's already cached: no training time
     estimate: dict[str, float]  # seconds: teacher, search, final
     notes: tuple[str, ...] = ()
 
@@ -101,7 +102,7 @@ class RunPlan:
         """The sized config. Its budget is the search's share and its sizing `off`: sized once, it stays so
         wherever it is read back (config.json, a Ray worker)."""
         c, fid = self.counts, config.fidelity
-        teacher = config.teacher if self.teacher_given else replace(
+        teacher = config.teacher if self.teacher_ready else replace(
             config.teacher, train=replace(config.teacher.train, epochs=c.teacher_epochs))
         f2 = _with_steps(fid.f2, c.f2_steps, c.student_steps)
         f3 = _with_steps(fid.f3, c.f3_steps, c.student_steps)
@@ -112,7 +113,7 @@ class RunPlan:
     def describe(self) -> str:
         """The plan as one block of lines, printed before the run and kept in report.md."""
         c, p, t, s, e = self.counts, self.profile, self.times, self.shares, self.estimate
-        teacher = "the given checkpoint (no training)" if self.teacher_given else \
+        teacher = "ready (the user's, or the profile's from the cache): no training" if self.teacher_ready else \
             f"{c.teacher_epochs} epochs (profile {p.teacher_epochs}), about {describe_duration(e['teacher'])}"
         return "\n".join([
             f"run plan for a budget of {self.budget} (shares: teacher {s.teacher:.0%}, search {s.search:.0%}, "
@@ -135,7 +136,7 @@ class RunPlan:
     def from_json(cls, raw: dict) -> RunPlan:
         return cls(budget=raw["budget"], shares=Shares(**raw["shares"]), times=StepTimes(**raw["times"]),
                    counts=Counts(**raw["counts"]), profile=Counts(**raw["profile"]),
-                   teacher_given=raw["teacher_given"], estimate=dict(raw["estimate"]), notes=tuple(raw["notes"]))
+                   teacher_ready=raw["teacher_ready"], estimate=dict(raw["estimate"]), notes=tuple(raw["notes"]))
 
 
 def _with_steps(level: LevelConfig, finetune: int, student: int) -> LevelConfig:
@@ -204,7 +205,7 @@ def workload(config: StudyConfig, splits: Splits, baselines: int) -> Workload:
                     promoted=promoted, final_jobs=config.search.final_max, baseline_jobs=baselines)
 
 
-def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_given: bool,
+def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_ready: bool,
              shares: Shares = Shares(), minimums: Minimums = Minimums()) -> RunPlan:
     """Share the budget out: the teacher's epochs and the final stage's F3 steps first (each within its share),
     then the search gets what is left, shrinking F2 and student steps (by the square root of the shortfall)
@@ -212,13 +213,13 @@ def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_g
     budget = float(config.search.budget_seconds or 0.0)
     profile = profile_counts(config)
     low = minimums.of(profile, config.search.population)
-    shares = shares.without_teacher() if teacher_given else shares
+    shares = shares.without_teacher() if teacher_ready else shares
     notes: list[str] = []
     epoch_s = work.teacher_epoch_steps * times.teacher_step
-    epochs = 0 if teacher_given else _clamp(math.floor(shares.teacher * budget / max(epoch_s, 1e-9)),
+    epochs = 0 if teacher_ready else _clamp(math.floor(shares.teacher * budget / max(epoch_s, 1e-9)),
                                             low.teacher_epochs, MAX_GROWTH * profile.teacher_epochs, "teacher epochs",
                                             notes)
-    teacher_s = epochs * epoch_s + (0 if teacher_given else work.teacher_eval_images * times.eval_image)
+    teacher_s = epochs * epoch_s + (0 if teacher_ready else work.teacher_eval_images * times.eval_image)
 
     def level_s(name: str, steps: int) -> float:
         return JOB_OVERHEAD_S + (steps + work.recovery_steps[name]) * times.finetune_step + \
@@ -237,7 +238,7 @@ def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_g
         notes.append(f"the budget is too small for the minimum plan: it needs about "
                      f"{describe_duration(sum(estimate.values()))}, more than {config.search.budget}")
     return RunPlan(budget=config.search.budget, shares=shares, times=times, counts=counts, profile=profile,
-                   teacher_given=teacher_given, estimate=estimate, notes=tuple(notes))
+                   teacher_ready=teacher_ready, estimate=estimate, notes=tuple(notes))
 
 
 def _size_search(search_s: float, times: StepTimes, work: Workload, profile: Counts, low: Counts,
@@ -316,11 +317,11 @@ def append_report(report: Path, plan: RunPlan) -> None:
 
 
 def sized(config: StudyConfig, out: Path, splits: Splits, batcher: Batcher, network: Callable[[], nn.Module], *,
-          teacher_given: bool, device: torch.device, log: Callable[[str], None]) -> StudyConfig:
+          teacher_ready: bool, device: torch.device, log: Callable[[str], None]) -> StudyConfig:
     """`config` sized to its budget: by the run folder's plan.json when it was made for the same budget (a resumed
     run keeps its plan), else by a new plan from step times measured now, which is written there."""
     plan = read_plan(out)
-    if plan is not None and plan.budget == config.search.budget and plan.teacher_given == teacher_given:
+    if plan is not None and plan.budget == config.search.budget:
         log(f"run plan kept from {out / PLAN_FILE}")
     else:
         if plan is not None:
@@ -328,7 +329,7 @@ def sized(config: StudyConfig, out: Path, splits: Splits, batcher: Batcher, netw
         t0 = time.monotonic()
         times = measure(config, network, splits, batcher, device)
         baselines = len(final.baselines(config.search.baselines, config.teacher.arch))
-        plan = plan_run(config, times, workload(config, splits, baselines), teacher_given=teacher_given)
+        plan = plan_run(config, times, workload(config, splits, baselines), teacher_ready=teacher_ready)
         write_plan(out, plan)
         log(f"measured step times in {time.monotonic() - t0:.0f} s")
     log(plan.describe())

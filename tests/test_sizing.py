@@ -27,7 +27,7 @@ TIMES = StepTimes(teacher_step=0.01, finetune_step=0.005, eval_image=2e-5)
 def _plan(budget: str, *, given: bool = False) -> RunPlan:
     config = load_study("mlp_mnist", "smoke")
     config = replace(config, search=replace(config.search, budget=budget))
-    return plan_run(config, TIMES, WORK, teacher_given=given)
+    return plan_run(config, TIMES, WORK, teacher_ready=given)
 
 
 def test_the_rule_grows_with_the_budget_and_never_goes_below_its_minimums() -> None:
@@ -42,7 +42,7 @@ def test_the_rule_grows_with_the_budget_and_never_goes_below_its_minimums() -> N
     assert RunPlan.from_json(json.loads(json.dumps(middle.as_json()))) == middle
 
 
-def test_a_given_teacher_needs_no_teacher_time() -> None:
+def test_a_ready_teacher_needs_no_teacher_time() -> None:
     trained, given = _plan("60s"), _plan("60s", given=True)
     assert given.counts.teacher_epochs == 0 and given.estimate["teacher"] == 0 and given.shares.teacher == 0
     assert abs(given.shares.search + given.shares.final - 1) < 1e-9
@@ -51,27 +51,39 @@ def test_a_given_teacher_needs_no_teacher_time() -> None:
     assert given.apply(config).teacher == config.teacher
 
 
-def test_a_tight_budget_plans_a_smaller_run_than_a_loose_one(mnist_root: Path, cache_dir: Path,
-                                                             tmp_path: Path) -> None:
+def test_a_teacher_in_the_cache_needs_no_teacher_time(mnist_root: Path, tmp_path: Path) -> None:
+    """The profile's teacher, once cached, is used as it is: the plan gives it no time and keeps its epochs."""
+    cache = tmp_path / "cache"
+    assert search_cli(*study_args(mnist_root, tmp_path / "plain", cache, "--baseline-only")).returncode == 0
+    result = search_cli(*study_args(mnist_root, tmp_path / "sized", cache, "--budget", "8s", "--baseline-only"))
+    assert result.returncode == 0, result.stderr
+    plan = RunPlan.from_json(json.loads((tmp_path / "sized" / "plan.json").read_text()))
+    assert plan.teacher_ready and plan.counts.teacher_epochs == 0 and "no training" in result.stdout
+    assert "teacher mlp (cache;" in result.stdout
+
+
+def test_a_tight_budget_plans_a_smaller_run_than_a_loose_one(mnist_root: Path, tmp_path: Path) -> None:
+    """Each run has its own empty teacher cache: a cached profile teacher would need no time and no plan."""
     plans = {}
     for budget in ("8s", "20m"):
         out = tmp_path / budget
-        result = search_cli(*study_args(mnist_root, out, cache_dir, "--budget", budget, "--baseline-only"))
+        result = search_cli(*study_args(mnist_root, out, tmp_path / f"cache-{budget}", "--budget", budget,
+                                        "--baseline-only"))
         assert result.returncode == 0, result.stderr
         assert f"run plan for a budget of {budget}" in result.stdout and "measured here: teacher" in result.stdout
         plans[budget] = RunPlan.from_json(json.loads((out / "plan.json").read_text()))
         config = json.loads((out / "config.json").read_text())  # the run's resolved config is the sized one
         assert config["search"]["trials"] == plans[budget].counts.trials
         assert config["teacher"]["train"]["epochs"] == plans[budget].counts.teacher_epochs
+        assert not plans[budget].teacher_ready
     tight, loose = plans["8s"].counts, plans["20m"].counts
     assert tight.trials < loose.trials and tight.teacher_epochs <= loose.teacher_epochs
     assert tight.f2_steps <= loose.f2_steps and tight.f3_steps <= loose.f3_steps
     assert (tight.trials, tight.f2_steps, tight.f3_steps) < (loose.trials, loose.f2_steps, loose.f3_steps)
 
 
-def test_the_plan_is_printed_reported_and_kept_when_the_run_resumes(mnist_root: Path, cache_dir: Path,
-                                                                    tmp_path: Path) -> None:
-    args = study_args(mnist_root, tmp_path / "run", cache_dir, "--budget", "15s")
+def test_the_plan_is_printed_reported_and_kept_when_the_run_resumes(mnist_root: Path, tmp_path: Path) -> None:
+    args = study_args(mnist_root, tmp_path / "run", tmp_path / "cache", "--budget", "15s")
     first = search_cli(*args)
     assert first.returncode == 0, first.stderr
     plan_file = tmp_path / "run" / "plan.json"
