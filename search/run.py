@@ -76,6 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="folder holding your own package, for [teacher] arch = 'package.module:factory'")
     p.add_argument("--baseline-only", action="store_true",
                    help="prepare data and teacher, write the baseline, and stop before the search")
+    p.add_argument("--plan-only", action="store_true",
+                   help="measure step times, print the plan sized to --budget (and write plan.json), and stop")
     return p.parse_args(argv)
 
 
@@ -107,6 +109,12 @@ def study_from_args(args: argparse.Namespace) -> Study:
 
 def run(args: argparse.Namespace) -> dict:
     study = study_from_args(args)
+    if args.plan_only:
+        if not study.config.search.budget or study.config.search.sizing != Sizing.FIT:
+            raise ConfigError("--plan-only: a plan is sized to a budget; give --budget TIME (and not --sizing off)")
+        study.out.mkdir(parents=True, exist_ok=True)
+        study.size_to_budget()
+        return {}
     if args.baseline_only:
         return study.prepare()
     result = study.optimize()
