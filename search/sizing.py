@@ -38,6 +38,7 @@ from search.budget import Sizing
 from search.budget import describe_duration
 from search.config import StudyConfig
 from search.promotion import PromotionKind
+from spaces.recipe import PruneSchedule
 
 PLAN_FILE = "plan.json"
 MAX_GROWTH = 4  # a loose budget multiplies the profile's teacher epochs and trials by at most this
@@ -196,22 +197,48 @@ def workload(config: StudyConfig, splits: Splits, baselines: int) -> Workload:
             b.score_images * b.max_candidates
 
     students = [s for s in config.space.students if s != "teacher"]
+    iterative = int(PruneSchedule.ITERATIVE in config.space.schedules)  # recovery steps run only between its steps
     promoted = 1.0 / config.search.eta if config.search.promotion == PromotionKind.MOASHA else 1.0
     return Workload(teacher_epoch_steps=len(splits.train) // config.teacher.train.batch_size,
                     teacher_eval_images=sizes["val"] + sizes["test"],
                     fresh_students=len(students) * len(config.space.distill_kinds),
                     level_images={n: images(n) for n in ("f1", "f2", "f3")},
-                    recovery_steps={n: getattr(fid, n).budget.recovery_steps for n in ("f1", "f2", "f3")},
+                    recovery_steps={n: getattr(fid, n).budget.recovery_steps * iterative for n in ("f1", "f2", "f3")},
                     promoted=promoted, final_jobs=config.search.final_max, baseline_jobs=baselines)
+
+
+@dataclass(frozen=True)
+class Price:
+    """Seconds of each piece of work at the measured step times."""
+
+    times: StepTimes
+    work: Workload
+
+    def level(self, name: str, steps: int) -> float:
+        w = self.work
+        return JOB_OVERHEAD_S + (steps + w.recovery_steps[name]) * self.times.finetune_step + \
+            w.level_images[name] * self.times.eval_image
+
+    def trial(self, f2: int) -> float:
+        return self.level("f1", 0) + self.work.promoted * self.level("f2", f2)
+
+    def students(self, steps: int) -> float:
+        return self.work.fresh_students * steps * self.times.finetune_step
+
+    def final(self, f2: int, f3: int) -> float:
+        """The final stage: F3 for the front, and F1, F2 and F3 for every baseline."""
+        w = self.work
+        return (w.final_jobs + w.baseline_jobs) * self.level("f3", f3) + \
+            w.baseline_jobs * (self.level("f1", 0) + self.level("f2", f2))
 
 
 def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_ready: bool,
              shares: Shares = Shares(), minimums: Minimums = Minimums()) -> RunPlan:
-    """Share the budget out: the teacher's epochs and the final stage's F3 steps first (each within its share),
-    then the search gets what is left, shrinking F2 and student steps (by the square root of the shortfall)
-    before trials when the profile's search does not fit."""
+    """Share the budget out: the teacher's epochs within its share; F2 and student steps shrunk (by the square root
+    of the shortfall, the trials taking the rest) when the profile's search does not fit the search's share; F3
+    steps within the final stage's share; then the trials fill what the teacher and the final stage leave."""
     budget = float(config.search.budget_seconds or 0.0)
-    profile = profile_counts(config)
+    profile, price = profile_counts(config), Price(times, work)
     low = minimums.of(profile, config.search.population)
     shares = shares.without_teacher() if teacher_ready else shares
     notes: list[str] = []
@@ -220,18 +247,20 @@ def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_r
                                             low.teacher_epochs, MAX_GROWTH * profile.teacher_epochs, "teacher epochs",
                                             notes)
     teacher_s = epochs * epoch_s + (0 if teacher_ready else work.teacher_eval_images * times.eval_image)
-
-    def level_s(name: str, steps: int) -> float:
-        return JOB_OVERHEAD_S + (steps + work.recovery_steps[name]) * times.finetune_step + \
-            work.level_images[name] * times.eval_image
-
-    per_baseline = level_s("f1", 0) + level_s("f2", profile.f2_steps)
-    jobs = work.final_jobs + work.baseline_jobs
-    room = (shares.final * budget - work.baseline_jobs * per_baseline) / max(jobs, 1) - level_s("f3", 0)
-    f3 = _clamp(math.floor(room / times.finetune_step), low.f3_steps, profile.f3_steps, "F3 steps", notes)
-    final_s = work.final_jobs * level_s("f3", f3) + work.baseline_jobs * (per_baseline + level_s("f3", f3))
-    search_s = budget - teacher_s - final_s
-    trials, f2, student, search_s = _size_search(search_s, times, work, profile, low, level_s, notes)
+    full = price.students(profile.student_steps) + profile.trials * price.trial(profile.f2_steps)
+    scale = min(1.0, math.sqrt(shares.search * budget / full)) if full > 0 else 1.0
+    f2 = _clamp(round(profile.f2_steps * scale), low.f2_steps, profile.f2_steps, "F2 steps", notes)
+    student = _clamp(round(profile.student_steps * scale), low.student_steps, profile.student_steps,
+                     "student steps", notes)
+    fixed = price.final(f2, 0)
+    f3 = _clamp(math.floor((shares.final * budget - fixed) / ((work.final_jobs + work.baseline_jobs) *
+                                                              times.finetune_step)),
+                low.f3_steps, profile.f3_steps, "F3 steps", notes)
+    final_s = price.final(f2, f3)
+    room = budget - teacher_s - final_s - price.students(student)
+    trials = _clamp(math.floor(room / max(price.trial(f2), 1e-9)), low.trials, MAX_GROWTH * profile.trials,
+                    "trials", notes)
+    search_s = max(budget - teacher_s - final_s, price.students(student) + trials * price.trial(f2))
     counts = Counts(teacher_epochs=epochs, trials=trials, student_steps=student, f2_steps=f2, f3_steps=f3)
     estimate = {"teacher": round(teacher_s, 1), "search": round(search_s, 1), "final": round(final_s, 1)}
     if sum(estimate.values()) > budget * 1.05:
@@ -239,27 +268,6 @@ def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_r
                      f"{describe_duration(sum(estimate.values()))}, more than {config.search.budget}")
     return RunPlan(budget=config.search.budget, shares=shares, times=times, counts=counts, profile=profile,
                    teacher_ready=teacher_ready, estimate=estimate, notes=tuple(notes))
-
-
-def _size_search(search_s: float, times: StepTimes, work: Workload, profile: Counts, low: Counts,
-                 level_s: Callable[[str, int], float], notes: list[str]) -> tuple[int, int, int, float]:
-    """Trials, F2 steps and student steps for `search_s` seconds, and the search seconds they are given."""
-
-    def trial_s(f2: int) -> float:
-        return level_s("f1", 0) + work.promoted * level_s("f2", f2)
-
-    def students_s(steps: int) -> float:
-        return work.fresh_students * steps * times.finetune_step
-
-    full = students_s(profile.student_steps) + profile.trials * trial_s(profile.f2_steps)
-    scale = 1.0 if full <= search_s else math.sqrt(max(search_s, 0.0) / full)
-    f2 = _clamp(round(profile.f2_steps * scale), low.f2_steps, profile.f2_steps, "F2 steps", notes)
-    student = _clamp(round(profile.student_steps * scale), low.student_steps, profile.student_steps,
-                     "student steps", notes)
-    room = search_s - students_s(student)
-    trials = _clamp(math.floor(room / max(trial_s(f2), 1e-9)), low.trials, MAX_GROWTH * profile.trials,
-                    "trials", notes)
-    return trials, f2, student, max(search_s, students_s(student) + trials * trial_s(f2))
 
 
 def _clamp(value: int, low: int, high: int, what: str, notes: list[str]) -> int:

@@ -33,7 +33,7 @@ def _plan(budget: str, *, given: bool = False) -> RunPlan:
 def test_the_rule_grows_with_the_budget_and_never_goes_below_its_minimums() -> None:
     tight, loose = _plan("5s"), _plan("30m")
     assert tight.counts.trials < loose.counts.trials and tight.counts.teacher_epochs < loose.counts.teacher_epochs
-    assert tight.counts == Counts(teacher_epochs=1, trials=4, student_steps=0, f2_steps=10, f3_steps=20)
+    assert tight.counts == Counts(teacher_epochs=1, trials=4, student_steps=0, f2_steps=18, f3_steps=20)  # 30 x 0.59
     assert any("kept at the minimum" in n for n in tight.notes)
     assert any("budget is too small for the minimum plan" in n for n in _plan("2s").notes)
     assert loose.counts.trials == 4 * 8 and loose.counts.teacher_epochs == 4 * 2 and not loose.notes  # at most 4x
