@@ -20,7 +20,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import re
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from dataclasses import field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -40,6 +40,7 @@ from evaluators.metrics import accuracy
 from evaluators.metrics import collapse_reason
 from evaluators.splits import Splits
 from evaluators.training import atomic_save
+from evaluators.training import atomic_write_bytes
 from hardware_models import estimate
 from hardware_models import extract
 from hardware_models import get_target
@@ -193,6 +194,14 @@ def level_fingerprint(level: LevelConfig, hardware: HardwareConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+class Store(Protocol):
+    """Where an evaluator keeps the results it computed, so that no recipe is scored twice at one level."""
+
+    def get(self, recipe: Recipe, fidelity: Fidelity, fingerprint: str) -> dict[str, Any] | None: ...
+
+    def put(self, recipe: Recipe, fidelity: Fidelity, fingerprint: str, result: dict[str, Any]) -> None: ...
+
+
 class ResultStore:
     """Results as small JSON files, written atomically so that concurrent workers never read half a file."""
 
@@ -210,11 +219,27 @@ class ResultStore:
             return None
 
     def put(self, recipe: Recipe, fidelity: Fidelity, fingerprint: str, result: dict[str, Any]) -> None:
-        path = self.path(recipe, fidelity, fingerprint)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
-        tmp.replace(path)
+        atomic_write_bytes(self.path(recipe, fidelity, fingerprint),
+                           json.dumps(result, indent=1, sort_keys=True).encode())
+
+
+class TaskStore:
+    """One remote task's results, in memory: a worker of a cluster that shares nothing but Ray has no run folder.
+
+    The driver seeds it with what its own store already holds for the task's recipe (`Evaluator.known`), so a
+    resumed run repeats no finished level; what the task computes (`written`) goes back to the driver, which
+    keeps it (`Evaluator.record`). The driver has checked the fingerprints, so only the level is a key here.
+    """
+
+    def __init__(self, known: dict[str, dict[str, Any]] | None = None) -> None:
+        self.known = dict(known or {})
+        self.written: dict[str, dict[str, Any]] = {}
+
+    def get(self, recipe: Recipe, fidelity: Fidelity, fingerprint: str) -> dict[str, Any] | None:
+        return self.known.get(fidelity.value)
+
+    def put(self, recipe: Recipe, fidelity: Fidelity, fingerprint: str, result: dict[str, Any]) -> None:
+        self.known[fidelity.value] = self.written[fidelity.value] = result
 
 
 def requested_bits(model: nn.Module, recipe: Recipe) -> dict[str, tuple[int, int]]:
@@ -327,7 +352,7 @@ class Evaluator:
     batcher: Batcher
     fidelity: FidelityConfig
     hardware: HardwareConfig
-    store: ResultStore
+    store: Store
     cache_dir: Path | None = None
     checkpoints: Path | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -346,6 +371,16 @@ class Evaluator:
     def cached(self, recipe: Recipe, fidelity: Fidelity) -> dict[str, Any] | None:
         known = self.store.get(recipe, fidelity, self._fingerprint(fidelity))
         return None if known is None else {**self._image_counts(fidelity, known), **known}
+
+    def known(self, recipe: Recipe, levels: tuple[Fidelity, ...]) -> dict[str, dict[str, Any]]:
+        """The stored results of `recipe` at `levels`, by level name: what a remote task need not compute."""
+        return {level.value: found for level in levels if (found := self.cached(recipe, level)) is not None}
+
+    def record(self, recipe: Recipe, results: dict[str, dict[str, Any]]) -> None:
+        """Keep results a remote task computed (by level name), as if this evaluator had computed them."""
+        for level, metrics in results.items():
+            fidelity = Fidelity(level)
+            self.store.put(recipe, fidelity, self._fingerprint(fidelity), metrics)
 
     def _image_counts(self, fidelity: Fidelity, known: dict[str, Any]) -> dict[str, int]:
         """How many images each accuracy was measured on, for results cached before the counts were stored:

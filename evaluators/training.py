@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -110,6 +111,15 @@ def atomic_save(obj: object, path: Path) -> None:
     """Write to a temporary file and rename, so a kill mid-write never leaves a truncated checkpoint."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def atomic_write_bytes(path: Path, blob: bytes) -> None:
+    """`atomic_save` for bytes already serialised elsewhere (a checkpoint a Ray worker sent back); the temporary
+    name carries the process id, so two writers of one path never share it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f"{path.suffix}.tmp{os.getpid()}")
+    tmp.write_bytes(blob)
     tmp.replace(path)
 
 

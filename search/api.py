@@ -110,9 +110,6 @@ class Study:
     def __init__(self, config: StudyConfig, options: RunOptions | None = None, *, teacher: nn.Module | None = None,
                  data: tuple[Splits, Batcher] | None = None, log: Log = _print) -> None:
         self.options = options or RunOptions()
-        if (teacher is not None or data is not None) and self.options.backend == "ray":
-            raise ConfigError("a teacher or datasets given in memory run with backend 'local'; for Ray, save the "
-                              "teacher's state_dict as [teacher] checkpoint and the images as an ImageFolder")
         make_plan(config)  # objectives and constraints are checked before any data is read
         self.config, self.teacher, self.data, self.log = config, teacher, data, log
         self.device = resolve_device(self.options.device)

@@ -3,13 +3,12 @@ Ray worker.
 
 A `RunSpec` is small and picklable (the validated `StudyConfig` itself, and where things live); `load_context`
 turns it into the data splits, the teacher and an `Evaluator`. Nothing re-reads a TOML file by name: a study
-built in Python (`search.api`) runs exactly like one loaded from a file. Workers call it once per process
-(`cached_context`), so a Ray task ships only a recipe.
+built in Python (`search.api`) runs exactly like one loaded from a file. Ray workers never call it: the driver
+ships them what it loaded (`search.shipment`).
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from dataclasses import replace
 from pathlib import Path
@@ -113,12 +112,6 @@ def load_context(spec: RunSpec, *, teacher: nn.Module | None = None, data: tuple
                           cache_dir=cache or trained.folder.parent.parent, checkpoints=out / "checkpoints",
                           device=device)
     return Context(spec, config, plan, splits, trained, evaluator)
-
-
-@functools.cache
-def cached_context(spec: RunSpec) -> Context:
-    """One context per worker process: data, teacher and logits are loaded once, not per trial."""
-    return load_context(spec)
 
 
 def size_notes(ctx: Context) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from evaluators.candidate import FidelityConfig
@@ -65,3 +66,27 @@ def test_registry_students_fit_any_class_count_channels_and_resolution(tmp_path:
         assert built.model(torch.zeros(2, 1, 24, 24)).shape == (2, 5), student
         costs = cost_metrics(built, HardwareConfig(targets=("zcu104", "rpi4", "rpi5")))
         assert all(costs[f"latency_{t}"] > 0 for t in ("zcu104", "rpi4", "rpi5")), student
+
+
+@pytest.mark.slow
+def test_a_teacher_and_data_in_memory_run_on_ray_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver ships the in-memory teacher and the loaded images to the Ray workers (`search.shipment`), so the
+    Python API's network and data need no file for Ray; the F3 checkpoints come back into the run folder."""
+    import json
+    import os
+
+    import search
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # Ray's session token goes under ~/.ray
+    monkeypatch.setenv("RAY_TMPDIR", f"/tmp/ray-api-{os.getpid()}")  # short: socket paths stay under 107 characters
+    root = write_generated_imagefolder(tmp_path / "images", per_class=30, size=16, splits=("train", "test"))
+    model = train_quickly(TinyNet(width=8), root, 16, steps=30)
+    fidelity = FidelityConfig(f1=LevelConfig(val_images=0, budget=TINY), f2=LevelConfig(val_images=0, budget=TINY),
+                              f3=LevelConfig(val_images=0, budget=TINY))
+    result = search.compress(teacher=model, data=root, resolution=16, targets=["rpi4"], trials=3, fidelity=fidelity,
+                             out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), progress=False,
+                             backend="ray", workers=2)
+    assert len(result.front) >= 1 and result.baselines["f3_test_accuracy"].notna().all()
+    cluster = json.loads((tmp_path / "run" / "cluster.json").read_text())
+    assert cluster["tasks"] >= 3 + len(result.baselines)  # every trial and every final-stage job ran on a worker
+    assert len(list((tmp_path / "run" / "checkpoints").glob("*.pt"))) >= len(result.baselines)
