@@ -128,7 +128,8 @@ def thesis_comparison(run: Path) -> str:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.paper_gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--study", default="resnet50_cifar10")
-    p.add_argument("--budget", default="20m", help="search wall time (the teacher and the final stage come on top)")
+    p.add_argument("--budget", default="20m",
+                   help="wall time of the whole run: teacher epochs, trials and F2/F3 steps are sized to it")
     p.add_argument("--trials", type=int, default=None, help="at most this many trials (default: the profile's)")
     p.add_argument("--tiny", action="store_true", help="the same path on the CPU at a tiny size, to check it")
     p.add_argument("--out", default=None, help="run folder (default: runs/paper-gpu or runs/paper-tiny)")

@@ -29,6 +29,8 @@ from evaluators.checkpoint import read_checkpoint
 from evaluators.datasets import file_digest
 from evaluators.metrics import accuracy
 from evaluators.metrics import model_summary
+from evaluators.precision import Precision
+from evaluators.precision import resolved
 from evaluators.splits import SplitConfig
 from evaluators.splits import Splits
 from evaluators.training import TrainConfig
@@ -50,6 +52,11 @@ CACHE_ENV = "EDGE_SEARCH_CACHE"
 TEACHER_FORMAT = 1
 
 
+def _teacher_training() -> TrainConfig:
+    """A teacher trains in bf16 wherever that is fast (a CUDA device, or a CPU with bf16 instructions)."""
+    return TrainConfig(precision=Precision.AUTO)
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edge-compress-search")
 
@@ -68,7 +75,7 @@ class TeacherConfig:
     code: str = ""  # relative to the study file
     # A checkpoint that is a whole pickled module can run arbitrary code when loaded: only with this set.
     allow_pickle: bool = False
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=_teacher_training)
 
     def __post_init__(self) -> None:
         if ":" not in self.arch and self.arch not in list_architectures():
@@ -88,8 +95,17 @@ class TeacherConfig:
     def key_fields(self) -> dict[str, Any]:
         """The fields a trained teacher's cache key depends on; fields left at their default are omitted, so
         caches made before they existed stay valid."""
-        fields = asdict(self)
+        fields = asdict(self) | {"train": self.train.key_fields()}
         return {k: v for k, v in fields.items() if k not in ("kwargs", "checkpoint", "code", "allow_pickle") or v}
+
+    def as_trained_on(self, device: torch.device | str) -> TeacherConfig:
+        """The config with `train.precision` replaced by what it means on `device` (bf16 or fp32), for the cache
+        key: `auto` trains a different network on a CPU with bf16 units than on one without. Where the result is
+        what this tool did before the setting existed (bf16 on CUDA, fp32 on a CPU), the key keeps its old form,
+        so teachers cached then stay valid."""
+        effective = resolved(self.train.precision, device)
+        keyed = Precision.GPU_BF16 if effective == resolved(Precision.GPU_BF16, device) else effective
+        return replace(self, train=replace(self.train, precision=keyed))
 
 
 @dataclass(frozen=True)
@@ -135,7 +151,7 @@ def prepare_teacher(config: TeacherConfig, splits: Splits, batcher: Batcher, spl
     if config.checkpoint:
         return user_teacher(config, splits, batcher, split, cache_dir=cache_dir, device=device)
     info = splits.info
-    key = teacher_key(config, split, batcher.resolution, splits.fingerprint)
+    key = teacher_key(config.as_trained_on(device), split, batcher.resolution, splits.fingerprint)
     folder = _folder(cache_dir, config, info.name.value, key)
     torch.manual_seed(config.train.seed)  # the initial weights are part of what the key promises
     model = build_teacher(config, info.num_classes, info.channels, batcher.resolution)
@@ -147,6 +163,7 @@ def prepare_teacher(config: TeacherConfig, splits: Splits, batcher: Batcher, spl
                    desc=f"teacher {config.arch}", progress=progress)
     meta = _measure(model, config, splits, batcher, device) | {
         "key": key, "train_seconds_this_run": round(time.monotonic() - t0, 1), "resumed_from_step": result.resumed_from,
+        "train_precision": resolved(config.train.precision, device).value,
         "train_steps": result.steps, "split": asdict(split)}
     model.cpu()
     atomic_save(model.state_dict(), folder / "teacher.pt")
@@ -157,10 +174,23 @@ def prepare_teacher(config: TeacherConfig, splits: Splits, batcher: Batcher, spl
 
 
 def _folder(cache_dir: Path | None, config: TeacherConfig, dataset: str, key: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.arch.partition("@")[0])  # no process-local instance id
-    folder = Path(cache_dir or default_cache_dir()) / "teachers" / f"{safe}-{dataset}-{key}"
+    folder = _folder_path(cache_dir, config, dataset, key)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def _folder_path(cache_dir: Path | None, config: TeacherConfig, dataset: str, key: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.arch.partition("@")[0])  # no process-local instance id
+    return Path(cache_dir or default_cache_dir()) / "teachers" / f"{safe}-{dataset}-{key}"
+
+
+def is_cached(config: TeacherConfig, splits: Splits, batcher: Batcher, split: SplitConfig, *,
+              cache_dir: Path | None = None, device: torch.device | str = "cpu") -> bool:
+    """Whether `prepare_teacher` would find this teacher trained in the cache (its files present; the checksum
+    is verified when it is loaded). Nothing is created."""
+    key = teacher_key(config.as_trained_on(device), split, batcher.resolution, splits.fingerprint)
+    folder = _folder_path(cache_dir, config, splits.info.name.value, key)
+    return (folder / "teacher.json").is_file() and (folder / "teacher.pt").is_file()
 
 
 def build_teacher(config: TeacherConfig, num_classes: int, in_channels: int, resolution: int) -> nn.Module:

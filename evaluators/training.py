@@ -28,8 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from evaluators import precision as numerics
 from evaluators.batches import Batcher
 from evaluators.datasets import ImageSet
+from evaluators.precision import Precision
+from evaluators.precision import autocast
 from spaces.validated import settings
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -59,9 +62,19 @@ class TrainConfig:
     label_smoothing: float = field(default=0.0, metadata={"min": 0.0, "max": 0.5})
     augment: bool = True
     seed: int = field(default=0, metadata={"min": 0})
+    # bf16 autocast + channels_last where it is fast (evaluators.precision); the teacher's default is `auto`.
+    precision: Precision = Precision.GPU_BF16
+
+    def key_fields(self) -> dict:
+        """The fields as a cache key sees them: `precision` at its default is left out, so checkpoints, cached
+        results and teachers made before the field existed keep their keys."""
+        fields = asdict(self)
+        if self.precision == Precision.GPU_BF16:
+            del fields["precision"]
+        return fields
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.key_fields(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class TrainingDiverged(RuntimeError):
@@ -158,17 +171,15 @@ def _restore(state: TrainState, checkpoint: Path | None, tag: str) -> int:
     return state.step
 
 
-def memory_format(device: torch.device | str) -> torch.memory_format:
-    """channels_last on CUDA, where convolutions run faster in NHWC (tensor cores); the default elsewhere."""
-    return torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
+def memory_format(device: torch.device | str, precision: Precision = Precision.GPU_BF16) -> torch.memory_format:
+    """channels_last where training runs in bf16 (its convolutions are NHWC kernels); the default elsewhere."""
+    return numerics.memory_format(precision, device)
 
 
-def accelerated(device: torch.device | str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); plain fp32 on the CPU, where the tool's
-    accuracy numbers were established."""
-    if torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def accelerated(device: torch.device | str, precision: Precision = Precision.GPU_BF16
+                ) -> contextlib.AbstractContextManager:
+    """bf16 autocast where `precision` asks for it on `device` (evaluators.precision); plain fp32 otherwise."""
+    return autocast(precision, device)
 
 
 def train(model: nn.Module, data: ImageSet, batcher: Batcher, config: TrainConfig, *,
@@ -186,7 +197,8 @@ def train(model: nn.Module, data: ImageSet, batcher: Batcher, config: TrainConfi
     if steps_per_epoch == 0:
         raise ValueError(f"no training images to train on (batch_size {config.batch_size}, {len(data)} images)")
     total = config.epochs * steps_per_epoch if max_steps is None else max_steps
-    model.to(device, memory_format=memory_format(device))
+    layout = memory_format(device, config.precision)
+    model.to(device, memory_format=layout)
     holder = nn.ParameterList(extra_params or [])
     opt = make_optimizer(nn.ModuleList([model, holder]), config)
     state = TrainState(model, opt, make_schedule(opt, config, total))
@@ -204,8 +216,8 @@ def train(model: nn.Module, data: ImageSet, batcher: Batcher, config: TrainConfi
             for x, y in batcher.train_batches(data, config.batch_size, seed=config.seed, epoch=epoch,
                                               start_step=offset, augment=config.augment, device=device):
                 torch.manual_seed(config.seed * 1_000_003 + state.step)
-                with accelerated(device):
-                    loss = loss_fn(model, x.to(device, memory_format=memory_format(device)), y.to(device))
+                with accelerated(device, config.precision):
+                    loss = loss_fn(model, x.to(device, memory_format=layout), y.to(device))
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"{desc}: loss is {loss.item()} at step {state.step}")
                 opt.zero_grad(set_to_none=True)
@@ -231,5 +243,7 @@ def train(model: nn.Module, data: ImageSet, batcher: Batcher, config: TrainConfi
         raise
     finally:
         bar.close()
+    if layout != torch.contiguous_format:  # a network trained now and one loaded from a cache look the same
+        model.to(memory_format=torch.contiguous_format)
     model.eval()
     return TrainResult(steps=total, resumed_from=start, seconds=time.monotonic() - t0, final_loss=loss_value)

@@ -5,7 +5,10 @@ Each executed layer costs compute (work / (throughput per cycle x clock x thread
 thread wake-up). Throughput is per layer class, because CPU inference libraries run them with different
 kernels: 3x3 stride-1 convolutions with Winograd, 1x1 convolutions as a plain GEMM, other convolutions
 through im2col, depthwise convolutions with direct loops, fully connected layers as GEMV, elementwise/
-pooling passes and pure data movement (concat, channel shuffle). The memory term is *added*, not
+activation passes, pooling windows and pure data movement (concat, channel shuffle). Pooling is its own
+class (nn-Meter's per-kernel split): a 3x3 window reads nine inputs per output, so its work is the elements
+the window reads, not in + out elements, and sharing one rate with ReLUs and adds made every pooling layer
+cost as little as an add (NAS-Bench-201 cells with three pooling edges came out 10-15% fast). The memory term is *added*, not
 max()-ed: fitted on the ncnn rows both ways, the sum fits better (the A72's small out-of-order window hides little
 memory latency behind NEON arithmetic; `combine="max"` is the strict roofline, and
 benchmarks/hardware_accuracy.py prints the fit error of both).
@@ -52,11 +55,13 @@ ARM_BOARDS: dict[str, ArmBoard] = {
                            memory="DDR4-2666, 64-bit"),
 }
 
-CLASSES = ("winograd", "gemm1x1", "conv", "dwconv", "fc", "eltwise", "move")
+CLASSES = ("winograd", "gemm1x1", "conv", "dwconv", "fc", "eltwise", "move", "pool")
 # Physical guesses (the weak prior of the fit), per core per cycle for fp32 on a Cortex-A72: two 128-bit
 # NEON FMA pipes peak at 8 MAC/cycle; Winograd F(4,3) saves ~4x multiplies; GEMV and depthwise loops are
-# load-bound; elementwise passes move an element or two per cycle. int8 kernels: 1.5x (SMLAL widening).
-_CLASS_DEFAULTS = (8.0, 4.0, 2.0, 1.0, 1.0, 0.5, 1.0)
+# load-bound; elementwise passes move an element or two per cycle; a pooling window's reads are contiguous
+# vector loads and adds (about two per cycle). int8 kernels: 1.5x (SMLAL widening).
+_CLASS_DEFAULTS = (8.0, 4.0, 2.0, 1.0, 1.0, 0.5, 1.0, 2.0)
+_MAC_CLASSES = 5  # classes below this index count MACs as work; the others count elements
 _INT8_SPEEDUP = 1.5
 # Activations ncnn and qnnpack fuse into the preceding convolution (TFLite fuses the clamp-like ones).
 _CPU_FUSED = frozenset({"silu", "SiLU", "hardswish", "Hardswish", "sigmoid", "Sigmoid", "hardsigmoid",
@@ -124,15 +129,28 @@ def _class_of(layer: Layer, layers: tuple[Layer, ...]) -> int | None:
     if kind is Kind.ACT and layer.op in _CPU_FUSED and len(layer.inputs) == 1 and \
             layers[layer.inputs[0]].kind in (Kind.CONV, Kind.DWCONV, Kind.FC, Kind.BN):
         return None
-    if kind in (Kind.POOL, Kind.ELTWISE, Kind.ACT, Kind.BN):
+    if kind is Kind.POOL:
+        return 7
+    if kind in (Kind.ELTWISE, Kind.ACT, Kind.BN):
         return 5
     return None
+
+
+def _work(layer: Layer, cls: int) -> float:
+    """MACs for the arithmetic classes; elements read and written for the others, where a pooling layer reads
+    its whole window per output (a global pool reads each input once)."""
+    if cls < _MAC_CLASSES:
+        return float(layer.macs)
+    if CLASSES[cls] == "pool":
+        return float(max(layer.in_elements, layer.out_elements * layer.kernel[0] * layer.kernel[1])
+                     + layer.out_elements)
+    return float(layer.in_elements + layer.out_elements)
 
 
 def param_specs(runtime: str, precision: str) -> tuple[ParamSpec, ...]:
     prefix = f"{runtime}.{precision}."
     boost = _INT8_SPEEDUP if precision == "int8" else 1.0
-    rates = tuple(ParamSpec(prefix + f"{c}_per_cycle", v * boost, 0.0, "MAC/cycle/core" if i < 5 else "elem/cycle/core",
+    rates = tuple(ParamSpec(prefix + f"{c}_per_cycle", v * boost, 0.0, "MAC/cycle/core" if i < _MAC_CLASSES else "elem/cycle/core",
                             f"{c} throughput per core per cycle") for i, (c, v) in
                   enumerate(zip(CLASSES, _CLASS_DEFAULTS, strict=True)))
     return rates + (
@@ -194,7 +212,7 @@ class ArmModel(CostModel):
                 continue
             cls.append(c)
             prec.append(PRECISIONS.index(kernels[layer.index]))
-            work.append(layer.macs if c <= 4 else layer.in_elements + layer.out_elements)
+            work.append(_work(layer, c))
             act.append(layer.in_elements + layer.out_elements)
             weights.append(layer.weights)
             names.append(layer.name)

@@ -23,6 +23,7 @@ from hardware_models.intervals import conformal_halfwidth
 
 if TYPE_CHECKING:
     from hardware_models.calibrate import Calibration
+    from hardware_models.graph import Network
 
 
 @dataclass(frozen=True)
@@ -124,3 +125,40 @@ def coverage(predicted: np.ndarray, measured: np.ndarray, folds: Sequence[Sequen
             pool = [j for j in others if groups[j] == groups[i]] or list(others)
             halfwidth[i] = conformal_halfwidth(log_residual[pool], level)
     return float(np.mean(log_residual <= halfwidth + 1e-12)), halfwidth
+
+
+@dataclass(frozen=True)
+class ReplicateAgreement:
+    """How well a table agrees with itself where it measured the same executed graph more than once."""
+
+    rows: int            # rows that share their executed graph with at least one other row
+    groups: int          # distinct executed graphs among them
+    within: float        # share of those rows within the tolerance of their group's median
+    median_error: float  # median |row / group median - 1|
+
+
+def executed_signature(network: Network) -> tuple:
+    """What the runtime executes, whatever the spec's wording: the multiset of computed layers (kind, op,
+    kernel, stride, groups, shapes). Two NAS-Bench-201 cells that differ only in edges the graph optimiser
+    removes get the same signature."""
+    return tuple(sorted((layer.kind.value, layer.op, layer.kernel, layer.stride, layer.groups, layer.in_shape,
+                         layer.out_shape) for layer in network.computed()))
+
+
+def replicate_agreement(signatures: Sequence[tuple], measured: np.ndarray,
+                        tolerance: float = 0.10) -> ReplicateAgreement:
+    """Rows measured on identical executed graphs, against their group's median.
+
+    Any model whose input is the executed graph predicts one value per group, so `within` bounds the
+    share of rows it can get within `tolerance` (optimistically: the median is chosen on the rows
+    themselves). On HW-NAS-Bench's Raspberry Pi 4 rows it says whether a miss is the model's or the table's.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, signature in enumerate(signatures):
+        groups.setdefault(signature, []).append(i)
+    shared = [g for g in groups.values() if len(g) > 1]
+    errors = np.concatenate([np.abs(measured[g] / np.median(measured[g]) - 1.0) for g in shared]) \
+        if shared else np.zeros(0)
+    return ReplicateAgreement(rows=int(errors.size), groups=len(shared),
+                              within=float(np.mean(errors <= tolerance + 1e-12)) if errors.size else float("nan"),
+                              median_error=float(np.median(errors)) if errors.size else float("nan"))

@@ -29,11 +29,15 @@ from evaluators.candidate import FidelityConfig
 from evaluators.candidate import HardwareConfig
 from evaluators.candidate import LevelConfig
 from evaluators.data import DataConfig
+from evaluators.data import prepare_data
 from evaluators.datasets import Dataset
 from evaluators.memory_data import in_memory_data
 from evaluators.splits import SplitConfig
 from evaluators.splits import Splits
 from evaluators.teacher import TeacherConfig
+from evaluators.teacher import build_teacher
+from evaluators.teacher import is_cached
+from search.budget import Sizing
 from search.config import ConfigError
 from search.config import StudyConfig
 from search.config import StudyInfo
@@ -44,6 +48,9 @@ from search.context import make_plan
 from search.context import size_notes
 from search.engine import BaselineSet
 from search.engine import SearchConfig
+from search.sizing import PLAN_FILE
+from search.sizing import copy_of
+from search.sizing import sized
 from search.study import Backend
 from search.study import run_study
 from search.study import storage_url
@@ -130,6 +137,7 @@ class Study:
         self.log(f"study {cfg.name} (profile {cfg.profile}) from {cfg.source or 'Python'}; device {self.device}; "
                  f"output {self.out}")
         t0 = time.monotonic()
+        self.size_to_budget()
         ctx = self.context()
         splits, batcher = ctx.splits, ctx.evaluator.batcher
         self.log(f"data: {splits.info.name.value} from {splits.fingerprint}, {splits.info.num_classes} classes, "
@@ -137,6 +145,25 @@ class Study:
         for note in size_notes(ctx):
             self.log(f"note: {note}")
         return write_baseline(ctx, self.out, self.log, t0)
+
+    def size_to_budget(self) -> None:
+        """With a budget and `sizing = "fit"`, replace the config by one sized to the budget (search.sizing),
+        before the teacher is trained: its epochs are part of the plan, unless the teacher needs no training (the
+        user's, or the profile's already in the cache). The data read here is kept for the run."""
+        cfg = self.config
+        if self._ctx is not None or not cfg.search.budget or cfg.search.sizing != Sizing.FIT:
+            return
+        o = self.options
+        cache = Path(o.cache_dir) if o.cache_dir else None
+        self.data = self.data or prepare_data(cfg.data, o.data_root, allow_download=o.allow_download,
+                                              cache_dir=cache)
+        splits, batcher = self.data
+        given = self.teacher is not None or bool(cfg.teacher.checkpoint) or is_cached(
+            cfg.teacher, splits, batcher, cfg.data.split, cache_dir=cache, device=self.device)
+        network = copy_of(self.teacher) if self.teacher is not None else \
+            lambda: build_teacher(cfg.teacher, splits.info.num_classes, splits.info.channels, batcher.resolution)
+        self.config = sized(cfg, self.out, splits, batcher, network, teacher_ready=given, device=self.device,
+                            log=self.log)
 
     def optimize(self) -> StudyResult:
         """Search, final stage and every output file; returns the result (resumes a stored study)."""
@@ -165,6 +192,7 @@ def start_fresh(out: Path, storage: str | None, name: str) -> None:
             optuna.delete_study(study_name=name, storage=storage)
     for folder in ("results", "checkpoints"):
         shutil.rmtree(out / folder, ignore_errors=True)
+    (out / PLAN_FILE).unlink(missing_ok=True)
 
 
 def write_baseline(ctx: Context, out: Path, log: Log, t0: float) -> dict:

@@ -13,11 +13,19 @@ import re
 import time
 from dataclasses import dataclass
 from dataclasses import field
+from enum import StrEnum
 
 import optuna
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 SPENT_ATTR = "search_seconds"  # study user attribute: search wall time spent by earlier runs
+
+
+class Sizing(StrEnum):
+    """What a budget bounds (`[search] sizing`)."""
+
+    FIT = "fit"  # the whole run: teacher epochs, trials and F2/F3 steps sized to it (search.sizing)
+    OFF = "off"  # the search alone; the profile's counts are kept
 
 
 def parse_duration(text: str) -> float:

@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 from evaluators.candidate import Evaluator
 from evaluators.candidate import Fidelity
 from search.budget import Clock
+from search.budget import Sizing
 from search.budget import parse_duration
 from search.objectives import Constraint
 from search.objectives import cost_gate
@@ -75,7 +76,8 @@ class SearchConfig:
     baselines: BaselineSet = BaselineSet.SURVEY  # thesis_table needs the thesis's ResNet-50 teacher
     promotion: PromotionKind = PromotionKind.MOASHA  # which F1 results earn F2 (search.promotion)
     eta: int = field(default=3, metadata={"min": 2, "max": 1000})  # moasha: the top 1/eta of F1 results get F2
-    budget: str = ""  # search wall time, e.g. "60m" or "1h30m"; "" = the trial count alone
+    budget: str = ""  # wall time, e.g. "60m" or "1h30m"; "" = the trial count alone
+    sizing: Sizing = Sizing.FIT  # fit: the budget is the whole run, sized to it (search.sizing); off: the search alone
 
     # After the front: quantized front members + the teacher as cascades (search.cascade_study), fitted on
     # validation to stay within `cascade_within` points of the teacher; non-dominated ones join the front.

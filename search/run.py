@@ -20,6 +20,7 @@ from evaluators.datasets import DataError
 from evaluators.teacher import CACHE_ENV
 from search.api import RunOptions
 from search.api import Study
+from search.budget import Sizing
 from search.budget import parse_duration
 from search.config import ConfigError
 from search.config import available_studies
@@ -56,8 +57,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars (logs stay)")
     p.add_argument("--trials", type=int, default=None, help="number of search trials (default: the profile's)")
     p.add_argument("--budget", default=None, metavar="TIME",
-                   help="search wall time, e.g. 90s, 60m or 1h30m: no new trial starts once it is spent (nor once "
-                        "--trials are done), then the final stage runs (default: the profile's [search] budget)")
+                   help="wall time, e.g. 90s, 60m or 1h30m (default: the profile's [search] budget). With --sizing "
+                        "fit (the default) it is the whole run's: teacher epochs, trials and F2/F3 steps are sized "
+                        "to it from step times measured at the start (plan.json); with --sizing off it bounds the "
+                        "search alone: no new trial starts once it is spent (nor once --trials are done)")
+    p.add_argument("--sizing", default=None, choices=[s.value for s in Sizing],
+                   help="what --budget bounds: fit (the whole run, sized to it) or off (the search alone); default: "
+                        "the profile's [search] sizing, else fit")
     p.add_argument("--fresh", action="store_true",
                    help="start the study over (default: resume it; finished trials are never repeated)")
     p.add_argument("--storage", default=None,
@@ -70,6 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="folder holding your own package, for [teacher] arch = 'package.module:factory'")
     p.add_argument("--baseline-only", action="store_true",
                    help="prepare data and teacher, write the baseline, and stop before the search")
+    p.add_argument("--plan-only", action="store_true",
+                   help="measure step times, print the plan sized to --budget (and write plan.json), and stop")
     return p.parse_args(argv)
 
 
@@ -94,11 +102,19 @@ def study_from_args(args: argparse.Namespace) -> Study:
         except ValueError as err:
             raise ConfigError(f"--budget: {err}") from None
         config = dataclasses.replace(config, search=dataclasses.replace(config.search, budget=args.budget))
+    if args.sizing is not None:
+        config = dataclasses.replace(config, search=dataclasses.replace(config.search, sizing=Sizing(args.sizing)))
     return Study(config, options_from_args(args))
 
 
 def run(args: argparse.Namespace) -> dict:
     study = study_from_args(args)
+    if args.plan_only:
+        if not study.config.search.budget or study.config.search.sizing != Sizing.FIT:
+            raise ConfigError("--plan-only: a plan is sized to a budget; give --budget TIME (and not --sizing off)")
+        study.out.mkdir(parents=True, exist_ok=True)
+        study.size_to_budget()
+        return {}
     if args.baseline_only:
         return study.prepare()
     result = study.optimize()

@@ -25,6 +25,7 @@ from search import cascade_study
 from search import engine
 from search import final
 from search import results
+from search import sizing
 from search.budget import Clock
 from search.budget import describe_duration
 from search.context import Context
@@ -200,6 +201,9 @@ def write_outputs(ctx: Context, study: optuna.Study, front_: list[final.Candidat
                          hypervolume_plot="hypervolume.png")
     append_deployment_section(out / "report.md", front_, ctx.config.hardware.targets, ctx.config.hardware.storage)
     cascade_study.append_report(out / "report.md", cascades, joined, ctx.config.hardware.names)
+    plan = sizing.read_plan(out)
+    if plan is not None and plan.search_budget == ctx.config.search.budget:  # this run was sized by it
+        sizing.append_report(out / "report.md", plan)
     (out / "summary.json").write_text(json.dumps({**header, **summary.as_json()}, indent=2, default=str))
     log(f"wrote trials.csv ({len(trials)} rows), pareto.csv ({len(front_table)}), baselines.csv, pareto.png, "
         f"report.md under {out}")

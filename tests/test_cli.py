@@ -28,7 +28,7 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     for option in ("--study", "--profile", "--data-root", "--out", "--cache-dir", "--device", "--no-download",
                    "--fresh", "--storage", "--backend", "--address", "--workers", "--trials", "--code",
-                   "--baseline-only"):
+                   "--baseline-only", "--budget", "--sizing", "--plan-only"):
         assert option in out
 
 

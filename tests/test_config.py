@@ -63,6 +63,9 @@ def _write(tmp_path: Path, text: str) -> str:
     ("[teacher.train]\nepochs = \"three\"", r"teacher\.train\.epochs: expected int, got str 'three'"),
     ("[teacher.train]\nepochs = 0", r"teacher\.train\.epochs: 0 is out of range; allowed 1 \.\. 1000"),
     ("[teacher.train]\noptimizer = \"lion\"", r"optimizer: 'lion' is not allowed; use one of 'sgd', 'adam', 'adamw'"),
+    ("[teacher.train]\nprecision = \"fp16\"",
+     r"study\.toml \(profile smoke\)\.teacher\.train\.precision: 'fp16' is not allowed; use one of 'auto', "
+     r"'gpu_bf16', 'bf16', 'fp32'"),
     ("[data.split]\nval_size = 5.5", r"data\.split\.val_size: expected int, got float"),
     ("[bogus]\nx = 1", r"unknown section \[bogus\]"),
 ])

@@ -175,3 +175,20 @@ def test_dpu_configuration_is_a_profile_parameter(tmp_path) -> None:
     assert kv260["latency_ms"] == pytest.approx(big["latency_ms"])
     assert kv260["fps_multi_thread"] < big["fps_multi_thread"]
     assert "KV260 board never measured" in kv260["interval_note"] and kv260["energy_source"] == "measured"
+
+
+def test_arm_pooling_is_its_own_kernel_whose_work_is_the_window() -> None:
+    """A 3x3 pooling window reads nine inputs per output: its own class and rate, not an add's (in + out);
+    a global pool reads each input once."""
+    from hardware_models.arm import ARM_BOARDS
+    from hardware_models.arm import ArmModel
+
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.AvgPool2d(3, stride=1, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1)).eval()
+    network = extract(model, (3, 16, 16))
+    table = ArmModel(ARM_BOARDS["rpi4"]).table(Case(network=network, board="rpi4", precision="fp32"))
+    pools = [i for i, kind in enumerate(table.kinds) if kind == "pool"]
+    assert len(pools) == 2 and "eltwise" in table.kinds
+    window, global_pool = (float(table["work"][i]) for i in pools)
+    assert window == 16 * 16 * 16 * 9 + 16 * 16 * 16
+    assert global_pool == 16 * 16 * 16 + 16

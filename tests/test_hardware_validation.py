@@ -111,3 +111,21 @@ def test_few_measurements_adapt_the_builtin_profile(tmp_path: Path, capsys: pyte
 
     assert drift(adapted) < drift(scratch)
     assert load_profile(adapted).calibration["prior"].startswith("rpi4 profile")
+
+
+def test_replicate_agreement_groups_identical_executed_graphs() -> None:
+    """Two NAS-Bench-201 cells that differ only in an edge the optimiser removes share a signature; the
+    agreement is measured against each group's median."""
+    from hardware_models.graph import extract_spec
+    from hardware_models.validation import executed_signature
+    from hardware_models.validation import replicate_agreement
+
+    shape = (3, 32, 32)
+    a = extract_spec("nb201:|skip_connect~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|none~0|skip_connect~1|none~2|", shape)
+    b = extract_spec("nb201:|skip_connect~0|+|nor_conv_1x1~0|nor_conv_1x1~1|+|none~0|skip_connect~1|none~2|", shape)
+    c = extract_spec("nb201:|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|"
+                     "nor_conv_3x3~2|", shape)
+    assert executed_signature(a) == executed_signature(b) != executed_signature(c)
+    result = replicate_agreement([executed_signature(n) for n in (a, b, a, c)], np.array([1.0, 1.05, 1.5, 9.0]))
+    assert (result.rows, result.groups) == (3, 1)
+    assert result.within == pytest.approx(2 / 3) and result.median_error == pytest.approx(1 - 1 / 1.05)

@@ -193,9 +193,9 @@ def test_promotion_spends_f2_on_the_promising_share_and_the_ladder_on_all(mlp_st
 
 def test_a_wall_clock_budget_stops_the_search_and_a_resumed_run_keeps_it(mnist_root: Path, cache_dir: Path,
                                                                          tmp_path: Path) -> None:
-    """`--budget 2s` with room for 500 trials: the search stops asking once 2 s are spent, then runs the final
-    stage; rerunning the same command finds the budget spent and starts no trial."""
-    args = study_args(mnist_root, tmp_path / "w", cache_dir, "--trials", "500", "--budget", "2s")
+    """`--budget 2s --sizing off` (the search's own clock) with room for 500 trials: the search stops asking once
+    2 s are spent, then runs the final stage; rerunning the same command finds the budget spent and starts no trial."""
+    args = study_args(mnist_root, tmp_path / "w", cache_dir, "--trials", "500", "--budget", "2s", "--sizing", "off")
     result = search_cli(*args)
     assert result.returncode == 0, result.stderr
     assert "plan: up to 500 trials or 2s of search wall time, whichever ends first" in result.stdout
@@ -221,6 +221,8 @@ def test_a_wall_clock_budget_stops_the_search_and_a_resumed_run_keeps_it(mnist_r
     ('sampler = "nsga2"', 'sampler = "nsga2"\nbudget = "an hour"', "search.budget: 'an hour' is not a wall-clock"),
     ('sampler = "nsga2"', 'sampler = "nsga2"\npromotion = "asha"', "search.promotion: 'asha' is not allowed"),
     ('sampler = "nsga2"', 'sampler = "nsga2"\neta = 1', "search.eta: 1 is out of range"),
+    ('sampler = "nsga2"', 'sampler = "nsga2"\nsizing = "guess"', "search.sizing: 'guess' is not allowed; use one of "
+                                                                  "'fit', 'off'"),
 ])
 def test_bad_search_config_fails_in_one_line(old: str, new: str, message: str, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:

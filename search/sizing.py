@@ -1,0 +1,344 @@
+"""A run sized to its wall-clock budget: teacher epochs, trials and F2/F3 step counts from measured step times.
+
+Why: a profile's counts were chosen on one machine; on a slower one the same `cpu` profile runs for hours, on a
+faster one it leaves most of the hour unused. With `[search] budget` (and `sizing = "fit"`, the default) the
+budget is the whole run's wall time: a few training steps of the teacher's network and a few evaluation
+batches are timed on this machine, and the budget is shared out (`Shares`: teacher, search, final stage). What
+the teacher and the final stage do not use goes to the search. Nothing is sized below `Minimums`; when even
+those do not fit, the plan says so and gives its estimate. The plan is written to `plan.json` in the run
+folder: a resumed run reads it instead of measuring again, so it searches the same space with the same teacher.
+
+The cost model is deliberately simple: a student's step is timed on the teacher's network (an upper bound for
+a smaller student), an evaluation costs its images' forward passes, and MO-ASHA promotes 1/eta of the trials.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from dataclasses import dataclass
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from evaluators.batches import Batcher
+from evaluators.candidate import LevelConfig
+from evaluators.splits import Splits
+from evaluators.training import Schedule
+from evaluators.training import TrainConfig
+from evaluators.training import train
+from search import final
+from search.budget import Sizing
+from search.budget import describe_duration
+from search.config import StudyConfig
+from search.promotion import PromotionKind
+from spaces.recipe import PruneSchedule
+
+PLAN_FILE = "plan.json"
+MAX_GROWTH = 4  # a loose budget multiplies the profile's teacher epochs and trials by at most this
+WARM_STEPS = 1
+TIMED_STEPS = 2
+# Seconds per evaluation job beyond its steps and images (building the recipe, cost models, the sampler): the
+# MNIST smoke study spends about 0.7 s per F1 trial where its steps and images predict 0.1 s.
+JOB_OVERHEAD_S = 0.5
+
+
+@dataclass(frozen=True)
+class Shares:
+    """The budget's split between the teacher's training, the search and the final stage (F3 and baselines)."""
+
+    teacher: float = 0.35
+    search: float = 0.45
+    final: float = 0.20
+
+    def without_teacher(self) -> Shares:
+        """A teacher that needs no training (the user's, or one in the cache) leaves its share to the search and the
+        final stage, pro rata."""
+        rest = self.search + self.final
+        return Shares(teacher=0.0, search=self.search / rest, final=self.final / rest)
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """Seconds measured on this machine: one teacher training step, one fine-tune step of the teacher's network
+    (at the fine-tune batch size), and one image's forward pass in evaluation."""
+
+    teacher_step: float
+    finetune_step: float
+    eval_image: float
+
+
+@dataclass(frozen=True)
+class Counts:
+    teacher_epochs: int
+    trials: int
+    student_steps: int
+    f2_steps: int
+    f3_steps: int
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    budget: str
+    shares: Shares
+    times: StepTimes
+    counts: Counts
+    profile: Counts  # the profile's own counts, for comparison
+    teacher_ready: bool  # the user's teacher, or the profile's already cached: no training time
+    estimate: dict[str, float]  # seconds: teacher, search, final
+    notes: tuple[str, ...] = ()
+
+    @property
+    def search_budget(self) -> str:
+        """The search's own wall-clock limit (the clock that stops asking for trials)."""
+        return describe_duration(max(self.estimate["search"], 1.0))
+
+    def apply(self, config: StudyConfig) -> StudyConfig:
+        """The sized config. Its budget is the search's share and its sizing `off`: sized once, it stays so
+        wherever it is read back (config.json, a Ray worker)."""
+        c, fid = self.counts, config.fidelity
+        teacher = config.teacher if self.teacher_ready else replace(
+            config.teacher, train=replace(config.teacher.train, epochs=c.teacher_epochs))
+        f2 = _with_steps(fid.f2, c.f2_steps, c.student_steps)
+        f3 = _with_steps(fid.f3, c.f3_steps, c.student_steps)
+        f1 = _with_steps(fid.f1, fid.f1.budget.finetune_steps, c.student_steps)
+        return replace(config, teacher=teacher, fidelity=replace(fid, f1=f1, f2=f2, f3=f3),
+                       search=replace(config.search, trials=c.trials, budget=self.search_budget, sizing=Sizing.OFF))
+
+    def describe(self) -> str:
+        """The plan as one block of lines, printed before the run and kept in report.md."""
+        c, p, t, s, e = self.counts, self.profile, self.times, self.shares, self.estimate
+        teacher = "ready (the user's, or the profile's from the cache): no training" if self.teacher_ready else \
+            f"{c.teacher_epochs} epochs (profile {p.teacher_epochs}), about {describe_duration(e['teacher'])}"
+        return "\n".join([
+            f"run plan for a budget of {self.budget} (shares: teacher {s.teacher:.0%}, search {s.search:.0%}, "
+            f"final stage {s.final:.0%}):",
+            f"  measured here: teacher {t.teacher_step:.3f} s/step, fine-tune {t.finetune_step:.3f} s/step, "
+            f"evaluation {1000 * t.eval_image:.3f} ms/image, plus {JOB_OVERHEAD_S} s per evaluation job",
+            f"  teacher: {teacher}",
+            f"  search: up to {c.trials} trials (profile {p.trials}) within {self.search_budget}; F2 "
+            f"{c.f2_steps} fine-tune steps (profile {p.f2_steps}), students {c.student_steps} steps "
+            f"(profile {p.student_steps})",
+            f"  final stage: F3 {c.f3_steps} fine-tune steps (profile {p.f3_steps}), about "
+            f"{describe_duration(e['final'])}",
+            f"  estimated total {describe_duration(sum(e.values()))}",
+            *(f"  note: {n}" for n in self.notes)])
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict) -> RunPlan:
+        return cls(budget=raw["budget"], shares=Shares(**raw["shares"]), times=StepTimes(**raw["times"]),
+                   counts=Counts(**raw["counts"]), profile=Counts(**raw["profile"]),
+                   teacher_ready=raw["teacher_ready"], estimate=dict(raw["estimate"]), notes=tuple(raw["notes"]))
+
+
+def _with_steps(level: LevelConfig, finetune: int, student: int) -> LevelConfig:
+    b = level.budget
+    student = student if b.student_steps else 0  # a level that trains no fresh students keeps it that way
+    return replace(level, budget=replace(b, finetune_steps=finetune if b.finetune_steps else 0,
+                                         student_steps=student))
+
+
+@dataclass(frozen=True)
+class Minimums:
+    """Below these a run says nothing: one teacher epoch, one sampler generation, a few steps per level (or the
+    profile's own count where that is smaller)."""
+
+    teacher_epochs: int = 1
+    f2_steps: int = 10
+    f3_steps: int = 20
+    student_steps: int = 50
+
+    def of(self, profile: Counts, population: int) -> Counts:
+        return Counts(teacher_epochs=min(self.teacher_epochs, profile.teacher_epochs),
+                      trials=min(population, profile.trials), student_steps=min(self.student_steps,
+                                                                                profile.student_steps),
+                      f2_steps=min(self.f2_steps, profile.f2_steps), f3_steps=min(self.f3_steps, profile.f3_steps))
+
+
+def profile_counts(config: StudyConfig) -> Counts:
+    f = config.fidelity
+    return Counts(teacher_epochs=config.teacher.train.epochs, trials=config.search.trials,
+                  student_steps=max(f.f1.budget.student_steps, f.f2.budget.student_steps, f.f3.budget.student_steps),
+                  f2_steps=f.f2.budget.finetune_steps, f3_steps=f.f3.budget.finetune_steps)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the study does per unit, in the units `StepTimes` prices: steps and images."""
+
+    teacher_epoch_steps: int
+    teacher_eval_images: int
+    fresh_students: int  # distinct (student, distillation) pairs trained once each
+    level_images: dict[str, int]  # images evaluated per recipe at f1, f2, f3
+    recovery_steps: dict[str, int]
+    promoted: float  # share of trials that reach F2
+    final_jobs: int  # front recipes given F3
+    baseline_jobs: int  # baselines, given F1, F2 and F3
+
+
+def workload(config: StudyConfig, splits: Splits, baselines: int) -> Workload:
+    sizes, fid = splits.sizes(), config.fidelity
+
+    def images(name: str) -> int:
+        level: LevelConfig = getattr(fid, name)
+        b = level.budget
+        val = level.val_images or sizes["val"]
+        test = (level.test_images or sizes["test"]) if name == "f3" else 0
+        return min(val, sizes["val"]) + min(test, sizes["test"]) + b.calib_images + b.bn_images + \
+            b.score_images * b.max_candidates
+
+    students = [s for s in config.space.students if s != "teacher"]
+    iterative = int(PruneSchedule.ITERATIVE in config.space.schedules)  # recovery steps run only between its steps
+    promoted = 1.0 / config.search.eta if config.search.promotion == PromotionKind.MOASHA else 1.0
+    return Workload(teacher_epoch_steps=len(splits.train) // config.teacher.train.batch_size,
+                    teacher_eval_images=sizes["val"] + sizes["test"],
+                    fresh_students=len(students) * len(config.space.distill_kinds),
+                    level_images={n: images(n) for n in ("f1", "f2", "f3")},
+                    recovery_steps={n: getattr(fid, n).budget.recovery_steps * iterative for n in ("f1", "f2", "f3")},
+                    promoted=promoted, final_jobs=config.search.final_max, baseline_jobs=baselines)
+
+
+@dataclass(frozen=True)
+class Price:
+    """Seconds of each piece of work at the measured step times."""
+
+    times: StepTimes
+    work: Workload
+
+    def level(self, name: str, steps: int) -> float:
+        w = self.work
+        return JOB_OVERHEAD_S + (steps + w.recovery_steps[name]) * self.times.finetune_step + \
+            w.level_images[name] * self.times.eval_image
+
+    def trial(self, f2: int) -> float:
+        return self.level("f1", 0) + self.work.promoted * self.level("f2", f2)
+
+    def students(self, steps: int) -> float:
+        return self.work.fresh_students * steps * self.times.finetune_step
+
+    def final(self, f2: int, f3: int) -> float:
+        """The final stage: F3 for the front, and F1, F2 and F3 for every baseline."""
+        w = self.work
+        return (w.final_jobs + w.baseline_jobs) * self.level("f3", f3) + \
+            w.baseline_jobs * (self.level("f1", 0) + self.level("f2", f2))
+
+
+def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_ready: bool,
+             shares: Shares = Shares(), minimums: Minimums = Minimums()) -> RunPlan:
+    """Share the budget out: the teacher's epochs within its share; F2 and student steps shrunk (by the square root
+    of the shortfall, the trials taking the rest) when the profile's search does not fit the search's share; F3
+    steps within the final stage's share; then the trials fill what the teacher and the final stage leave."""
+    budget = float(config.search.budget_seconds or 0.0)
+    profile, price = profile_counts(config), Price(times, work)
+    low = minimums.of(profile, config.search.population)
+    shares = shares.without_teacher() if teacher_ready else shares
+    notes: list[str] = []
+    epoch_s = work.teacher_epoch_steps * times.teacher_step
+    epochs = 0 if teacher_ready else _clamp(math.floor(shares.teacher * budget / max(epoch_s, 1e-9)),
+                                            low.teacher_epochs, MAX_GROWTH * profile.teacher_epochs, "teacher epochs",
+                                            notes)
+    teacher_s = epochs * epoch_s + (0 if teacher_ready else work.teacher_eval_images * times.eval_image)
+    full = price.students(profile.student_steps) + profile.trials * price.trial(profile.f2_steps)
+    scale = min(1.0, math.sqrt(shares.search * budget / full)) if full > 0 else 1.0
+    f2 = _clamp(round(profile.f2_steps * scale), low.f2_steps, profile.f2_steps, "F2 steps", notes)
+    student = _clamp(round(profile.student_steps * scale), low.student_steps, profile.student_steps,
+                     "student steps", notes)
+    fixed = price.final(f2, 0)
+    f3 = _clamp(math.floor((shares.final * budget - fixed) / ((work.final_jobs + work.baseline_jobs) *
+                                                              times.finetune_step)),
+                low.f3_steps, profile.f3_steps, "F3 steps", notes)
+    final_s = price.final(f2, f3)
+    room = budget - teacher_s - final_s - price.students(student)
+    trials = _clamp(math.floor(room / max(price.trial(f2), 1e-9)), low.trials, MAX_GROWTH * profile.trials,
+                    "trials", notes)
+    search_s = max(budget - teacher_s - final_s, price.students(student) + trials * price.trial(f2))
+    counts = Counts(teacher_epochs=epochs, trials=trials, student_steps=student, f2_steps=f2, f3_steps=f3)
+    estimate = {"teacher": round(teacher_s, 1), "search": round(search_s, 1), "final": round(final_s, 1)}
+    if sum(estimate.values()) > budget * 1.05:
+        notes.append(f"the budget is too small for the minimum plan: it needs about "
+                     f"{describe_duration(sum(estimate.values()))}, more than {config.search.budget}")
+    return RunPlan(budget=config.search.budget, shares=shares, times=times, counts=counts, profile=profile,
+                   teacher_ready=teacher_ready, estimate=estimate, notes=tuple(notes))
+
+
+def _clamp(value: int, low: int, high: int, what: str, notes: list[str]) -> int:
+    if value < low:
+        notes.append(f"{what} kept at the minimum {low} (the budget's share would give {max(value, 0)})")
+        return low
+    return min(value, high)
+
+
+def _timed_steps(model: nn.Module, splits: Splits, batcher: Batcher, config: TrainConfig,
+                 device: torch.device) -> float:
+    """Seconds per training step after a warm-up step (constant schedule: a step costs the same under any)."""
+    config = replace(config, schedule=Schedule.CONSTANT, epochs=1)
+    train(model, splits.train, batcher, config, device=device, max_steps=WARM_STEPS, progress=False)
+    return train(model, splits.train, batcher, config, device=device, max_steps=TIMED_STEPS,
+                 progress=False).seconds / TIMED_STEPS
+
+
+def measure(config: StudyConfig, network: Callable[[], nn.Module], splits: Splits, batcher: Batcher,
+            device: torch.device) -> StepTimes:
+    """Time the teacher's training step, a fine-tune step and evaluation on this machine (seconds), on an untrained
+    copy of the teacher's network (`network()` builds one; the real teacher is never touched)."""
+    model = network()
+    teacher_step = _timed_steps(model, splits, batcher, config.teacher.train, device)
+    finetune_step = _timed_steps(model, splits, batcher, config.fidelity.f2.budget.finetune_train, device)
+    size = config.fidelity.f1.budget.eval_batch_size
+    batches = list(batcher.eval_batches(splits.val.first(3 * size), size, device=device))
+    model.eval()
+    with torch.no_grad():
+        model(batches[0][0])  # warm-up
+        t0 = time.monotonic()
+        count = sum(len(model(x)) for x, _ in batches)
+        eval_image = (time.monotonic() - t0) / count
+    return StepTimes(teacher_step=round(teacher_step, 4), finetune_step=round(finetune_step, 4),
+                     eval_image=round(eval_image, 6))
+
+
+def copy_of(model: nn.Module) -> Callable[[], nn.Module]:
+    return lambda: copy.deepcopy(model)
+
+
+def read_plan(out: Path) -> RunPlan | None:
+    path = out / PLAN_FILE
+    return RunPlan.from_json(json.loads(path.read_text())) if path.is_file() else None
+
+
+def write_plan(out: Path, plan: RunPlan) -> None:
+    (out / PLAN_FILE).write_text(json.dumps(plan.as_json(), indent=2))
+
+
+def append_report(report: Path, plan: RunPlan) -> None:
+    """The plan the run was sized by, as printed, at the end of report.md."""
+    with report.open("a") as f:
+        f.write(f"\n## Run plan ({PLAN_FILE})\n\n```\n{plan.describe()}\n```\n")
+
+
+def sized(config: StudyConfig, out: Path, splits: Splits, batcher: Batcher, network: Callable[[], nn.Module], *,
+          teacher_ready: bool, device: torch.device, log: Callable[[str], None]) -> StudyConfig:
+    """`config` sized to its budget: by the run folder's plan.json when it was made for the same budget (a resumed
+    run keeps its plan), else by a new plan from step times measured now, which is written there."""
+    plan = read_plan(out)
+    if plan is not None and plan.budget == config.search.budget:
+        log(f"run plan kept from {out / PLAN_FILE}")
+    else:
+        if plan is not None:
+            log(f"{out / PLAN_FILE} was made for a budget of {plan.budget}; sizing the run again")
+        t0 = time.monotonic()
+        times = measure(config, network, splits, batcher, device)
+        baselines = len(final.baselines(config.search.baselines, config.teacher.arch))
+        plan = plan_run(config, times, workload(config, splits, baselines), teacher_ready=teacher_ready)
+        write_plan(out, plan)
+        log(f"measured step times in {time.monotonic() - t0:.0f} s")
+    log(plan.describe())
+    return plan.apply(config)

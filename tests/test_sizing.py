@@ -1,0 +1,103 @@
+"""A run sized to its budget (search.sizing): real short runs of the MNIST study at its smoke profile, and the
+sizing rule itself on given step times."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from search.config import load_study
+from search.sizing import Counts
+from search.sizing import RunPlan
+from search.sizing import StepTimes
+from search.sizing import Workload
+from search.sizing import plan_run
+from tests.cli_helpers import search_cli
+from tests.cli_helpers import study_args
+
+# The MNIST smoke study's work as `workload` counts it (20,000 training images at batch 128, 5,000 validation
+# and 10,000 test images, 2 front recipes and 4 survey baselines): written out so the rule is checked on its own.
+WORK = Workload(teacher_epoch_steps=156, teacher_eval_images=15_000, fresh_students=0,
+                level_images={"f1": 3_012, "f2": 3_012, "f3": 16_012}, recovery_steps={"f1": 0, "f2": 0, "f3": 0},
+                promoted=1 / 3, final_jobs=3, baseline_jobs=4)
+TIMES = StepTimes(teacher_step=0.01, finetune_step=0.005, eval_image=2e-5)
+
+
+def _plan(budget: str, *, given: bool = False) -> RunPlan:
+    config = load_study("mlp_mnist", "smoke")
+    config = replace(config, search=replace(config.search, budget=budget))
+    return plan_run(config, TIMES, WORK, teacher_ready=given)
+
+
+def test_the_rule_grows_with_the_budget_and_never_goes_below_its_minimums() -> None:
+    tight, loose = _plan("5s"), _plan("30m")
+    assert tight.counts.trials < loose.counts.trials and tight.counts.teacher_epochs < loose.counts.teacher_epochs
+    assert tight.counts == Counts(teacher_epochs=1, trials=4, student_steps=0, f2_steps=18, f3_steps=20)  # 30 x 0.59
+    assert any("kept at the minimum" in n for n in tight.notes)
+    assert any("budget is too small for the minimum plan" in n for n in _plan("2s").notes)
+    assert loose.counts.trials == 4 * 8 and loose.counts.teacher_epochs == 4 * 2 and not loose.notes  # at most 4x
+    middle = _plan("60s")
+    assert sum(middle.estimate.values()) <= 60 * 1.05 and middle.counts.trials > 8  # the profile fits, with room
+    assert RunPlan.from_json(json.loads(json.dumps(middle.as_json()))) == middle
+
+
+def test_a_ready_teacher_needs_no_teacher_time() -> None:
+    trained, given = _plan("60s"), _plan("60s", given=True)
+    assert given.counts.teacher_epochs == 0 and given.estimate["teacher"] == 0 and given.shares.teacher == 0
+    assert abs(given.shares.search + given.shares.final - 1) < 1e-9
+    assert given.counts.trials >= trained.counts.trials
+    config = load_study("mlp_mnist", "smoke")
+    assert given.apply(config).teacher == config.teacher
+
+
+def test_a_teacher_in_the_cache_needs_no_teacher_time(mnist_root: Path, tmp_path: Path) -> None:
+    """The profile's teacher, once cached, is used as it is: the plan gives it no time and keeps its epochs."""
+    cache = tmp_path / "cache"
+    assert search_cli(*study_args(mnist_root, tmp_path / "plain", cache, "--baseline-only")).returncode == 0
+    result = search_cli(*study_args(mnist_root, tmp_path / "sized", cache, "--budget", "8s", "--baseline-only"))
+    assert result.returncode == 0, result.stderr
+    plan = RunPlan.from_json(json.loads((tmp_path / "sized" / "plan.json").read_text()))
+    assert plan.teacher_ready and plan.counts.teacher_epochs == 0 and "no training" in result.stdout
+    assert "teacher mlp (cache;" in result.stdout
+
+
+def test_a_tight_budget_plans_a_smaller_run_than_a_loose_one(mnist_root: Path, tmp_path: Path) -> None:
+    """Each run has its own empty teacher cache: a cached profile teacher would need no time and no plan."""
+    plans = {}
+    for budget in ("8s", "20m"):
+        out = tmp_path / budget
+        result = search_cli(*study_args(mnist_root, out, tmp_path / f"cache-{budget}", "--budget", budget,
+                                        "--baseline-only"))
+        assert result.returncode == 0, result.stderr
+        assert f"run plan for a budget of {budget}" in result.stdout and "measured here: teacher" in result.stdout
+        plans[budget] = RunPlan.from_json(json.loads((out / "plan.json").read_text()))
+        config = json.loads((out / "config.json").read_text())  # the run's resolved config is the sized one
+        assert config["search"]["trials"] == plans[budget].counts.trials
+        assert config["teacher"]["train"]["epochs"] == plans[budget].counts.teacher_epochs
+        assert not plans[budget].teacher_ready
+    tight, loose = plans["8s"].counts, plans["20m"].counts
+    assert tight.trials < loose.trials and tight.teacher_epochs <= loose.teacher_epochs
+    assert tight.f2_steps <= loose.f2_steps and tight.f3_steps <= loose.f3_steps
+    assert (tight.trials, tight.f2_steps, tight.f3_steps) < (loose.trials, loose.f2_steps, loose.f3_steps)
+
+
+def test_the_plan_is_printed_reported_and_kept_when_the_run_resumes(mnist_root: Path, tmp_path: Path) -> None:
+    args = study_args(mnist_root, tmp_path / "run", tmp_path / "cache", "--budget", "15s")
+    first = search_cli(*args)
+    assert first.returncode == 0, first.stderr
+    plan_file = tmp_path / "run" / "plan.json"
+    saved = plan_file.read_bytes()
+    plan = RunPlan.from_json(json.loads(saved))
+    assert plan.describe() in first.stdout  # printed as one block, before the data and the teacher
+    assert first.stdout.index("run plan for a budget of 15s") < first.stdout.index("teacher mlp")
+    assert f"plan: up to {plan.counts.trials} trials or {plan.search_budget} of search wall time" in first.stdout
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Run plan (plan.json)" in report and plan.describe() in report
+    again = search_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert "run plan kept from" in again.stdout and "measured step times" not in again.stdout
+    assert plan_file.read_bytes() == saved
+    other = search_cli(*args[:-1], "16s", "--baseline-only")  # another budget is planned anew
+    assert other.returncode == 0, other.stderr
+    assert "was made for a budget of 15s; sizing the run again" in other.stdout
