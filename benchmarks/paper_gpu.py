@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import re
 import shutil
 import subprocess
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from hardware_models.host import cpu_name
 from spaces.recipe import Recipe
 from spaces.recipe import describe
 
@@ -87,11 +88,7 @@ def device_name(device: str) -> str:
         import torch
 
         return f"{torch.cuda.get_device_name(0)} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)"
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    import os
-
-    return f"CPU: {model}, {os.cpu_count()} cores"
+    return f"CPU: {cpu_name()}, {os.cpu_count()} cores"
 
 
 def board_accuracy(note: str) -> float | None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from collections.abc import Iterator
@@ -50,6 +49,7 @@ from evaluators.metrics import accuracy
 from evaluators.splits import SplitConfig
 from evaluators.training import TrainConfig
 from evaluators.training import train
+from hardware_models.host import cpu_name
 from search.intervals import Accuracy
 from search.intervals import Comparison
 from search.intervals import compare_accuracy
@@ -151,16 +151,6 @@ def measure(arch: str, stem: str, args: argparse.Namespace, splits, batcher, *, 
 def stems(arch: str) -> Iterator[str]:
     yield Stem.IMAGENET.value
     yield from CANDIDATES[arch]
-
-
-def cpu_name() -> str:
-    """The CPU's model name (what `lscpu` prints), so a table says what it was measured on."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

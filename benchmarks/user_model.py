@@ -27,6 +27,7 @@ from pathlib import Path
 
 from evaluators.data import DataConfig
 from evaluators.data import prepare_data
+from hardware_models.host import cpu_name
 from search.config import study_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,11 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cpu() -> str:
-    try:
-        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("model name"))
-        return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    except (OSError, StopIteration):
-        return f"unknown x{os.cpu_count()}"
+    return f"{cpu_name()} x{os.cpu_count()}"
 
 
 if __name__ == "__main__":

@@ -151,8 +151,8 @@ def prepare_teacher(config: TeacherConfig, splits: Splits, batcher: Batcher, spl
     if config.checkpoint:
         return user_teacher(config, splits, batcher, split, cache_dir=cache_dir, device=device)
     info = splits.info
-    key = teacher_key(config.as_trained_on(device), split, batcher.resolution, splits.fingerprint)
-    folder = _folder(cache_dir, config, info.name.value, key)
+    key, folder = _trained_location(config, splits, batcher, split, cache_dir, device)
+    folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.train.seed)  # the initial weights are part of what the key promises
     model = build_teacher(config, info.num_classes, info.channels, batcher.resolution)
     meta = _load_cached(folder, model)
@@ -184,12 +184,18 @@ def _folder_path(cache_dir: Path | None, config: TeacherConfig, dataset: str, ke
     return Path(cache_dir or default_cache_dir()) / "teachers" / f"{safe}-{dataset}-{key}"
 
 
+def _trained_location(config: TeacherConfig, splits: Splits, batcher: Batcher, split: SplitConfig,
+                      cache_dir: Path | None, device: torch.device | str) -> tuple[str, Path]:
+    """The cache key and folder of the teacher this config trains on `device` (the folder is not created)."""
+    key = teacher_key(config.as_trained_on(device), split, batcher.resolution, splits.fingerprint)
+    return key, _folder_path(cache_dir, config, splits.info.name.value, key)
+
+
 def is_cached(config: TeacherConfig, splits: Splits, batcher: Batcher, split: SplitConfig, *,
               cache_dir: Path | None = None, device: torch.device | str = "cpu") -> bool:
     """Whether `prepare_teacher` would find this teacher trained in the cache (its files present; the checksum
     is verified when it is loaded). Nothing is created."""
-    key = teacher_key(config.as_trained_on(device), split, batcher.resolution, splits.fingerprint)
-    folder = _folder_path(cache_dir, config, splits.info.name.value, key)
+    _, folder = _trained_location(config, splits, batcher, split, cache_dir, device)
     return (folder / "teacher.json").is_file() and (folder / "teacher.pt").is_file()
 
 

@@ -161,8 +161,8 @@ def run_task(evaluator: Evaluator, known: dict[str, dict[str, Any]], work: Calla
     checkpoints = {}
     for metrics in store.written.values():
         name = metrics.get("checkpoint")
-        if name and evaluator.checkpoints is not None and (evaluator.checkpoints / name).exists():
-            path = evaluator.checkpoints / name
+        path = evaluator.checkpoints / name if name and evaluator.checkpoints is not None else None
+        if path is not None and path.exists():
             checkpoints[name] = path.read_bytes()
             path.unlink()
     return TaskReturn(value, store.written, checkpoints, node, time.monotonic() - t0, code_origin())

@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 
 from benchmarks.stems import CANDIDATES
+from benchmarks.stems import last_feature_map
 from spaces.architectures import SMALL_INPUT_BELOW
 from spaces.architectures import Stem
 from spaces.architectures import StemRule
@@ -68,17 +69,6 @@ def _geometry(model: nn.Module) -> list[tuple]:
             if isinstance(m, (nn.Conv2d, nn.MaxPool2d))]
 
 
-def _last_map(model: nn.Module, resolution: int) -> int:
-    sizes: list[int] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.shape[-1]))
-             for m in model.modules() if isinstance(m, nn.Conv2d)]
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, 3, resolution, resolution))
-    for hook in hooks:
-        hook.remove()
-    return sizes[-1]
-
-
 SMALL_STEMMED = [n for n in list_architectures() if get_architecture(n).stem_rule is not None]
 
 
@@ -98,13 +88,13 @@ def test_the_rule_picks_the_stem_by_input_resolution(name: str) -> None:
     small = create_model(name, resolution=SMALL_INPUT_BELOW - 1)
     assert model_stem(small) == get_architecture(name).stem_rule.small
     assert _geometry(small) != _geometry(torchvision_net)
-    assert _last_map(create_model(name, resolution=32), 32) > 1
-    assert _last_map(create_model(name, resolution=224), 32) == 1  # torchvision's stem fed 32 px: a single cell
+    assert last_feature_map(create_model(name, resolution=32), 32) > 1
+    assert last_feature_map(create_model(name, resolution=224), 32) == 1  # torchvision's stem fed 32 px: a single cell
 
 
 def test_mobilenet_v2_keeps_a_4x4_map_at_32_px_and_torchvisions_7x7_at_224() -> None:
-    assert _last_map(create_model("mobilenet_v2", resolution=32), 32) == 4
-    assert _last_map(create_model("mobilenet_v2", resolution=224), 224) == 7
+    assert last_feature_map(create_model("mobilenet_v2", resolution=32), 32) == 4
+    assert last_feature_map(create_model("mobilenet_v2", resolution=224), 224) == 7
 
 
 def test_the_teacher_keeps_torchvisions_stem_at_32_px() -> None:
@@ -130,4 +120,5 @@ def test_stem_rules_validate_and_key_results_only_where_a_small_stem_is_built() 
 @pytest.mark.parametrize(("name", "stem"), [(a, s) for a, stems in CANDIDATES.items() for s in stems])
 def test_every_measured_small_stem_builds_and_keeps_more_than_one_cell_at_32_px(name: str, stem: str) -> None:
     model = create_model(name, stem=stem)
-    assert model_stem(model) == stem and _last_map(model, 32) > 1 and model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert model_stem(model) == stem and last_feature_map(model, 32) > 1
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
