@@ -8,8 +8,12 @@ the teacher and the final stage do not use goes to the search. Nothing is sized 
 those do not fit, the plan says so and gives its estimate. The plan is written to `plan.json` in the run
 folder: a resumed run reads it instead of measuring again, so it searches the same space with the same teacher.
 
-The cost model is deliberately simple: a student's step is timed on the teacher's network (an upper bound for
-a smaller student), an evaluation costs its images' forward passes, and MO-ASHA promotes 1/eta of the trials.
+The cost model is deliberately simple. Each fresh student's training step is timed on the student itself (a
+smaller network is not a faster one per step: MobileNetV2 with its small stem costs 2.4x the ResNet-50 teacher's
+step at 32 px on a 2-core Xeon), each (student, distillation, step count) is trained once, an evaluation costs its
+images' forward passes, and MO-ASHA promotes 1/eta of the trials. When the profile does not fit, every step count
+(students at each level, F2 and F3 fine-tuning) shrinks by one common factor k, found by bisection, and the trial
+count by sqrt(k): F3 never gets fewer steps than F2, and the search keeps its breadth.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from dataclasses import dataclass
+from dataclasses import field
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,7 +42,11 @@ from search import final
 from search.budget import Sizing
 from search.budget import describe_duration
 from search.config import StudyConfig
+from search.final import Candidate
 from search.promotion import PromotionKind
+from spaces.architectures import create_model
+from spaces.recipe import TEACHER
+from spaces.recipe import DistillKind
 from spaces.recipe import PruneSchedule
 
 PLAN_FILE = "plan.json"
@@ -51,17 +60,14 @@ JOB_OVERHEAD_S = 0.5
 
 @dataclass(frozen=True)
 class Shares:
-    """The budget's split between the teacher's training, the search and the final stage (F3 and baselines)."""
+    """The budget's share for the teacher's training. The search and the final stage (F3 and baselines) share the
+    rest in the proportion the profile's own counts give them: both shrink by one factor (`plan_run`)."""
 
     teacher: float = 0.35
-    search: float = 0.45
-    final: float = 0.20
 
     def without_teacher(self) -> Shares:
-        """A teacher that needs no training (the user's, or one in the cache) leaves its share to the search and the
-        final stage, pro rata."""
-        rest = self.search + self.final
-        return Shares(teacher=0.0, search=self.search / rest, final=self.final / rest)
+        """A teacher that needs no training (the user's, or one in the cache) leaves everything to the rest."""
+        return Shares(teacher=0.0)
 
 
 @dataclass(frozen=True)
@@ -72,13 +78,18 @@ class StepTimes:
     teacher_step: float
     finetune_step: float
     eval_image: float
+    student_step: dict[str, float] = field(default_factory=dict)  # per fresh student network, its batch size
+
+    def student(self, arch: str) -> float:
+        """Seconds per training step of `arch` (a plan from before students were timed: the fine-tune step)."""
+        return self.student_step.get(arch, self.finetune_step)
 
 
 @dataclass(frozen=True)
 class Counts:
     teacher_epochs: int
     trials: int
-    student_steps: int
+    student_steps: int  # at the level that trains students longest (F3); the other levels in proportion
     f2_steps: int
     f3_steps: int
 
@@ -105,9 +116,10 @@ class RunPlan:
         c, fid = self.counts, config.fidelity
         teacher = config.teacher if self.teacher_ready else replace(
             config.teacher, train=replace(config.teacher.train, epochs=c.teacher_epochs))
-        f2 = _with_steps(fid.f2, c.f2_steps, c.student_steps)
-        f3 = _with_steps(fid.f3, c.f3_steps, c.student_steps)
-        f1 = _with_steps(fid.f1, fid.f1.budget.finetune_steps, c.student_steps)
+        scale = c.student_steps / max(self.profile.student_steps, 1)
+        f2 = _with_steps(fid.f2, c.f2_steps, scale)
+        f3 = _with_steps(fid.f3, c.f3_steps, scale)
+        f1 = _with_steps(fid.f1, fid.f1.budget.finetune_steps, scale)
         return replace(config, teacher=teacher, fidelity=replace(fid, f1=f1, f2=f2, f3=f3),
                        search=replace(config.search, trials=c.trials, budget=self.search_budget, sizing=Sizing.OFF))
 
@@ -116,15 +128,17 @@ class RunPlan:
         c, p, t, s, e = self.counts, self.profile, self.times, self.shares, self.estimate
         teacher = "ready (the user's, or the profile's from the cache): no training" if self.teacher_ready else \
             f"{c.teacher_epochs} epochs (profile {p.teacher_epochs}), about {describe_duration(e['teacher'])}"
+        students = ", ".join(f"{a} {v:.3f}" for a, v in sorted(t.student_step.items()))
         return "\n".join([
-            f"run plan for a budget of {self.budget} (shares: teacher {s.teacher:.0%}, search {s.search:.0%}, "
-            f"final stage {s.final:.0%}):",
+            f"run plan for a budget of {self.budget} (teacher's share {s.teacher:.0%}; the search and the final "
+            f"stage share the rest as the profile does):",
             f"  measured here: teacher {t.teacher_step:.3f} s/step, fine-tune {t.finetune_step:.3f} s/step, "
             f"evaluation {1000 * t.eval_image:.3f} ms/image, plus {JOB_OVERHEAD_S} s per evaluation job",
+            *([f"  student steps (s): {students}"] if students else []),
             f"  teacher: {teacher}",
             f"  search: up to {c.trials} trials (profile {p.trials}) within {self.search_budget}; F2 "
-            f"{c.f2_steps} fine-tune steps (profile {p.f2_steps}), students {c.student_steps} steps "
-            f"(profile {p.student_steps})",
+            f"{c.f2_steps} fine-tune steps (profile {p.f2_steps}), students up to {c.student_steps} steps "
+            f"(profile {p.student_steps}), about {describe_duration(e['search'])}",
             f"  final stage: F3 {c.f3_steps} fine-tune steps (profile {p.f3_steps}), about "
             f"{describe_duration(e['final'])}",
             f"  estimated total {describe_duration(sum(e.values()))}",
@@ -135,16 +149,21 @@ class RunPlan:
 
     @classmethod
     def from_json(cls, raw: dict) -> RunPlan:
-        return cls(budget=raw["budget"], shares=Shares(**raw["shares"]), times=StepTimes(**raw["times"]),
+        shares = Shares(teacher=raw["shares"]["teacher"])  # older plans also stored search and final shares
+        return cls(budget=raw["budget"], shares=shares, times=StepTimes(**raw["times"]),
                    counts=Counts(**raw["counts"]), profile=Counts(**raw["profile"]),
                    teacher_ready=raw["teacher_ready"], estimate=dict(raw["estimate"]), notes=tuple(raw["notes"]))
 
 
-def _with_steps(level: LevelConfig, finetune: int, student: int) -> LevelConfig:
+def _with_steps(level: LevelConfig, finetune: int, student_scale: float) -> LevelConfig:
     b = level.budget
-    student = student if b.student_steps else 0  # a level that trains no fresh students keeps it that way
     return replace(level, budget=replace(b, finetune_steps=finetune if b.finetune_steps else 0,
-                                         student_steps=student))
+                                         student_steps=scaled_steps(b.student_steps, student_scale)))
+
+
+def scaled_steps(steps: int, scale: float) -> int:
+    """A level's student steps at `scale` of the profile's; a level that trains no fresh students keeps 0."""
+    return max(1, round(steps * scale)) if steps else 0
 
 
 @dataclass(frozen=True)
@@ -177,16 +196,30 @@ class Workload:
 
     teacher_epoch_steps: int
     teacher_eval_images: int
-    fresh_students: int  # distinct (student, distillation) pairs trained once each
     level_images: dict[str, int]  # images evaluated per recipe at f1, f2, f3
     recovery_steps: dict[str, int]
     promoted: float  # share of trials that reach F2
     final_jobs: int  # front recipes given F3
     baseline_jobs: int  # baselines, given F1, F2 and F3
+    # The network of each (student, distillation) pair the search may train at F1 and F2, and of each pair the final
+    # stage may train at F3 (the baselines' students, and the front's: at most final_jobs more of the space's).
+    search_students: tuple[str, ...] = ()
+    final_students: tuple[str, ...] = ()
+    student_levels: dict[str, int] = field(default_factory=dict)  # the profile's student steps at f1, f2, f3
+    distill_images: int = 0  # training images the teacher labels once (its logits are cached) when any pair distils
+
+    def student_steps(self, level: str, top: int) -> int:
+        """`level`'s student steps when the longest level (F3) gets `top`."""
+        return scaled_steps(self.student_levels.get(level, 0), top / max(max(self.student_levels.values(),
+                                                                                 default=0), 1))
 
 
-def workload(config: StudyConfig, splits: Splits, baselines: int) -> Workload:
-    sizes, fid = splits.sizes(), config.fidelity
+def _pairs(students: list[tuple[str, str]]) -> tuple[str, ...]:
+    return tuple(arch for arch, _ in dict.fromkeys(students))
+
+
+def workload(config: StudyConfig, splits: Splits, baselines: list[Candidate]) -> Workload:
+    sizes, fid, space = splits.sizes(), config.fidelity, config.space
 
     def images(name: str) -> int:
         level: LevelConfig = getattr(fid, name)
@@ -196,15 +229,21 @@ def workload(config: StudyConfig, splits: Splits, baselines: int) -> Workload:
         return min(val, sizes["val"]) + min(test, sizes["test"]) + b.calib_images + b.bn_images + \
             b.score_images * b.max_candidates
 
-    students = [s for s in config.space.students if s != "teacher"]
-    iterative = int(PruneSchedule.ITERATIVE in config.space.schedules)  # recovery steps run only between its steps
+    searched = [(s, str(k)) for s in space.students if s != TEACHER for k in space.distill_kinds]
+    owned = [(r.recipe.student, str(r.recipe.distill.kind)) for r in baselines if r.recipe.student != TEACHER]
+    others = sorted((p for p in dict.fromkeys(searched) if p not in owned), key=lambda p: p[0])
+    iterative = int(PruneSchedule.ITERATIVE in space.schedules)  # recovery steps run only between its steps
     promoted = 1.0 / config.search.eta if config.search.promotion == PromotionKind.MOASHA else 1.0
+    distils = any(kind != DistillKind.NONE for _, kind in [*searched, *owned])
     return Workload(teacher_epoch_steps=len(splits.train) // config.teacher.train.batch_size,
                     teacher_eval_images=sizes["val"] + sizes["test"],
-                    fresh_students=len(students) * len(config.space.distill_kinds),
                     level_images={n: images(n) for n in ("f1", "f2", "f3")},
                     recovery_steps={n: getattr(fid, n).budget.recovery_steps * iterative for n in ("f1", "f2", "f3")},
-                    promoted=promoted, final_jobs=config.search.final_max, baseline_jobs=baselines)
+                    promoted=promoted, final_jobs=config.search.final_max, baseline_jobs=len(baselines),
+                    search_students=_pairs(searched),
+                    final_students=_pairs([*owned, *others[: config.search.final_max]]),
+                    student_levels={n: getattr(fid, n).budget.student_steps for n in ("f1", "f2", "f3")},
+                    distill_images=len(splits.train) if distils else 0)
 
 
 @dataclass(frozen=True)
@@ -222,21 +261,40 @@ class Price:
     def trial(self, f2: int) -> float:
         return self.level("f1", 0) + self.work.promoted * self.level("f2", f2)
 
-    def students(self, steps: int) -> float:
-        return self.work.fresh_students * steps * self.times.finetune_step
+    def search_students(self, top: int) -> float:
+        """Every pair of the space trained at F1 and at F2 (each step count once: a cached student is shared), and
+        the teacher's logits over the training split once."""
+        w = self.work
+        steps = sum(dict.fromkeys(w.student_steps(n, top) for n in ("f1", "f2")))
+        labels = w.distill_images * self.times.eval_image if w.search_students or w.final_students else 0.0
+        return labels + steps * sum(self.times.student(a) for a in w.search_students)
 
-    def final(self, f2: int, f3: int) -> float:
-        """The final stage: F3 for the front, and F1, F2 and F3 for every baseline."""
+    def final_students(self, top: int) -> float:
+        """The final stage's pairs at F3 (none when F3 trains them as long as F2 did: they are in the cache)."""
+        w = self.work
+        f3 = w.student_steps("f3", top)
+        if f3 in (w.student_steps("f1", top), w.student_steps("f2", top)):
+            return sum(self.times.student(a) for a in w.final_students if a not in w.search_students) * f3
+        return f3 * sum(self.times.student(a) for a in w.final_students)
+
+    def final(self, f2: int, f3: int, top: int = 0) -> float:
+        """The final stage: F3 for the front, F1, F2 and F3 for every baseline, and the students F3 trains."""
         w = self.work
         return (w.final_jobs + w.baseline_jobs) * self.level("f3", f3) + \
-            w.baseline_jobs * (self.level("f1", 0) + self.level("f2", f2))
+            w.baseline_jobs * (self.level("f1", 0) + self.level("f2", f2)) + self.final_students(top)
+
+    def search(self, counts: Counts) -> float:
+        return self.search_students(counts.student_steps) + counts.trials * self.trial(counts.f2_steps)
+
+    def after_teacher(self, counts: Counts) -> float:
+        return self.search(counts) + self.final(counts.f2_steps, counts.f3_steps, counts.student_steps)
 
 
 def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_ready: bool,
              shares: Shares = Shares(), minimums: Minimums = Minimums()) -> RunPlan:
-    """Share the budget out: the teacher's epochs within its share; F2 and student steps shrunk (by the square root
-    of the shortfall, the trials taking the rest) when the profile's search does not fit the search's share; F3
-    steps within the final stage's share; then the trials fill what the teacher and the final stage leave."""
+    """Share the budget out: the teacher's epochs within its share; then, when the profile's search and final stage
+    do not fit what is left, every step count and the trial count shrink by one factor (the largest that fits,
+    never below `Minimums`); then the trials fill what is left."""
     budget = float(config.search.budget_seconds or 0.0)
     profile, price = profile_counts(config), Price(times, work)
     low = minimums.of(profile, config.search.population)
@@ -247,21 +305,34 @@ def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_r
                                             low.teacher_epochs, MAX_GROWTH * profile.teacher_epochs, "teacher epochs",
                                             notes)
     teacher_s = epochs * epoch_s + (0 if teacher_ready else work.teacher_eval_images * times.eval_image)
-    full = price.students(profile.student_steps) + profile.trials * price.trial(profile.f2_steps)
-    scale = min(1.0, math.sqrt(shares.search * budget / full)) if full > 0 else 1.0
-    f2 = _clamp(round(profile.f2_steps * scale), low.f2_steps, profile.f2_steps, "F2 steps", notes)
-    student = _clamp(round(profile.student_steps * scale), low.student_steps, profile.student_steps,
-                     "student steps", notes)
-    fixed = price.final(f2, 0)
-    f3 = _clamp(math.floor((shares.final * budget - fixed) / ((work.final_jobs + work.baseline_jobs) *
-                                                              times.finetune_step)),
-                low.f3_steps, profile.f3_steps, "F3 steps", notes)
-    final_s = price.final(f2, f3)
-    room = budget - teacher_s - final_s - price.students(student)
-    trials = _clamp(math.floor(room / max(price.trial(f2), 1e-9)), low.trials, MAX_GROWTH * profile.trials,
-                    "trials", notes)
-    search_s = max(budget - teacher_s - final_s, price.students(student) + trials * price.trial(f2))
-    counts = Counts(teacher_epochs=epochs, trials=trials, student_steps=student, f2_steps=f2, f3_steps=f3)
+    room = budget - teacher_s
+
+    def at(k: float) -> Counts:
+        # Trials shrink by the square root: a trial that is not promoted costs one F1 evaluation, and a search of
+        # a handful of trials says little however long each recipe trains.
+        return Counts(teacher_epochs=epochs, trials=max(low.trials, round(profile.trials * math.sqrt(k))),
+                      student_steps=max(low.student_steps, round(profile.student_steps * k)),
+                      f2_steps=max(low.f2_steps, round(profile.f2_steps * k)),
+                      f3_steps=max(low.f3_steps, round(profile.f3_steps * k)))
+
+    k = 1.0
+    if price.after_teacher(at(1.0)) > room:
+        lo, hi = 0.0, 1.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if price.after_teacher(at(mid)) <= room else (lo, mid)
+        k = lo
+        notes.append(f"steps and trials at {k:.0%} of the profile's (trials at {math.sqrt(k):.0%}): the largest share that fits")
+    counts = at(k)
+    for what, name in (("student steps", "student_steps"), ("F2 steps", "f2_steps"), ("F3 steps", "f3_steps")):
+        if round(getattr(profile, name) * k) < getattr(low, name):
+            notes.append(f"{what} kept at the minimum {getattr(low, name)} (the shared factor would give "
+                         f"{round(getattr(profile, name) * k)})")
+    final_s = price.final(counts.f2_steps, counts.f3_steps, counts.student_steps)
+    fill = math.floor((room - final_s - price.search_students(counts.student_steps)) /
+                      max(price.trial(counts.f2_steps), 1e-9))
+    counts = replace(counts, trials=_clamp(fill, low.trials, MAX_GROWTH * profile.trials, "trials", notes))
+    search_s = max(room - final_s, price.search(counts))
     estimate = {"teacher": round(teacher_s, 1), "search": round(search_s, 1), "final": round(final_s, 1)}
     if sum(estimate.values()) > budget * 1.05:
         notes.append(f"the budget is too small for the minimum plan: it needs about "
@@ -305,6 +376,19 @@ def measure(config: StudyConfig, network: Callable[[], nn.Module], splits: Split
                      eval_image=round(eval_image, 6))
 
 
+def measure_students(config: StudyConfig, work: Workload, splits: Splits, batcher: Batcher,
+                     device: torch.device) -> dict[str, float]:
+    """Seconds per training step of every fresh student the run may train, each on its own untrained network at
+    the students' batch size (the F3 level's training settings)."""
+    info, train_config = splits.info, config.fidelity.f3.budget.student_train
+    times = {}
+    for arch in sorted({*work.search_students, *work.final_students}):
+        model = create_model(arch, num_classes=info.num_classes, in_channels=info.channels,
+                             resolution=batcher.resolution).to(device)
+        times[arch] = round(_timed_steps(model, splits, batcher, train_config, device), 4)
+    return times
+
+
 def copy_of(model: nn.Module) -> Callable[[], nn.Module]:
     return lambda: copy.deepcopy(model)
 
@@ -336,8 +420,9 @@ def sized(config: StudyConfig, out: Path, splits: Splits, batcher: Batcher, netw
             log(f"{out / PLAN_FILE} was made for a budget of {plan.budget}; sizing the run again")
         t0 = time.monotonic()
         times = measure(config, network, splits, batcher, device)
-        baselines = len(final.baselines(config.search.baselines, config.teacher.arch))
-        plan = plan_run(config, times, workload(config, splits, baselines), teacher_ready=teacher_ready)
+        work = workload(config, splits, final.baselines(config.search.baselines, config.teacher.arch))
+        times = replace(times, student_step=measure_students(config, work, splits, batcher, device))
+        plan = plan_run(config, times, work, teacher_ready=teacher_ready)
         write_plan(out, plan)
         log(f"measured step times in {time.monotonic() - t0:.0f} s")
     log(plan.describe())
