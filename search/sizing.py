@@ -48,6 +48,7 @@ from spaces.architectures import create_model
 from spaces.recipe import TEACHER
 from spaces.recipe import DistillKind
 from spaces.recipe import PruneSchedule
+from spaces.space import distillation_variants
 
 PLAN_FILE = "plan.json"
 MAX_GROWTH = 4  # a loose budget multiplies the profile's teacher epochs and trials by at most this
@@ -201,21 +202,19 @@ class Workload:
     promoted: float  # share of trials that reach F2
     final_jobs: int  # front recipes given F3
     baseline_jobs: int  # baselines, given F1, F2 and F3
-    # The network of each (student, distillation) pair the search may train at F1 and F2, and of each pair the final
-    # stage may train at F3 (the baselines' students, and the front's: at most final_jobs more of the space's).
-    search_students: tuple[str, ...] = ()
-    final_students: tuple[str, ...] = ()
+    # Each (student network, distillation kind) the search may train at F1 and F2, once per (temperature, alpha)
+    # setting, and each the final stage may train at F3 (the baselines' students, and the front's: at most
+    # final_jobs more of the space's).
+    search_students: tuple[tuple[str, str], ...] = ()
+    final_students: tuple[tuple[str, str], ...] = ()
     student_levels: dict[str, int] = field(default_factory=dict)  # the profile's student steps at f1, f2, f3
+    student_batch: int = 64  # images per student step: feature distillation runs the teacher on each of them
     distill_images: int = 0  # training images the teacher labels once (its logits are cached) when any pair distils
 
     def student_steps(self, level: str, top: int) -> int:
         """`level`'s student steps when the longest level (F3) gets `top`."""
         return scaled_steps(self.student_levels.get(level, 0), top / max(max(self.student_levels.values(),
                                                                                  default=0), 1))
-
-
-def _pairs(students: list[tuple[str, str]]) -> tuple[str, ...]:
-    return tuple(arch for arch, _ in dict.fromkeys(students))
 
 
 def workload(config: StudyConfig, splits: Splits, baselines: list[Candidate]) -> Workload:
@@ -229,9 +228,12 @@ def workload(config: StudyConfig, splits: Splits, baselines: list[Candidate]) ->
         return min(val, sizes["val"]) + min(test, sizes["test"]) + b.calib_images + b.bn_images + \
             b.score_images * b.max_candidates
 
-    searched = [(s, str(k)) for s in space.students if s != TEACHER for k in space.distill_kinds]
-    owned = [(r.recipe.student, str(r.recipe.distill.kind)) for r in baselines if r.recipe.student != TEACHER]
-    others = sorted((p for p in dict.fromkeys(searched) if p not in owned), key=lambda p: p[0])
+    variants = distillation_variants(space) or config.search.trials  # a continuous range: a student per trial
+    kinds = [(str(k), 1 if k == DistillKind.NONE else variants) for k in space.distill_kinds]
+    searched = [(s, k) for s in space.students if s != TEACHER for k, n in kinds for _ in range(n)]
+    owned = list(dict.fromkeys((r.recipe.student, str(r.recipe.distill.kind)) for r in baselines
+                               if r.recipe.student != TEACHER))
+    others = sorted(dict.fromkeys(p for p in searched if p not in owned))
     iterative = int(PruneSchedule.ITERATIVE in space.schedules)  # recovery steps run only between its steps
     promoted = 1.0 / config.search.eta if config.search.promotion == PromotionKind.MOASHA else 1.0
     distils = any(kind != DistillKind.NONE for _, kind in [*searched, *owned])
@@ -240,8 +242,8 @@ def workload(config: StudyConfig, splits: Splits, baselines: list[Candidate]) ->
                     level_images={n: images(n) for n in ("f1", "f2", "f3")},
                     recovery_steps={n: getattr(fid, n).budget.recovery_steps * iterative for n in ("f1", "f2", "f3")},
                     promoted=promoted, final_jobs=config.search.final_max, baseline_jobs=len(baselines),
-                    search_students=_pairs(searched),
-                    final_students=_pairs([*owned, *others[: config.search.final_max]]),
+                    search_students=tuple(searched), final_students=(*owned, *others[: config.search.final_max]),
+                    student_batch=fid.f3.budget.student_train.batch_size,
                     student_levels={n: getattr(fid, n).budget.student_steps for n in ("f1", "f2", "f3")},
                     distill_images=len(splits.train) if distils else 0)
 
@@ -261,21 +263,25 @@ class Price:
     def trial(self, f2: int) -> float:
         return self.level("f1", 0) + self.work.promoted * self.level("f2", f2)
 
+    def student_step(self, pair: tuple[str, str]) -> float:
+        arch, kind = pair
+        teacher = self.work.student_batch * self.times.eval_image if kind == DistillKind.FEATURE else 0.0
+        return self.times.student(arch) + teacher
+
     def search_students(self, top: int) -> float:
         """Every pair of the space trained at F1 and at F2 (each step count once: a cached student is shared), and
         the teacher's logits over the training split once."""
         w = self.work
         steps = sum(dict.fromkeys(w.student_steps(n, top) for n in ("f1", "f2")))
-        labels = w.distill_images * self.times.eval_image if w.search_students or w.final_students else 0.0
-        return labels + steps * sum(self.times.student(a) for a in w.search_students)
+        return w.distill_images * self.times.eval_image + steps * sum(self.student_step(p) for p in w.search_students)
 
     def final_students(self, top: int) -> float:
         """The final stage's pairs at F3 (none when F3 trains them as long as F2 did: they are in the cache)."""
         w = self.work
         f3 = w.student_steps("f3", top)
         if f3 in (w.student_steps("f1", top), w.student_steps("f2", top)):
-            return sum(self.times.student(a) for a in w.final_students if a not in w.search_students) * f3
-        return f3 * sum(self.times.student(a) for a in w.final_students)
+            return f3 * sum(self.student_step(p) for p in w.final_students if p not in w.search_students)
+        return f3 * sum(self.student_step(p) for p in w.final_students)
 
     def final(self, f2: int, f3: int, top: int = 0) -> float:
         """The final stage: F3 for the front, F1, F2 and F3 for every baseline, and the students F3 trains."""
@@ -382,7 +388,7 @@ def measure_students(config: StudyConfig, work: Workload, splits: Splits, batche
     the students' batch size (the F3 level's training settings)."""
     info, train_config = splits.info, config.fidelity.f3.budget.student_train
     times = {}
-    for arch in sorted({*work.search_students, *work.final_students}):
+    for arch in sorted({arch for arch, _ in (*work.search_students, *work.final_students)}):
         model = create_model(arch, num_classes=info.num_classes, in_channels=info.channels,
                              resolution=batcher.resolution).to(device)
         times[arch] = round(_timed_steps(model, splits, batcher, train_config, device), 4)

@@ -75,6 +75,11 @@ class SpaceConfig:
     temperature_max: float = field(default=8.0, metadata={"min": 0.1, "max": 100.0})
     alpha_min: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
     alpha_max: float = field(default=0.95, metadata={"min": 0.0, "max": 1.0})
+    # Listed values instead of the ranges above (a categorical choice). A grid keeps a searched distillation
+    # affordable: each (student, kind, temperature, alpha) is one student, trained once per level and shared from
+    # the cache by every recipe that starts from it, where a continuous range trains a new student almost every trial.
+    temperatures: tuple[float, ...] = field(default=(), metadata={"min": 0.1, "max": 100.0})
+    alphas: tuple[float, ...] = field(default=(), metadata={"min": 0.0, "max": 1.0})
     prune_kinds: tuple[PruneKind, ...] = tuple(PruneKind)
     importances: tuple[Importance, ...] = (Importance.L1, Importance.L2, Importance.BN_SCALE, Importance.TAYLOR)
     schedules: tuple[PruneSchedule, ...] = tuple(PruneSchedule)
@@ -164,6 +169,14 @@ def _layer_names(arch: str, grouping: BitGrouping, resolution: int | None) -> tu
     return tuple(layer_groups(model)) if grouping == BitGrouping.GROUP else tuple(quantizable_layers(model))
 
 
+def distillation_variants(config: SpaceConfig) -> int | None:
+    """How many (temperature, alpha) settings a distilling student can be trained with: the grid's size, 1 for
+    fixed values, None for a continuous range (a new student almost every trial)."""
+    temperatures = len(config.temperatures) or (1 if config.temperature_min == config.temperature_max else None)
+    alphas = len(config.alphas) or (1 if config.alpha_min == config.alpha_max else None)
+    return None if temperatures is None or alphas is None else temperatures * alphas
+
+
 def _choose(trial: optuna.Trial, name: str, allowed: list[Any], configured: tuple[Any, ...]) -> Any:
     """suggest_categorical, with the remaining choices in the name when some are impossible here."""
     if len(allowed) == 1:
@@ -213,8 +226,10 @@ class SearchSpace:
         kind = _choose(trial, "distill.kind", allowed, c.distill_kinds)
         if kind == DistillKind.NONE:
             return Distillation()
-        temperature = _float(trial, "distill.temperature", c.temperature_min, c.temperature_max, log=True)
-        alpha = _float(trial, "distill.alpha", c.alpha_min, c.alpha_max)
+        temperature = _choose(trial, "distill.temperature", list(c.temperatures), c.temperatures) if c.temperatures \
+            else _float(trial, "distill.temperature", c.temperature_min, c.temperature_max, log=True)
+        alpha = _choose(trial, "distill.alpha", list(c.alphas), c.alphas) if c.alphas \
+            else _float(trial, "distill.alpha", c.alpha_min, c.alpha_max)
         pairs = default_pairs(self.arch(student), self.teacher_arch) if kind == DistillKind.FEATURE else ()
         return Distillation(kind=kind, temperature=temperature, alpha=alpha, feature_pairs=pairs)
 

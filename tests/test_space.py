@@ -205,3 +205,30 @@ def test_bit_groups_are_those_of_the_stem_the_student_gets_at_the_training_size(
     names = [name for name, _, _ in recipe.quant.layer_bits]
     assert ("features.1-3" in names) == (resolution == 32)
     resolve_bits(create_model("mobilenet_v2", resolution=resolution), recipe.quant)  # every group exists there
+
+
+def test_a_distillation_grid_samples_only_its_values_and_fixed_profiles_keep_their_recipes() -> None:
+    """The ResNet-50 study searches KD on a grid (each setting one cached student); its smoke and cpu profiles
+    fix T = 4, alpha = 0.9, exactly as the fixed ranges did, so their recipes and cached results stay the same."""
+    from search.config import load_study
+    from spaces.space import distillation_variants
+
+    paper = load_study("resnet50_cifar10", "paper").space
+    assert distillation_variants(paper) == 6 and DistillKind.FEATURE in paper.distill_kinds
+    grid = _ask(SearchSpace(paper, "resnet50", resolution=224), 80, seed=3)
+    settings = {(r.distill.kind, r.distill.temperature, r.distill.alpha)
+                for r in (Recipe.from_json(t.user_attrs["recipe"]) for t in grid.trials)
+                if r.distill.kind != DistillKind.NONE}
+    assert {t for _, t, _ in settings} == {2.0, 4.0, 8.0} and {a for _, _, a in settings} == {0.5, 0.9}
+    assert {k for k, _, _ in settings} == {DistillKind.LOGIT, DistillKind.FEATURE}
+    assert all(isinstance(t.distributions.get("distill.temperature", optuna.distributions.CategoricalDistribution(
+        [0])), optuna.distributions.CategoricalDistribution) for t in grid.trials)
+    cpu = load_study("resnet50_cifar10", "cpu").space
+    ranged = replace(cpu, temperatures=(), alphas=(), temperature_min=4.0, temperature_max=4.0, alpha_min=0.9,
+                     alpha_max=0.9)
+    assert distillation_variants(cpu) == 1 and distillation_variants(SpaceConfig()) is None
+    fixed = [[t.user_attrs["recipe"] for t in _ask(SearchSpace(c, "resnet50", resolution=32), 20, seed=5).trials]
+             for c in (cpu, ranged)]
+    assert fixed[0] == fixed[1]
+    with pytest.raises(ValueError, match="out of range"):
+        SpaceConfig(alphas=(0.5, 1.5))
