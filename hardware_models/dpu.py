@@ -6,11 +6,20 @@ rounded up to 8 - which is why pruning 64 -> 60 channels saves nothing on this e
 augmentation (enabled in the reference designs) a layer with fewer than 16 input channels packs the
 kernel width into the channel dimension (the RGB stem no longer wastes 13/16 of the array).
 
+Depthwise convolutions and pooling do not use that array: they run on the ALU engine, and elementwise
+operations on the eltwise engine, each ALU_PP pixels x ICP channels per cycle with ALU_PP = PP / 2 (PG338
+v4.1 "DepthwiseConv (ALU)": depthwise conv runs on the ALU like pooling, ALU parallelism 1..PP, PP/2
+recommended; Vitis AI's target_factory: DPUCZDX8G_ISA1_B4096 lists alu_engine and eltwise_engine with
+pixel_parallel 4, B512 with 2). Depthwise and pooling therefore share one engine and one efficiency: a
+network with depthwise layers is priced by what every network's pooling layers say about the ALU, not by a
+depthwise factor that only MobileNets constrain (held out, that factor fell back to its prior and the
+MobileNets were predicted 19-31% slow).
+
 Per layer: time = max(compute, DDR traffic) + a fixed per-layer cost, because the DPU's LOAD, CONV and
 SAVE engines run concurrently (a roofline), while each layer boundary drains the pipeline. The summed
 form (compute + traffic, `combine="sum"`) was also fitted: it pins the conv engine at 100% of its peak
 and predicts held-out rows worse (benchmarks/hardware_accuracy.py prints both), so the roofline stays. Fitted
-parameters are cycle-count divisors per engine (conv, depthwise, pooling, elementwise), the DDR
+parameters are cycle-count divisors per engine (conv, ALU, elementwise, fully connected), the DDR
 bandwidth, the per-layer overhead and the fixed cost of one runtime call (VART C++; VART Python adds
 its own). Latency is batch 1 on one core, as the thesis and the Model Zoo's single-thread FPS measure it.
 
@@ -52,6 +61,7 @@ class DpuBoard:
     pixel_parallelism: int = 8
     input_channel_parallelism: int = 16
     output_channel_parallelism: int = 16
+    alu_pixel_parallelism: int = 4   # ALU (depthwise, pooling) and eltwise engines: PP / 2
     channel_augmentation: bool = True
 
 
@@ -73,7 +83,8 @@ def dpu_config(name: str, arch: str, cores: int, clock_mhz: float) -> DpuBoard:
         raise ValueError(f"a DPU needs at least one core and a positive clock, got {cores} cores @ {clock_mhz} MHz")
     pp, icp, ocp = archs[arch]
     return DpuBoard(name=name, arch=arch, clock_mhz=float(clock_mhz), cores=int(cores), pixel_parallelism=pp,
-                    input_channel_parallelism=icp, output_channel_parallelism=ocp)
+                    input_channel_parallelism=icp, output_channel_parallelism=ocp,
+                    alu_pixel_parallelism=max(pp // 2, 1))
 
 
 def config_of(board: DpuBoard) -> dict[str, Any]:
@@ -98,7 +109,8 @@ DPU_BOARDS: dict[str, DpuBoard] = {
 }
 
 RUNTIMES = ("vart-python", "vart-cpp")
-ENGINES = ("conv", "dwconv", "pool", "eltwise", "fc")
+# Engines with their own cycle factor; depthwise convolution and pooling share the ALU.
+ENGINES = ("conv", "alu", "eltwise", "fc")
 # Operations the DPUCZDX8G executes itself; anything else is split off to the ARM cores by Vitis AI.
 DPU_ACTIVATIONS = frozenset({"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_",
                              "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "clamp", "clamp_",
@@ -118,10 +130,11 @@ def board_of(text: str) -> str:
 
 
 def _rows(board: DpuBoard, layer: Layer) -> tuple[int, float] | None:
-    """(engine index, ideal cycles) of one executed layer, or None when the DPU does it for free."""
+    """(engine index in ENGINES, ideal cycles) of one executed layer, or None when the DPU does it for free."""
     pp, icp, ocp = board.pixel_parallelism, board.input_channel_parallelism, board.output_channel_parallelism
     h, w = layer.out_hw
     pixels = h * math.ceil(w / pp)
+    alu_pixels = h * math.ceil(w / board.alu_pixel_parallelism)
     kh, kw = layer.kernel
     if layer.kind is Kind.CONV:
         g = max(layer.groups, 1)
@@ -132,17 +145,17 @@ def _rows(board: DpuBoard, layer: Layer) -> tuple[int, float] | None:
             per_pixel = kh * kw * math.ceil(cin / icp)
         return 0, g * per_pixel * math.ceil(layer.out_channels / g / ocp) * pixels
     if layer.kind is Kind.FC:  # one "pixel": 7 of the 8 pixel lanes idle; weights stream from DDR
-        return 4, math.ceil(layer.in_channels / icp) * math.ceil(layer.out_channels / ocp)
-    if layer.kind is Kind.DWCONV:
-        return 1, kh * kw * math.ceil(layer.out_channels / icp) * pixels
+        return 3, math.ceil(layer.in_channels / icp) * math.ceil(layer.out_channels / ocp)
+    if layer.kind is Kind.DWCONV:  # ALU: one kernel tap of ALU_PP pixels x ICP channels per cycle
+        return 1, kh * kw * math.ceil(layer.out_channels / icp) * alu_pixels
     channels = layer.out_shape[0] if len(layer.out_shape) >= 3 else max(layer.out_elements, 1)
-    if layer.kind is Kind.POOL:
+    if layer.kind is Kind.POOL:  # ALU, like a depthwise convolution with a fixed kernel
         ih, iw = layer.in_hw
         if layer.kernel == (1, 1) and (ih, iw) != (h, w):
             kh, kw = max(ih // max(h, 1), 1), max(iw // max(w, 1), 1)
-        return 2, kh * kw * math.ceil(channels / icp) * pixels
+        return 1, kh * kw * math.ceil(channels / icp) * alu_pixels
     if layer.kind in (Kind.ELTWISE, Kind.ACT, Kind.BN):
-        return 3, max(len(layer.inputs), 1) * math.ceil(channels / icp) * pixels
+        return 2, max(len(layer.inputs), 1) * math.ceil(channels / icp) * alu_pixels
     return None  # concat (written in place), copies and views
 
 
@@ -159,13 +172,14 @@ def _fused_into_eltwise(layer: Layer, layers: tuple[Layer, ...]) -> bool:
 class DpuModel(CostModel):
     family = "dpu"
     # Defaults are physical guesses, not fits (they are the weak prior of the calibration): ~80% conv
-    # efficiency, the depthwise/pool/elementwise engines at a quarter of the array, 8 of the ZCU104's
-    # ~19 GB/s DDR4, a few microseconds per layer, a fraction of a millisecond per runtime call.
+    # efficiency, the ALU and elementwise engines at half their PP/2 x ICP peak (the same per-element rate
+    # as the earlier prior of a quarter of the 8-pixel array), 8 of the ZCU104's ~19 GB/s DDR4, a few
+    # microseconds per layer, a fraction of a millisecond per runtime call.
     params = (
         ParamSpec("conv_cycle_factor", 1.25, 1.0, "x", "conv engine cycles / ideal cycles (1 = peak)"),
-        ParamSpec("dwconv_cycle_factor", 4.0, 1.0, "x", "depthwise engine cycles / ideal cycles"),
-        ParamSpec("pool_cycle_factor", 4.0, 1.0, "x", "pooling engine cycles / ideal cycles"),
-        ParamSpec("eltwise_cycle_factor", 4.0, 1.0, "x", "elementwise engine cycles / ideal cycles"),
+        ParamSpec("alu_cycle_factor", 2.0, 1.0, "x",
+                  "ALU engine (depthwise conv, pooling) cycles / ideal cycles at PP/2 x ICP per cycle"),
+        ParamSpec("eltwise_cycle_factor", 2.0, 1.0, "x", "elementwise engine cycles / ideal cycles"),
         ParamSpec("fc_cycle_factor", 1.25, 1.0, "x", "fully connected layer cycles / ideal cycles"),
         ParamSpec("ddr_gbps", 8.0, 0.0, "GB/s", "DDR bandwidth one core attains"),
         ParamSpec("layer_overhead_cycles", 2000.0, 0.0, "cycles", "pipeline fill/drain per layer"),

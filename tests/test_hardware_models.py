@@ -40,8 +40,20 @@ def test_dpu_channels_round_up_to_the_array() -> None:
 
 
 def test_depthwise_uses_the_array_poorly() -> None:
+    """A depthwise 3x3 runs on the ALU engine (4 pixels x 16 channels, one kernel tap per cycle), not on the
+    8 x 16 x 16 array: per MAC it costs many times a dense 3x3 convolution of the same width. Depthwise
+    convolution and pooling share the ALU's one fitted efficiency (PG338; Vitis AI's target_factory)."""
     profile = resolve_profile("zcu104")
-    assert profile.params["dwconv_cycle_factor"] > profile.params["conv_cycle_factor"] >= 1.0
+    assert profile.params["alu_cycle_factor"] >= 1.0 and profile.params["conv_cycle_factor"] >= 1.0
+    assert not {"dwconv_cycle_factor", "pool_cycle_factor"} & set(profile.params)
+
+    def compute_per_mac(depthwise: bool) -> float:
+        layers = estimate(convnet(64, depthwise), SHAPE, "zcu104", per_layer=True)["per_layer"]
+        middle = next(layer for layer in layers if layer["kind"] == ("dwconv" if depthwise else "conv")
+                      and layer["name"] == "2")
+        return middle["compute_ms"] / (56 * 56 * 64 * 9 * (1 if depthwise else 64))
+
+    assert compute_per_mac(True) > 8 * compute_per_mac(False)
 
 
 def test_dpu_runs_only_int8() -> None:
@@ -192,3 +204,18 @@ def test_arm_pooling_is_its_own_kernel_whose_work_is_the_window() -> None:
     window, global_pool = (float(table["work"][i]) for i in pools)
     assert window == 16 * 16 * 16 * 9 + 16 * 16 * 16
     assert global_pool == 16 * 16 * 16 + 16
+
+
+def test_a_dpu_profile_from_the_older_model_asks_to_be_recalibrated(tmp_path) -> None:
+    """Profiles written before depthwise and pooling shared the ALU's factor are refused with the fix."""
+    import json
+
+    from hardware_models.profiles import builtin_profile_path
+
+    data = json.loads(builtin_profile_path("zcu104").read_text())
+    alu = data["params"].pop("alu_cycle_factor")
+    data["params"].update(dwconv_cycle_factor=2 * alu, pool_cycle_factor=2 * alu)
+    old = tmp_path / "old_dpu.json"
+    old.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="alu_cycle_factor.*recalibrate"):
+        estimate(convnet(16), SHAPE, str(old))
