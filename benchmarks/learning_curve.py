@@ -6,8 +6,9 @@
 For each size n: fit on n random rows, score on all the others, over several random splits. Two ways to
 fit: *scratch* (the physical defaults as a weak prior, as `calibrate --from-scratch` does) and *adapted*
 (a MAP fit shrinking towards an existing profile, as `calibrate` does for small tables). For NAS-Bench-201
-the adapted prior is the built-in rpi4 profile, fitted on `rpi.csv` (ncnn on ImageNet-sized networks:
-no NAS-Bench-201 row is in it). The ZCU104 table has no independent DPU profile to adapt, so there the
+the adapted prior is the built-in rpi4 profile, fitted on `rpi.csv` + `rpi_runtimes.csv` (ImageNet-sized
+networks: no NAS-Bench-201 row is in it); NB201's rows name no runtime, so they adapt its default
+(onnxruntime fp32) parameters. The ZCU104 table has no independent DPU profile to adapt, so there the
 second curve shrinks towards the physical defaults with the adaptation weight.
 """
 
