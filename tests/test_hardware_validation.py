@@ -129,3 +129,17 @@ def test_replicate_agreement_groups_identical_executed_graphs() -> None:
     result = replicate_agreement([executed_signature(n) for n in (a, b, a, c)], np.array([1.0, 1.05, 1.5, 9.0]))
     assert (result.rows, result.groups) == (3, 1)
     assert result.within == pytest.approx(2 / 3) and result.median_error == pytest.approx(1 - 1 / 1.05)
+
+
+def test_zcu104_family_out_meets_the_issue_bar() -> None:
+    """Issue 16 on the shared ZCU104 table, as benchmarks.hardware_accuracy scores it: at least 80% of the
+    held-out networks within 10%, a mean absolute error of at most 7%, and 90% intervals that cover at least
+    85% of them (94% / 4.3% / 94% when depthwise and pooling began sharing the DPU's ALU engine)."""
+    from benchmarks.hardware_accuracy import family_out
+    from hardware_models.fitting import mape
+    from hardware_models.fitting import within
+
+    result = family_out(prepare("zcu104", DATA / "zcu104_dpu.csv"))
+    assert within(result.predicted, result.measured) >= 0.8
+    assert mape(result.predicted, result.measured) <= 7.0
+    assert float(np.mean(result.covered)) >= 0.85
