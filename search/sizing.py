@@ -3,17 +3,18 @@
 Why: a profile's counts were chosen on one machine; on a slower one the same `cpu` profile runs for hours, on a
 faster one it leaves most of the hour unused. With `[search] budget` (and `sizing = "fit"`, the default) the
 budget is the whole run's wall time: a few training steps of the teacher's network and a few evaluation
-batches are timed on this machine, and the budget is shared out (`Shares`: teacher, search, final stage). What
-the teacher and the final stage do not use goes to the search. Nothing is sized below `Minimums`; when even
+batches are timed on this machine, and the budget is shared out (`Shares`: the teacher's; the search and the
+final stage share the rest). Nothing is sized below `Minimums`; when even
 those do not fit, the plan says so and gives its estimate. The plan is written to `plan.json` in the run
 folder: a resumed run reads it instead of measuring again, so it searches the same space with the same teacher.
 
 The cost model is deliberately simple. Each fresh student's training step is timed on the student itself (a
 smaller network is not a faster one per step: MobileNetV2 with its small stem costs 2.4x the ResNet-50 teacher's
-step at 32 px on a 2-core Xeon), each (student, distillation, step count) is trained once, an evaluation costs its
-images' forward passes, and MO-ASHA promotes 1/eta of the trials. When the profile does not fit, every step count
-(students at each level, F2 and F3 fine-tuning) shrinks by one common factor k, found by bisection, and the trial
-count by sqrt(k): F3 never gets fewer steps than F2, and the search keeps its breadth.
+step at 32 px on a 2-core Xeon), and each (student, distillation, step count) is trained once. A recipe's
+fine-tuning and evaluation cost what its own network costs: the baselines' networks are known, a searched
+recipe's is the mean over the space's networks. MO-ASHA promotes 1/eta of the trials. When the profile does not
+fit, every step count (students at each level, F2 and F3 fine-tuning) shrinks by one common factor k, found by
+bisection, and the trial count by sqrt(k): F3 never gets fewer steps than F2, and the search keeps its breadth.
 """
 
 from __future__ import annotations
@@ -118,9 +119,9 @@ class RunPlan:
         teacher = config.teacher if self.teacher_ready else replace(
             config.teacher, train=replace(config.teacher.train, epochs=c.teacher_epochs))
         scale = c.student_steps / max(self.profile.student_steps, 1)
-        f2 = _with_steps(fid.f2, c.f2_steps, scale)
-        f3 = _with_steps(fid.f3, c.f3_steps, scale)
-        f1 = _with_steps(fid.f1, fid.f1.budget.finetune_steps, scale)
+        f2 = _with_steps(fid.f2, c.f2_steps, scale, c.f2_steps / max(self.profile.f2_steps, 1))
+        f3 = _with_steps(fid.f3, c.f3_steps, scale, c.f3_steps / max(self.profile.f3_steps, 1))
+        f1 = _with_steps(fid.f1, fid.f1.budget.finetune_steps, scale, c.f2_steps / max(self.profile.f2_steps, 1))
         return replace(config, teacher=teacher, fidelity=replace(fid, f1=f1, f2=f2, f3=f3),
                        search=replace(config.search, trials=c.trials, budget=self.search_budget, sizing=Sizing.OFF))
 
@@ -156,14 +157,15 @@ class RunPlan:
                    teacher_ready=raw["teacher_ready"], estimate=dict(raw["estimate"]), notes=tuple(raw["notes"]))
 
 
-def _with_steps(level: LevelConfig, finetune: int, student_scale: float) -> LevelConfig:
+def _with_steps(level: LevelConfig, finetune: int, student_scale: float, recovery_scale: float) -> LevelConfig:
     b = level.budget
     return replace(level, budget=replace(b, finetune_steps=finetune if b.finetune_steps else 0,
-                                         student_steps=scaled_steps(b.student_steps, student_scale)))
+                                         student_steps=scaled_steps(b.student_steps, student_scale),
+                                         recovery_steps=scaled_steps(b.recovery_steps, recovery_scale)))
 
 
 def scaled_steps(steps: int, scale: float) -> int:
-    """A level's student steps at `scale` of the profile's; a level that trains no fresh students keeps 0."""
+    """A level's student (or recovery) steps at `scale` of the profile's; a level without any keeps 0."""
     return max(1, round(steps * scale)) if steps else 0
 
 
@@ -198,18 +200,29 @@ class Workload:
     teacher_epoch_steps: int
     teacher_eval_images: int
     level_images: dict[str, int]  # images evaluated per recipe at f1, f2, f3
-    recovery_steps: dict[str, int]
+    recovery_steps: dict[str, int]  # the profile's steps per recovery phase of an iterative pruning, per level
     promoted: float  # share of trials that reach F2
     final_jobs: int  # front recipes given F3
     baseline_jobs: int  # baselines, given F1, F2 and F3
     # Each (student network, distillation kind) the search may train at F1 and F2, once per (temperature, alpha)
-    # setting, and each the final stage may train at F3 (the baselines' students, and the front's: at most
-    # final_jobs more of the space's).
+    # setting; the baselines' (trained at F1, F2 and F3, unless the search has them); and the front's that F3 may
+    # train (at most final_jobs more of the space's).
     search_students: tuple[tuple[str, str], ...] = ()
-    final_students: tuple[tuple[str, str], ...] = ()
+    baseline_students: tuple[tuple[str, str], ...] = ()
+    front_students: tuple[tuple[str, str], ...] = ()
+    cascades: int = 0  # front members that become a cascade with the teacher (each scored on validation and test)
     student_levels: dict[str, int] = field(default_factory=dict)  # the profile's student steps at f1, f2, f3
     student_batch: int = 64  # images per student step: feature distillation runs the teacher on each of them
     distill_images: int = 0  # training images the teacher labels once (its logits are cached) when any pair distils
+    # The network each baseline fine-tunes and evaluates (empty: the teacher's, for all), and those the search may
+    # pick: a MobileNetV2 recipe's fine-tune step and evaluation cost what its network costs, not the teacher's.
+    baseline_networks: tuple[str, ...] = ()
+    space_networks: tuple[str, ...] = (TEACHER,)
+    # Recovery phases (an iterative pruning in n steps trains between them: n - 1) of each baseline, and of a
+    # searched recipe on average; the profile's fine-tune steps per level, which recovery scales with.
+    baseline_recoveries: tuple[int, ...] = ()
+    searched_recoveries: float = 0.0
+    finetune_levels: dict[str, int] = field(default_factory=dict)
 
     def student_steps(self, level: str, top: int) -> int:
         """`level`'s student steps when the longest level (F3) gets `top`."""
@@ -234,18 +247,25 @@ def workload(config: StudyConfig, splits: Splits, baselines: list[Candidate]) ->
     owned = list(dict.fromkeys((r.recipe.student, str(r.recipe.distill.kind)) for r in baselines
                                if r.recipe.student != TEACHER))
     others = sorted(dict.fromkeys(p for p in searched if p not in owned))
-    iterative = int(PruneSchedule.ITERATIVE in space.schedules)  # recovery steps run only between its steps
+    iterative = (space.iterative_steps - 1) / len(space.schedules) if PruneSchedule.ITERATIVE in space.schedules else 0
     promoted = 1.0 / config.search.eta if config.search.promotion == PromotionKind.MOASHA else 1.0
     distils = any(kind != DistillKind.NONE for _, kind in [*searched, *owned])
     return Workload(teacher_epoch_steps=len(splits.train) // config.teacher.train.batch_size,
                     teacher_eval_images=sizes["val"] + sizes["test"],
                     level_images={n: images(n) for n in ("f1", "f2", "f3")},
-                    recovery_steps={n: getattr(fid, n).budget.recovery_steps * iterative for n in ("f1", "f2", "f3")},
+                    recovery_steps={n: getattr(fid, n).budget.recovery_steps for n in ("f1", "f2", "f3")},
                     promoted=promoted, final_jobs=config.search.final_max, baseline_jobs=len(baselines),
-                    search_students=tuple(searched), final_students=(*owned, *others[: config.search.final_max]),
+                    search_students=tuple(searched), baseline_students=tuple(owned),
+                    front_students=tuple(others[: config.search.final_max]),
+                    cascades=config.search.final_max if config.search.cascades else 0,
                     student_batch=fid.f3.budget.student_train.batch_size,
                     student_levels={n: getattr(fid, n).budget.student_steps for n in ("f1", "f2", "f3")},
-                    distill_images=len(splits.train) if distils else 0)
+                    distill_images=len(splits.train) if distils else 0,
+                    baseline_networks=tuple(r.recipe.student for r in baselines), space_networks=space.students,
+                    baseline_recoveries=tuple(r.recipe.prune.steps - 1 if r.recipe.prune.schedule ==
+                                              PruneSchedule.ITERATIVE else 0 for r in baselines),
+                    searched_recoveries=iterative,
+                    finetune_levels={n: getattr(fid, n).budget.finetune_steps for n in ("f1", "f2", "f3")})
 
 
 @dataclass(frozen=True)
@@ -255,13 +275,28 @@ class Price:
     times: StepTimes
     work: Workload
 
-    def level(self, name: str, steps: int) -> float:
+    def speed(self, network: str) -> float:
+        """What a step or an evaluated image of `network` costs against the teacher's network's (the ratio of their
+        measured training steps: evaluation is taken to scale like training)."""
+        return 1.0 if network == TEACHER else self.times.student(network) / max(self.times.finetune_step, 1e-9)
+
+    def level(self, name: str, steps: int, network: str = TEACHER, recoveries: float | None = None) -> float:
+        """One evaluation job at `name` with `steps` fine-tune steps, on `network`, with `recoveries` recovery phases
+        (None: a searched recipe's mean); recovery shrinks with the fine-tuning (`RunPlan.apply`)."""
         w = self.work
-        return JOB_OVERHEAD_S + (steps + w.recovery_steps[name]) * self.times.finetune_step + \
-            w.level_images[name] * self.times.eval_image
+        phases = w.searched_recoveries if recoveries is None else recoveries
+        profile = w.finetune_levels.get(name, 0)
+        recovery = phases * w.recovery_steps[name] * (steps / profile if profile else 1.0)
+        return JOB_OVERHEAD_S + self.speed(network) * ((steps + recovery) * self.times.finetune_step +
+                                                       w.level_images[name] * self.times.eval_image)
+
+    def searched_level(self, name: str, steps: int) -> float:
+        """A level of a recipe the search picks: the mean over the space's networks."""
+        networks = self.work.space_networks or (TEACHER,)
+        return sum(self.level(name, steps, n) for n in networks) / len(networks)
 
     def trial(self, f2: int) -> float:
-        return self.level("f1", 0) + self.work.promoted * self.level("f2", f2)
+        return self.searched_level("f1", 0) + self.work.promoted * self.searched_level("f2", f2)
 
     def student_step(self, pair: tuple[str, str]) -> float:
         arch, kind = pair
@@ -276,18 +311,37 @@ class Price:
         return w.distill_images * self.times.eval_image + steps * sum(self.student_step(p) for p in w.search_students)
 
     def final_students(self, top: int) -> float:
-        """The final stage's pairs at F3 (none when F3 trains them as long as F2 did: they are in the cache)."""
+        """The students the final stage trains: every level's for a baseline's pair the search never trains, F3's
+        for the other baselines' and the front's (each step count once: a cached student is shared)."""
         w = self.work
-        f3 = w.student_steps("f3", top)
-        if f3 in (w.student_steps("f1", top), w.student_steps("f2", top)):
-            return f3 * sum(self.student_step(p) for p in w.final_students if p not in w.search_students)
-        return f3 * sum(self.student_step(p) for p in w.final_students)
+        levels = [w.student_steps(n, top) for n in ("f1", "f2", "f3")]
+        searched = set(levels[:2])
+        total = 0.0
+        for pair in (*w.baseline_students, *w.front_students):
+            steps = sum(dict.fromkeys(levels)) if pair not in w.search_students else \
+                (0 if levels[2] in searched else levels[2])
+            total += steps * self.student_step(pair)
+        return total
+
+    def cascade_stage(self) -> float:
+        """Each cascade scores its front member and the teacher on the validation and test images."""
+        w = self.work
+        images = w.level_images["f3"]
+        return w.cascades * images * self.times.eval_image * (1 + self.searched_level_speed())
+
+    def searched_level_speed(self) -> float:
+        networks = self.work.space_networks or (TEACHER,)
+        return sum(self.speed(n) for n in networks) / len(networks)
 
     def final(self, f2: int, f3: int, top: int = 0) -> float:
-        """The final stage: F3 for the front, F1, F2 and F3 for every baseline, and the students F3 trains."""
+        """The final stage: F3 for the front, F1, F2 and F3 for every baseline (each on its own network), the
+        students these train, and the cascades."""
         w = self.work
-        return (w.final_jobs + w.baseline_jobs) * self.level("f3", f3) + \
-            w.baseline_jobs * (self.level("f1", 0) + self.level("f2", f2)) + self.final_students(top)
+        baselines = w.baseline_networks or (TEACHER,) * w.baseline_jobs
+        phases = w.baseline_recoveries or (0,) * len(baselines)
+        return w.final_jobs * self.searched_level("f3", f3) + self.final_students(top) + self.cascade_stage() + sum(
+            self.level("f3", f3, n, r) + self.level("f1", 0, n, r) + self.level("f2", f2, n, r)
+            for n, r in zip(baselines, phases, strict=True))
 
     def search(self, counts: Counts) -> float:
         return self.search_students(counts.student_steps) + counts.trials * self.trial(counts.f2_steps)
@@ -388,7 +442,7 @@ def measure_students(config: StudyConfig, work: Workload, splits: Splits, batche
     the students' batch size (the F3 level's training settings)."""
     info, train_config = splits.info, config.fidelity.f3.budget.student_train
     times = {}
-    for arch in sorted({arch for arch, _ in (*work.search_students, *work.final_students)}):
+    for arch in sorted({arch for arch, _ in (*work.search_students, *work.baseline_students, *work.front_students)}):
         model = create_model(arch, num_classes=info.num_classes, in_channels=info.channels,
                              resolution=batcher.resolution).to(device)
         times[arch] = round(_timed_steps(model, splits, batcher, train_config, device), 4)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from search.config import load_study
 from search.sizing import Counts
+from search.sizing import Price
 from search.sizing import RunPlan
 from search.sizing import StepTimes
 from search.sizing import Workload
@@ -50,7 +51,7 @@ def test_students_are_priced_by_their_own_step_and_trained_longer_at_each_level(
     work = Workload(teacher_epoch_steps=351, teacher_eval_images=15_000,
                     level_images={"f1": 2_792, "f2": 2_792, "f3": 16_792}, recovery_steps={"f1": 0, "f2": 0, "f3": 0},
                     promoted=1 / 3, final_jobs=6, baseline_jobs=11, search_students=(("resnet18", "logit"), ("mobilenet_v2", "logit")),
-                    final_students=(("mobilenet_v2", "logit"), ("squeezenet1_0", "logit")),
+                    baseline_students=(("mobilenet_v2", "logit"), ("squeezenet1_0", "logit")),
                     student_levels={"f1": 200, "f2": 400, "f3": 800}, distill_images=45_000)
     base = StepTimes(teacher_step=0.6, finetune_step=0.4, eval_image=1e-3)
     fast = plan_run(config, replace(base, student_step={"resnet18": 0.1, "mobilenet_v2": 0.1, "squeezenet1_0": 0.1}),
@@ -64,7 +65,17 @@ def test_students_are_priced_by_their_own_step_and_trained_longer_at_each_level(
         steps = [getattr(levels, n).budget.student_steps for n in ("f1", "f2", "f3")]
         assert steps[0] < steps[1] < steps[2] == plan.counts.student_steps
         assert levels.f3.budget.finetune_steps >= levels.f2.budget.finetune_steps
+        if plan.counts.f3_steps < plan.profile.f3_steps:  # recovery between iterative steps shrinks with it
+            assert 0 < levels.f3.budget.recovery_steps < config.fidelity.f3.budget.recovery_steps
     assert "student steps (s): mobilenet_v2 1.000" in slow.describe()
+    # a baseline fine-tunes and is evaluated on its own network: eleven MobileNetV2 baselines cost more than eleven
+    # on the teacher's network, and the plan gives them fewer steps
+    slow_times = replace(base, student_step={"resnet18": 0.1, "mobilenet_v2": 1.0, "squeezenet1_0": 0.4})
+    on_teacher = Price(slow_times, work)
+    on_mobilenet = Price(slow_times, replace(work, baseline_networks=("mobilenet_v2",) * 11))
+    assert on_mobilenet.final(20, 100, 200) > on_teacher.final(20, 100, 200) + 11 * 100 * 0.4
+    assert plan_run(config, slow_times, replace(work, baseline_networks=("mobilenet_v2",) * 11),
+                    teacher_ready=False).counts.f3_steps < slow.counts.f3_steps
 
 
 def test_a_ready_teacher_needs_no_teacher_time() -> None:
