@@ -78,6 +78,7 @@ class SearchConfig:
     eta: int = field(default=3, metadata={"min": 2, "max": 1000})  # moasha: the top 1/eta of F1 results get F2
     budget: str = ""  # wall time, e.g. "60m" or "1h30m"; "" = the trial count alone
     sizing: Sizing = Sizing.FIT  # fit: the budget is the whole run, sized to it (search.sizing); off: the search alone
+    max_trials: int = field(default=0, metadata={"min": 0, "max": 100_000})  # a sized plan's cap (--trials); 0: none
 
     # After the front: quantized front members + the teacher as cascades (search.cascade_study), fitted on
     # validation to stay within `cascade_within` points of the teacher; non-dominated ones join the front.

@@ -55,7 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to train and evaluate (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars (logs stay)")
-    p.add_argument("--trials", type=int, default=None, help="number of search trials (default: the profile's)")
+    p.add_argument("--trials", type=int, default=None,
+                   help="number of search trials (default: the profile's); with a budget sized by --sizing fit, the "
+                        "most trials its plan may give")
     p.add_argument("--budget", default=None, metavar="TIME",
                    help="wall time, e.g. 90s, 60m or 1h30m (default: the profile's [search] budget). With --sizing "
                         "fit (the default) it is the whole run's: teacher epochs, trials and F2/F3 steps are sized "
@@ -94,8 +96,9 @@ def study_from_args(args: argparse.Namespace) -> Study:
     if args.code:
         config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher,
                                                                          code=str(Path(args.code).resolve())))
-    if args.trials:
-        config = dataclasses.replace(config, search=dataclasses.replace(config.search, trials=args.trials))
+    if args.trials:  # the trial count, and with a sized budget the most trials its plan may give
+        config = dataclasses.replace(config, search=dataclasses.replace(config.search, trials=args.trials,
+                                                                        max_trials=args.trials))
     if args.budget is not None:
         try:
             parse_duration(args.budget)

@@ -391,7 +391,10 @@ def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_r
     final_s = price.final(counts.f2_steps, counts.f3_steps, counts.student_steps)
     fill = math.floor((room - final_s - price.search_students(counts.student_steps)) /
                       max(price.trial(counts.f2_steps), 1e-9))
-    counts = replace(counts, trials=_clamp(fill, low.trials, MAX_GROWTH * profile.trials, "trials", notes))
+    cap = min(MAX_GROWTH * profile.trials, config.search.max_trials or MAX_GROWTH * profile.trials)
+    counts = replace(counts, trials=_clamp(fill, min(low.trials, cap), cap, "trials", notes))
+    if config.search.max_trials and fill > config.search.max_trials:
+        notes.append(f"trials capped at {config.search.max_trials} (--trials / [search] max_trials)")
     search_s = max(room - final_s, price.search(counts))
     estimate = {"teacher": round(teacher_s, 1), "search": round(search_s, 1), "final": round(final_s, 1)}
     if sum(estimate.values()) > budget * 1.05:

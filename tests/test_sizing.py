@@ -117,6 +117,17 @@ def test_a_tight_budget_plans_a_smaller_run_than_a_loose_one(mnist_root: Path, t
     assert (tight.trials, tight.f2_steps, tight.f3_steps) < (loose.trials, loose.f2_steps, loose.f3_steps)
 
 
+def test_trials_given_with_a_budget_cap_the_plan(mnist_root: Path, tmp_path: Path) -> None:
+    """A loose budget would grow the trials to 4x the profile's; `--trials 3` is the user's ceiling."""
+    out = tmp_path / "run"
+    result = search_cli(*study_args(mnist_root, out, tmp_path / "cache", "--budget", "20m", "--trials", "3",
+                                    "--baseline-only"))
+    assert result.returncode == 0, result.stderr
+    plan = RunPlan.from_json(json.loads((out / "plan.json").read_text()))
+    assert plan.counts.trials == 3 and "trials capped at 3" in result.stdout
+    assert json.loads((out / "config.json").read_text())["search"]["trials"] == 3
+
+
 def test_the_plan_is_printed_reported_and_kept_when_the_run_resumes(mnist_root: Path, tmp_path: Path) -> None:
     args = study_args(mnist_root, tmp_path / "run", tmp_path / "cache", "--budget", "15s")
     first = search_cli(*args)
