@@ -19,6 +19,7 @@ import torchvision
 from torch import nn
 
 from hardware_models.networks import attach_thesis_head
+from hardware_models.registry import register_once
 from hardware_models.zoo import mobilenet_v1
 from hardware_models.zoo import nb201_network
 
@@ -31,9 +32,7 @@ _NO_AUX = {"inception_v3", "googlenet"}
 
 def register_scheme(name: str) -> Callable[[SchemeBuilder], SchemeBuilder]:
     def decorate(builder: SchemeBuilder) -> SchemeBuilder:
-        if name in SCHEMES:
-            raise ValueError(f"spec scheme {name!r} is registered twice")
-        SCHEMES[name] = builder
+        register_once(SCHEMES, name, builder, "spec scheme")
         return builder
 
     return decorate

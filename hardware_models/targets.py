@@ -36,6 +36,7 @@ from hardware_models.power import BUILTIN_POWER
 from hardware_models.power import PowerModel
 from hardware_models.profiles import Profile
 from hardware_models.profiles import load_builtin
+from hardware_models.registry import register_once
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,15 +55,9 @@ class TargetSpec:
 TARGETS: dict[str, TargetSpec] = {}
 
 
-def _add(table: dict, key: str, value: object, what: str) -> None:
-    if key in table:
-        raise ValueError(f"{what} {key!r} is registered twice")
-    table[key] = value
-
-
 def register_target(builder: Callable[[], TargetSpec]) -> Callable[[], TargetSpec]:
     spec = builder()
-    _add(TARGETS, spec.name, spec, "target")
+    register_once(TARGETS, spec.name, spec, "target")
     return builder
 
 
@@ -245,7 +240,7 @@ def register_capability(builder: Callable[[], Capability]) -> Callable[[], Capab
     cap = builder()
     if cap.target not in TARGETS:
         raise ValueError(f"capability for unknown target {cap.target!r}")
-    _add(CAPABILITIES, cap.target, cap, "capability of target")
+    register_once(CAPABILITIES, cap.target, cap, "capability of target")
     return builder
 
 

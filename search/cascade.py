@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from hardware_models.registry import register_once
 from spaces.validated import ConfigError
 from spaces.validated import settings
 
@@ -61,9 +62,7 @@ POLICIES: dict[str, PolicyKind] = {}
 
 def register_policy(name: str, about: str) -> Callable[[Callable[[Policy], None]], Callable[[Policy], None]]:
     def decorate(check: Callable[[Policy], None]) -> Callable[[Policy], None]:
-        if name in POLICIES:
-            raise ValueError(f"escalation policy {name!r} is registered twice")
-        POLICIES[name] = PolicyKind(name, check, about)
+        register_once(POLICIES, name, PolicyKind(name, check, about), "escalation policy")
         return check
 
     return decorate

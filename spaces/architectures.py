@@ -23,6 +23,7 @@ from torch import nn
 
 from hardware_models.networks import attach_thesis_head
 from hardware_models.networks import hidden_head
+from hardware_models.registry import register_once
 
 Builder = Callable[[int, int], nn.Module]
 StemEdit = Callable[[nn.Module], None]  # turns a freshly built network's ImageNet stem into the small one, in place
@@ -104,10 +105,8 @@ def register_architecture(name: str, *, description: str, default_resolution: in
                           fixed_resolution: bool = False,
                           stem_rule: StemRule | None = None) -> Callable[[Builder], Builder]:
     def decorate(builder: Builder) -> Builder:
-        if name in ARCHITECTURES:
-            raise ValueError(f"architecture {name!r} is registered twice")
-        ARCHITECTURES[name] = Architecture(name, builder, description, default_resolution, fixed_resolution,
-                                           stem_rule)
+        register_once(ARCHITECTURES, name, Architecture(name, builder, description, default_resolution,
+                                                        fixed_resolution, stem_rule), "architecture")
         return builder
 
     return decorate
@@ -186,9 +185,7 @@ SMALL_STEMS: dict[str, StemEdit] = {}
 def small_stem(name: str) -> Callable[[StemEdit], StemEdit]:
     """Register a named small-input stem edit (the benchmark measures every one; a StemRule uses one)."""
     def decorate(edit: StemEdit) -> StemEdit:
-        if name in SMALL_STEMS:
-            raise ValueError(f"small stem {name!r} is registered twice")
-        SMALL_STEMS[name] = edit
+        register_once(SMALL_STEMS, name, edit, "small stem")
         return edit
 
     return decorate
