@@ -8,9 +8,9 @@ through im2col, depthwise convolutions with direct loops, fully connected layers
 activation passes, pooling windows and pure data movement (concat, channel shuffle). Pooling is its own
 class (nn-Meter's per-kernel split): a 3x3 window reads nine inputs per output, so its work is the elements
 the window reads, not in + out elements, and sharing one rate with ReLUs and adds made every pooling layer
-cost as little as an add (NAS-Bench-201 cells with three pooling edges came out 10-15% fast). The memory term is *added*, not
-max()-ed: fitted on the ncnn rows both ways, the sum fits better (the A72's small out-of-order window hides little
-memory latency behind NEON arithmetic; `combine="max"` is the strict roofline, and
+cost as little as an add (NAS-Bench-201 cells with three pooling edges came out 10-15% fast). The memory term is
+*added*, not max()-ed: fitted on the ncnn rows both ways, the sum fits better (the A72's small out-of-order window
+hides little memory latency behind NEON arithmetic; `combine="max"` is the strict roofline, and
 benchmarks/hardware_accuracy.py prints the fit error of both).
 
 Parameters are fitted per (runtime, precision): ncnn's fp32 and int8 kernels, onnxruntime's CPU execution
@@ -150,9 +150,10 @@ def _work(layer: Layer, cls: int) -> float:
 def param_specs(runtime: str, precision: str) -> tuple[ParamSpec, ...]:
     prefix = f"{runtime}.{precision}."
     boost = _INT8_SPEEDUP if precision == "int8" else 1.0
-    rates = tuple(ParamSpec(prefix + f"{c}_per_cycle", v * boost, 0.0, "MAC/cycle/core" if i < _MAC_CLASSES else "elem/cycle/core",
-                            f"{c} throughput per core per cycle") for i, (c, v) in
-                  enumerate(zip(CLASSES, _CLASS_DEFAULTS, strict=True)))
+    rates = tuple(ParamSpec(prefix + f"{c}_per_cycle", v * boost, 0.0,
+                            "MAC/cycle/core" if i < _MAC_CLASSES else "elem/cycle/core",
+                            f"{c} throughput per core per cycle")
+                  for i, (c, v) in enumerate(zip(CLASSES, _CLASS_DEFAULTS, strict=True)))
     return rates + (
         ParamSpec(prefix + "activation_gbps", 2.0, 0.0, "GB/s", "effective bandwidth for activations"),
         ParamSpec(prefix + "weight_gbps", 4.0, 0.0, "GB/s", "effective bandwidth for weights"),

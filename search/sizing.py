@@ -290,10 +290,13 @@ class Price:
         return JOB_OVERHEAD_S + self.speed(network) * ((steps + recovery) * self.times.finetune_step +
                                                        w.level_images[name] * self.times.eval_image)
 
+    @property
+    def searched_networks(self) -> tuple[str, ...]:
+        return self.work.space_networks or (TEACHER,)
+
     def searched_level(self, name: str, steps: int) -> float:
         """A level of a recipe the search picks: the mean over the space's networks."""
-        networks = self.work.space_networks or (TEACHER,)
-        return sum(self.level(name, steps, n) for n in networks) / len(networks)
+        return sum(self.level(name, steps, n) for n in self.searched_networks) / len(self.searched_networks)
 
     def trial(self, f2: int) -> float:
         return self.searched_level("f1", 0) + self.work.promoted * self.searched_level("f2", f2)
@@ -327,11 +330,8 @@ class Price:
         """Each cascade scores its front member and the teacher on the validation and test images."""
         w = self.work
         images = w.level_images["f3"]
-        return w.cascades * images * self.times.eval_image * (1 + self.searched_level_speed())
-
-    def searched_level_speed(self) -> float:
-        networks = self.work.space_networks or (TEACHER,)
-        return sum(self.speed(n) for n in networks) / len(networks)
+        speed = sum(self.speed(n) for n in self.searched_networks) / len(self.searched_networks)
+        return w.cascades * images * self.times.eval_image * (1 + speed)
 
     def final(self, f2: int, f3: int, top: int = 0) -> float:
         """The final stage: F3 for the front, F1, F2 and F3 for every baseline (each on its own network), the
@@ -382,7 +382,8 @@ def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_r
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if price.after_teacher(at(mid)) <= room else (lo, mid)
         k = lo
-        notes.append(f"steps and trials at {k:.0%} of the profile's (trials at {math.sqrt(k):.0%}): the largest share that fits")
+        notes.append(f"steps and trials at {k:.0%} of the profile's (trials at {math.sqrt(k):.0%}): the largest "
+                     "share that fits")
     counts = at(k)
     for what, name in (("student steps", "student_steps"), ("F2 steps", "f2_steps"), ("F3 steps", "f3_steps")):
         if round(getattr(profile, name) * k) < getattr(low, name):
@@ -391,7 +392,9 @@ def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_r
     final_s = price.final(counts.f2_steps, counts.f3_steps, counts.student_steps)
     fill = math.floor((room - final_s - price.search_students(counts.student_steps)) /
                       max(price.trial(counts.f2_steps), 1e-9))
-    cap = min(MAX_GROWTH * profile.trials, config.search.max_trials or MAX_GROWTH * profile.trials)
+    cap = MAX_GROWTH * profile.trials
+    if config.search.max_trials:
+        cap = min(cap, config.search.max_trials)
     counts = replace(counts, trials=_clamp(fill, min(low.trials, cap), cap, "trials", notes))
     if config.search.max_trials and fill > config.search.max_trials:
         notes.append(f"trials capped at {config.search.max_trials} (--trials / [search] max_trials)")

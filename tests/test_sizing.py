@@ -50,7 +50,8 @@ def test_students_are_priced_by_their_own_step_and_trained_longer_at_each_level(
     config = load_study("resnet50_cifar10", "cpu")
     work = Workload(teacher_epoch_steps=351, teacher_eval_images=15_000,
                     level_images={"f1": 2_792, "f2": 2_792, "f3": 16_792}, recovery_steps={"f1": 0, "f2": 0, "f3": 0},
-                    promoted=1 / 3, final_jobs=6, baseline_jobs=11, search_students=(("resnet18", "logit"), ("mobilenet_v2", "logit")),
+                    promoted=1 / 3, final_jobs=6, baseline_jobs=11,
+                    search_students=(("resnet18", "logit"), ("mobilenet_v2", "logit")),
                     baseline_students=(("mobilenet_v2", "logit"), ("squeezenet1_0", "logit")),
                     student_levels={"f1": 200, "f2": 400, "f3": 800}, distill_images=45_000)
     base = StepTimes(teacher_step=0.6, finetune_step=0.4, eval_image=1e-3)
