@@ -99,6 +99,15 @@ class CostModel(abc.ABC):
     def predict(self, values: Mapping[str, float], table: LayerTable) -> Prediction:
         """Per-layer and fixed milliseconds for the given parameter values."""
 
+    def require(self, values: Mapping[str, float], where: str) -> None:
+        """Refuse parameter values written by an older version of this model (a profile from before a parameter
+        was renamed or added, like the DPU's `alu_cycle_factor`): a clear error instead of a KeyError inside
+        `predict`."""
+        missing = sorted(set(self._names()) - set(values))
+        if missing:
+            raise ValueError(f"{where} lacks {self.family} parameters {missing} (written by an older model); "
+                             "recalibrate it with python -m hardware_models.calibrate")
+
     def predict_theta(self, theta: np.ndarray, table: LayerTable) -> np.ndarray:
         floors = np.array([s.floor for s in self.params])
         values = dict(zip(self._names(), (floors + np.exp(np.clip(theta, -40.0, 40.0))).tolist(), strict=True))

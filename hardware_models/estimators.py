@@ -64,15 +64,6 @@ def _not_int8(bits: dict[str, int]) -> list[str]:
     return [f"{name} ({b}-bit)" for name, b in bits.items() if b != 8]
 
 
-def _check_params(cost: dpu.DpuModel, profile: Profile) -> None:
-    """A profile written by an older DPU model (before depthwise and pooling shared the ALU's
-    `alu_cycle_factor`) cannot be read with today's cycle counts: say so instead of a KeyError."""
-    missing = sorted({s.name for s in cost.params} - set(profile.params))
-    if missing:
-        raise ValueError(f"profile {profile.target!r} lacks DPU parameters {missing} (written by an older DPU "
-                         "model); recalibrate it with python -m hardware_models.calibrate")
-
-
 @register_estimator("dpu")
 def _dpu(model: nn.Module, network: Network, profile: Profile, options: Options) -> dict[str, Any]:
     plan = resolve(options.precision, "int8")
@@ -97,7 +88,7 @@ def _dpu(model: nn.Module, network: Network, profile: Profile, options: Options)
                      "runs them in INT8, so accuracy measured with them in float is optimistic there")
     board = dpu.board_from(profile.board, profile.config)
     cost = dpu.DpuModel(board, boards={profile.board: board})
-    _check_params(cost, profile)
+    cost.require(profile.params, f"profile {profile.target!r}")
     case = Case(network=network, board=profile.board, threads=1, precision="int8", runtime=runtime,
                 clock_ghz=options.clock_ghz or 0.0)
     table = cost.table(case)
@@ -168,6 +159,7 @@ def _arm(model: nn.Module, network: Network, profile: Profile, options: Options)
         notes.append(f"no {runtime} {precision} measurements were in the calibration data: these "
                      "parameters are uncalibrated physical defaults")
     cost = arm.ArmModel(board, tuple(profile.calibration.get("builds", ())))
+    cost.require(profile.params, f"profile {profile.target!r}")
     table = cost.table(Case(network=network, board=profile.board, threads=threads, precision=precision,
                             runtime=runtime, clock_ghz=options.clock_ghz or 0.0,
                             layer_precision=tuple(sorted(kernels.items()))))
