@@ -37,6 +37,16 @@ def test_profiles_override_the_base_and_configs_are_frozen() -> None:
     assert set(STUDIES) <= set(available_studies())
 
 
+def test_the_race_profile_shares_the_smoke_teacher() -> None:
+    """`race` (benchmarks.search_engine part e) times the search alone: its teacher is smoke's cached one."""
+    from evaluators.teacher import teacher_key
+
+    race, smoke = load_study("resnet50_cifar10", "race"), load_study("resnet50_cifar10", "smoke")
+    keys = {teacher_key(c.teacher.as_trained_on("cpu"), c.data.split, c.data.resolution, "data") for c in (race, smoke)}
+    assert len(keys) == 1
+    assert race.search.sizing.value == "off" and "mobilenet_v2" not in race.space.students
+
+
 BASE = """
 [study]
 name = "t"
