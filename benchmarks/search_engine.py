@@ -188,6 +188,7 @@ def _race_run(ctx, box: ReferenceBox, method: str, seed: int, seconds: int,  # n
     objectives, constraints = ctx.plan.objectives, ctx.plan.constraints
     study = engine.open_study("race", f"sqlite:///{(run / 'study.db').resolve()}", config, objectives,
                               bool(constraints))
+    engine.seed_students(study, config, ctx.config.space.students)
     loop = engine.Loop(objectives, constraints, config.trials, engine.make_promoter(study, config, objectives),
                        Clock.of_study(study, config.budget_seconds))
     space = SearchSpace(ctx.config.space, ctx.config.teacher.arch, ctx.config.data.resolution)

@@ -79,6 +79,10 @@ class SearchConfig:
     budget: str = ""  # wall time, e.g. "60m" or "1h30m"; "" = the trial count alone
     sizing: Sizing = Sizing.FIT  # fit: the budget is the whole run, sized to it (search.sizing); off: the search alone
     max_trials: int = field(default=0, metadata={"min": 0, "max": 100_000})  # a sized plan's cap (--trials); 0: none
+    # The first trials try each student of the space once (the rest of each recipe sampled as usual): a short
+    # search's random first generation can miss a student altogether (the `cpu` run's 18 trials had no recipe
+    # built on the teacher, so nothing on its front could face the thesis's ResNet-50 rows).
+    seed_students: bool = True
 
     # After the front: quantized front members + the teacher as cascades (search.cascade_study), fitted on
     # validation to stay within `cascade_within` points of the teacher; non-dominated ones join the front.
@@ -138,6 +142,18 @@ def open_study(name: str, storage: str, config: SearchConfig, objectives: tuple[
                             "rerun with --fresh to start over")
     study.set_user_attr("objectives", list(objectives))
     return study
+
+
+def seed_students(study: optuna.Study, config: SearchConfig, students: tuple[str, ...]) -> int:
+    """A new study's first trials: one per student (at most a generation's worth), each with only its student
+    fixed, so NSGA-II's first generation covers every network. A study with trials already is left as it is (a
+    resumed run does not seed twice)."""
+    if not config.seed_students or study.get_trials(deepcopy=False):
+        return 0
+    chosen = list(students)[: config.population]
+    for student in chosen:
+        study.enqueue_trial({"student": student}, user_attrs={"seeded": True})
+    return len(chosen)
 
 
 def requeue_interrupted(study: optuna.Study) -> int:

@@ -12,7 +12,10 @@ The cost model is deliberately simple. Each fresh student's training step is tim
 smaller network is not a faster one per step: MobileNetV2 with its small stem costs 2.4x the ResNet-50 teacher's
 step at 32 px on a 2-core Xeon), and each (student, distillation, step count) is trained once. A recipe's
 fine-tuning and evaluation cost what its own network costs: the baselines' networks are known, a searched
-recipe's is the mean over the space's networks. MO-ASHA promotes 1/eta of the trials. When the profile does not
+recipe's is the mean over the space's networks. Evaluation is timed per network, float and fake-quantized, because
+it does not scale like training (per image, a fake-quantized MobileNetV2 cost about 10x the float teacher before
+fake quantization ran in place in evaluation, where its training step costs 2.2x): the images a recipe is scored
+on run at its quantized rate, calibration and BN statistics at the float one. MO-ASHA promotes 1/eta of the trials. When the profile does not
 fit, every step count (students at each level, F2 and F3 fine-tuning) shrinks by one common factor k, found by
 bisection, and the trial count by sqrt(k): F3 never gets fewer steps than F2, and the search keeps its breadth.
 """
@@ -46,15 +49,21 @@ from search.config import StudyConfig
 from search.final import Candidate
 from search.promotion import PromotionKind
 from spaces.architectures import create_model
+from spaces.quantization import calibrate
+from spaces.quantization import quantize_model
 from spaces.recipe import TEACHER
+from spaces.recipe import Calibration
 from spaces.recipe import DistillKind
 from spaces.recipe import PruneSchedule
+from spaces.recipe import Quantization
+from spaces.recipe import QuantKind
 from spaces.space import distillation_variants
 
 PLAN_FILE = "plan.json"
 MAX_GROWTH = 4  # a loose budget multiplies the profile's teacher epochs and trials by at most this
 WARM_STEPS = 1
 TIMED_STEPS = 2
+EVAL_TIMED = 64  # images per timed evaluation batch
 # Seconds per evaluation job beyond its steps and images (building the recipe, cost models, the sampler): the
 # MNIST smoke study spends about 0.7 s per F1 trial where its steps and images predict 0.1 s.
 JOB_OVERHEAD_S = 0.5
@@ -81,6 +90,11 @@ class StepTimes:
     finetune_step: float
     eval_image: float
     student_step: dict[str, float] = field(default_factory=dict)  # per fresh student network, its batch size
+    # Seconds per evaluated image of each network ("teacher": the teacher's), as it is (float) and fake-quantized
+    # (8-bit PTQ): neither scales like training. At 32 px on a 2-core Xeon a fake-quantized MobileNetV2 costs
+    # about 10x the float ResNet-50 teacher per image, where its training step costs 2.2x.
+    eval_float: dict[str, float] = field(default_factory=dict)
+    eval_quant: dict[str, float] = field(default_factory=dict)
 
     def student(self, arch: str) -> float:
         """Seconds per training step of `arch` (a plan from before students were timed: the fine-tune step)."""
@@ -223,6 +237,12 @@ class Workload:
     baseline_recoveries: tuple[int, ...] = ()
     searched_recoveries: float = 0.0
     finetune_levels: dict[str, int] = field(default_factory=dict)
+    # Of `level_images`, those scored (validation and test) on the finished, usually fake-quantized, recipe; the
+    # rest (calibration, BN statistics, pruning candidates) run on the float network. Which baselines quantize, and
+    # the share of the space's quantization kinds that do.
+    scored_images: dict[str, int] = field(default_factory=dict)
+    baseline_quantized: tuple[bool, ...] = ()
+    searched_quantized: float = 0.0
 
     def student_steps(self, level: str, top: int) -> int:
         """`level`'s student steps when the longest level (F3) gets `top`."""
@@ -233,13 +253,15 @@ class Workload:
 def workload(config: StudyConfig, splits: Splits, baselines: list[Candidate]) -> Workload:
     sizes, fid, space = splits.sizes(), config.fidelity, config.space
 
-    def images(name: str) -> int:
+    def scored(name: str) -> int:
         level: LevelConfig = getattr(fid, name)
-        b = level.budget
         val = level.val_images or sizes["val"]
         test = (level.test_images or sizes["test"]) if name == "f3" else 0
-        return min(val, sizes["val"]) + min(test, sizes["test"]) + b.calib_images + b.bn_images + \
-            b.score_images * b.max_candidates
+        return min(val, sizes["val"]) + min(test, sizes["test"])
+
+    def images(name: str) -> int:  # EagleEye recalibrates BN and scores each candidate
+        b = getattr(fid, name).budget
+        return scored(name) + b.calib_images + (b.bn_images + b.score_images) * b.max_candidates
 
     variants = distillation_variants(space) or config.search.trials  # a continuous range: a student per trial
     kinds = [(str(k), 1 if k == DistillKind.NONE else variants) for k in space.distill_kinds]
@@ -265,7 +287,10 @@ def workload(config: StudyConfig, splits: Splits, baselines: list[Candidate]) ->
                     baseline_recoveries=tuple(r.recipe.prune.steps - 1 if r.recipe.prune.schedule ==
                                               PruneSchedule.ITERATIVE else 0 for r in baselines),
                     searched_recoveries=iterative,
-                    finetune_levels={n: getattr(fid, n).budget.finetune_steps for n in ("f1", "f2", "f3")})
+                    finetune_levels={n: getattr(fid, n).budget.finetune_steps for n in ("f1", "f2", "f3")},
+                    scored_images={n: scored(n) for n in ("f1", "f2", "f3")},
+                    baseline_quantized=tuple(r.recipe.quant.kind != QuantKind.NONE for r in baselines),
+                    searched_quantized=sum(k != QuantKind.NONE for k in space.quant_kinds) / len(space.quant_kinds))
 
 
 @dataclass(frozen=True)
@@ -280,23 +305,35 @@ class Price:
         measured training steps: evaluation is taken to scale like training)."""
         return 1.0 if network == TEACHER else self.times.student(network) / max(self.times.finetune_step, 1e-9)
 
-    def level(self, name: str, steps: int, network: str = TEACHER, recoveries: float | None = None) -> float:
+    def eval_image(self, network: str, quantized: bool) -> float:
+        """Seconds per evaluated image of `network` (a plan from before these were timed: the teacher's float
+        evaluation scaled like training)."""
+        measured = (self.times.eval_quant if quantized else self.times.eval_float).get(network)
+        return measured if measured is not None else self.speed(network) * self.times.eval_image
+
+    def level(self, name: str, steps: int, network: str = TEACHER, recoveries: float | None = None,
+              quantized: bool = False) -> float:
         """One evaluation job at `name` with `steps` fine-tune steps, on `network`, with `recoveries` recovery phases
-        (None: a searched recipe's mean); recovery shrinks with the fine-tuning (`RunPlan.apply`)."""
+        (None: a searched recipe's mean); recovery shrinks with the fine-tuning (`RunPlan.apply`). The scored images
+        run on the finished recipe (fake-quantized when `quantized`), the others on the float network."""
         w = self.work
         phases = w.searched_recoveries if recoveries is None else recoveries
         profile = w.finetune_levels.get(name, 0)
         recovery = phases * w.recovery_steps[name] * (steps / profile if profile else 1.0)
-        return JOB_OVERHEAD_S + self.speed(network) * ((steps + recovery) * self.times.finetune_step +
-                                                       w.level_images[name] * self.times.eval_image)
+        scored = w.scored_images.get(name, 0)
+        return (JOB_OVERHEAD_S + self.speed(network) * (steps + recovery) * self.times.finetune_step
+                + scored * self.eval_image(network, quantized)
+                + (w.level_images[name] - scored) * self.eval_image(network, False))
 
     @property
     def searched_networks(self) -> tuple[str, ...]:
         return self.work.space_networks or (TEACHER,)
 
     def searched_level(self, name: str, steps: int) -> float:
-        """A level of a recipe the search picks: the mean over the space's networks."""
-        return sum(self.level(name, steps, n) for n in self.searched_networks) / len(self.searched_networks)
+        """A level of a recipe the search picks: the mean over the space's networks and quantization kinds."""
+        q = self.work.searched_quantized
+        return sum(q * self.level(name, steps, n, quantized=True) + (1 - q) * self.level(name, steps, n)
+                   for n in self.searched_networks) / len(self.searched_networks)
 
     def trial(self, f2: int) -> float:
         return self.searched_level("f1", 0) + self.work.promoted * self.searched_level("f2", f2)
@@ -329,9 +366,11 @@ class Price:
     def cascade_stage(self) -> float:
         """Each cascade scores its front member and the teacher on the validation and test images."""
         w = self.work
-        images = w.level_images["f3"]
-        speed = sum(self.speed(n) for n in self.searched_networks) / len(self.searched_networks)
-        return w.cascades * images * self.times.eval_image * (1 + speed)
+        images = w.scored_images.get("f3", w.level_images["f3"])
+        q = w.searched_quantized
+        member = sum(q * self.eval_image(n, True) + (1 - q) * self.eval_image(n, False)
+                     for n in self.searched_networks) / len(self.searched_networks)
+        return w.cascades * images * (self.eval_image(TEACHER, False) + member)
 
     def final(self, f2: int, f3: int, top: int = 0) -> float:
         """The final stage: F3 for the front, F1, F2 and F3 for every baseline (each on its own network), the
@@ -339,9 +378,10 @@ class Price:
         w = self.work
         baselines = w.baseline_networks or (TEACHER,) * w.baseline_jobs
         phases = w.baseline_recoveries or (0,) * len(baselines)
+        quantized = w.baseline_quantized or (False,) * len(baselines)
         return w.final_jobs * self.searched_level("f3", f3) + self.final_students(top) + self.cascade_stage() + sum(
-            self.level("f3", f3, n, r) + self.level("f1", 0, n, r) + self.level("f2", f2, n, r)
-            for n, r in zip(baselines, phases, strict=True))
+            self.level("f3", f3, n, r, q) + self.level("f1", 0, n, r, q) + self.level("f2", f2, n, r, q)
+            for n, r, q in zip(baselines, phases, quantized, strict=True))
 
     def search(self, counts: Counts) -> float:
         return self.search_students(counts.student_steps) + counts.trials * self.trial(counts.f2_steps)
@@ -423,6 +463,24 @@ def _timed_steps(model: nn.Module, splits: Splits, batcher: Batcher, config: Tra
                  progress=False).seconds / TIMED_STEPS
 
 
+def _eval_batches(config: StudyConfig, splits: Splits, batcher: Batcher, device: torch.device
+                  ) -> list[torch.Tensor]:
+    """A warm-up batch and a timed one of the evaluation batch size (at most EVAL_TIMED images: a fake-quantized
+    MobileNetV2 takes about 27 ms per image on 2 cores)."""
+    size = min(config.fidelity.f1.budget.eval_batch_size, EVAL_TIMED)
+    return [x for x, _ in batcher.eval_batches(splits.val.first(2 * size), size, device=device)]
+
+
+def _eval_seconds(model: nn.Module, batches: list[torch.Tensor]) -> float:
+    """Seconds per image of `model` in evaluation, after a warm-up batch."""
+    model.eval()
+    with torch.no_grad():
+        model(batches[0])
+        t0 = time.monotonic()
+        count = sum(len(model(x)) for x in batches[1:])
+    return (time.monotonic() - t0) / max(count, 1)
+
+
 def measure(config: StudyConfig, network: Callable[[], nn.Module], splits: Splits, batcher: Batcher,
             device: torch.device) -> StepTimes:
     """Time the teacher's training step, a fine-tune step and evaluation on this machine (seconds), on an untrained
@@ -430,29 +488,48 @@ def measure(config: StudyConfig, network: Callable[[], nn.Module], splits: Split
     model = network()
     teacher_step = _timed_steps(model, splits, batcher, config.teacher.train, device)
     finetune_step = _timed_steps(model, splits, batcher, config.fidelity.f2.budget.finetune_train, device)
-    size = config.fidelity.f1.budget.eval_batch_size
-    batches = list(batcher.eval_batches(splits.val.first(3 * size), size, device=device))
-    model.eval()
-    with torch.no_grad():
-        model(batches[0][0])  # warm-up
-        t0 = time.monotonic()
-        count = sum(len(model(x)) for x, _ in batches)
-        eval_image = (time.monotonic() - t0) / count
+    eval_image = _eval_seconds(model, _eval_batches(config, splits, batcher, device))
     return StepTimes(teacher_step=round(teacher_step, 4), finetune_step=round(finetune_step, 4),
                      eval_image=round(eval_image, 6))
+
+
+def measure_evaluation(config: StudyConfig, networks: dict[str, Callable[[], nn.Module]], splits: Splits,
+                       batcher: Batcher, device: torch.device) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds per evaluated image of each network, float and fake-quantized at 8 bits (calibrated on one batch of
+    the calibration split: only the speed is wanted)."""
+    batches = _eval_batches(config, splits, batcher, device)
+    calib = [x for x, _ in batcher.eval_batches(splits.calib.first(len(batches[0])), len(batches[0]), device=device)]
+    floats, quants = {}, {}
+    for name, build in networks.items():
+        model = build().eval()
+        floats[name] = round(_eval_seconds(model, batches), 6)
+        quantized = quantize_model(model, Quantization(kind=QuantKind.PTQ))
+        calibrate(quantized, calib, Calibration.MINMAX)
+        quants[name] = round(_eval_seconds(quantized, batches), 6)
+    return floats, quants
 
 
 def measure_students(config: StudyConfig, work: Workload, splits: Splits, batcher: Batcher,
                      device: torch.device) -> dict[str, float]:
     """Seconds per training step of every fresh student the run may train, each on its own untrained network at
     the students' batch size (the F3 level's training settings)."""
-    info, train_config = splits.info, config.fidelity.f3.budget.student_train
-    times = {}
-    for arch in sorted({arch for arch, _ in (*work.search_students, *work.baseline_students, *work.front_students)}):
-        model = create_model(arch, num_classes=info.num_classes, in_channels=info.channels,
-                             resolution=batcher.resolution).to(device)
-        times[arch] = round(_timed_steps(model, splits, batcher, train_config, device), 4)
-    return times
+    train_config = config.fidelity.f3.budget.student_train
+    return {arch: round(_timed_steps(build(), splits, batcher, train_config, device), 4)
+            for arch, build in student_networks(work, splits, batcher, device).items()}
+
+
+def student_networks(work: Workload, splits: Splits, batcher: Batcher, device: torch.device
+                     ) -> dict[str, Callable[[], nn.Module]]:
+    """A builder of an untrained network for every fresh student the run may train or evaluate."""
+    info = splits.info
+    archs = {arch for arch, _ in (*work.search_students, *work.baseline_students, *work.front_students)}
+    archs |= {n for n in (*work.baseline_networks, *work.space_networks) if n != TEACHER}
+
+    def builder(arch: str) -> Callable[[], nn.Module]:
+        return lambda: create_model(arch, num_classes=info.num_classes, in_channels=info.channels,
+                                    resolution=batcher.resolution).to(device)
+
+    return {arch: builder(arch) for arch in sorted(archs)}
 
 
 def copy_of(model: nn.Module) -> Callable[[], nn.Module]:
@@ -487,7 +564,11 @@ def sized(config: StudyConfig, out: Path, splits: Splits, batcher: Batcher, netw
         t0 = time.monotonic()
         times = measure(config, network, splits, batcher, device)
         work = workload(config, splits, final.baselines(config.search.baselines, config.teacher.arch))
-        times = replace(times, student_step=measure_students(config, work, splits, batcher, device))
+        floats, quants = measure_evaluation(config, {TEACHER: network, **student_networks(work, splits, batcher,
+                                                                                          device)},
+                                            splits, batcher, device)
+        times = replace(times, student_step=measure_students(config, work, splits, batcher, device),
+                        eval_float=floats, eval_quant=quants)
         plan = plan_run(config, times, work, teacher_ready=teacher_ready)
         write_plan(out, plan)
         log(f"measured step times in {time.monotonic() - t0:.0f} s")

@@ -99,6 +99,7 @@ def search(ctx: Context, storage: str, executor: Executor, log: Log) -> optuna.S
     study = engine.open_study(study_name(cfg.name, cfg.profile), storage, cfg.search, ctx.plan.objectives,
                               bool(ctx.plan.constraints))
     retried = engine.requeue_interrupted(study)
+    engine.seed_students(study, cfg.search, cfg.space.students)
     done = engine.count_finished(study)
     if done or retried:
         log(f"resuming: {done} trials finished earlier" + (f", {retried} interrupted ones retried" if retried else ""))

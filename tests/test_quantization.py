@@ -22,6 +22,7 @@ from spaces.architectures import create_model
 from spaces.architectures import list_architectures
 from spaces.fake_quant import QuantConv2d
 from spaces.fake_quant import QuantLinear
+from spaces.fake_quant import fake_quant
 from spaces.fake_quant import float_mode
 from spaces.quantization import bit_widths
 from spaces.quantization import calibrate
@@ -308,3 +309,18 @@ def test_ptq8_keeps_accuracy_and_qat4_beats_ptq4_on_mnist(mnist_cnn) -> None:  #
     assert fp32 > 90.0
     assert ptq8 >= fp32 - 1.5
     assert qat4 > ptq4 + 0.5
+
+
+def test_evaluation_fake_quant_is_bit_identical_to_the_training_path() -> None:
+    """Evaluation takes an in-place path (about 2x faster for a fake-quantized MobileNetV2); it must give exactly
+    what the straight-through training path gives, or F1-F3 scores would depend on whether gradients are on."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, 8, 8) * 3
+    scale, before = torch.tensor(0.037), x.clone()
+    for qmin, qmax, zp in ((0, 255, 117.0), (-127, 127, 0.0), (0, 15, 7.0)):
+        trained = fake_quant(x.clone().requires_grad_(True), scale, torch.tensor(zp), qmin, qmax)
+        with torch.no_grad():
+            evaluated = fake_quant(x, scale, torch.tensor(zp), qmin, qmax)
+        assert trained.requires_grad and not evaluated.requires_grad
+        assert torch.equal(trained.detach(), evaluated)
+    assert torch.equal(x, before)  # the input is left as it was

@@ -6,6 +6,7 @@ infeasible trials recorded with their reasons, config errors, the Ray backend on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,16 +16,19 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 
 from evaluators.candidate import HardwareConfig
+from search import engine
 from search.config import load_study
 from search.context import make_plan
 from search.objectives import parse_constraint
 from search.objectives import parse_pick
 from search.stats import kendall_tau
 from spaces.recipe import Recipe
+from spaces.space import SearchSpace
 from tests.cli_helpers import search_cli
 from tests.cli_helpers import study_args
 
@@ -366,3 +370,20 @@ def test_one_trial_runs_on_the_gpu_through_ray(mnist_root: Path, cache_dir: Path
     assert "device cuda" in result.stdout + result.stderr
     trials = pd.read_csv(tmp_path / "gpu" / "trials.csv")
     assert len(trials) == 1 and trials["state"].iloc[0] == "COMPLETE"
+
+
+def test_the_first_trials_try_every_student_once_and_a_resumed_study_is_not_seeded_again() -> None:
+    """A short search's random first generation can miss a student (the `cpu` run's 18 trials had no recipe on the
+    teacher): the first trials fix each student once, the rest of each recipe is sampled."""
+    config = load_study("resnet50_cifar10", "cpu")
+    space = SearchSpace(config.space, config.teacher.arch, config.data.resolution)
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.NSGAIISampler(population_size=10, seed=0))
+    students = config.space.students
+    assert engine.seed_students(study, config.search, students) == len(students)
+    picked = [space.suggest(study.ask()).student for _ in students]
+    assert picked == list(students)
+    assert engine.seed_students(study, config.search, students) == 0  # trials exist: a resume adds none
+    off = optuna.create_study(directions=["maximize", "minimize"])
+    assert engine.seed_students(off, dataclasses.replace(config.search, seed_students=False), students) == 0
+    assert not off.get_trials()

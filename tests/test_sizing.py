@@ -148,3 +148,31 @@ def test_the_plan_is_printed_reported_and_kept_when_the_run_resumes(mnist_root: 
     other = search_cli(*args[:-1], "16s", "--baseline-only")  # another budget is planned anew
     assert other.returncode == 0, other.stderr
     assert "was made for a budget of 15s; sizing the run again" in other.stdout
+
+
+def test_evaluation_is_priced_at_each_network_s_measured_speed_fake_quantized_where_the_recipe_is() -> None:
+    """Evaluation does not scale like training: at 32 px on a 2-core Xeon a fake-quantized MobileNetV2 costs about 10x
+    the float teacher per image, where its training step costs 2.2x. A quantized baseline is priced at its
+    network's fake-quantized rate for the images it scores, at the float rate for calibration and BN statistics."""
+    work = Workload(teacher_epoch_steps=351, teacher_eval_images=15_000,
+                    level_images={"f1": 2_792, "f2": 2_792, "f3": 16_792}, recovery_steps={"f1": 0, "f2": 0, "f3": 0},
+                    promoted=1 / 3, final_jobs=0, baseline_jobs=1, baseline_networks=("mobilenet_v2",),
+                    scored_images={"f1": 1_000, "f2": 1_000, "f3": 15_000}, baseline_quantized=(True,))
+    scaled = StepTimes(teacher_step=0.6, finetune_step=0.5, eval_image=1e-3, student_step={"mobilenet_v2": 1.1})
+    measured = replace(scaled, eval_float={"teacher": 1e-3, "mobilenet_v2": 4e-3},
+                       eval_quant={"teacher": 1.5e-3, "mobilenet_v2": 1e-2})
+    old, new = Price(scaled, work), Price(measured, work)
+    assert old.eval_image("mobilenet_v2", True) == old.eval_image("mobilenet_v2", False) == 1.1 / 0.5 * 1e-3
+    f3 = new.level("f3", 0, "mobilenet_v2", 0, quantized=True)
+    assert abs(f3 - (0.5 + 15_000 * 1e-2 + 1_792 * 4e-3)) < 1e-9
+    assert new.final(10, 50) - old.final(10, 50) > 100  # the F3 test images alone: 15,000 x (10 - 2.2) ms
+    float_work = replace(work, baseline_quantized=(False,))
+    assert Price(measured, float_work).final(10, 50) < new.final(10, 50)
+    # a search space that always quantizes prices its recipes' scoring at the fake-quantized rates
+    space = replace(work, final_jobs=1, baseline_jobs=0, baseline_networks=(), baseline_quantized=(),
+                    space_networks=("teacher", "mobilenet_v2"))
+    assert Price(measured, replace(space, searched_quantized=1.0)).final(10, 50) > \
+        Price(measured, replace(space, searched_quantized=0.0)).final(10, 50)
+    plan = RunPlan.from_json(json.loads(json.dumps(plan_run(load_study("resnet50_cifar10", "cpu"), measured, work,
+                                                            teacher_ready=False).as_json())))
+    assert plan.times == measured  # the measured rates travel with plan.json
