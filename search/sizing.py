@@ -15,8 +15,8 @@ fine-tuning and evaluation cost what its own network costs: the baselines' netwo
 recipe's is the mean over the space's networks. Evaluation is timed per network, float and fake-quantized, because
 it does not scale like training (per image, a fake-quantized MobileNetV2 cost about 10x the float teacher before
 fake quantization ran in place in evaluation, where its training step costs 2.2x): the images a recipe is scored
-on run at its quantized rate, calibration and BN statistics at the float one. MO-ASHA promotes 1/eta of the trials. When the profile does not
-fit, every step count (students at each level, F2 and F3 fine-tuning) shrinks by one common factor k, found by
+on run at its quantized rate, calibration and BN statistics at the float one. MO-ASHA promotes 1/eta of the
+trials. When the profile does not fit, every step count (students at each level, F2 and F3 fine-tuning) shrinks by one common factor k, found by
 bisection, and the trial count by sqrt(k): F3 never gets fewer steps than F2, and the search keeps its breadth.
 """
 
