@@ -16,8 +16,9 @@ recipe's is the mean over the space's networks. Evaluation is timed per network,
 it does not scale like training (per image, a fake-quantized MobileNetV2 cost about 10x the float teacher before
 fake quantization ran in place in evaluation, where its training step costs 2.2x): the images a recipe is scored
 on run at its quantized rate, calibration and BN statistics at the float one. MO-ASHA promotes 1/eta of the
-trials. When the profile does not fit, every step count (students at each level, F2 and F3 fine-tuning) shrinks by one common factor k, found by
-bisection, and the trial count by sqrt(k): F3 never gets fewer steps than F2, and the search keeps its breadth.
+trials. When the profile does not fit, every step count (students at each level, F2 and F3 fine-tuning)
+shrinks by one common factor k, found by bisection, and the trial count by sqrt(k): F3 never gets fewer steps
+than F2, and the search keeps its breadth.
 """
 
 from __future__ import annotations
@@ -404,8 +405,7 @@ def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_r
     epochs = 0 if teacher_ready else _clamp(math.floor(shares.teacher * budget / max(epoch_s, 1e-9)),
                                             low.teacher_epochs, MAX_GROWTH * profile.teacher_epochs, "teacher epochs",
                                             notes)
-    teacher_s = epochs * epoch_s + (0 if teacher_ready else work.teacher_eval_images * times.eval_image)
-    room = budget - teacher_s
+    teacher_eval_s = 0 if teacher_ready else work.teacher_eval_images * times.eval_image
 
     def at(k: float) -> Counts:
         # Trials shrink by the square root: a trial that is not promoted costs one F1 evaluation, and a search of
@@ -414,6 +414,19 @@ def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_r
                       student_steps=max(low.student_steps, round(profile.student_steps * k)),
                       f2_steps=max(low.f2_steps, round(profile.f2_steps * k)),
                       f3_steps=max(low.f3_steps, round(profile.f3_steps * k)))
+
+    # The baselines' final stage has a floor (each is scored on the whole test split however short its training):
+    # when even the minimum search and final stage do not fit beside the teacher's share, the teacher gives way
+    # (never below its minimum), since its epochs are the one count that shrinks without dropping a comparison.
+    floor_s = price.after_teacher(at(0.0))
+    if epochs > low.teacher_epochs and epochs * epoch_s + teacher_eval_s + floor_s > budget:
+        fits = max(low.teacher_epochs, math.floor((budget - teacher_eval_s - floor_s) / max(epoch_s, 1e-9)))
+        if fits < epochs:
+            notes.append(f"teacher epochs cut from {epochs} to {fits}: the minimum search and final stage need "
+                         f"{describe_duration(floor_s)} of the rest")
+            epochs = fits
+    teacher_s = epochs * epoch_s + teacher_eval_s
+    room = budget - teacher_s
 
     k = 1.0
     if price.after_teacher(at(1.0)) > room:

@@ -176,3 +176,21 @@ def test_evaluation_is_priced_at_each_network_s_measured_speed_fake_quantized_wh
     plan = RunPlan.from_json(json.loads(json.dumps(plan_run(load_study("resnet50_cifar10", "cpu"), measured, work,
                                                             teacher_ready=False).as_json())))
     assert plan.times == measured  # the measured rates travel with plan.json
+
+
+def test_the_teacher_gives_way_when_even_the_minimum_search_and_final_stage_do_not_fit() -> None:
+    """The final stage has a floor (every baseline scored on the whole test split): on a slow machine the teacher's
+    35% would leave less than that floor, and the run would overshoot its budget. Its epochs shrink instead, never
+    below one."""
+    work = replace(WORK, level_images={"f1": 3_012, "f2": 3_012, "f3": 300_000})  # a costly final stage
+    config = load_study("mlp_mnist", "smoke")
+    config = replace(config, search=replace(config.search, budget="60s"),
+                     teacher=replace(config.teacher, train=replace(config.teacher.train, epochs=20)))
+    roomy = plan_run(config, TIMES, WORK, teacher_ready=False)
+    tight = plan_run(config, TIMES, work, teacher_ready=False)
+    assert tight.counts.teacher_epochs < roomy.counts.teacher_epochs
+    assert any("teacher epochs cut from" in n for n in tight.notes), tight.notes
+    assert sum(tight.estimate.values()) <= 60 * 1.05, tight.describe()
+    hopeless = plan_run(config, TIMES, replace(WORK, level_images={"f1": 3_012, "f2": 3_012, "f3": 3_000_000}),
+                        teacher_ready=False)
+    assert hopeless.counts.teacher_epochs == 1 and any("too small for the minimum plan" in n for n in hopeless.notes)
