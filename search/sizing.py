@@ -522,13 +522,13 @@ def measure_evaluation(config: StudyConfig, networks: dict[str, Callable[[], nn.
     return floats, quants
 
 
-def measure_students(config: StudyConfig, work: Workload, splits: Splits, batcher: Batcher,
-                     device: torch.device) -> dict[str, float]:
-    """Seconds per training step of every fresh student the run may train, each on its own untrained network at
-    the students' batch size (the F3 level's training settings)."""
+def measure_students(config: StudyConfig, networks: dict[str, Callable[[], nn.Module]], splits: Splits,
+                     batcher: Batcher, device: torch.device) -> dict[str, float]:
+    """Seconds per training step of every fresh student the run may train (`student_networks`), each on its own
+    untrained network at the students' batch size (the F3 level's training settings)."""
     train_config = config.fidelity.f3.budget.student_train
     return {arch: round(_timed_steps(build(), splits, batcher, train_config, device), 4)
-            for arch, build in student_networks(work, splits, batcher, device).items()}
+            for arch, build in networks.items()}
 
 
 def student_networks(work: Workload, splits: Splits, batcher: Batcher, device: torch.device
@@ -577,10 +577,9 @@ def sized(config: StudyConfig, out: Path, splits: Splits, batcher: Batcher, netw
         t0 = time.monotonic()
         times = measure(config, network, splits, batcher, device)
         work = workload(config, splits, final.baselines(config.search.baselines, config.teacher.arch))
-        floats, quants = measure_evaluation(config, {TEACHER: network, **student_networks(work, splits, batcher,
-                                                                                          device)},
-                                            splits, batcher, device)
-        times = replace(times, student_step=measure_students(config, work, splits, batcher, device),
+        students = student_networks(work, splits, batcher, device)
+        floats, quants = measure_evaluation(config, {TEACHER: network, **students}, splits, batcher, device)
+        times = replace(times, student_step=measure_students(config, students, splits, batcher, device),
                         eval_float=floats, eval_quant=quants)
         plan = plan_run(config, times, work, teacher_ready=teacher_ready)
         write_plan(out, plan)
