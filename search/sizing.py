@@ -39,6 +39,8 @@ from torch import nn
 
 from evaluators.batches import Batcher
 from evaluators.candidate import LevelConfig
+from evaluators.precision import Precision
+from evaluators.precision import cpu_has_bf16
 from evaluators.splits import Splits
 from evaluators.training import Schedule
 from evaluators.training import TrainConfig
@@ -46,6 +48,7 @@ from evaluators.training import train
 from search import final
 from search.budget import Sizing
 from search.budget import describe_duration
+from search.budget import parse_duration
 from search.config import StudyConfig
 from search.final import Candidate
 from search.promotion import PromotionKind
@@ -55,6 +58,7 @@ from spaces.quantization import quantize_model
 from spaces.recipe import TEACHER
 from spaces.recipe import Calibration
 from spaces.recipe import DistillKind
+from spaces.recipe import PruneKind
 from spaces.recipe import PruneSchedule
 from spaces.recipe import Quantization
 from spaces.recipe import QuantKind
@@ -64,6 +68,10 @@ PLAN_FILE = "plan.json"
 MAX_GROWTH = 4  # a loose budget multiplies the profile's teacher epochs and trials by at most this
 WARM_STEPS = 1
 TIMED_STEPS = 2
+# The teacher's step prices most of the run (its epochs, and every fine-tune and evaluation scales from it): timed
+# longer. Plan-only runs minutes apart on one 2-core Xeon measured it between 0.90 and 1.52 s with 1 + 2 steps.
+TEACHER_WARM_STEPS = 2
+TEACHER_TIMED_STEPS = 3
 EVAL_TIMED = 64  # images per timed evaluation batch
 # Seconds per evaluation job beyond its steps and images (building the recipe, cost models, the sampler): the
 # MNIST smoke study spends about 0.7 s per F1 trial where its steps and images predict 0.1 s.
@@ -96,6 +104,11 @@ class StepTimes:
     # about 10x the float ResNet-50 teacher per image, where its training step costs 2.2x.
     eval_float: dict[str, float] = field(default_factory=dict)
     eval_quant: dict[str, float] = field(default_factory=dict)
+    # The teacher's arithmetic when `auto` could choose: bf16 and fp32 both timed on a CPU with bf16 instructions,
+    # the faster kept ("": nothing to choose). Such a CPU is not always faster in bf16: on one 2-core Xeon with AMX
+    # a ResNet-50 step took 1.55 s in bf16 and 1.26 s in fp32 on a day when it is usually 1.2-1.3x faster.
+    teacher_precision: str = ""
+    teacher_steps: dict[str, float] = field(default_factory=dict)  # seconds per step in each arithmetic timed
 
     def student(self, arch: str) -> float:
         """Seconds per training step of `arch` (a plan from before students were timed: the fine-tune step)."""
@@ -121,24 +134,43 @@ class RunPlan:
     teacher_ready: bool  # the user's teacher, or the profile's already cached: no training time
     estimate: dict[str, float]  # seconds: teacher, search, final
     notes: tuple[str, ...] = ()
+    # The most trials the search may run: `counts.trials` is what the estimate prices, but the search's clock is
+    # the limit that keeps the run to its budget, so trials that cost less than priced leave room for more
+    # (0: a plan from before, where the estimate was the limit).
+    trial_cap: int = 0
+    # Seconds of the final stage that wait for the front (F3 of its recipes, their students, the cascades); the
+    # rest, the baselines, run before the search (0: a plan from before, the whole final stage waits).
+    front_stage: float = 0.0
 
     @property
     def search_budget(self) -> str:
         """The search's own wall-clock limit (the clock that stops asking for trials)."""
         return describe_duration(max(self.estimate["search"], 1.0))
 
+    def search_seconds(self, spent: float, baselines_done: bool = False) -> float:
+        """The search's wall-clock limit once `spent` seconds (sizing, data, teacher, and the baselines when
+        `baselines_done`) have gone: what the budget leaves after them and the estimate of the final stage still to
+        come. A teacher or baselines faster than their measured steps said leave the search more time, slower ones
+        less, so the run as a whole keeps to the budget; never below a quarter of the planned search (a search of a
+        few trials says nothing)."""
+        still = self.front_stage if baselines_done and self.front_stage else self.estimate["final"]
+        left = parse_duration(self.budget) - spent - still
+        return round(max(left, self.estimate["search"] / 4, 1.0), 1)
+
     def apply(self, config: StudyConfig) -> StudyConfig:
         """The sized config. Its budget is the search's share and its sizing `off`: sized once, it stays so
         wherever it is read back (config.json, a Ray worker)."""
         c, fid = self.counts, config.fidelity
+        precision = Precision(self.times.teacher_precision or config.teacher.train.precision)
         teacher = config.teacher if self.teacher_ready else replace(
-            config.teacher, train=replace(config.teacher.train, epochs=c.teacher_epochs))
+            config.teacher, train=replace(config.teacher.train, epochs=c.teacher_epochs, precision=precision))
         scale = c.student_steps / max(self.profile.student_steps, 1)
         f2 = _with_steps(fid.f2, c.f2_steps, scale, c.f2_steps / max(self.profile.f2_steps, 1))
         f3 = _with_steps(fid.f3, c.f3_steps, scale, c.f3_steps / max(self.profile.f3_steps, 1))
         f1 = _with_steps(fid.f1, fid.f1.budget.finetune_steps, scale, c.f2_steps / max(self.profile.f2_steps, 1))
         return replace(config, teacher=teacher, fidelity=replace(fid, f1=f1, f2=f2, f3=f3),
-                       search=replace(config.search, trials=c.trials, budget=self.search_budget, sizing=Sizing.OFF))
+                       search=replace(config.search, trials=max(c.trials, self.trial_cap), budget=self.search_budget,
+                                      sizing=Sizing.OFF))
 
     def describe(self) -> str:
         """The plan as one block of lines, printed before the run and kept in report.md."""
@@ -146,14 +178,17 @@ class RunPlan:
         teacher = "ready (the user's, or the profile's from the cache): no training" if self.teacher_ready else \
             f"{c.teacher_epochs} epochs (profile {p.teacher_epochs}), about {describe_duration(e['teacher'])}"
         students = ", ".join(f"{a} {v:.3f}" for a, v in sorted(t.student_step.items()))
+        timed = ", ".join(f"{k} {v:.3f}" for k, v in sorted(t.teacher_steps.items()))
+        arithmetic = f" in {t.teacher_precision} ({timed} s/step timed)" if t.teacher_precision else ""
         return "\n".join([
             f"run plan for a budget of {self.budget} (teacher's share {s.teacher:.0%}; the search and the final "
             f"stage share the rest as the profile does):",
             f"  measured here: teacher {t.teacher_step:.3f} s/step, fine-tune {t.finetune_step:.3f} s/step, "
             f"evaluation {1000 * t.eval_image:.3f} ms/image, plus {JOB_OVERHEAD_S} s per evaluation job",
             *([f"  student steps (s): {students}"] if students else []),
-            f"  teacher: {teacher}",
-            f"  search: up to {c.trials} trials (profile {p.trials}) within {self.search_budget}; F2 "
+            f"  teacher: {teacher}{arithmetic if not self.teacher_ready else ''}",
+            f"  search: about {c.trials} trials (profile {p.trials}; at most {max(c.trials, self.trial_cap)}) within "
+            f"{self.search_budget}, moved by what the teacher really takes; F2 "
             f"{c.f2_steps} fine-tune steps (profile {p.f2_steps}), students up to {c.student_steps} steps "
             f"(profile {p.student_steps}), about {describe_duration(e['search'])}",
             f"  final stage: F3 {c.f3_steps} fine-tune steps (profile {p.f3_steps}), about "
@@ -169,7 +204,8 @@ class RunPlan:
         shares = Shares(teacher=raw["shares"]["teacher"])  # older plans also stored search and final shares
         return cls(budget=raw["budget"], shares=shares, times=StepTimes(**raw["times"]),
                    counts=Counts(**raw["counts"]), profile=Counts(**raw["profile"]),
-                   teacher_ready=raw["teacher_ready"], estimate=dict(raw["estimate"]), notes=tuple(raw["notes"]))
+                   teacher_ready=raw["teacher_ready"], estimate=dict(raw["estimate"]), notes=tuple(raw["notes"]),
+                   trial_cap=int(raw.get("trial_cap", 0)), front_stage=float(raw.get("front_stage", 0.0)))
 
 
 def _with_steps(level: LevelConfig, finetune: int, student_scale: float, recovery_scale: float) -> LevelConfig:
@@ -244,6 +280,10 @@ class Workload:
     scored_images: dict[str, int] = field(default_factory=dict)
     baseline_quantized: tuple[bool, ...] = ()
     searched_quantized: float = 0.0
+    # Which baselines fine-tune (a pruned recipe recovers, QAT trains; an unpruned float or PTQ recipe trains
+    # nothing at any level), and the share of the space's (pruning, quantization) kinds that do.
+    baseline_finetunes: tuple[bool, ...] = ()
+    searched_finetunes: float = 1.0
 
     def student_steps(self, level: str, top: int) -> int:
         """`level`'s student steps when the longest level (F3) gets `top`."""
@@ -291,7 +331,15 @@ def workload(config: StudyConfig, splits: Splits, baselines: list[Candidate]) ->
                     finetune_levels={n: getattr(fid, n).budget.finetune_steps for n in ("f1", "f2", "f3")},
                     scored_images={n: scored(n) for n in ("f1", "f2", "f3")},
                     baseline_quantized=tuple(r.recipe.quant.kind != QuantKind.NONE for r in baselines),
-                    searched_quantized=sum(k != QuantKind.NONE for k in space.quant_kinds) / len(space.quant_kinds))
+                    searched_quantized=sum(k != QuantKind.NONE for k in space.quant_kinds) / len(space.quant_kinds),
+                    baseline_finetunes=tuple(finetunes(r.recipe.prune.kind, r.recipe.quant.kind) for r in baselines),
+                    searched_finetunes=sum(finetunes(p, q) for p in space.prune_kinds for q in space.quant_kinds) /
+                    max(len(space.prune_kinds) * len(space.quant_kinds), 1))
+
+
+def finetunes(prune: PruneKind, quant: QuantKind) -> bool:
+    """Whether a recipe trains after its student (spaces.apply: recovery after pruning, or QAT)."""
+    return prune != PruneKind.NONE or quant == QuantKind.QAT
 
 
 @dataclass(frozen=True)
@@ -313,16 +361,17 @@ class Price:
         return measured if measured is not None else self.speed(network) * self.times.eval_image
 
     def level(self, name: str, steps: int, network: str = TEACHER, recoveries: float | None = None,
-              quantized: bool = False) -> float:
+              quantized: bool = False, trains: float = 1.0) -> float:
         """One evaluation job at `name` with `steps` fine-tune steps, on `network`, with `recoveries` recovery phases
         (None: a searched recipe's mean); recovery shrinks with the fine-tuning (`RunPlan.apply`). The scored images
-        run on the finished recipe (fake-quantized when `quantized`), the others on the float network."""
+        run on the finished recipe (fake-quantized when `quantized`), the others on the float network. `trains`:
+        whether (or the share of recipes for which) the fine-tune steps run at all (`finetunes`)."""
         w = self.work
         phases = w.searched_recoveries if recoveries is None else recoveries
         profile = w.finetune_levels.get(name, 0)
         recovery = phases * w.recovery_steps[name] * (steps / profile if profile else 1.0)
         scored = w.scored_images.get(name, 0)
-        return (JOB_OVERHEAD_S + self.speed(network) * (steps + recovery) * self.times.finetune_step
+        return (JOB_OVERHEAD_S + trains * self.speed(network) * (steps + recovery) * self.times.finetune_step
                 + scored * self.eval_image(network, quantized)
                 + (w.level_images[name] - scored) * self.eval_image(network, False))
 
@@ -332,8 +381,9 @@ class Price:
 
     def searched_level(self, name: str, steps: int) -> float:
         """A level of a recipe the search picks: the mean over the space's networks and quantization kinds."""
-        q = self.work.searched_quantized
-        return sum(q * self.level(name, steps, n, quantized=True) + (1 - q) * self.level(name, steps, n)
+        q, t = self.work.searched_quantized, self.work.searched_finetunes
+        return sum(q * self.level(name, steps, n, quantized=True, trains=t) + (1 - q) * self.level(name, steps, n,
+                                                                                                     trains=t)
                    for n in self.searched_networks) / len(self.searched_networks)
 
     def trial(self, f2: int) -> float:
@@ -351,14 +401,14 @@ class Price:
         steps = sum(dict.fromkeys(w.student_steps(n, top) for n in ("f1", "f2")))
         return w.distill_images * self.times.eval_image + steps * sum(self.student_step(p) for p in w.search_students)
 
-    def final_students(self, top: int) -> float:
-        """The students the final stage trains: every level's for a baseline's pair the search never trains, F3's
-        for the other baselines' and the front's (each step count once: a cached student is shared)."""
+    def final_students(self, top: int, pairs: tuple[tuple[str, str], ...] | None = None) -> float:
+        """The students the final stage trains (`pairs`: the baselines' and the front's): every level's for a pair
+        the search never trains, F3's for the others (each step count once: a cached student is shared)."""
         w = self.work
         levels = [w.student_steps(n, top) for n in ("f1", "f2", "f3")]
         searched = set(levels[:2])
         total = 0.0
-        for pair in (*w.baseline_students, *w.front_students):
+        for pair in (*w.baseline_students, *w.front_students) if pairs is None else pairs:
             steps = sum(dict.fromkeys(levels)) if pair not in w.search_students else \
                 (0 if levels[2] in searched else levels[2])
             total += steps * self.student_step(pair)
@@ -380,9 +430,17 @@ class Price:
         baselines = w.baseline_networks or (TEACHER,) * w.baseline_jobs
         phases = w.baseline_recoveries or (0,) * len(baselines)
         quantized = w.baseline_quantized or (False,) * len(baselines)
+        trains = w.baseline_finetunes or (True,) * len(baselines)
         return w.final_jobs * self.searched_level("f3", f3) + self.final_students(top) + self.cascade_stage() + sum(
-            self.level("f3", f3, n, r, q) + self.level("f1", 0, n, r, q) + self.level("f2", f2, n, r, q)
-            for n, r, q in zip(baselines, phases, quantized, strict=True))
+            self.level("f3", f3, n, r, q, t) + self.level("f1", 0, n, r, q, t) + self.level("f2", f2, n, r, q, t)
+            for n, r, q, t in zip(baselines, phases, quantized, trains, strict=True))
+
+    def front_stage(self, f3: int, top: int) -> float:
+        """The part of the final stage that waits for the search's front: F3 for its recipes, the students they
+        train, and the cascades (the baselines need no front: a sized run scores them before the search)."""
+        w = self.work
+        return w.final_jobs * self.searched_level("f3", f3) + self.final_students(top, w.front_students) + \
+            self.cascade_stage()
 
     def search(self, counts: Counts) -> float:
         return self.search_students(counts.student_steps) + counts.trials * self.trial(counts.f2_steps)
@@ -453,11 +511,13 @@ def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_r
         notes.append(f"trials capped at {config.search.max_trials} (--trials / [search] max_trials)")
     search_s = max(room - final_s, price.search(counts))
     estimate = {"teacher": round(teacher_s, 1), "search": round(search_s, 1), "final": round(final_s, 1)}
+    front_s = round(price.front_stage(counts.f3_steps, counts.student_steps), 1)
     if sum(estimate.values()) > budget * 1.05:
         notes.append(f"the budget is too small for the minimum plan: it needs about "
                      f"{describe_duration(sum(estimate.values()))}, more than {config.search.budget}")
     return RunPlan(budget=config.search.budget, shares=shares, times=times, counts=counts, profile=profile,
-                   teacher_ready=teacher_ready, estimate=estimate, notes=tuple(notes))
+                   teacher_ready=teacher_ready, estimate=estimate, notes=tuple(notes),
+                   trial_cap=max(cap, counts.trials), front_stage=front_s)
 
 
 def _clamp(value: int, low: int, high: int, what: str, notes: list[str]) -> int:
@@ -468,12 +528,27 @@ def _clamp(value: int, low: int, high: int, what: str, notes: list[str]) -> int:
 
 
 def _timed_steps(model: nn.Module, splits: Splits, batcher: Batcher, config: TrainConfig,
-                 device: torch.device) -> float:
-    """Seconds per training step after a warm-up step (constant schedule: a step costs the same under any)."""
+                 device: torch.device, warm: int = WARM_STEPS, timed: int = TIMED_STEPS) -> float:
+    """Seconds per training step after warm-up steps (constant schedule: a step costs the same under any)."""
     config = replace(config, schedule=Schedule.CONSTANT, epochs=1)
-    train(model, splits.train, batcher, config, device=device, max_steps=WARM_STEPS, progress=False)
-    return train(model, splits.train, batcher, config, device=device, max_steps=TIMED_STEPS,
-                 progress=False).seconds / TIMED_STEPS
+    train(model, splits.train, batcher, config, device=device, max_steps=warm, progress=False)
+    return train(model, splits.train, batcher, config, device=device, max_steps=timed, progress=False).seconds / timed
+
+
+def teacher_choices(config: TrainConfig, device: torch.device) -> tuple[Precision, ...]:
+    """The arithmetics worth timing for the teacher: bf16 and fp32 where `auto` meets a CPU with bf16 instructions
+    (either may be faster there), else none (the config's precision is what it is)."""
+    auto_cpu = config.precision == Precision.AUTO and device.type == "cpu" and cpu_has_bf16()
+    return (Precision.BF16, Precision.FP32) if auto_cpu else ()
+
+
+def _teacher_steps(config: TrainConfig, network: Callable[[], nn.Module], splits: Splits, batcher: Batcher,
+                   device: torch.device, choices: tuple[Precision, ...]) -> dict[str, float]:
+    """Seconds per teacher step in each of `choices` (each on its own untrained network: the layouts differ), or
+    in the config's own precision under the key "" when there is nothing to choose."""
+    runs = {str(p): replace(config, precision=p) for p in choices} or {"": config}
+    return {key: round(_timed_steps(network(), splits, batcher, c, device, TEACHER_WARM_STEPS, TEACHER_TIMED_STEPS),
+                       4) for key, c in runs.items()}
 
 
 def _eval_batches(config: StudyConfig, splits: Splits, batcher: Batcher, device: torch.device
@@ -498,12 +573,15 @@ def measure(config: StudyConfig, network: Callable[[], nn.Module], splits: Split
             device: torch.device) -> StepTimes:
     """Time the teacher's training step, a fine-tune step and evaluation on this machine (seconds), on an untrained
     copy of the teacher's network (`network()` builds one; the real teacher is never touched)."""
+    steps = _teacher_steps(config.teacher.train, network, splits, batcher, device,
+                           teacher_choices(config.teacher.train, device))
+    fastest = min(steps, key=steps.__getitem__)
     model = network()
-    teacher_step = _timed_steps(model, splits, batcher, config.teacher.train, device)
     finetune_step = _timed_steps(model, splits, batcher, config.fidelity.f2.budget.finetune_train, device)
     eval_image = _eval_seconds(model, _eval_batches(config, splits, batcher, device))
-    return StepTimes(teacher_step=round(teacher_step, 4), finetune_step=round(finetune_step, 4),
-                     eval_image=round(eval_image, 6))
+    return StepTimes(teacher_step=steps[fastest], finetune_step=round(finetune_step, 4),
+                     eval_image=round(eval_image, 6), teacher_precision=fastest,
+                     teacher_steps=steps if fastest else {})
 
 
 def measure_evaluation(config: StudyConfig, networks: dict[str, Callable[[], nn.Module]], splits: Splits,

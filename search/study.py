@@ -94,7 +94,23 @@ EXECUTORS: dict[str, Callable[[Context, Backend], AbstractContextManager[Executo
     "local": local_executor, "ray": ray_executor}
 
 
-def search(ctx: Context, storage: str, executor: Executor, log: Log) -> optuna.Study:
+LIMIT_ATTR = "search_limit"  # study user attribute: the search's wall-clock limit, set once by a sized run
+
+
+def search_limit(study: optuna.Study, configured: float | None, deadline: float | None) -> float | None:
+    """The search's wall-clock limit: the one a first run of this study fixed (a resumed run keeps it), else
+    `deadline` (a sized run's, from the time its teacher really took: `RunPlan.search_seconds`), which is then
+    stored; without either, the configured budget."""
+    if LIMIT_ATTR in study.user_attrs:
+        return float(study.user_attrs[LIMIT_ATTR])
+    if deadline is None:
+        return configured
+    study.set_user_attr(LIMIT_ATTR, deadline)
+    return deadline
+
+
+def search(ctx: Context, storage: str, executor: Executor, log: Log, deadline: float | None = None
+           ) -> optuna.Study:
     cfg = ctx.config
     study = engine.open_study(study_name(cfg.name, cfg.profile), storage, cfg.search, ctx.plan.objectives,
                               bool(ctx.plan.constraints))
@@ -103,10 +119,15 @@ def search(ctx: Context, storage: str, executor: Executor, log: Log) -> optuna.S
     done = engine.count_finished(study)
     if done or retried:
         log(f"resuming: {done} trials finished earlier" + (f", {retried} interrupted ones retried" if retried else ""))
+    first = LIMIT_ATTR not in study.user_attrs
+    limit = search_limit(study, cfg.search.budget_seconds, deadline)
+    if first and deadline is not None:
+        log(f"search limit {describe_duration(deadline)} (the sized plan's {cfg.search.budget}, moved by what "
+            "sizing, data, teacher and baselines really took: the budget less that and the estimate of the front's "
+            "final stage)")
     loop = engine.Loop(ctx.plan.objectives, ctx.plan.constraints, cfg.search.trials,
-                       engine.make_promoter(study, cfg.search, ctx.plan.objectives),
-                       Clock.of_study(study, cfg.search.budget_seconds))
-    plan = search_plan(ctx, loop)
+                       engine.make_promoter(study, cfg.search, ctx.plan.objectives), Clock.of_study(study, limit))
+    plan = search_plan(ctx, loop, baselines_done=deadline is not None)
     study.set_user_attr("plan", plan)  # report.md records it
     log(f"plan: {plan}")
     progress = engine.Progress(cfg.search.trials, done, log, clock=loop.clock)
@@ -114,42 +135,61 @@ def search(ctx: Context, storage: str, executor: Executor, log: Log) -> optuna.S
     return study
 
 
-def search_plan(ctx: Context, loop: engine.Loop) -> str:
+def search_plan(ctx: Context, loop: engine.Loop, baselines_done: bool = False) -> str:
     """The plan printed before the search: how many trials or how long, who gets F2, what the final stage does."""
     cfg = ctx.config.search
     limit = f"up to {cfg.trials} trials"
     if loop.clock.limit is not None:
         spent = f", {describe_duration(loop.clock.spent_before)} spent earlier" if loop.clock.spent_before else ""
-        limit += f" or {cfg.budget} of search wall time{spent}, whichever ends first"
+        limit += f" or {describe_duration(loop.clock.limit)} of search wall time{spent}, whichever ends first"
     rungs = {PromotionKind.MOASHA: f"F0 and F1 for every recipe, F2 for the top 1/{cfg.eta} of the F1 results by "
                                    "non-dominated rank (MO-ASHA)",
              PromotionKind.LADDER: "F0, F1 and F2 for every recipe (fixed ladder)"}[cfg.promotion]
-    return (f"{limit}; {rungs}; then F3 for up to {cfg.final_max} front recipes and the "
-            f"{cfg.baselines.value} baselines")
+    then = f"F3 for up to {cfg.final_max} front recipes" + (
+        f" (the {cfg.baselines.value} baselines are scored)" if baselines_done else
+        f" and the {cfg.baselines.value} baselines")
+    return f"{limit}; {rungs}; then {then}"
 
 
-def finalise(ctx: Context, study: optuna.Study, executor: Executor,
-             log: Log) -> tuple[list[final.Candidate], list[final.Candidate]]:
-    """F3 for the chosen front and every level for the baselines; jobs may finish in any order (Ray)."""
-    objectives = ctx.plan.objectives
-    pool = final.completed(study)
-    chosen = final.spread(final.front(pool, objectives), ctx.config.search.final_max, reference_box(ctx))
-    base = final.baselines(ctx.config.search.baselines, ctx.config.teacher.arch)
-    jobs: list[final.Job] = [(c, (Fidelity.F3,)) for c in chosen] + [(b, ALL_LEVELS) for b in base]
-    log(f"final stage: F3 for {len(chosen)} front recipes (of {len(pool)} scored) and {len(base)} baselines")
+def run_jobs(jobs: list[final.Job], executor: Executor, log: Log, stage: str) -> list[final.Candidate]:
+    """The jobs' finished candidates in the jobs' order, however they finished (Ray); a failed job is logged and
+    left out: one broken recipe must not lose the report."""
     finished: dict[int, final.Candidate] = {}
     for n, (i, result, seconds) in enumerate(executor.finish(jobs), 1):
         candidate = jobs[i][0]
         name = f"{candidate.source} {candidate.recipe.label or results.describe(candidate.recipe)}"
         if isinstance(result, Exception):
-            log(f"[final {n}/{len(jobs)}] {name} failed: {result}")
+            log(f"[{stage} {n}/{len(jobs)}] {name} failed: {result}")
             continue
         finished[i] = result
         f3 = result.metrics["f3"]
-        log(f"[final {n}/{len(jobs)}] {name}: test {f3['test_accuracy']:.2f}%, val {f3['accuracy']:.2f}% "
+        log(f"[{stage} {n}/{len(jobs)}] {name}: test {f3['test_accuracy']:.2f}%, val {f3['accuracy']:.2f}% "
             f"({seconds:.0f} s)" + (f" FAIL: {result.failure}" if result.failure else ""))
-    ordered = [finished[i] for i in sorted(finished)]  # the jobs' order, however they finished
-    return [c for c in ordered if c.source != "baseline"], [c for c in ordered if c.source == "baseline"]
+    return [finished[i] for i in sorted(finished)]
+
+
+def score_baselines(ctx: Context, executor: Executor, log: Log) -> list[final.Candidate]:
+    """Every level for the baselines. A sized run does this before the search: the baselines need no front, and
+    once they are done, the time they really took is known, so the search's clock is set against only the part of
+    the final stage still to come (`sizing.RunPlan.search_seconds`)."""
+    base = final.baselines(ctx.config.search.baselines, ctx.config.teacher.arch)
+    log(f"baselines: F1, F2 and F3 for {len(base)} {ctx.config.search.baselines.value} recipes")
+    return run_jobs([(b, ALL_LEVELS) for b in base], executor, log, "baseline")
+
+
+def finalise(ctx: Context, study: optuna.Study, executor: Executor, log: Log,
+             scored: list[final.Candidate] | None = None) -> tuple[list[final.Candidate], list[final.Candidate]]:
+    """F3 for the chosen front and every level for the baselines (unless `scored` holds them already)."""
+    objectives = ctx.plan.objectives
+    pool = final.completed(study)
+    chosen = final.spread(final.front(pool, objectives), ctx.config.search.final_max, reference_box(ctx))
+    base = [] if scored is not None else final.baselines(ctx.config.search.baselines, ctx.config.teacher.arch)
+    jobs: list[final.Job] = [(c, (Fidelity.F3,)) for c in chosen] + [(b, ALL_LEVELS) for b in base]
+    log(f"final stage: F3 for {len(chosen)} front recipes (of {len(pool)} scored)" +
+        (f" and {len(base)} baselines" if base else " (the baselines were scored before the search)"))
+    ordered = run_jobs(jobs, executor, log, "final")
+    return [c for c in ordered if c.source != "baseline"], [c for c in ordered if c.source == "baseline"] + \
+        (scored or [])
 
 
 # The unmodified teacher as a user would deploy it without this tool: as it is, and quantized to 8 bits.
@@ -211,11 +251,15 @@ def write_outputs(ctx: Context, study: optuna.Study, front_: list[final.Candidat
     return summary
 
 
-def run_study(ctx: Context, storage: str, backend: Backend, log: Log) -> results.Summary:
+def run_study(ctx: Context, storage: str, backend: Backend, log: Log,
+              deadline: Callable[[], float] | None = None) -> results.Summary:
+    """Search, final stage and outputs. A sized run gives `deadline`: it scores the baselines first, then asks it
+    for the search's limit in seconds (`search_limit`)."""
     t0 = time.monotonic()
     with EXECUTORS[backend.kind](ctx, backend) as executor:
-        study = search(ctx, storage, executor, log)
-        front_, base = finalise(ctx, study, executor, log)
+        scored = score_baselines(ctx, executor, log) if deadline is not None else None
+        study = search(ctx, storage, executor, log, deadline() if deadline is not None else None)
+        front_, base = finalise(ctx, study, executor, log, scored)
     states = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
     told = Counter(results.told_level(t) for t in study.trials)
     notes = size_notes(ctx)

@@ -4,16 +4,28 @@ sizing rule itself on given step times."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
+from evaluators.data import prepare_data
+from evaluators.precision import Precision
+from evaluators.precision import cpu_has_bf16
+from evaluators.teacher import build_teacher
 from search.config import load_study
 from search.sizing import Counts
 from search.sizing import Price
 from search.sizing import RunPlan
 from search.sizing import StepTimes
 from search.sizing import Workload
+from search.sizing import finetunes
+from search.sizing import measure
 from search.sizing import plan_run
+from search.sizing import teacher_choices
+from spaces.recipe import PruneKind
+from spaces.recipe import QuantKind
 from tests.cli_helpers import search_cli
 from tests.cli_helpers import study_args
 
@@ -109,7 +121,8 @@ def test_a_tight_budget_plans_a_smaller_run_than_a_loose_one(mnist_root: Path, t
         assert f"run plan for a budget of {budget}" in result.stdout and "measured here: teacher" in result.stdout
         plans[budget] = RunPlan.from_json(json.loads((out / "plan.json").read_text()))
         config = json.loads((out / "config.json").read_text())  # the run's resolved config is the sized one
-        assert config["search"]["trials"] == plans[budget].counts.trials
+        # the search may run more trials than priced while its clock lasts (the clock keeps the budget)
+        assert config["search"]["trials"] == plans[budget].trial_cap >= plans[budget].counts.trials
         assert config["teacher"]["train"]["epochs"] == plans[budget].counts.teacher_epochs
         assert not plans[budget].teacher_ready
     tight, loose = plans["8s"].counts, plans["20m"].counts
@@ -138,12 +151,18 @@ def test_the_plan_is_printed_reported_and_kept_when_the_run_resumes(mnist_root: 
     plan = RunPlan.from_json(json.loads(saved))
     assert plan.describe() in first.stdout  # printed as one block, before the data and the teacher
     assert first.stdout.index("run plan for a budget of 15s") < first.stdout.index("teacher mlp")
-    assert f"plan: up to {plan.counts.trials} trials or {plan.search_budget} of search wall time" in first.stdout
+    limit = re.search(r"search limit (\S+) \(the sized plan's", first.stdout)
+    assert limit, first.stdout  # the budget less what the teacher really took and the final stage's estimate
+    assert f"plan: up to {plan.trial_cap} trials or {limit.group(1)} of search wall time" in first.stdout
+    # the baselines need no front: a sized run scores them first, so the search's clock knows what they took
+    assert first.stdout.index("[baseline 1/") < first.stdout.index("search limit") < \
+        first.stdout.index("(the baselines were scored before the search)")
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Run plan (plan.json)" in report and plan.describe() in report
     again = search_cli(*args)
     assert again.returncode == 0, again.stderr
     assert "run plan kept from" in again.stdout and "measured step times" not in again.stdout
+    assert "search limit" not in again.stdout and f"or {limit.group(1)} of search wall time" in again.stdout
     assert plan_file.read_bytes() == saved
     other = search_cli(*args[:-1], "16s", "--baseline-only")  # another budget is planned anew
     assert other.returncode == 0, other.stderr
@@ -194,3 +213,52 @@ def test_the_teacher_gives_way_when_even_the_minimum_search_and_final_stage_do_n
     hopeless = plan_run(config, TIMES, replace(WORK, level_images={"f1": 3_012, "f2": 3_012, "f3": 3_000_000}),
                         teacher_ready=False)
     assert hopeless.counts.teacher_epochs == 1 and any("too small for the minimum plan" in n for n in hopeless.notes)
+
+
+def test_the_search_limit_gives_the_teacher_s_error_back_to_the_search() -> None:
+    """The run keeps to its budget when the teacher trains faster or slower than its measured steps said: the
+    search gets what the budget leaves after the time really spent and the final stage's estimate, never less than a
+    quarter of the planned search."""
+    plan = replace(_plan("60s"), estimate={"teacher": 20.0, "search": 16.0, "final": 24.0})
+    assert plan.search_seconds(20.0) == 16.0  # as planned
+    assert plan.search_seconds(10.0) == 26.0  # a faster teacher: its 10 s go to the search
+    assert plan.search_seconds(30.0) == 6.0
+    assert plan.search_seconds(59.0) == 4.0  # an overrun teacher: a quarter of the planned search is kept
+
+
+def test_the_plan_pins_the_teacher_s_faster_arithmetic(mnist_root: Path) -> None:
+    """`auto` trains the teacher in bf16 wherever the CPU has bf16 instructions, but such a CPU is not always faster
+    in bf16; the sizer times both there and the sized config trains in the faster one."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    config = load_study("mlp_mnist", "smoke")
+    auto = replace(config.teacher.train, precision=Precision.AUTO)
+    assert teacher_choices(replace(auto, precision=Precision.FP32), cpu) == ()
+    assert teacher_choices(auto, cuda) == ()  # bf16 on CUDA is settled
+    assert teacher_choices(auto, cpu) == ((Precision.BF16, Precision.FP32) if cpu_has_bf16() else ())
+    config = replace(config, teacher=replace(config.teacher, train=auto))
+    splits, batcher = prepare_data(config.data, mnist_root, allow_download=False)
+    times = measure(config, lambda: build_teacher(config.teacher, splits.info.num_classes, splits.info.channels,
+                                                  batcher.resolution), splits, batcher, cpu)
+    sized = plan_run(replace(config, search=replace(config.search, budget="60s")), times, WORK,
+                     teacher_ready=False).apply(config)
+    if cpu_has_bf16():
+        assert set(times.teacher_steps) == {"bf16", "fp32"}
+        assert times.teacher_step == min(times.teacher_steps.values())
+        assert times.teacher_steps[times.teacher_precision] == times.teacher_step
+        assert sized.teacher.train.precision == Precision(times.teacher_precision)
+    else:
+        assert times.teacher_precision == "" and not times.teacher_steps
+        assert sized.teacher.train.precision == Precision.AUTO
+
+
+def test_recipes_that_train_nothing_after_their_student_are_priced_without_fine_tune_steps() -> None:
+    """An unpruned PTQ baseline (the thesis's "PTQ ResNet-50") calibrates and is scored, nothing more: the plan of
+    a 2-core Xeon run priced it with 10 F2 and 20 F3 fine-tune steps (25 s at 0.82 s per step) it never ran."""
+    work = Workload(teacher_epoch_steps=351, teacher_eval_images=15_000,
+                    level_images={"f1": 2_792, "f2": 2_792, "f3": 16_792}, recovery_steps={"f1": 0, "f2": 0, "f3": 0},
+                    promoted=1 / 3, final_jobs=0, baseline_jobs=1, baseline_finetunes=(False,))
+    times = StepTimes(teacher_step=1.4, finetune_step=0.8, eval_image=2e-3)
+    ptq, qat = Price(times, work), Price(times, replace(work, baseline_finetunes=(True,)))
+    assert abs(qat.final(10, 20) - ptq.final(10, 20) - (10 + 20) * 0.8) < 1e-9
+    assert not finetunes(PruneKind.NONE, QuantKind.PTQ) and not finetunes(PruneKind.NONE, QuantKind.NONE)
+    assert finetunes(PruneKind.NONE, QuantKind.QAT) and finetunes(PruneKind.STRUCTURED, QuantKind.PTQ)
