@@ -49,10 +49,9 @@ from search.context import size_notes
 from search.engine import BaselineSet
 from search.engine import SearchConfig
 from search.sizing import PLAN_FILE
-from search.sizing import RunPlan
 from search.sizing import copy_of
-from search.sizing import read_plan
 from search.sizing import sized
+from search.sizing import sized_by
 from search.study import Backend
 from search.study import run_study
 from search.study import storage_url
@@ -172,20 +171,15 @@ class Study:
         t0 = time.monotonic()
         self.prepare()
         o = self.options
-        plan = self.sized_by()
-        deadline = None if plan is None else lambda: plan.search_seconds(time.monotonic() - t0, baselines_done=True)
+        # a sized run's search limit is set when its search starts, from the time spent until then (a resumed run
+        # keeps the limit its study stored: study.search_limit)
+        plan = sized_by(self.out, self.config)
+        deadline = None if plan is None else lambda: plan.search_seconds(time.monotonic() - t0)
         run_study(self.context(), storage_url(self.out, o.storage), Backend(kind=o.backend, address=o.address,
                                                                             workers=o.workers), self.log,
                   deadline=deadline)
         self.log(f"done in {time.monotonic() - t0:.0f} s; report: {self.out / 'report.md'}")
         return StudyResult(self)
-
-    def sized_by(self) -> RunPlan | None:
-        """The plan this run was sized by (None: not sized, or by a plan made for another budget). Its search limit
-        is set when the search starts, from the time really spent before it (`RunPlan.search_seconds`); a resumed
-        run keeps the limit its study stored."""
-        plan = read_plan(self.out)
-        return plan if plan is not None and plan.search_budget == self.config.search.budget else None
 
     def result(self) -> StudyResult:
         """The result of a study that has already run (its run folder)."""

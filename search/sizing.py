@@ -147,13 +147,13 @@ class RunPlan:
         """The search's own wall-clock limit (the clock that stops asking for trials)."""
         return describe_duration(max(self.estimate["search"], 1.0))
 
-    def search_seconds(self, spent: float, baselines_done: bool = False) -> float:
-        """The search's wall-clock limit once `spent` seconds (sizing, data, teacher, and the baselines when
-        `baselines_done`) have gone: what the budget leaves after them and the estimate of the final stage still to
-        come. A teacher or baselines faster than their measured steps said leave the search more time, slower ones
-        less, so the run as a whole keeps to the budget; never below a quarter of the planned search (a search of a
-        few trials says nothing)."""
-        still = self.front_stage if baselines_done and self.front_stage else self.estimate["final"]
+    def search_seconds(self, spent: float) -> float:
+        """The search's wall-clock limit once `spent` seconds (sizing, data, teacher, baselines) have gone: what the
+        budget leaves after them and the estimate of the front's final stage (a plan from before `front_stage`: the
+        whole final stage). A teacher or baselines faster than their measured steps said leave the search more time,
+        slower ones less, so the run as a whole keeps to the budget; never below a quarter of the planned search (a
+        search of a few trials says nothing)."""
+        still = self.front_stage or self.estimate["final"]
         left = parse_duration(self.budget) - spent - still
         return round(max(left, self.estimate["search"] / 4, 1.0), 1)
 
@@ -188,7 +188,7 @@ class RunPlan:
             *([f"  student steps (s): {students}"] if students else []),
             f"  teacher: {teacher}{arithmetic if not self.teacher_ready else ''}",
             f"  search: about {c.trials} trials (profile {p.trials}; at most {max(c.trials, self.trial_cap)}) within "
-            f"{self.search_budget}, moved by what the teacher really takes; F2 "
+            f"{self.search_budget}, moved by what the run really spends before it; F2 "
             f"{c.f2_steps} fine-tune steps (profile {p.f2_steps}), students up to {c.student_steps} steps "
             f"(profile {p.student_steps}), about {describe_duration(e['search'])}",
             f"  final stage: F3 {c.f3_steps} fine-tune steps (profile {p.f3_steps}), about "
@@ -630,6 +630,13 @@ def copy_of(model: nn.Module) -> Callable[[], nn.Module]:
 def read_plan(out: Path) -> RunPlan | None:
     path = out / PLAN_FILE
     return RunPlan.from_json(json.loads(path.read_text())) if path.is_file() else None
+
+
+def sized_by(out: Path, config: StudyConfig) -> RunPlan | None:
+    """The plan `config` was sized by: the run folder's, when it made `config`'s search budget (None: the run was
+    not sized, or its plan.json was made for another budget)."""
+    plan = read_plan(out)
+    return plan if plan is not None and plan.search_budget == config.search.budget else None
 
 
 def write_plan(out: Path, plan: RunPlan) -> None:

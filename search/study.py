@@ -97,15 +97,18 @@ EXECUTORS: dict[str, Callable[[Context, Backend], AbstractContextManager[Executo
 LIMIT_ATTR = "search_limit"  # study user attribute: the search's wall-clock limit, set once by a sized run
 
 
-def search_limit(study: optuna.Study, configured: float | None, deadline: float | None) -> float | None:
+def search_limit(study: optuna.Study, configured: float | None, deadline: float | None, log: Log) -> float | None:
     """The search's wall-clock limit: the one a first run of this study fixed (a resumed run keeps it), else
-    `deadline` (a sized run's, from the time its teacher really took: `RunPlan.search_seconds`), which is then
-    stored; without either, the configured budget."""
+    `deadline` (a sized run's, from the time really spent before the search: `RunPlan.search_seconds`), which is
+    then stored and logged; without either, the configured budget."""
     if LIMIT_ATTR in study.user_attrs:
         return float(study.user_attrs[LIMIT_ATTR])
     if deadline is None:
         return configured
     study.set_user_attr(LIMIT_ATTR, deadline)
+    log(f"search limit {describe_duration(deadline)} (the sized plan's {describe_duration(configured or 0)}, moved "
+        "by what sizing, data, teacher and baselines really took: the budget less that and the estimate of the "
+        "front's final stage)")
     return deadline
 
 
@@ -119,12 +122,7 @@ def search(ctx: Context, storage: str, executor: Executor, log: Log, deadline: f
     done = engine.count_finished(study)
     if done or retried:
         log(f"resuming: {done} trials finished earlier" + (f", {retried} interrupted ones retried" if retried else ""))
-    first = LIMIT_ATTR not in study.user_attrs
-    limit = search_limit(study, cfg.search.budget_seconds, deadline)
-    if first and deadline is not None:
-        log(f"search limit {describe_duration(deadline)} (the sized plan's {cfg.search.budget}, moved by what "
-            "sizing, data, teacher and baselines really took: the budget less that and the estimate of the front's "
-            "final stage)")
+    limit = search_limit(study, cfg.search.budget_seconds, deadline, log)
     loop = engine.Loop(ctx.plan.objectives, ctx.plan.constraints, cfg.search.trials,
                        engine.make_promoter(study, cfg.search, ctx.plan.objectives), Clock.of_study(study, limit))
     plan = search_plan(ctx, loop, baselines_done=deadline is not None)
@@ -242,8 +240,8 @@ def write_outputs(ctx: Context, study: optuna.Study, front_: list[final.Candidat
                          hypervolume_plot="hypervolume.png")
     append_deployment_section(out / "report.md", front_, ctx.config.hardware.targets, ctx.config.hardware.storage)
     cascade_study.append_report(out / "report.md", cascades, joined, ctx.config.hardware.names)
-    plan = sizing.read_plan(out)
-    if plan is not None and plan.search_budget == ctx.config.search.budget:  # this run was sized by it
+    plan = sizing.sized_by(out, ctx.config)
+    if plan is not None:
         sizing.append_report(out / "report.md", plan)
     (out / "summary.json").write_text(json.dumps({**header, **summary.as_json()}, indent=2, default=str))
     log(f"wrote trials.csv ({len(trials)} rows), pareto.csv ({len(front_table)}), baselines.csv, pareto.png, "

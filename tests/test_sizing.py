@@ -219,11 +219,12 @@ def test_the_search_limit_gives_the_teacher_s_error_back_to_the_search() -> None
     """The run keeps to its budget when the teacher trains faster or slower than its measured steps said: the
     search gets what the budget leaves after the time really spent and the final stage's estimate, never less than a
     quarter of the planned search."""
-    plan = replace(_plan("60s"), estimate={"teacher": 20.0, "search": 16.0, "final": 24.0})
+    plan = replace(_plan("60s"), estimate={"teacher": 20.0, "search": 16.0, "final": 34.0}, front_stage=24.0)
     assert plan.search_seconds(20.0) == 16.0  # as planned
     assert plan.search_seconds(10.0) == 26.0  # a faster teacher: its 10 s go to the search
     assert plan.search_seconds(30.0) == 6.0
     assert plan.search_seconds(59.0) == 4.0  # an overrun teacher: a quarter of the planned search is kept
+    assert replace(plan, front_stage=0.0).search_seconds(20.0) == 6.0  # a plan from before: the whole final stage
 
 
 def test_the_plan_pins_the_teacher_s_faster_arithmetic(mnist_root: Path) -> None:
