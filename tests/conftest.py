@@ -18,7 +18,10 @@ from evaluators.datasets import find_layout  # noqa: E402
 from tests.cli_helpers import search_cli  # noqa: E402
 from tests.cli_helpers import study_args  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# pytest-xdist runs the suite on one worker per core (pyproject's addopts): each worker then gets its share of the
+# cores, because two OpenMP threads per process on a shared core thrash (10-25x slower).
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
 
 # Fixtures that read the real datasets or run whole studies: a test using none of them (and not marked slow) is
 # in the fast tier, `pytest -m fast`, which needs no dataset and gives a contributor feedback in about a minute.
@@ -26,10 +29,16 @@ REAL_DATA = frozenset({"cifar_root", "mnist_root", "mlp_study", "cifar_folder", 
                        "trained"})
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("slow") is None and not REAL_DATA & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.fast)
+        # Under xdist (--dist loadgroup) a module's tests share a worker, so a module fixture (a trained bundle, a
+        # finished study) is built once; every test that starts Ray shares one group, so no two Ray clusters run
+        # at once (a second `ray.init()` could join the first's cluster).
+        group = "ray" if item.get_closest_marker("ray") else item.module.__name__ if item.module else item.nodeid
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def _root_with(dataset: Dataset) -> Path:

@@ -106,6 +106,7 @@ def two_nodes(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_a_two_node_cluster_finds_the_local_front_and_trains_no_teacher(
         two_nodes: tuple[str, Path, Path], mnist_root: Path, cache_dir: Path, tmp_path: Path) -> None:
     """The smoke study on `--address` gives the local backend's front and baselines, number for number.

@@ -262,6 +262,7 @@ def test_kendall_tau() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_ray_backend_survives_a_killed_worker(mnist_root: Path, cache_dir: Path, tmp_path: Path,
                                               mlp_study: tuple[Path, str]) -> None:
     """A real local Ray with 2 workers; one worker process is killed (SIGKILL) while it evaluates a trial:
@@ -358,6 +359,7 @@ def test_ray_tasks_ask_for_a_gpu_share_only_on_cuda(tmp_path: Path) -> None:
         load_study(str(study), "smoke")
 
 
+@pytest.mark.ray
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
 def test_one_trial_runs_on_the_gpu_through_ray(mnist_root: Path, cache_dir: Path, tmp_path: Path) -> None:
     ray_tmp = Path(f"/tmp/ray-gpu-{os.getpid()}")

@@ -158,6 +158,7 @@ def test_recipe_hash_is_the_same_in_another_process() -> None:
     assert FIXED.hash() == Recipe.from_json(FIXED.to_json()).hash()
 
 
+@pytest.mark.ray
 def test_ray_tune_optuna_search_drives_the_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ray = pytest.importorskip("ray")
     from ray import tune

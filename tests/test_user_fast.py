@@ -69,6 +69,7 @@ def test_registry_students_fit_any_class_count_channels_and_resolution(tmp_path:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_a_teacher_and_data_in_memory_run_on_ray_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The driver ships the in-memory teacher and the loaded images to the Ray workers (`search.shipment`), so the
     Python API's network and data need no file for Ray; the F3 checkpoints come back into the run folder."""
