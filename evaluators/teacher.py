@@ -76,6 +76,10 @@ class TeacherConfig:
     # A checkpoint that is a whole pickled module can run arbitrary code when loaded: only with this set.
     allow_pickle: bool = False
     train: TrainConfig = field(default_factory=_teacher_training)
+    # What changes in `train` when a run's plan cuts the teacher to one epoch (a slow machine, a small budget):
+    # a schedule tuned for many epochs can be the wrong one for a single pass, which never sees an image twice
+    # (augmentation only makes the task harder) and needs an optimizer that learns fast from the first step.
+    single_pass: tuple[tuple[str, Any], ...] = field(default=(), metadata={"table": True})
 
     def __post_init__(self) -> None:
         if ":" not in self.arch and self.arch not in list_architectures():
@@ -86,6 +90,20 @@ class TeacherConfig:
             raise ValueError(f"teacher.kwargs: registered architecture {self.arch!r} takes no keyword arguments")
         if self.allow_pickle and not self.checkpoint:
             raise ValueError("teacher.allow_pickle only applies to a teacher.checkpoint")
+        allowed = sorted(set(asdict(self.train)) - {"epochs"})
+        for key, _ in self.single_pass:
+            if key not in allowed:
+                raise ConfigError(f"teacher.single_pass: {key!r} is not a training setting it can change; use "
+                                  f"{', '.join(allowed)}")
+        try:
+            replace(self.train, **dict(self.single_pass))
+        except ConfigError as err:
+            raise ConfigError(f"teacher.single_pass: {err}") from None
+
+    def for_epochs(self, epochs: int) -> TeacherConfig:
+        """The config trained for `epochs` (the run plan's count): with `single_pass`'s settings where that is one."""
+        changes = dict(self.single_pass) if epochs == 1 else {}
+        return replace(self, train=replace(self.train, epochs=epochs, **changes))
 
     @property
     def network(self) -> str:
@@ -96,6 +114,7 @@ class TeacherConfig:
         """The fields a trained teacher's cache key depends on; fields left at their default are omitted, so
         caches made before they existed stay valid."""
         fields = asdict(self) | {"train": self.train.key_fields()}
+        del fields["single_pass"]  # a rule for the plan, not the network: its effect is in `train`
         return {k: v for k, v in fields.items() if k not in ("kwargs", "checkpoint", "code", "allow_pickle") or v}
 
     def as_trained_on(self, device: torch.device | str) -> TeacherConfig:

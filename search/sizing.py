@@ -162,8 +162,11 @@ class RunPlan:
         wherever it is read back (config.json, a Ray worker)."""
         c, fid = self.counts, config.fidelity
         precision = Precision(self.times.teacher_precision or config.teacher.train.precision)
-        teacher = config.teacher if self.teacher_ready else replace(
-            config.teacher, train=replace(config.teacher.train, epochs=c.teacher_epochs, precision=precision))
+        if self.teacher_ready:
+            teacher = config.teacher
+        else:
+            teacher = config.teacher.for_epochs(c.teacher_epochs)
+            teacher = replace(teacher, train=replace(teacher.train, precision=precision))
         scale = c.student_steps / max(self.profile.student_steps, 1)
         f2 = _with_steps(fid.f2, c.f2_steps, scale, c.f2_steps / max(self.profile.f2_steps, 1))
         f3 = _with_steps(fid.f3, c.f3_steps, scale, c.f3_steps / max(self.profile.f3_steps, 1))
@@ -509,6 +512,9 @@ def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_r
     counts = replace(counts, trials=_clamp(fill, min(low.trials, cap), cap, "trials", notes))
     if config.search.max_trials and fill > config.search.max_trials:
         notes.append(f"trials capped at {config.search.max_trials} (--trials / [search] max_trials)")
+    if epochs == 1 and config.teacher.single_pass:
+        changed = ", ".join(f"{key} {value}" for key, value in config.teacher.single_pass)
+        notes.append(f"one teacher epoch: it trains with teacher.single_pass's settings ({changed})")
     search_s = max(room - final_s, price.search(counts))
     estimate = {"teacher": round(teacher_s, 1), "search": round(search_s, 1), "final": round(final_s, 1)}
     front_s = round(price.front_stage(counts.f3_steps, counts.student_steps), 1)

@@ -69,7 +69,13 @@ def _write(tmp_path: Path, text: str) -> str:
 @pytest.mark.parametrize(("edit", "pattern"), [
     ("[teacher]\narch = \"resnet18\"\nepochs = 3",
      r"study\.toml \(profile smoke\)\.teacher: unknown key 'epochs'; allowed keys: allow_pickle, arch, checkpoint, "
-     r"code, kwargs, train"),
+     r"code, kwargs, single_pass, train"),
+    ("[teacher.single_pass]\nepochs = 2",
+     r"study\.toml \(profile smoke\)\.teacher: teacher\.single_pass: 'epochs' is not a training setting it can "
+     r"change; use augment, batch_size, label_smoothing, lr, momentum, optimizer, "
+     r"precision, schedule, seed, weight_decay"),
+    ("[teacher.single_pass]\noptimizer = \"lion\"",
+     r"teacher\.single_pass: TrainConfig\.optimizer: 'lion' is not allowed; use one of 'sgd', 'adam', 'adamw'"),
     ("[teacher.train]\nepochs = \"three\"", r"teacher\.train\.epochs: expected int, got str 'three'"),
     ("[teacher.train]\nepochs = 0", r"teacher\.train\.epochs: 0 is out of range; allowed 1 \.\. 1000"),
     ("[teacher.train]\noptimizer = \"lion\"", r"optimizer: 'lion' is not allowed; use one of 'sgd', 'adam', 'adamw'"),
