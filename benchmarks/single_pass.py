@@ -79,12 +79,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{Accuracy(r.test_accuracy, r.test_images)} ({r.train_seconds:.0f} s)", file=sys.stderr, flush=True)
     print(f"{config.teacher.network} at {batcher.resolution} px, one pass over {len(splits.train)} training images "
           f"(batch {config.teacher.train.batch_size}, {precision.value}, {torch.get_num_threads()} thread(s)):")
-    print("| recipe | settings that differ | validation % [95% CI] | test % [95% CI] | train s |")
+    print("| recipe | single_pass's settings | validation % [95% CI] | test % [95% CI] | train s |")
     print("|---|---|---|---|---|")
-    base = results[0].settings
     for r in results:
-        differ = ", ".join(f"{k} {v}" for k, v in r.settings.items() if v != base[k] or r is results[0] and
-                           k in dict(config.teacher.single_pass)) or "-"
+        differ = ", ".join(f"{k} {r.settings[k]}" for k, _ in config.teacher.single_pass)
         print(f"| {r.recipe} | {differ} | {Accuracy(r.val_accuracy, r.val_images)} | "
               f"{Accuracy(r.test_accuracy, r.test_images)} | {r.train_seconds:.0f} |")
     comparisons = {}

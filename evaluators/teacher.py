@@ -90,7 +90,7 @@ class TeacherConfig:
             raise ValueError(f"teacher.kwargs: registered architecture {self.arch!r} takes no keyword arguments")
         if self.allow_pickle and not self.checkpoint:
             raise ValueError("teacher.allow_pickle only applies to a teacher.checkpoint")
-        allowed = sorted(set(asdict(self.train)) - {"epochs"})
+        allowed = sorted(set(asdict(self.train)) - {"epochs", "precision"})  # the plan sets these two
         for key, _ in self.single_pass:
             if key not in allowed:
                 raise ConfigError(f"teacher.single_pass: {key!r} is not a training setting it can change; use "

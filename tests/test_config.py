@@ -73,7 +73,7 @@ def _write(tmp_path: Path, text: str) -> str:
     ("[teacher.single_pass]\nepochs = 2",
      r"study\.toml \(profile smoke\)\.teacher: teacher\.single_pass: 'epochs' is not a training setting it can "
      r"change; use augment, batch_size, label_smoothing, lr, momentum, optimizer, "
-     r"precision, schedule, seed, weight_decay"),
+     r"schedule, seed, weight_decay"),
     ("[teacher.single_pass]\noptimizer = \"lion\"",
      r"teacher\.single_pass: TrainConfig\.optimizer: 'lion' is not allowed; use one of 'sgd', 'adam', 'adamw'"),
     ("[teacher.train]\nepochs = \"three\"", r"teacher\.train\.epochs: expected int, got str 'three'"),

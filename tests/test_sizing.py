@@ -285,6 +285,6 @@ def test_a_teacher_cut_to_one_epoch_trains_with_the_single_pass_settings() -> No
         assert any("teacher.single_pass" in n for n in plan.notes) == one
     ready = plan_run(replace(config, search=replace(config.search, budget="5s")), TIMES, WORK, teacher_ready=True)
     assert ready.apply(config).teacher == config.teacher  # a trained teacher is not retrained
-    assert load_study("resnet50_cifar10", "cpu").teacher.for_epochs(1).train.optimizer == "adamw"
-    assert load_study("resnet50_cifar10", "cpu").teacher.key_fields() == \
-        replace(load_study("resnet50_cifar10", "cpu").teacher, single_pass=()).key_fields()  # cached teachers keep keys
+    cpu = load_study("resnet50_cifar10", "cpu").teacher
+    assert cpu.for_epochs(1).train.optimizer == "adamw"
+    assert cpu.key_fields() == replace(cpu, single_pass=()).key_fields()  # cached teachers keep their keys
