@@ -102,7 +102,7 @@ def _search(ctx, sampler: SamplerKind, seed: int, trials: int) -> tuple[np.ndarr
     db = ctx.out / f"{sampler.value}-{seed}.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     db.unlink(missing_ok=True)
-    study = engine.open_study("bench", f"sqlite:///{db.resolve()}", config, objectives, bool(constraints))
+    study = engine.open_study("bench", f"sqlite:///{db.resolve()}", config, objectives)
     space = SearchSpace(ctx.config.space, ctx.config.teacher.arch, ctx.config.data.resolution)
     evaluation = 0.0
     t0 = time.monotonic()
@@ -186,8 +186,7 @@ def _race_run(ctx, box: ReferenceBox, method: str, seed: int, seconds: int,  # n
     evaluator = dataclasses.replace(ctx.evaluator, store=ResultStore(run / "results"), cache_dir=run / "cache",
                                     checkpoints=None)
     objectives, constraints = ctx.plan.objectives, ctx.plan.constraints
-    study = engine.open_study("race", f"sqlite:///{(run / 'study.db').resolve()}", config, objectives,
-                              bool(constraints))
+    study = engine.open_study("race", f"sqlite:///{(run / 'study.db').resolve()}", config, objectives)
     engine.seed_students(study, config, ctx.config.space.students)
     loop = engine.Loop(objectives, constraints, config.trials, engine.make_promoter(study, config, objectives),
                        Clock.of_study(study, config.budget_seconds))

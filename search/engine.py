@@ -107,35 +107,26 @@ class StudyMismatch(ValueError):
     """The stored study was made for other objectives; resuming it would mix incomparable trials."""
 
 
-def _constraints_func(trial: FrozenTrial) -> list[float]:
-    return list(trial.user_attrs.get("constraints", [0.0]))
-
-
-SAMPLERS: dict[SamplerKind, Callable[[SearchConfig, Any], optuna.samplers.BaseSampler]] = {
-    SamplerKind.NSGA2: lambda c, cf: optuna.samplers.NSGAIISampler(population_size=c.population, seed=c.seed,
-                                                                   constraints_func=cf),
-    SamplerKind.NSGA3: lambda c, cf: optuna.samplers.NSGAIIISampler(population_size=c.population, seed=c.seed,
-                                                                    constraints_func=cf),
-    SamplerKind.TPE: lambda c, cf: optuna.samplers.TPESampler(seed=c.seed, constraints_func=cf,
-                                                              n_startup_trials=min(10, c.population)),
-    SamplerKind.RANDOM: lambda c, cf: optuna.samplers.RandomSampler(seed=c.seed),
-    SamplerKind.QMC: lambda c, cf: optuna.samplers.QMCSampler(seed=c.seed, warn_independent_sampling=False),
+# NSGA-II, NSGA-III and TPE read each trial's constraint values (`tell` sets them with `Trial.set_constraint`,
+# optuna 5's replacement of `constraints_func`): feasible trials rank first, infeasible ones by summed violation.
+SAMPLERS: dict[SamplerKind, Callable[[SearchConfig], optuna.samplers.BaseSampler]] = {
+    SamplerKind.NSGA2: lambda c: optuna.samplers.NSGAIISampler(population_size=c.population, seed=c.seed),
+    SamplerKind.NSGA3: lambda c: optuna.samplers.NSGAIIISampler(population_size=c.population, seed=c.seed),
+    SamplerKind.TPE: lambda c: optuna.samplers.TPESampler(seed=c.seed, n_startup_trials=min(10, c.population)),
+    SamplerKind.RANDOM: lambda c: optuna.samplers.RandomSampler(seed=c.seed),
+    SamplerKind.QMC: lambda c: optuna.samplers.QMCSampler(seed=c.seed, warn_independent_sampling=False),
 }
 
 
-def make_sampler(config: SearchConfig, has_constraints: bool) -> optuna.samplers.BaseSampler:
-    """The study's sampler; it reads constraint values whenever there are constraints, and with MO-ASHA always:
-    an F1-only trial is told as infeasible by its F1 standing (`tell`), which is how it ranks behind F2 trials."""
-    reads_constraints = has_constraints or config.promotion != PromotionKind.LADDER
-    return SAMPLERS[config.sampler](config, _constraints_func if reads_constraints else None)
+def make_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
+    return SAMPLERS[config.sampler](config)
 
 
-def open_study(name: str, storage: str, config: SearchConfig, objectives: tuple[str, ...],
-               has_constraints: bool) -> optuna.Study:
+def open_study(name: str, storage: str, config: SearchConfig, objectives: tuple[str, ...]) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
                                 directions=[("maximize" if direction(o) == "max" else "minimize") for o in objectives],
-                                sampler=make_sampler(config, has_constraints))
+                                sampler=make_sampler(config))
     stored = study.user_attrs.get("objectives")
     if stored is not None and tuple(stored) != objectives:
         raise StudyMismatch(f"the study in {storage} optimises {stored}, not {list(objectives)}; "
@@ -246,6 +237,7 @@ def evaluate_trial(evaluator: Evaluator, recipe: Recipe, constraints: tuple[Cons
 
 
 WORST_ACCURACY = 0.0  # what an F0-rejected recipe is told in place of the accuracy nobody measured
+F1_STANDING = "f1_standing"  # the constraint an F1-only trial is told as infeasible by (`tell`)
 
 
 def told_values(metrics: dict[str, Any], objectives: tuple[str, ...]) -> list[float]:
@@ -281,9 +273,10 @@ def tell(study: optuna.Study, trial: optuna.Trial, recipe: Recipe, outcome: Outc
         return
     metrics = outcome.metrics["f1" if outcome.level == "f0" else outcome.level]
     violations = [c.violation(metrics) if c.column in metrics else 0.0 for c in constraints]
-    standing = [outcome.standing] if outcome.level == "f1" else []
-    if violations or standing:
-        trial.set_user_attr("constraints", violations + standing)
+    for i, (c, v) in enumerate(zip(constraints, violations, strict=True)):
+        trial.set_constraint(f"{i}:{c}", v)
+    if outcome.level == "f1":
+        trial.set_constraint(F1_STANDING, outcome.standing)
     trial.set_user_attr("feasible", outcome.level != "f0" and all(v <= 0 for v in violations))
     trial.set_user_attr("told", outcome.level)
     if outcome.level == "f1":

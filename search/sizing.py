@@ -58,10 +58,10 @@ from spaces.quantization import quantize_model
 from spaces.recipe import TEACHER
 from spaces.recipe import Calibration
 from spaces.recipe import DistillKind
-from spaces.recipe import PruneKind
 from spaces.recipe import PruneSchedule
 from spaces.recipe import Quantization
 from spaces.recipe import QuantKind
+from spaces.recipe import finetunes
 from spaces.space import distillation_variants
 
 PLAN_FILE = "plan.json"
@@ -338,11 +338,6 @@ def workload(config: StudyConfig, splits: Splits, baselines: list[Candidate]) ->
                     baseline_finetunes=tuple(finetunes(r.recipe.prune.kind, r.recipe.quant.kind) for r in baselines),
                     searched_finetunes=sum(finetunes(p, q) for p in space.prune_kinds for q in space.quant_kinds) /
                     max(len(space.prune_kinds) * len(space.quant_kinds), 1))
-
-
-def finetunes(prune: PruneKind, quant: QuantKind) -> bool:
-    """Whether a recipe trains after its student (spaces.apply: recovery after pruning, or QAT)."""
-    return prune != PruneKind.NONE or quant == QuantKind.QAT
 
 
 @dataclass(frozen=True)

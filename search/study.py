@@ -115,8 +115,7 @@ def search_limit(study: optuna.Study, configured: float | None, deadline: float 
 def search(ctx: Context, storage: str, executor: Executor, log: Log, deadline: float | None = None
            ) -> optuna.Study:
     cfg = ctx.config
-    study = engine.open_study(study_name(cfg.name, cfg.profile), storage, cfg.search, ctx.plan.objectives,
-                              bool(ctx.plan.constraints))
+    study = engine.open_study(study_name(cfg.name, cfg.profile), storage, cfg.search, ctx.plan.objectives)
     retried = engine.requeue_interrupted(study)
     engine.seed_students(study, cfg.search, cfg.space.students)
     done = engine.count_finished(study)

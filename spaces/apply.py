@@ -65,6 +65,7 @@ from spaces.recipe import PruneSchedule
 from spaces.recipe import Quantization
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
+from spaces.recipe import recovers
 from spaces.validated import settings
 
 
@@ -336,7 +337,7 @@ STEPPERS: dict[PruneKind, Callable[[Context, nn.Module], Callable[[nn.Module, fl
 
 def _finetune(ctx: Context, model: nn.Module) -> nn.Module:
     """Recover what pruning removed; an unpruned network stays as trained, and QAT trains later instead."""
-    if ctx.recipe.prune.kind != PruneKind.NONE and ctx.recipe.quant.kind != QuantKind.QAT:
+    if recovers(ctx.recipe.prune.kind, ctx.recipe.quant.kind):
         ctx.train(model, ctx.budget.finetune_steps, ctx.budget.finetune_train, "finetune")
     return model
 

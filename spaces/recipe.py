@@ -150,6 +150,18 @@ class Recipe:
             raise ValueError(f"invalid recipe{name}: " + "; ".join(found))
 
 
+def recovers(prune: PruneKind, quant: QuantKind) -> bool:
+    """Whether a recipe fine-tunes its float network after pruning: QAT trains the quantized one instead, which
+    recovers the pruning too, so a pruned QAT recipe is not also recovered in float."""
+    return prune != PruneKind.NONE and quant != QuantKind.QAT
+
+
+def finetunes(prune: PruneKind, quant: QuantKind) -> bool:
+    """Whether a recipe trains after its student at all (recovery, or QAT): `spaces.apply` spends its
+    `finetune_steps` then, and `search.sizing` prices them only then."""
+    return recovers(prune, quant) or quant == QuantKind.QAT
+
+
 def describe(recipe: Recipe) -> str:
     """One line for logs and tables: `resnet18 kd:logit prune:structured:0.3 ptq:4/8b` (`ptq:8/32b@0.25`)."""
     parts = [recipe.student]

@@ -140,7 +140,7 @@ SIZE_LIMIT = Constraint("size_mb", "<=", 0.5)
 def _study() -> optuna.Study:
     config = SearchConfig(population=2, seed=0)
     return optuna.create_study(directions=["maximize", "minimize", "minimize"],
-                               sampler=engine.make_sampler(config, has_constraints=True))
+                               sampler=engine.make_sampler(config))
 
 
 def _metrics(acc: float | None, latency: float, size: float) -> dict[str, float]:
@@ -160,12 +160,12 @@ def test_f0_rejected_and_f1_only_trials_are_told_as_infeasible_and_never_reach_t
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     # F0: its exact costs, a worst-case accuracy, and how far past the bound it lies (what NSGA-II learns from)
     assert rejected.values == [engine.WORST_ACCURACY, 0.3, 0.8]
-    assert list(rejected.constraints.values()) == pytest.approx([0.3])
+    assert rejected.constraints == pytest.approx({"0:size_mb <= 0.5": 0.3})
     assert rejected.user_attrs["feasible"] is False and rejected.user_attrs["told"] == "f0"
     assert "accuracy" not in rejected.user_attrs["f1"]  # nothing was measured
     # F1 only: its F1 values, infeasible by its F1 standing (behind every F2 trial), feasible for the user's limit
     assert f1_only.values == [70.0, 0.2, 0.1] and f1_only.user_attrs["f1_only"] is True
-    assert list(f1_only.constraints.values()) == pytest.approx([-0.4, 0.4])
+    assert f1_only.constraints == pytest.approx({"0:size_mb <= 0.5": -0.4, engine.F1_STANDING: 0.4})
     # The sampler's own front (optuna's best trials in a constrained study) and ours hold only the F2 trial.
     assert [t.number for t in study.best_trials] == [scored.number]
     assert [c.trial for c in completed(study)] == [scored.number]

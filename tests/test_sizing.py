@@ -20,12 +20,12 @@ from search.sizing import Price
 from search.sizing import RunPlan
 from search.sizing import StepTimes
 from search.sizing import Workload
-from search.sizing import finetunes
 from search.sizing import measure
 from search.sizing import plan_run
 from search.sizing import teacher_choices
 from spaces.recipe import PruneKind
 from spaces.recipe import QuantKind
+from spaces.recipe import finetunes
 from tests.cli_helpers import search_cli
 from tests.cli_helpers import study_args
 
