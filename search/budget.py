@@ -2,9 +2,9 @@
 
 Why a clock next to the trial count: a trial's cost varies by orders of magnitude (an F1-only trial takes a
 second, a promoted one tens of seconds, a student's first distillation minutes), so a count says little about
-when a run ends. The two are limits together: no new trial is asked once either is reached; trials already
-running finish, then the final stage runs. The time spent is kept in the study's storage, so a resumed run
-spends only what is left.
+when a run ends. The two are limits together: no new trial is asked once the count is reached or the clock is
+up (less than half a mean trial left, `Clock.up`); trials already running finish, then the final stage runs.
+The time spent is kept in the study's storage, so a resumed run spends only what is left.
 """
 
 from __future__ import annotations
@@ -49,24 +49,38 @@ def describe_duration(seconds: float) -> str:
 
 @dataclass
 class Clock:
-    """Search wall time: what earlier runs of the study spent plus this run's; `limit` None means no budget."""
+    """Search wall time: what earlier runs of the study spent plus this run's; `limit` None means no budget.
+
+    The clock is up once less than half a mean trial is left, not at the limit itself: a trial cannot be stopped
+    midway, so one started with less left would, on average, run past the limit by more than the time it fills
+    (the rule that makes the expected gap between the search's end and its limit smallest). The mean is over the
+    study's recorded trial times, a resumed run's earlier ones included; with none yet, the limit itself."""
 
     limit: float | None
     spent_before: float = 0.0
     started: float = field(default_factory=time.monotonic)
+    trial_seconds: list[float] = field(default_factory=list)
 
     @classmethod
     def of_study(cls, study: optuna.Study, limit: float | None) -> Clock:
-        return cls(limit, float(study.user_attrs.get(SPENT_ATTR, 0.0)))
+        seconds = [float(t.user_attrs["seconds"]) for t in study.get_trials(deepcopy=False)
+                   if isinstance(t.user_attrs.get("seconds"), (int, float))]
+        return cls(limit, float(study.user_attrs.get(SPENT_ATTR, 0.0)), trial_seconds=seconds)
 
     def spent(self) -> float:
         return self.spent_before + time.monotonic() - self.started
 
+    def mean_trial(self) -> float:
+        return sum(self.trial_seconds) / len(self.trial_seconds) if self.trial_seconds else 0.0
+
     def up(self) -> bool:
-        return self.limit is not None and self.spent() >= self.limit
+        return self.limit is not None and self.spent() + self.mean_trial() / 2 >= self.limit
 
     def left(self) -> float | None:
         return None if self.limit is None else max(self.limit - self.spent(), 0.0)
 
-    def record(self, study: optuna.Study) -> None:
+    def record(self, study: optuna.Study, trial_seconds: float | None = None) -> None:
+        """Store the time spent (a resumed run spends only the rest); `trial_seconds`: one more finished trial."""
+        if trial_seconds is not None:
+            self.trial_seconds.append(float(trial_seconds))
         study.set_user_attr(SPENT_ATTR, round(self.spent(), 1))

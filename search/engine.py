@@ -353,7 +353,7 @@ class Loop:
     def told(self, study: optuna.Study, trial: optuna.Trial, recipe: Recipe, outcome: Outcome,
              progress: Progress) -> None:
         tell(study, trial, recipe, outcome, self.objectives, self.constraints)
-        self.clock.record(study)
+        self.clock.record(study, outcome.seconds)
         progress.update(outcome, recipe, trial.number)
 
 

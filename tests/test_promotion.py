@@ -133,6 +133,23 @@ def test_the_clock_counts_what_earlier_runs_spent() -> None:
     assert Clock.of_study(study, limit=40.0).up()
 
 
+def test_no_trial_starts_when_less_than_half_a_mean_trial_is_left() -> None:
+    """A trial cannot be stopped midway: started with 30 s left, an 80-s trial would overrun the limit by 50."""
+    assert Clock(limit=100.0, spent_before=70.0, trial_seconds=[80.0]).up()
+    assert not Clock(limit=100.0, spent_before=70.0, trial_seconds=[40.0]).up()  # 20 s expected past: it starts
+    assert not Clock(limit=100.0, spent_before=70.0).up()  # nothing measured yet: the limit itself
+    study = optuna.create_study()  # a resumed run knows its earlier trials' times
+    for seconds in (70.0, 90.0):
+        trial = study.ask()
+        trial.set_user_attr("seconds", seconds)
+        study.tell(trial, 1.0)
+    Clock(limit=None, spent_before=70.0).record(study)
+    resumed = Clock.of_study(study, limit=100.0)
+    assert resumed.mean_trial() == 80.0 and resumed.up()
+    resumed.record(study, 10.0)
+    assert resumed.mean_trial() == pytest.approx(170 / 3)
+
+
 OBJECTIVES = ("accuracy", "latency_zcu104", "size_mb")
 SIZE_LIMIT = Constraint("size_mb", "<=", 0.5)
 
