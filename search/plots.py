@@ -29,6 +29,7 @@ def _numeric(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
 
 FLAT = 0.03  # a cost that varies by less than this fraction across the front is said to be flat on the panel
 LOG_SPAN = 10.0  # log axes only when the values span at least this factor; below it log ticks go unlabelled
+CASCADE_REACH = 1.25  # cascades further right than this factor past every other point sit on the panel's edge
 
 
 def flat_note(values: Sequence[float], what: str) -> str | None:
@@ -55,6 +56,34 @@ def _axis(ax: plt.Axes, values: pd.Series) -> bool:
     ax.xaxis.set_major_formatter(formatter)
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     return log
+
+
+def cascade_edge(shown: Sequence[float], cascades: Sequence[float]) -> float | None:
+    """Where a panel's latency axis ends when cascades lie far right of every other point (None: they fit).
+
+    A cascade's expected latency adds the teacher's whenever it escalates, so it can sit 20x past the front; an
+    axis stretched to it squashes the front, the baselines and the trials into one column at the left."""
+    if not len(shown) or not len(cascades):
+        return None
+    edge = max(shown) * CASCADE_REACH
+    return edge if max(cascades) > edge else None
+
+
+def _cascades(ax: plt.Axes, c: pd.DataFrame, lat: str, shown: pd.Series) -> None:
+    """Cascades within reach as diamonds; those beyond `cascade_edge` as arrows on the edge, their range named."""
+    if not len(c):
+        return
+    edge = cascade_edge(shown.tolist(), c[lat].tolist())
+    inside = c if edge is None else c[c[lat] <= edge]
+    beyond = c.drop(index=inside.index)
+    if len(inside):
+        ax.scatter(inside[lat], inside["f3_test_accuracy"], marker="D", s=40, c="tab:purple", zorder=4,
+                   label="cascades (expected latency, test)")
+    if edge is not None and len(beyond):
+        ax.scatter([edge] * len(beyond), beyond["f3_test_accuracy"], marker=">", s=60, c="tab:purple", zorder=4,
+                   label=f"{len(beyond)} cascade(s) beyond the axis, at {beyond[lat].min():.3g}-"
+                         f"{beyond[lat].max():.3g} ms (test)")
+        ax.set_xlim(right=edge * 1.03)
 
 
 def _front(ax: plt.Axes, front: pd.DataFrame, lat: str) -> None:
@@ -90,10 +119,6 @@ def pareto_plot(path: Path, trials: pd.DataFrame, front: pd.DataFrame, baselines
         t = _numeric(trials, f"f2_{lat}", "f2_accuracy")
         ax.scatter(t[f"f2_{lat}"], t["f2_accuracy"], s=14, c="0.65", label="trials (F2, validation)")
         _front(ax, front, f"f3_{lat}")
-        c = _numeric(cascades, f"f3_{lat}", "f3_test_accuracy")
-        if len(c):
-            ax.scatter(c[f"f3_{lat}"], c["f3_test_accuracy"], marker="D", s=40, c="tab:purple", zorder=4,
-                       label="cascades (expected latency, test)")
         b = _numeric(baselines, f"f3_{lat}", "f3_test_accuracy")
         ax.scatter(b[f"f3_{lat}"], b["f3_test_accuracy"], marker="s", s=36, c="tab:blue",
                    label="baselines (F3, test)")
@@ -105,6 +130,7 @@ def pareto_plot(path: Path, trials: pd.DataFrame, front: pd.DataFrame, baselines
                        zorder=5, label="this bundle (test)")
         shown = pd.concat([t[f"f2_{lat}"], _numeric(front, f"f3_{lat}")[f"f3_{lat}"], b[f"f3_{lat}"]])
         log = _axis(ax, shown) if len(shown) else False
+        _cascades(ax, _numeric(cascades, f"f3_{lat}", "f3_test_accuracy"), f"f3_{lat}", shown)
         if not len(shown):
             ax.text(0.5, 0.5, "no trial was scored (all rejected or failed)", ha="center", transform=ax.transAxes)
         ax.set_xlabel(f"modelled latency on {target} (ms{', log scale' if log else ''})")

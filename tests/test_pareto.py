@@ -63,3 +63,13 @@ def test_a_panel_says_when_a_cost_barely_varies_across_the_front() -> None:
 
     assert flat_note([0.565, 0.5675, 0.568], "latency") == "latency varies < 3% across the front (0.5%)"
     assert flat_note([0.3, 0.6], "latency") is None and flat_note([0.5], "latency") is None
+
+
+def test_cascades_far_right_of_every_other_point_do_not_stretch_the_axis() -> None:
+    from search.plots import cascade_edge
+
+    # docs/results/cpu-xeon-4, zcu104: trials, front and baselines within 1.0-3.7 ms, cascades at 3.7-73 ms
+    shown, cascades = [1.0, 1.654, 1.992, 3.667], [3.7, 14.8, 39.2, 73.4]
+    assert cascade_edge(shown, cascades) == pytest.approx(3.667 * 1.25)
+    assert cascade_edge(shown, [3.7, 4.0]) is None  # within reach: the axis takes them as they are
+    assert cascade_edge([], cascades) is None and cascade_edge(shown, []) is None
