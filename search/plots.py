@@ -109,7 +109,8 @@ def pareto_plot(path: Path, trials: pd.DataFrame, front: pd.DataFrame, baselines
     """One panel per target. Grey: every trial at F2 (validation). Red: the front at F3 (test): its members that
     are non-dominated in this panel's two axes joined as a staircase, the others as open circles (a many-objective
     front is not a curve in any one projection). Blue squares: the baseline recipes at F3 (test).
-    Purple diamonds: cascades that joined the front (expected latency, test accuracy). `highlight`
+    Purple diamonds: cascades that joined the front (expected latency, test accuracy); arrows on the right edge
+    for those far past every other point (`cascade_edge`). `highlight`
     ({"latency_<t>": x, "accuracy": y}) marks one point, e.g. the recipe an export bundle holds."""
     fig, axes = plt.subplots(1, len(targets), figsize=(6.5 * len(targets), 5), squeeze=False)
     is_cascade = front["cascade"].fillna(False).astype(bool) if "cascade" in front else pd.Series(False, front.index)
