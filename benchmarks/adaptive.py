@@ -25,19 +25,19 @@ from typing import Any
 
 from search.api import RunOptions
 from search.api import Study
-from search.bundle_scripts import run_cascade as runner
-from search.cascade_bundle import stage_cost
-from search.cascade_bundle import write_cascade_bundle
-from search.cascade_export import CascadeSpec
-from search.cascade_export import fit_cascade
-from search.cascade_export import precision_of
-from search.cascade_export import stage_model
-from search.cascade_export import teacher_stage
-from search.cascade_fit import labels_of
-from search.cascade_study import f3_model
+from search.bundle.scripts import run_cascade as runner
+from search.cascade.bundle import stage_cost
+from search.cascade.bundle import write_cascade_bundle
+from search.cascade.export import CascadeSpec
+from search.cascade.export import fit_cascade
+from search.cascade.export import precision_of
+from search.cascade.export import stage_model
+from search.cascade.export import teacher_stage
+from search.cascade.fit import labels_of
+from search.cascade.study import f3_model
 from search.config import from_json
 from search.config import load_study
-from search.final import Candidate
+from search.engine.final import Candidate
 from spaces.recipe import Recipe
 
 BENCH_RUNS = 300

@@ -5,7 +5,7 @@ Two measurements of the study's teacher (the registry's `resnet50` at the profil
    fp32, ...) so that load from other processes falls on both alike; the median block is reported.
 2. Accuracy: the same short schedule trained both ways from the same initial weights and batches, scored in
    fp32 on the whole test split, with Wilson 95% intervals and the interval of the difference
-   (search.intervals). A speed-up is only worth spending if this says "ties" (or better).
+   (search.analysis.intervals). A speed-up is only worth spending if this says "ties" (or better).
 
     OMP_NUM_THREADS=1 python -m benchmarks.cpu_precision --steps 187 --out cpu_precision.json
 
@@ -25,19 +25,19 @@ from pathlib import Path
 
 import torch
 
-from evaluators.data import prepare_data
+from evaluators.data.config import prepare_data
 from evaluators.metrics import accuracy
-from evaluators.precision import Precision
-from evaluators.precision import cpu_flags
-from evaluators.precision import cpu_has_bf16
-from evaluators.teacher import build_teacher
-from evaluators.training import Schedule
-from evaluators.training import TrainConfig
-from evaluators.training import train
+from evaluators.teacher.prepare import build_teacher
+from evaluators.training.loop import Schedule
+from evaluators.training.loop import TrainConfig
+from evaluators.training.loop import train
+from evaluators.training.precision import Precision
+from evaluators.training.precision import cpu_flags
+from evaluators.training.precision import cpu_has_bf16
+from search.analysis.intervals import Accuracy
+from search.analysis.intervals import compare_accuracy
+from search.analysis.intervals import difference_interval
 from search.config import load_study
-from search.intervals import Accuracy
-from search.intervals import compare_accuracy
-from search.intervals import difference_interval
 
 COMPARED = (Precision.FP32, Precision.BF16)
 

@@ -2,7 +2,7 @@
 
 A study that searches at its training size (32) but deploys at another (`[hardware] deploy_resolution`, e.g.
 224) must fine-tune the chosen recipe at the deploy size before its bundle is written
-(`search.deploy_resolution.adapt`). This measures, for the knee of a finished run (or `--trial N`):
+(`search.bundle.deploy_resolution.adapt`). This measures, for the knee of a finished run (or `--trial N`):
 the accuracy at the deploy size without that fine-tune and after `--steps` steps, and the seconds per step,
 so the cost of the full `deploy_finetune_steps` can be read off. Accuracy is on the first `--images` test
 images (reported only; nothing is selected on it).
@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from evaluators.metrics import accuracy
+from search.analysis.selection import select
 from search.api import RunOptions
 from search.api import Study
+from search.bundle.deploy_resolution import DeployResolution
+from search.bundle.deploy_resolution import adapt
 from search.config import from_json
-from search.deploy_resolution import DeployResolution
-from search.deploy_resolution import adapt
-from search.selection import select
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,29 +25,29 @@ import torch
 
 from benchmarks.learning_curve import subset
 from hardware_models import estimate
-from hardware_models.calibrate import Calibration
-from hardware_models.calibrate import choose_policy
-from hardware_models.calibrate import fit_rows
-from hardware_models.calibrate import leave_family_out
-from hardware_models.calibrate import leave_one_out
-from hardware_models.calibrate import prepare
-from hardware_models.calibrate import with_graph_policy
-from hardware_models.fitting import mape
-from hardware_models.fitting import spearman
-from hardware_models.fitting import to_theta
-from hardware_models.fitting import within
-from hardware_models.graph import POLICIES
-from hardware_models.host import measure
-from hardware_models.intervals import conformal_halfwidth
+from hardware_models.calibration.fit import Calibration
+from hardware_models.calibration.fit import choose_policy
+from hardware_models.calibration.fit import fit_rows
+from hardware_models.calibration.fit import leave_family_out
+from hardware_models.calibration.fit import leave_one_out
+from hardware_models.calibration.fit import prepare
+from hardware_models.calibration.fit import with_graph_policy
+from hardware_models.calibration.intervals import conformal_halfwidth
+from hardware_models.calibration.least_squares import mape
+from hardware_models.calibration.least_squares import spearman
+from hardware_models.calibration.least_squares import to_theta
+from hardware_models.calibration.least_squares import within
+from hardware_models.calibration.validation import coverage
+from hardware_models.calibration.validation import executed_signature
+from hardware_models.calibration.validation import family_folds
+from hardware_models.calibration.validation import family_of
+from hardware_models.calibration.validation import naive_macs
+from hardware_models.calibration.validation import replicate_agreement
+from hardware_models.estimators.host import measure
+from hardware_models.graph.executed import POLICIES
+from hardware_models.graph.specs import build_network
 from hardware_models.profiles import load_builtin
-from hardware_models.specs import build_network
 from hardware_models.targets import to_rpi5_params
-from hardware_models.validation import coverage
-from hardware_models.validation import executed_signature
-from hardware_models.validation import family_folds
-from hardware_models.validation import family_of
-from hardware_models.validation import naive_macs
-from hardware_models.validation import replicate_agreement
 
 PRUNED = ("thesis:resnet50_os20", "thesis:resnet50_os95", "thesis:squeezenet1_0_it20", "thesis:resnet18_os20",
           "thesis:mobilenet_v2_os20")

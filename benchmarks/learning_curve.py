@@ -22,17 +22,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hardware_models.calibrate import ADAPT_PRIOR_WEIGHT
-from hardware_models.calibrate import Calibration
-from hardware_models.calibrate import adapt_from
-from hardware_models.calibrate import choose_policy
-from hardware_models.calibrate import fit_rows
-from hardware_models.calibrate import prepare
-from hardware_models.calibrate import with_graph_policy
-from hardware_models.fitting import mape
-from hardware_models.fitting import spearman
-from hardware_models.fitting import within
-from hardware_models.graph import POLICIES
+from hardware_models.calibration.fit import ADAPT_PRIOR_WEIGHT
+from hardware_models.calibration.fit import Calibration
+from hardware_models.calibration.fit import adapt_from
+from hardware_models.calibration.fit import choose_policy
+from hardware_models.calibration.fit import fit_rows
+from hardware_models.calibration.fit import prepare
+from hardware_models.calibration.fit import with_graph_policy
+from hardware_models.calibration.least_squares import mape
+from hardware_models.calibration.least_squares import spearman
+from hardware_models.calibration.least_squares import within
+from hardware_models.graph.executed import POLICIES
 from hardware_models.profiles import load_builtin
 
 NB201_SIZES = (5, 10, 20, 50, 100, 200, 250)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hardware_models.host import cpu_name
+from hardware_models.estimators.host import cpu_name
 from spaces.recipe import Recipe
 from spaces.recipe import describe
 

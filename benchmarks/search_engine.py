@@ -33,20 +33,20 @@ import optuna
 
 from evaluators.candidate import Fidelity
 from evaluators.candidate import ResultStore
-from search import engine
-from search.budget import Clock
-from search.budget import describe_duration
-from search.context import RunSpec
-from search.context import load_context
-from search.engine import SamplerKind
-from search.history import HypervolumePoint
-from search.history import hypervolume_history
-from search.objectives import direction
-from search.pareto import hypervolume
-from search.pareto import pareto_mask
-from search.promotion import PromotionKind
-from search.reference import ReferenceBox
-from search.stats import kendall_tau
+from search.analysis.objectives import direction
+from search.analysis.pareto import hypervolume
+from search.analysis.pareto import pareto_mask
+from search.analysis.reference import ReferenceBox
+from search.analysis.stats import kendall_tau
+from search.engine import loop as engine
+from search.engine.budget import Clock
+from search.engine.budget import describe_duration
+from search.engine.history import HypervolumePoint
+from search.engine.history import hypervolume_history
+from search.engine.loop import SamplerKind
+from search.engine.promotion import PromotionKind
+from search.pipeline.context import RunSpec
+from search.pipeline.context import load_context
 from spaces.space import SearchSpace
 
 
@@ -71,7 +71,7 @@ def _quiet() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def proxy_fidelity(ctx, n: int, seed: int = 123) -> dict:  # noqa: ANN001 - a search.context.Context
+def proxy_fidelity(ctx, n: int, seed: int = 123) -> dict:  # noqa: ANN001 - a search.pipeline.context.Context
     """(a): n distinct random recipes, each at F1, F2 and F3."""
     space = SearchSpace(ctx.config.space, ctx.config.teacher.arch, ctx.config.data.resolution)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -206,9 +206,9 @@ def time_to(history: list[HypervolumePoint], target: float) -> float | None:
     return next((h.minutes for h in history if h.hypervolume >= target and h.hypervolume > 0), None)
 
 
-def race(ctx, seconds: int, seeds: int, folder: Path) -> dict:  # noqa: ANN001 - a search.context.Context
+def race(ctx, seconds: int, seeds: int, folder: Path) -> dict:  # noqa: ANN001 - a search.pipeline.context.Context
     """(e): every method per seed, seeds interleaved so that a change in machine load hits all methods alike."""
-    from search.study import reference_box
+    from search.pipeline.study import reference_box
 
     box, minutes = reference_box(ctx), seconds / 60
     curves: dict[str, list[list[HypervolumePoint]]] = {m: [] for m in RACE}

@@ -1,6 +1,6 @@
 """`python -m benchmarks.single_pass`: which recipe trains the better teacher in one epoch?
 
-When the run plan (search.sizing) cuts the teacher to one epoch, as it does within the `cpu` profile's 60 minutes
+When the run plan (search.sizing.plan) cuts the teacher to one epoch, as it does within the `cpu` profile's 60 minutes
 on a slow 2-core machine, the teacher trains with `teacher.single_pass`'s settings instead of the profile's
 many-epoch schedule. This benchmark is the evidence for that rule: the profile's teacher trained for one epoch both
 ways, from the same initial weights, on the study's training split. The choice reads the validation split; the
@@ -23,15 +23,15 @@ from pathlib import Path
 
 import torch
 
-from evaluators.data import prepare_data
+from evaluators.data.config import prepare_data
 from evaluators.metrics import accuracy
-from evaluators.precision import Precision
-from evaluators.teacher import build_teacher
-from evaluators.training import train
+from evaluators.teacher.prepare import build_teacher
+from evaluators.training.loop import train
+from evaluators.training.precision import Precision
+from search.analysis.intervals import Accuracy
+from search.analysis.intervals import compare_accuracy
+from search.analysis.intervals import difference_interval
 from search.config import load_study
-from search.intervals import Accuracy
-from search.intervals import compare_accuracy
-from search.intervals import difference_interval
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Why: with their ImageNet stems (32x downsampling) MobileNetV2 and SqueezeNet end in 1x1 feature maps at CIFAR's
 32 px, which costs them accuracy at every fidelity; CIFAR stems (the first downsampling removed) keep larger maps
-but cost MACs and latency. `spaces.architectures.StemRule` picks a stem from the input resolution; this
-measures, per student and per candidate stem (`spaces.architectures.SMALL_STEMS`), what the choice costs and buys:
+but cost MACs and latency. `spaces.models.architectures.StemRule` picks a stem from the input resolution; this
+measures, per student and per candidate stem (`spaces.models.architectures.SMALL_STEMS`), what the
+choice costs and buys:
 
 - MACs and parameters at batch 1 (`evaluators.cost.model_cost`, the candidates' own counter);
 - the spatial size of the last convolution's output (the feature map the classifier pools);
@@ -14,7 +15,7 @@ measures, per student and per candidate stem (`spaces.architectures.SMALL_STEMS`
   (the test split is never read: this measurement chooses the stems).
 
 The choice it prints (`choose`): a student gets a small stem when that stem is more accurate than torchvision's
-(the 95% interval of the difference excludes 0, `search.intervals.compare_accuracy`) and its predicted latency
+(the 95% interval of the difference excludes 0, `search.analysis.intervals.compare_accuracy`) and its predicted latency
 stays below the teacher's (ResNet-50 with torchvision's stem, the network every student must undercut) on every
 target; among such stems the cheapest, unless a costlier one is more accurate than it beyond the same interval.
 Otherwise it keeps torchvision's stem.
@@ -42,21 +43,21 @@ from torch import nn
 from evaluators.candidate import HardwareConfig
 from evaluators.candidate import hardware_metrics
 from evaluators.cost import model_cost
-from evaluators.data import DataConfig
-from evaluators.data import prepare_data
-from evaluators.datasets import Dataset
+from evaluators.data.config import DataConfig
+from evaluators.data.config import prepare_data
+from evaluators.data.datasets import Dataset
+from evaluators.data.splits import SplitConfig
 from evaluators.metrics import accuracy
-from evaluators.splits import SplitConfig
-from evaluators.training import TrainConfig
-from evaluators.training import train
-from hardware_models.host import cpu_name
-from search.intervals import Accuracy
-from search.intervals import Comparison
-from search.intervals import compare_accuracy
-from search.intervals import difference_interval
-from search.intervals import wilson
-from spaces.architectures import Stem
-from spaces.architectures import create_model
+from evaluators.training.loop import TrainConfig
+from evaluators.training.loop import train
+from hardware_models.estimators.host import cpu_name
+from search.analysis.intervals import Accuracy
+from search.analysis.intervals import Comparison
+from search.analysis.intervals import compare_accuracy
+from search.analysis.intervals import difference_interval
+from search.analysis.intervals import wilson
+from spaces.models.architectures import Stem
+from spaces.models.architectures import create_model
 from spaces.recipe import Recipe
 
 # The candidate small stems of each student: the ones the brief (issue 12) names.

@@ -1,7 +1,7 @@
 """`python -m benchmarks.thesis_table --profile smoke`: the thesis's Table I and the survey's quantization table,
 rerun through the tool's own pipeline on a study's data and teacher.
 
-Every row is a Recipe (`spaces.thesis_recipes`) built by `spaces.apply.apply` at the profile's budget, so the
+Every row is a Recipe (`spaces.thesis_recipes`) built by `spaces.compress.apply.apply` at the profile's budget, so the
 numbers compare the *recipes* under equal effort, not the thesis's training runs: at `smoke` the budgets are
 tiny and the accuracies are far below the thesis's (its column is shown for reference: measured on the
 board at 224x224 after full training). Accuracy is on the validation split (the first N images at smoke);
@@ -20,19 +20,19 @@ from pathlib import Path
 
 import torch
 
-from evaluators.batches import Batcher
 from evaluators.cost import model_cost
-from evaluators.data import prepare_data
-from evaluators.datasets import DataError
-from evaluators.datasets import ImageSet
+from evaluators.data.batches import Batcher
+from evaluators.data.config import prepare_data
+from evaluators.data.datasets import DataError
+from evaluators.data.datasets import ImageSet
+from evaluators.data.splits import Splits
 from evaluators.metrics import accuracy
-from evaluators.splits import Splits
-from evaluators.teacher import default_cache_dir
-from evaluators.teacher import prepare_teacher
+from evaluators.teacher.prepare import default_cache_dir
+from evaluators.teacher.prepare import prepare_teacher
 from search.config import ConfigError
 from search.config import load_study
-from spaces.apply import Budget
-from spaces.apply import apply
+from spaces.compress.apply import Budget
+from spaces.compress.apply import apply
 from spaces.recipe import Recipe
 from spaces.thesis_recipes import survey_quantization_recipes
 from spaces.thesis_recipes import thesis_table_recipes

@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from evaluators.data import DataConfig
-from evaluators.data import prepare_data
-from hardware_models.host import cpu_name
+from evaluators.data.config import DataConfig
+from evaluators.data.config import prepare_data
+from hardware_models.estimators.host import cpu_name
 from search.config import study_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 def write_folder(root: Path, data_root: str | None, per_class: int) -> int:
     from PIL import Image
 
-    from evaluators.datasets import load_dataset
+    from evaluators.data.datasets import load_dataset
 
     raw = load_dataset("cifar10", data_root, allow_download=False)
     count = 0

@@ -34,13 +34,13 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from evaluators.batches import Batcher
 from evaluators.cost import model_cost
+from evaluators.data.batches import Batcher
+from evaluators.data.splits import Splits
 from evaluators.metrics import accuracy
 from evaluators.metrics import collapse_reason
-from evaluators.splits import Splits
-from evaluators.training import atomic_save
-from evaluators.training import atomic_write_bytes
+from evaluators.training.loop import atomic_save
+from evaluators.training.loop import atomic_write_bytes
 from hardware_models import estimate
 from hardware_models import extract
 from hardware_models import get_target
@@ -50,14 +50,14 @@ from hardware_models.capability import Deployment
 from hardware_models.profiles import builtin_profile_path
 from hardware_models.targets import TARGETS
 from hardware_models.targets import deployment
-from spaces.apply import LATE_BUDGET_FIELDS
-from spaces.apply import Budget
-from spaces.apply import CompressedModel
-from spaces.apply import apply
-from spaces.architectures import small_stems_at
-from spaces.fake_quant import float_mode
-from spaces.quantization import UNIFORM_BITS
-from spaces.quantization import bit_widths
+from spaces.compress.apply import LATE_BUDGET_FIELDS
+from spaces.compress.apply import Budget
+from spaces.compress.apply import CompressedModel
+from spaces.compress.apply import apply
+from spaces.compress.fake_quant import float_mode
+from spaces.compress.quantization import UNIFORM_BITS
+from spaces.compress.quantization import bit_widths
+from spaces.models.architectures import small_stems_at
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
 from spaces.validated import settings
@@ -187,7 +187,7 @@ def level_fingerprint(level: LevelConfig, hardware: HardwareConfig, resolution: 
     """Keys cached results; budget fields added later are left out at their defaults (`LATE_BUDGET_FIELDS`).
 
     With the training `resolution`, the small stems the registry builds there are part of the key
-    (`spaces.architectures.small_stems_at`): results computed with another stem are not reused. Where every
+    (`spaces.models.architectures.small_stems_at`): results computed with another stem are not reused. Where every
     network keeps torchvision's stem the key is what it was before stems existed."""
     data = asdict(level)
     for name in LATE_BUDGET_FIELDS:
@@ -325,7 +325,7 @@ def hardware_metrics(model: nn.Module, recipe: Recipe, shape: tuple[int, int, in
     """latency_<target> (ms), energy_<target> (mJ), deployable_<target> and runs_as_<target> per target, with the
     upper ends of the 90% prediction intervals (`_high`, for constraints written `... @ p90`; energy scales
     with latency at the board's modelled power). A target that cannot run the recipe gets NaN latency and
-    energy: the search rejects such a recipe at F0 (`search.objectives.cost_gate`), so no front member claims
+    energy: the search rejects such a recipe at F0 (`search.analysis.objectives.cost_gate`), so no front member claims
     a speed its target cannot realise."""
     out: dict[str, Any] = {}
     for target, result in estimate_targets(model, recipe, shape, hardware).items():

@@ -3,7 +3,7 @@
 Conventions, chosen to match how the literature and the targets count:
 - MACs are those of Conv2d and Linear layers at batch 1, measured with forward hooks on real output shapes
   (grouped and depthwise convolutions are exact: out_elements x in_channels/groups x kernel area) by
-  `spaces.macs.count_macs`, the counter pruning's MAC model uses too. They are
+  `spaces.compress.macs.count_macs`, the counter pruning's MAC model uses too. They are
   dense MACs: zero weights are still multiplied by a dense kernel. `sparse_macs` scales each layer by its
   fraction of non-zero weights (exact: every weight is used once per output position), i.e. what a runtime
   that skips zeros would execute. BN, pooling and residual adds are not counted (torchvision's convention).
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from spaces.fake_quant import ActQuantizer
-from spaces.fake_quant import WeightQuantizer
-from spaces.macs import count_macs
-from spaces.quantization import bit_widths
+from spaces.compress.fake_quant import ActQuantizer
+from spaces.compress.fake_quant import WeightQuantizer
+from spaces.compress.macs import count_macs
+from spaces.compress.quantization import bit_widths
 from spaces.recipe import INT_BITS
 
 FP32_BYTES = 4

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from evaluators.batches import Batcher
 from evaluators.cost import model_cost
-from evaluators.datasets import ImageSet
+from evaluators.data.batches import Batcher
+from evaluators.data.datasets import ImageSet
 
 
 @torch.no_grad()

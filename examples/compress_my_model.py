@@ -27,10 +27,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import search  # noqa: E402
-from evaluators.datasets import load_dataset  # noqa: E402
-from evaluators.imagefolder import image_set  # noqa: E402
-from evaluators.imagefolder import list_classes  # noqa: E402
-from evaluators.imagefolder import list_split  # noqa: E402
+from evaluators.data.datasets import load_dataset  # noqa: E402
+from evaluators.data.imagefolder import image_set  # noqa: E402
+from evaluators.data.imagefolder import list_classes  # noqa: E402
+from evaluators.data.imagefolder import list_split  # noqa: E402
 
 CLASSES = {0: "airplane", 1: "automobile", 8: "ship"}
 

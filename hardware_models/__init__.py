@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from hardware_models.api import estimate
 from hardware_models.api import resolve_profile
-from hardware_models.graph import Network
-from hardware_models.graph import extract
-from hardware_models.specs import build_network
-from hardware_models.specs import list_schemes
-from hardware_models.specs import register_scheme
+from hardware_models.graph.executed import Network
+from hardware_models.graph.executed import extract
+from hardware_models.graph.specs import build_network
+from hardware_models.graph.specs import list_schemes
+from hardware_models.graph.specs import register_scheme
+from hardware_models.graph.trace import UnsupportedLayerError
 from hardware_models.targets import get_target
 from hardware_models.targets import list_targets
-from hardware_models.trace import UnsupportedLayerError
 
 __all__ = [
     "Network",

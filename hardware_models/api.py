@@ -10,51 +10,28 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Callable
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from hardware_models.graph import Network
-from hardware_models.graph import extract
-from hardware_models.graph import with_policy
-from hardware_models.networks import count_parameters
-from hardware_models.precision import PrecisionSpec
-from hardware_models.precision import resolve
-from hardware_models.precision import unknown_layers
+from hardware_models.estimators import families
+from hardware_models.estimators.host import available_cores
+from hardware_models.estimators.registry import Options
+from hardware_models.graph.executed import Network
+from hardware_models.graph.executed import extract
+from hardware_models.graph.executed import with_policy
+from hardware_models.graph.networks import count_parameters
+from hardware_models.graph.precision import PrecisionSpec
+from hardware_models.graph.precision import resolve
+from hardware_models.graph.precision import unknown_layers
+from hardware_models.power import host_power
 from hardware_models.profiles import Profile
 from hardware_models.profiles import builtin_profile_path
 from hardware_models.profiles import load_profile
 from hardware_models.targets import TARGETS
 from hardware_models.targets import get_target
-
-
-@dataclass(frozen=True, kw_only=True)
-class Options:
-    """Keyword options of `estimate`, validated once."""
-
-    precision: PrecisionSpec = None
-    per_layer: bool = False
-    threads: int | None = None
-    runtime: str | None = None
-    as_int8: bool = False
-    clock_ghz: float | None = None
-    use_cache: bool = True
-
-
-Estimator = Callable[[nn.Module, Network, Profile, Options], dict[str, Any]]
-ESTIMATORS: dict[str, Estimator] = {}
-
-
-def register_estimator(family: str) -> Callable[[Estimator], Estimator]:
-    def decorate(fn: Estimator) -> Estimator:
-        ESTIMATORS[family] = fn
-        return fn
-
-    return decorate
 
 
 @functools.lru_cache(maxsize=32)
@@ -68,9 +45,6 @@ def resolve_profile(target: str | Path) -> Profile:
     if name in TARGETS:
         spec = get_target(name)
         if spec.family == "host":
-            from hardware_models.host import available_cores
-            from hardware_models.power import host_power
-
             return Profile(target="host", family="host", board="host", params={},
                            power=host_power(available_cores()), default_runtime="onnxruntime",
                            default_threads=1, default_precision="fp32")
@@ -127,12 +101,7 @@ def estimate(model: nn.Module, input_shape: Sequence[int], target: str | Path, *
     typos = unknown_layers(plan, network)
     if typos:
         raise KeyError(f"precision map names layers the network does not have: {', '.join(typos[:5])}")
-    from hardware_models import estimators  # noqa: F401  (registers the families)
-
-    if profile.family not in ESTIMATORS:
-        raise ValueError(f"profile for {profile.target!r} has unknown family {profile.family!r}; "
-                         f"known: {', '.join(sorted(ESTIMATORS))}")
-    result = ESTIMATORS[profile.family](model, network, profile, options)
+    result = families.estimator(profile)(model, network, profile, options)
     common = _common(network, model, profile)
     common["profile"] = profile_source(target)
     common["assumptions"] += result.pop("assumptions", [])

@@ -17,11 +17,11 @@ import torch
 
 from hardware_models.api import estimate
 from hardware_models.api import resolve_profile
-from hardware_models.graph import parse_input
-from hardware_models.specs import build_network
-from hardware_models.specs import list_schemes
+from hardware_models.graph.executed import parse_input
+from hardware_models.graph.specs import build_network
+from hardware_models.graph.specs import list_schemes
+from hardware_models.graph.trace import UnsupportedLayerError
 from hardware_models.targets import list_targets
-from hardware_models.trace import UnsupportedLayerError
 
 
 def _parser() -> argparse.ArgumentParser:

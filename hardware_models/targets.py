@@ -16,22 +16,22 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hardware_models.arm import ARM_BOARDS
-from hardware_models.arm import ArmModel
+from hardware_models.calibration.intervals import borrow_interval
 from hardware_models.capability import Capability
 from hardware_models.capability import Deployment
 from hardware_models.capability import OperatorLimits
 from hardware_models.capability import Precision
 from hardware_models.capability import RuntimeSupport
 from hardware_models.capability import deploy
-from hardware_models.costmodel import CostModel
-from hardware_models.dpu import DPU_ACTIVATIONS
-from hardware_models.dpu import DPU_BOARDS
-from hardware_models.dpu import RUNTIMES as DPU_RUNTIMES
-from hardware_models.dpu import DpuModel
-from hardware_models.dpu import config_of
-from hardware_models.graph import Network
-from hardware_models.intervals import borrow_interval
+from hardware_models.estimators.arm import ARM_BOARDS
+from hardware_models.estimators.arm import ArmModel
+from hardware_models.estimators.costmodel import CostModel
+from hardware_models.estimators.dpu import DPU_ACTIVATIONS
+from hardware_models.estimators.dpu import DPU_BOARDS
+from hardware_models.estimators.dpu import RUNTIMES as DPU_RUNTIMES
+from hardware_models.estimators.dpu import DpuModel
+from hardware_models.estimators.dpu import config_of
+from hardware_models.graph.executed import Network
 from hardware_models.power import BUILTIN_POWER
 from hardware_models.power import PowerModel
 from hardware_models.profiles import Profile

@@ -5,7 +5,7 @@ data in hand writes `search.compress(teacher=model, data="my_images/", targets=[
 who wants every knob builds a `StudyConfig` in code (validated on construction, with the TOML loader's
 messages) and calls `Study(config).optimize()`. Both return a `StudyResult`: the front and all trials as
 DataFrames, the knee, `plot()` and `export()`. `python -m search.run` is this same object behind argparse,
-and a Ray worker rebuilds the same context from the same resolved config (`search.context.RunSpec`).
+and a Ray worker rebuilds the same context from the same resolved config (`search.pipeline.context.RunSpec`).
 """
 
 from __future__ import annotations
@@ -24,41 +24,41 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evaluators.batches import Batcher
 from evaluators.candidate import FidelityConfig
 from evaluators.candidate import HardwareConfig
 from evaluators.candidate import LevelConfig
-from evaluators.data import DataConfig
-from evaluators.data import prepare_data
-from evaluators.datasets import Dataset
-from evaluators.memory_data import in_memory_data
-from evaluators.splits import SplitConfig
-from evaluators.splits import Splits
-from evaluators.teacher import TeacherConfig
-from evaluators.teacher import build_teacher
-from evaluators.teacher import is_cached
-from search.budget import Sizing
+from evaluators.data.batches import Batcher
+from evaluators.data.config import DataConfig
+from evaluators.data.config import prepare_data
+from evaluators.data.datasets import Dataset
+from evaluators.data.memory import in_memory_data
+from evaluators.data.splits import SplitConfig
+from evaluators.data.splits import Splits
+from evaluators.teacher.prepare import TeacherConfig
+from evaluators.teacher.prepare import build_teacher
+from evaluators.teacher.prepare import is_cached
 from search.config import ConfigError
 from search.config import StudyConfig
 from search.config import StudyInfo
-from search.context import Context
-from search.context import RunSpec
-from search.context import load_context
-from search.context import make_plan
-from search.context import size_notes
-from search.engine import BaselineSet
-from search.engine import SearchConfig
-from search.sizing import PLAN_FILE
-from search.sizing import copy_of
-from search.sizing import sized
-from search.sizing import sized_by
-from search.study import Backend
-from search.study import run_study
-from search.study import storage_url
-from search.study import study_name
-from spaces.apply import Budget
+from search.engine.budget import Sizing
+from search.engine.loop import BaselineSet
+from search.engine.loop import SearchConfig
+from search.pipeline.context import Context
+from search.pipeline.context import RunSpec
+from search.pipeline.context import load_context
+from search.pipeline.context import make_plan
+from search.pipeline.context import size_notes
+from search.pipeline.study import Backend
+from search.pipeline.study import run_study
+from search.pipeline.study import storage_url
+from search.pipeline.study import study_name
+from search.sizing.plan import PLAN_FILE
+from search.sizing.plan import copy_of
+from search.sizing.plan import sized
+from search.sizing.plan import sized_by
+from spaces.compress.apply import Budget
+from spaces.models.user_models import register_instance
 from spaces.space import SpaceConfig
-from spaces.user_models import register_instance
 
 Log = Callable[[str], None]
 
@@ -148,7 +148,7 @@ class Study:
         return write_baseline(ctx, self.out, self.log, t0)
 
     def size_to_budget(self) -> None:
-        """With a budget and `sizing = "fit"`, replace the config by one sized to the budget (search.sizing),
+        """With a budget and `sizing = "fit"`, replace the config by one sized to the budget (search.sizing.plan),
         before the teacher is trained: its epochs are part of the plan, unless the teacher needs no training (the
         user's, or the profile's already in the cache). The data read here is kept for the run."""
         cfg = self.config
@@ -221,7 +221,7 @@ class StudyResult:
     """What a finished study found: DataFrames read from its run folder, plus plot and export."""
 
     def __init__(self, study: Study) -> None:
-        from search.selection import read_tables
+        from search.analysis.selection import read_tables
 
         self.study, self.out = study, study.out
         self.trials, self.front = read_tables(self.out)
@@ -251,8 +251,8 @@ class StudyResult:
         """Write the deployment bundle of one recipe (the knee by default): the same as `python -m search.export`.
 
         `test_images=None` measures on the images the F3 stage scored (0: the whole test split)."""
+        from search.analysis.selection import select
         from search.export import export_selected
-        from search.selection import select
 
         selected = select(self.out, self.study.config.hardware.names, trial=trial, pick=pick)
         return export_selected(self.study.context(), self.out, selected, path, test_images=test_images,

@@ -19,11 +19,11 @@ from typing import Any
 
 from evaluators.candidate import FidelityConfig
 from evaluators.candidate import HardwareConfig
-from evaluators.data import DataConfig
-from evaluators.data import resolve_root
-from evaluators.teacher import TeacherConfig
-from search.engine import BaselineSet
-from search.engine import SearchConfig
+from evaluators.data.config import DataConfig
+from evaluators.data.config import resolve_root
+from evaluators.teacher.prepare import TeacherConfig
+from search.engine.loop import BaselineSet
+from search.engine.loop import SearchConfig
 from spaces.space import SpaceConfig
 from spaces.space import for_targets
 from spaces.validated import ConfigError

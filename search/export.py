@@ -2,7 +2,7 @@
 finished study as a deployment bundle; `python -m search.export --verify DIR` re-checks a bundle.
 
 The model is the recipe's F3 build: its checkpoint from the study when the final stage saved one, else
-rebuilt now at F3 (deterministic, so the same network). See `search.bundle` for what the folder holds.
+rebuilt now at F3 (deterministic, so the same network). See `search.bundle.writer` for what the folder holds.
 """
 
 from __future__ import annotations
@@ -16,31 +16,31 @@ import torch
 
 from evaluators.candidate import Fidelity
 from evaluators.candidate import estimate_targets
-from evaluators.datasets import DataError
+from evaluators.data.datasets import DataError
+from search.analysis.selection import Selected
+from search.analysis.selection import SelectionError
+from search.analysis.selection import read_run
+from search.analysis.selection import select
 from search.api import RunOptions
 from search.api import Study
 from search.api import config_as_json
-from search.bundle import FALLBACK_FILE
-from search.bundle import verify_bundle
-from search.bundle import write_bundle
-from search.cascade import CascadeError
-from search.cascade_bundle import is_cascade_bundle
-from search.cascade_bundle import verify_cascade
-from search.cascade_export import CascadeSpec
-from search.cascade_export import cascade_of
-from search.cascade_export import export_cascade
+from search.bundle.deploy_resolution import DeployResolution
+from search.bundle.deploy_resolution import adapt
+from search.bundle.writer import FALLBACK_FILE
+from search.bundle.writer import verify_bundle
+from search.bundle.writer import write_bundle
+from search.cascade.bundle import is_cascade_bundle
+from search.cascade.bundle import verify_cascade
+from search.cascade.export import CascadeSpec
+from search.cascade.export import cascade_of
+from search.cascade.export import export_cascade
+from search.cascade.model import CascadeError
 from search.config import ConfigError
 from search.config import StudyConfig
 from search.config import from_json
 from search.config import load_study
-from search.context import Context
-from search.deploy_resolution import DeployResolution
-from search.deploy_resolution import adapt
-from search.plots import pareto_plot
-from search.selection import Selected
-from search.selection import SelectionError
-from search.selection import read_run
-from search.selection import select
+from search.pipeline.context import Context
+from search.report.plots import pareto_plot
 from spaces.recipe import TEACHER
 
 EXIT_USAGE, EXIT_FAILED = 2, 1
@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requantize", action="store_true",
                    help=f"also write the fallback {FALLBACK_FILE}: onnxruntime's own int8 calibration of the "
                         "float network (not the searched quantization)")
-    c = p.add_argument_group("cascade", "export the chosen recipe and the teacher as a cascade (search.cascade)")
+    c = p.add_argument_group("cascade", "export the chosen recipe and the teacher as a cascade (search.cascade.model)")
     c.add_argument("--cascade", action="store_true", help="stage 1 the chosen recipe, stage 2 the study's teacher")
     c.add_argument("--cascade-policy", default="confidence", help="confidence (default), budget or priority")
     c.add_argument("--cascade-score", default="max_softmax", help="max_softmax (default) or margin")
@@ -199,7 +199,7 @@ def verify(args: argparse.Namespace) -> int:
     else:  # bundles written before the config was stored in them
         source = metrics.get("study_source") or ""
         config = load_study(source if Path(source).is_file() else metrics["study"], metrics["profile"])
-    from evaluators.data import prepare_data
+    from evaluators.data.config import prepare_data
 
     splits, batcher = prepare_data(config.data, args.data_root, allow_download=False, cache_dir=_cache(args))
     if is_cascade_bundle(folder):

@@ -15,18 +15,18 @@ import signal
 import sys
 from pathlib import Path
 
-from evaluators.datasets import DATA_ROOT_ENV
-from evaluators.datasets import DataError
-from evaluators.teacher import CACHE_ENV
+from evaluators.data.datasets import DATA_ROOT_ENV
+from evaluators.data.datasets import DataError
+from evaluators.teacher.prepare import CACHE_ENV
 from search.api import RunOptions
 from search.api import Study
-from search.budget import Sizing
-from search.budget import parse_duration
 from search.config import ConfigError
 from search.config import available_studies
 from search.config import load_study
-from search.engine import StudyMismatch
-from spaces.user_models import add_code_path
+from search.engine.budget import Sizing
+from search.engine.budget import parse_duration
+from search.engine.loop import StudyMismatch
+from spaces.models.user_models import add_code_path
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

@@ -100,7 +100,7 @@ class Quantization:
     per_channel: bool = True
     calibration: Calibration = Calibration.MINMAX
     fold_bn: bool = True  # fold BatchNorm into convolutions before quantizing, as deployment does
-    # Sensitivity allocation (spaces.sensitivity): layers run at (weight_bits, act_bits) except the most
+    # Sensitivity allocation (spaces.compress.sensitivity): layers run at (weight_bits, act_bits) except the most
     # sensitive ones, which run at (high_bits, high_bits) while their MACs fit in high_fraction of the total.
     # Added after recipes were first stored: omitted from the JSON and the hash while at their defaults.
     allocation: Allocation = Allocation.EXPLICIT
@@ -157,8 +157,8 @@ def recovers(prune: PruneKind, quant: QuantKind) -> bool:
 
 
 def finetunes(prune: PruneKind, quant: QuantKind) -> bool:
-    """Whether a recipe trains after its student at all (recovery, or QAT): `spaces.apply` spends its
-    `finetune_steps` then, and `search.sizing` prices them only then."""
+    """Whether a recipe trains after its student at all (recovery, or QAT): `spaces.compress.apply` spends its
+    `finetune_steps` then, and `search.sizing.plan` prices them only then."""
     return recovers(prune, quant) or quant == QuantKind.QAT
 
 
@@ -234,9 +234,10 @@ def _enum(type_name: Any, value: Any) -> Any:
 # --- validation: each rule returns the reason a recipe is invalid, or None ------------------------------------
 
 # The bit-widths and the prune-ratio cap are defined here, once, and imported by the code that applies them
-# (spaces.fake_quant, spaces.pruning, spaces.space, evaluators.cost): this module is the lowest layer and
-# free of torch, so every other module can import it, and validation cannot accept what the code rejects.
-INT_BITS = frozenset(range(2, 9))  # integer codes, simulated by spaces.fake_quant
+# (spaces.compress.fake_quant, spaces.compress.pruning, spaces.space, evaluators.cost): this module is the
+# lowest layer and free of torch, so every other module can import it, and validation cannot accept what the
+# code rejects.
+INT_BITS = frozenset(range(2, 9))  # integer codes, simulated by spaces.compress.fake_quant
 FLOAT_BITS = frozenset({16, 32})  # 16: fp16 rounding; 32: not quantized
 VALID_BITS = INT_BITS | FLOAT_BITS
 MAX_PRUNE_RATIO = 0.95  # never remove more than this fraction of any group: a layer with no channels cannot run
@@ -312,7 +313,8 @@ def _distill(r: Recipe) -> str | None:
     if d.kind == DistillKind.FEATURE and r.student == TEACHER:
         return "feature distillation needs a separate student; the teacher compressed in place uses 'logit'"
     if d.kind == DistillKind.FEATURE and not d.feature_pairs:
-        return "feature distillation needs distill.feature_pairs (spaces.distillation.default_pairs proposes them)"
+        return ("feature distillation needs distill.feature_pairs "
+                "(spaces.compress.distillation.default_pairs proposes them)")
     if d.kind != DistillKind.FEATURE and d.feature_pairs:
         return f"distill.feature_pairs are only used by feature distillation, not {d.kind.value!r}"
     return None
@@ -323,7 +325,7 @@ RULES: tuple[Callable[[Recipe], str | None], ...] = (_ratio, _layer_counts, _pru
 
 
 def _known_student(student: str, teacher: str, resolution: int | None) -> str | None:
-    from spaces.architectures import get_architecture  # lazily: recipe.py stays free of torch
+    from spaces.models.architectures import get_architecture  # lazily: recipe.py stays free of torch
 
     try:
         s, t = get_architecture(student), get_architecture(teacher)
@@ -335,7 +337,7 @@ def _known_student(student: str, teacher: str, resolution: int | None) -> str | 
 
 
 def _removable_blocks(r: Recipe, student: str, teacher: str) -> str | None:
-    from spaces.pruning import network_facts  # lazily: builds networks
+    from spaces.compress.pruning import network_facts  # lazily: builds networks
 
     available = network_facts(student).removable_blocks
     if r.prune.kind == PruneKind.LAYER and r.prune.blocks_removed > available:
@@ -344,7 +346,7 @@ def _removable_blocks(r: Recipe, student: str, teacher: str) -> str | None:
 
 
 def _batchnorm(r: Recipe, student: str, teacher: str) -> str | None:
-    from spaces.pruning import network_facts  # lazily: builds networks
+    from spaces.compress.pruning import network_facts  # lazily: builds networks
 
     uses_bn = r.prune.kind in (PruneKind.STRUCTURED, PruneKind.LAYER) and r.prune.importance == Importance.BN_SCALE
     if uses_bn and not network_facts(student).has_batchnorm:
@@ -353,7 +355,7 @@ def _batchnorm(r: Recipe, student: str, teacher: str) -> str | None:
 
 
 def _feature_layers(r: Recipe, student: str, teacher: str) -> str | None:
-    from spaces.pruning import network_facts  # lazily: builds networks
+    from spaces.compress.pruning import network_facts  # lazily: builds networks
 
     missing = [f"{s} (student)" for s, _ in r.distill.feature_pairs if s not in network_facts(student).module_names]
     missing += [f"{t} (teacher)" for _, t in r.distill.feature_pairs if t not in network_facts(teacher).module_names]

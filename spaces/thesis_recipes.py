@@ -25,11 +25,11 @@ import functools
 
 import torch
 
-from spaces.architectures import create_model
-from spaces.pruning import ChannelGraph
-from spaces.pruning import MacModel
-from spaces.pruning import keep_counts
-from spaces.pruning import uniform_ratios
+from spaces.compress.pruning import ChannelGraph
+from spaces.compress.pruning import MacModel
+from spaces.compress.pruning import keep_counts
+from spaces.compress.pruning import uniform_ratios
+from spaces.models.architectures import create_model
 from spaces.recipe import MAX_PRUNE_RATIO
 from spaces.recipe import TEACHER
 from spaces.recipe import Distillation

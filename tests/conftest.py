@@ -12,9 +12,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from evaluators.datasets import Dataset  # noqa: E402
-from evaluators.datasets import candidate_roots  # noqa: E402
-from evaluators.datasets import find_layout  # noqa: E402
+from evaluators.data.datasets import Dataset  # noqa: E402
+from evaluators.data.datasets import candidate_roots  # noqa: E402
+from evaluators.data.datasets import find_layout  # noqa: E402
 from tests.cli_helpers import search_cli  # noqa: E402
 from tests.cli_helpers import study_args  # noqa: E402
 

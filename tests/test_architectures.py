@@ -9,15 +9,15 @@ from torch import nn
 
 from benchmarks.stems import CANDIDATES
 from benchmarks.stems import last_feature_map
-from spaces.architectures import SMALL_INPUT_BELOW
-from spaces.architectures import Stem
-from spaces.architectures import StemRule
-from spaces.architectures import create_model
-from spaces.architectures import get_architecture
-from spaces.architectures import list_architectures
-from spaces.architectures import model_stem
-from spaces.architectures import small_stems_at
-from spaces.architectures import stem_of
+from spaces.models.architectures import SMALL_INPUT_BELOW
+from spaces.models.architectures import Stem
+from spaces.models.architectures import StemRule
+from spaces.models.architectures import create_model
+from spaces.models.architectures import get_architecture
+from spaces.models.architectures import list_architectures
+from spaces.models.architectures import model_stem
+from spaces.models.architectures import small_stems_at
+from spaces.models.architectures import stem_of
 
 
 @pytest.mark.parametrize("name", list_architectures())

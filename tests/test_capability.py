@@ -21,15 +21,15 @@ from hardware_models.capability import Capability
 from hardware_models.capability import Precision
 from hardware_models.capability import RuntimeSupport
 from hardware_models.capability import deploy
-from hardware_models.graph import extract
+from hardware_models.graph.executed import extract
 from hardware_models.targets import CAPABILITIES
 from hardware_models.targets import TARGETS
 from hardware_models.targets import capability
 from hardware_models.targets import deployment
+from search.analysis.objectives import cost_gate
 from search.config import StudyConfig
 from search.config import StudyInfo
-from search.objectives import cost_gate
-from spaces.quantization import quantize_model
+from spaces.compress.quantization import quantize_model
 from spaces.recipe import Quantization
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
@@ -164,8 +164,8 @@ def test_bits_target_error_names_the_targets_and_what_they_share(tmp_path: Path)
 
 
 def test_study_config_resolves_bits_target_for_the_api_too() -> None:
-    from evaluators.data import DataConfig
-    from evaluators.teacher import TeacherConfig
+    from evaluators.data.config import DataConfig
+    from evaluators.teacher.prepare import TeacherConfig
 
     config = StudyConfig(study=StudyInfo(name="x"), data=DataConfig(dataset="mnist"), teacher=TeacherConfig(arch="mlp"),
                          space=SpaceConfig(bits="target"), hardware=HardwareConfig(targets=("kv260", "rpi5")))
@@ -178,8 +178,8 @@ def test_trials_and_front_record_deployment_per_target(tmp_path: Path) -> None:
     import search
     from evaluators.candidate import FidelityConfig
     from evaluators.candidate import LevelConfig
-    from search.engine import SearchConfig
-    from spaces.apply import Budget
+    from search.engine.loop import SearchConfig
+    from spaces.compress.apply import Budget
     from tests.user_data import TinyNet
     from tests.user_data import train_quickly
     from tests.user_data import write_generated_imagefolder
@@ -210,8 +210,8 @@ def test_trials_and_front_record_deployment_per_target(tmp_path: Path) -> None:
 
 
 def test_report_section_says_what_sub8_layers_gain_under_each_storage_rule() -> None:
-    from search.deployment import deployment_section
-    from search.final import Candidate
+    from search.engine.final import Candidate
+    from search.report.deployment import deployment_section
 
     four = Recipe(quant=Quantization(kind=QuantKind.PTQ, weight_bits=4))
     metrics = {"f3": {"deployable_zcu104": True, "runs_as_zcu104": "int8", "deployable_rpi4": True,

@@ -8,23 +8,23 @@ import json
 import numpy as np
 import pytest
 
-from hardware_models.a53 import PROFILE_PATH
-from hardware_models.a53 import a53_profile
+from hardware_models.estimators.a53 import PROFILE_PATH
+from hardware_models.estimators.a53 import a53_profile
 from hardware_models.profiles import dumps
-from search.bundle_scripts import run_cascade as runner
-from search.cascade import POLICIES
-from search.cascade import Cascade
-from search.cascade import CascadeError
-from search.cascade import Policy
-from search.cascade import Stage
-from search.cascade import escalates
-from search.cascade import run
-from search.cascade_cost import PLACEMENTS
-from search.cascade_cost import StageCost
-from search.cascade_cost import check_budget
-from search.cascade_cost import expected_cost
-from search.cascade_fit import Goal
-from search.cascade_fit import fit
+from search.bundle.scripts import run_cascade as runner
+from search.cascade.cost import PLACEMENTS
+from search.cascade.cost import StageCost
+from search.cascade.cost import check_budget
+from search.cascade.cost import expected_cost
+from search.cascade.fit import Goal
+from search.cascade.fit import fit
+from search.cascade.model import POLICIES
+from search.cascade.model import Cascade
+from search.cascade.model import CascadeError
+from search.cascade.model import Policy
+from search.cascade.model import Stage
+from search.cascade.model import escalates
+from search.cascade.model import run
 from spaces.validated import ConfigError
 
 SHAPE = (1, 28, 28)
@@ -138,12 +138,12 @@ def test_policy_round_trips_through_json() -> None:
 
 
 def test_the_packaged_a53_profile_is_the_stated_derivation_of_the_rpi4_fit() -> None:
-    assert PROFILE_PATH.read_text() == dumps(a53_profile()), "rerun python -m hardware_models.a53"
+    assert PROFILE_PATH.read_text() == dumps(a53_profile()), "rerun python -m hardware_models.estimators.a53"
 
 
 def test_the_a53_is_slower_than_the_pi4_on_the_same_network() -> None:
     from hardware_models.api import estimate
-    from spaces.architectures import create_model
+    from spaces.models.architectures import create_model
 
     model = create_model("small_cnn", num_classes=10, in_channels=1).eval()
     pi = estimate(model, SHAPE, "rpi4", precision="fp32")
@@ -152,7 +152,7 @@ def test_the_a53_is_slower_than_the_pi4_on_the_same_network() -> None:
 
 
 def _candidate(source: str, accuracy: float, latency: float, size: float) -> object:
-    from search.final import Candidate
+    from search.engine.final import Candidate
     from spaces.recipe import Recipe
 
     return Candidate(Recipe(label=source), source, {"f3": {"accuracy": accuracy, "latency_rpi4": latency,
@@ -162,8 +162,8 @@ def _candidate(source: str, accuracy: float, latency: float, size: float) -> obj
 def test_only_cascades_no_front_member_dominates_join_the_front() -> None:
     import pandas as pd
 
-    from search.cascade_study import add_to_front
-    from search.cascade_study import non_dominated
+    from search.cascade.study import add_to_front
+    from search.cascade.study import non_dominated
 
     front = [_candidate("fast", 90.0, 1.0, 1.0), _candidate("accurate", 95.0, 5.0, 4.0)]
     between = _candidate("cascade: fast + teacher", 94.0, 2.0, 5.0)  # new trade-off: joins
@@ -177,12 +177,12 @@ def test_only_cascades_no_front_member_dominates_join_the_front() -> None:
 
 
 def test_a_cascade_row_of_the_front_exports_as_the_cascade_it_was_scored_as() -> None:
-    from search.cascade_export import CascadeSpec
-    from search.cascade_export import cascade_of
-    from search.cascade_export import spec_json
-    from search.final import Candidate
-    from search.results import candidates_table
-    from search.selection import best_cascade
+    from search.analysis.selection import best_cascade
+    from search.cascade.export import CascadeSpec
+    from search.cascade.export import cascade_of
+    from search.cascade.export import spec_json
+    from search.engine.final import Candidate
+    from search.report.tables import candidates_table
     from spaces.recipe import Recipe
 
     spec = CascadeSpec(within=1.0, score="margin")
@@ -195,9 +195,9 @@ def test_a_cascade_row_of_the_front_exports_as_the_cascade_it_was_scored_as() ->
 
 
 def test_a_stage_a_target_cannot_run_gives_no_cascade_cost_there() -> None:
-    from search.cascade_bundle import StageModel
-    from search.cascade_bundle import stage_cost
-    from spaces.architectures import create_model
+    from search.cascade.bundle import StageModel
+    from search.cascade.bundle import stage_cost
+    from spaces.models.architectures import create_model
     from spaces.recipe import Recipe
 
     stage = StageModel("fp16 student", create_model("mlp", num_classes=10, in_channels=1), Recipe(), "mlp",

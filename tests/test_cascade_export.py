@@ -15,18 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-from evaluators.data import prepare_data
-from evaluators.datasets import ImageSet
+from evaluators.data.config import prepare_data
+from evaluators.data.datasets import ImageSet
+from search.analysis.selection import select
 from search.api import RunOptions
 from search.api import Study
-from search.bundle_scripts import run_cascade as runner
-from search.cascade_export import CascadeSpec
-from search.cascade_export import fit_cascade
-from search.cascade_export import stage_model
-from search.cascade_export import teacher_stage
-from search.cascade_fit import report_on_test
+from search.bundle.scripts import run_cascade as runner
+from search.cascade.export import CascadeSpec
+from search.cascade.export import fit_cascade
+from search.cascade.export import stage_model
+from search.cascade.export import teacher_stage
+from search.cascade.fit import report_on_test
 from search.config import load_study
-from search.selection import select
 from tests.cli_helpers import search_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,15 +14,15 @@ from evaluators.candidate import FidelityConfig
 from evaluators.candidate import HardwareConfig
 from evaluators.candidate import LevelConfig
 from evaluators.candidate import ResultStore
-from evaluators.data import DataConfig
-from evaluators.data import prepare_data
+from evaluators.data.config import DataConfig
+from evaluators.data.config import prepare_data
 from evaluators.metrics import collapse_reason
-from search import engine
-from search.final import Candidate
-from search.final import finish
-from search.verdicts import Outcome
-from search.verdicts import judge
-from spaces.apply import Budget
+from search.engine import loop as engine
+from search.engine.final import Candidate
+from search.engine.final import finish
+from search.report.verdicts import Outcome
+from search.report.verdicts import judge
+from spaces.compress.apply import Budget
 from spaces.recipe import Recipe
 from tests.user_data import TinyNet
 from tests.user_data import write_generated_imagefolder

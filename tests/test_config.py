@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from evaluators.datasets import Dataset
-from evaluators.training import Optimizer
+from evaluators.data.datasets import Dataset
+from evaluators.training.loop import Optimizer
 from search.config import ConfigError
 from search.config import available_studies
 from search.config import load_study
@@ -39,7 +39,7 @@ def test_profiles_override_the_base_and_configs_are_frozen() -> None:
 
 def test_the_race_profile_shares_the_smoke_teacher() -> None:
     """`race` (benchmarks.search_engine part e) times the search alone: its teacher is smoke's cached one."""
-    from evaluators.teacher import teacher_key
+    from evaluators.teacher.prepare import teacher_key
 
     race, smoke = load_study("resnet50_cifar10", "race"), load_study("resnet50_cifar10", "smoke")
     keys = {teacher_key(c.teacher.as_trained_on("cpu"), c.data.split, c.data.resolution, "data") for c in (race, smoke)}
@@ -137,8 +137,8 @@ def test_a_study_without_profiles_runs_its_base_sections(tmp_path: Path) -> None
 
 
 def test_configs_built_in_code_are_validated_with_the_loaders_messages(tmp_path: Path) -> None:
-    from evaluators.data import DataConfig
-    from spaces.apply import Budget
+    from evaluators.data.config import DataConfig
+    from spaces.compress.apply import Budget
     from spaces.space import SpaceConfig
 
     with pytest.raises(ConfigError, match=r"Budget\.finetune_steps: -1 is out of range; allowed 0 \.\. 1000000"):

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from evaluators.datasets import CIFAR_BIN_SHA1
-from evaluators.datasets import LAYOUTS
-from evaluators.datasets import MNIST_STEMS
-from evaluators.datasets import DataError
-from evaluators.datasets import load_dataset
-from evaluators.splits import SplitConfig
-from evaluators.splits import make_splits
-from evaluators.splits import split_indices
+from evaluators.data.datasets import CIFAR_BIN_SHA1
+from evaluators.data.datasets import LAYOUTS
+from evaluators.data.datasets import MNIST_STEMS
+from evaluators.data.datasets import DataError
+from evaluators.data.datasets import load_dataset
+from evaluators.data.splits import SplitConfig
+from evaluators.data.splits import make_splits
+from evaluators.data.splits import split_indices
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_train_subset_is_a_prefix_of_the_full_training_split() -> None:
 
 
 def test_augmented_batches_are_reproducible_per_step(cifar) -> None:
-    from evaluators.batches import Batcher
+    from evaluators.data.batches import Batcher
 
     batcher = Batcher(cifar.info, 32)
     first = [b[0] for b, _ in zip(batcher.train_batches(cifar.train, 64, seed=1, epoch=2), range(3), strict=False)]

@@ -10,10 +10,10 @@ from torch import nn
 
 from hardware_models import build_network
 from hardware_models import estimate
-from hardware_models.graph import Status
-from hardware_models.graph import extract
-from hardware_models.graph import with_policy
-from hardware_models.ops import Kind
+from hardware_models.graph.executed import Status
+from hardware_models.graph.executed import extract
+from hardware_models.graph.executed import with_policy
+from hardware_models.graph.ops import Kind
 
 torch.set_num_threads(1)
 

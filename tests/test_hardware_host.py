@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from hardware_models import estimate
-from hardware_models.host import measure
+from hardware_models.estimators.host import measure
 
 torch.set_num_threads(1)
 

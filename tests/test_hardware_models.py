@@ -9,10 +9,10 @@ from torch import nn
 from hardware_models import build_network
 from hardware_models import estimate
 from hardware_models import resolve_profile
-from hardware_models.costmodel import Case
-from hardware_models.dpu import DPU_BOARDS
-from hardware_models.dpu import DpuModel
-from hardware_models.graph import extract
+from hardware_models.estimators.costmodel import Case
+from hardware_models.estimators.dpu import DPU_BOARDS
+from hardware_models.estimators.dpu import DpuModel
+from hardware_models.graph.executed import extract
 
 torch.set_num_threads(1)
 SHAPE = (3, 56, 56)
@@ -167,8 +167,8 @@ def test_dpu_configuration_is_a_profile_parameter(tmp_path) -> None:
     """A profile JSON names its DPU (size, cores, clock); a configuration never measured widens the interval."""
     import json
 
-    from hardware_models.dpu import DPU_BOARDS
-    from hardware_models.dpu import dpu_archs
+    from hardware_models.estimators.dpu import DPU_BOARDS
+    from hardware_models.estimators.dpu import dpu_archs
     from hardware_models.profiles import builtin_profile_path
 
     assert dpu_archs()["B512"] == (4, 8, 8) and dpu_archs()["B4096"] == (8, 16, 16)
@@ -192,8 +192,8 @@ def test_dpu_configuration_is_a_profile_parameter(tmp_path) -> None:
 def test_arm_pooling_is_its_own_kernel_whose_work_is_the_window() -> None:
     """A 3x3 pooling window reads nine inputs per output: its own class and rate, not an add's (in + out);
     a global pool reads each input once."""
-    from hardware_models.arm import ARM_BOARDS
-    from hardware_models.arm import ArmModel
+    from hardware_models.estimators.arm import ARM_BOARDS
+    from hardware_models.estimators.arm import ArmModel
 
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.AvgPool2d(3, stride=1, padding=1), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1)).eval()

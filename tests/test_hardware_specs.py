@@ -11,9 +11,9 @@ from torch import nn
 
 from hardware_models import build_network
 from hardware_models import list_schemes
-from hardware_models.graph import extract
-from hardware_models.specs import thesis_architectures
-from hardware_models.zoo import parse_nb201
+from hardware_models.graph.executed import extract
+from hardware_models.graph.specs import thesis_architectures
+from hardware_models.graph.zoo import parse_nb201
 
 torch.set_num_threads(1)
 
@@ -94,7 +94,7 @@ def test_nb201_parse() -> None:
 
 
 def test_arch_scheme_builds_project_students() -> None:
-    architectures = pytest.importorskip("spaces.architectures")
+    architectures = pytest.importorskip("spaces.models.architectures")
     name = architectures.list_architectures()[0]
     model = build_network(f"arch:{name}", device="meta")
     assert isinstance(model, nn.Module)
@@ -102,7 +102,7 @@ def test_arch_scheme_builds_project_students() -> None:
 
 def test_arch_specs_name_the_stem_not_the_input_size() -> None:
     """A bundle's `arch:` spec may be timed at any input size, so the small stem is named (`@cifar`)."""
-    pytest.importorskip("spaces.architectures")
+    pytest.importorskip("spaces.models.architectures")
     assert build_network("arch:mobilenet_v2", device="meta").features[0][0].stride == (2, 2)
     assert build_network("arch:mobilenet_v2@cifar", device="meta").features[0][0].stride == (1, 1)
     conv_only = build_network("arch:mobilenet_v2@mobilenet_v2_conv", device="meta")  # a bundle names the exact one
@@ -114,10 +114,10 @@ def test_an_onnx_file_costs_what_its_torch_network_costs(arch: str, tmp_path) ->
     """A benchmark row names the ONNX file it timed; rebuilt from that file (fp32 or int8 QDQ), the network
     has the torch network's layers, so its latency on a CPU target is the same."""
     from hardware_models import estimate
-    from hardware_models.host import export_onnx
-    from hardware_models.host import host_calibration
-    from hardware_models.host import quantize_int8
-    from spaces.architectures import create_model
+    from hardware_models.estimators.host import export_onnx
+    from hardware_models.estimators.host import host_calibration
+    from hardware_models.estimators.host import quantize_int8
+    from spaces.models.architectures import create_model
 
     shape = (3, 32, 32)
     model = create_model(arch, num_classes=10).eval()

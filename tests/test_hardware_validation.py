@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from hardware_models.calibrate import leave_family_out
-from hardware_models.calibrate import prepare
-from hardware_models.intervals import conformal_halfwidth
-from hardware_models.measurements import deduplicate
-from hardware_models.measurements import load_measurements
-from hardware_models.validation import coverage
-from hardware_models.validation import family_folds
-from hardware_models.validation import family_of
+from hardware_models.calibration.fit import leave_family_out
+from hardware_models.calibration.fit import prepare
+from hardware_models.calibration.intervals import conformal_halfwidth
+from hardware_models.calibration.measurements import deduplicate
+from hardware_models.calibration.measurements import load_measurements
+from hardware_models.calibration.validation import coverage
+from hardware_models.calibration.validation import family_folds
+from hardware_models.calibration.validation import family_of
 
 torch.set_num_threads(1)
 DATA = Path(str(resources.files("hardware_models").joinpath("data")))
@@ -92,7 +92,7 @@ def _first_rows(tmp_path: Path, name: str, count: int) -> Path:
 
 def test_few_measurements_adapt_the_builtin_profile(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Eight rows shrink towards the built-in rpi4 profile instead of refitting a dozen parameters."""
-    from hardware_models.calibrate import main as calibrate_main
+    from hardware_models.calibration.fit import main as calibrate_main
     from hardware_models.profiles import load_builtin
     from hardware_models.profiles import load_profile
 
@@ -116,9 +116,9 @@ def test_few_measurements_adapt_the_builtin_profile(tmp_path: Path, capsys: pyte
 def test_replicate_agreement_groups_identical_executed_graphs() -> None:
     """Two NAS-Bench-201 cells that differ only in an edge the optimiser removes share a signature; the
     agreement is measured against each group's median."""
-    from hardware_models.graph import extract_spec
-    from hardware_models.validation import executed_signature
-    from hardware_models.validation import replicate_agreement
+    from hardware_models.calibration.validation import executed_signature
+    from hardware_models.calibration.validation import replicate_agreement
+    from hardware_models.graph.executed import extract_spec
 
     shape = (3, 32, 32)
     a = extract_spec("nb201:|skip_connect~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|none~0|skip_connect~1|none~2|", shape)
@@ -136,8 +136,8 @@ def test_zcu104_family_out_meets_the_issue_bar() -> None:
     held-out networks within 10%, a mean absolute error of at most 7%, and 90% intervals that cover at least
     85% of them (94% / 4.3% / 94% when depthwise and pooling began sharing the DPU's ALU engine)."""
     from benchmarks.hardware_accuracy import family_out
-    from hardware_models.fitting import mape
-    from hardware_models.fitting import within
+    from hardware_models.calibration.least_squares import mape
+    from hardware_models.calibration.least_squares import within
 
     result = family_out(prepare("zcu104", DATA / "zcu104_dpu.csv"))
     assert within(result.predicted, result.measured) >= 0.8

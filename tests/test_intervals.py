@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from search.intervals import Accuracy
-from search.intervals import Comparison
-from search.intervals import compare_accuracy
-from search.intervals import compare_cost
-from search.intervals import difference_interval
-from search.intervals import measured
-from search.intervals import wilson
+from search.analysis.intervals import Accuracy
+from search.analysis.intervals import Comparison
+from search.analysis.intervals import compare_accuracy
+from search.analysis.intervals import compare_cost
+from search.analysis.intervals import difference_interval
+from search.analysis.intervals import measured
+from search.analysis.intervals import wilson
 
 
 def test_wilson_interval_matches_published_values() -> None:

@@ -12,14 +12,14 @@ import torch
 
 from evaluators.candidate import HardwareConfig
 from evaluators.candidate import cost_metrics
-from evaluators.data import DataConfig
-from evaluators.data import prepare_data
-from evaluators.datasets import Dataset
-from evaluators.splits import SplitConfig
-from search.objectives import default_objectives
-from spaces.apply import Budget
-from spaces.apply import apply
-from spaces.architectures import create_model
+from evaluators.data.config import DataConfig
+from evaluators.data.config import prepare_data
+from evaluators.data.datasets import Dataset
+from evaluators.data.splits import SplitConfig
+from search.analysis.objectives import default_objectives
+from spaces.compress.apply import Budget
+from spaces.compress.apply import apply
+from spaces.models.architectures import create_model
 from spaces.space import SearchSpace
 from spaces.space import SpaceConfig
 

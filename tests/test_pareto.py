@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from search.pareto import hypervolume
-from search.pareto import pareto_mask
-from search.pareto import staircase
+from search.analysis.pareto import hypervolume
+from search.analysis.pareto import pareto_mask
+from search.analysis.pareto import staircase
 
 
 def test_front_keeps_only_non_dominated_points_with_mixed_directions() -> None:
@@ -59,14 +59,14 @@ def test_staircase_is_the_projections_front_in_cost_order() -> None:
 
 
 def test_a_panel_says_when_a_cost_barely_varies_across_the_front() -> None:
-    from search.plots import flat_note
+    from search.report.plots import flat_note
 
     assert flat_note([0.565, 0.5675, 0.568], "latency") == "latency varies < 3% across the front (0.5%)"
     assert flat_note([0.3, 0.6], "latency") is None and flat_note([0.5], "latency") is None
 
 
 def test_cascades_far_right_of_every_other_point_do_not_stretch_the_axis() -> None:
-    from search.plots import cascade_edge
+    from search.report.plots import cascade_edge
 
     # docs/results/cpu-xeon-4, zcu104: trials, front and baselines within 1.0-3.7 ms, cascades at 3.7-73 ms
     shown, cascades = [1.0, 1.654, 1.992, 3.667], [3.7, 14.8, 39.2, 73.4]

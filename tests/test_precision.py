@@ -9,24 +9,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from evaluators.data import DataConfig
-from evaluators.data import prepare_data
-from evaluators.datasets import Dataset
+from evaluators.data.config import DataConfig
+from evaluators.data.config import prepare_data
+from evaluators.data.datasets import Dataset
+from evaluators.data.splits import SplitConfig
 from evaluators.metrics import accuracy
-from evaluators.precision import Precision
-from evaluators.precision import autocast
-from evaluators.precision import cpu_flags
-from evaluators.precision import cpu_has_bf16
-from evaluators.precision import has_bf16
-from evaluators.precision import memory_format
-from evaluators.precision import resolved
-from evaluators.splits import SplitConfig
-from evaluators.teacher import TeacherConfig
-from evaluators.teacher import prepare_teacher
-from evaluators.teacher import teacher_key
-from evaluators.training import TrainConfig
-from evaluators.training import train
-from spaces.architectures import create_model
+from evaluators.teacher.prepare import TeacherConfig
+from evaluators.teacher.prepare import prepare_teacher
+from evaluators.teacher.prepare import teacher_key
+from evaluators.training.loop import TrainConfig
+from evaluators.training.loop import train
+from evaluators.training.precision import Precision
+from evaluators.training.precision import autocast
+from evaluators.training.precision import cpu_flags
+from evaluators.training.precision import cpu_has_bf16
+from evaluators.training.precision import has_bf16
+from evaluators.training.precision import memory_format
+from evaluators.training.precision import resolved
+from spaces.models.architectures import create_model
 from spaces.validated import ConfigError
 
 needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no avx512_bf16 / amx_bf16")

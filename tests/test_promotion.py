@@ -10,21 +10,21 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import engine
-from search.budget import Clock
-from search.budget import describe_duration
-from search.budget import parse_duration
-from search.engine import Outcome
-from search.engine import SearchConfig
-from search.final import completed
-from search.objectives import Constraint
-from search.promotion import Promoter
-from search.promotion import PromotionKind
-from search.promotion import epsilon_net_order
-from search.promotion import moasha
-from search.promotion import nondominated_ranks
-from search.promotion import promotion_order
-from search.reference import ReferenceBox
+from search.analysis.objectives import Constraint
+from search.analysis.reference import ReferenceBox
+from search.engine import loop as engine
+from search.engine.budget import Clock
+from search.engine.budget import describe_duration
+from search.engine.budget import parse_duration
+from search.engine.final import completed
+from search.engine.loop import Outcome
+from search.engine.loop import SearchConfig
+from search.engine.promotion import Promoter
+from search.engine.promotion import PromotionKind
+from search.engine.promotion import epsilon_net_order
+from search.engine.promotion import moasha
+from search.engine.promotion import nondominated_ranks
+from search.engine.promotion import promotion_order
 from spaces.recipe import Recipe
 from spaces.thesis_recipes import PTQ8
 from spaces.thesis_recipes import QAT8
@@ -207,7 +207,7 @@ def test_the_promotion_pool_is_rebuilt_from_the_storage_on_resume() -> None:
 
 
 def test_the_history_of_the_front_counts_f2_trials_only() -> None:
-    from search.history import hypervolume_history
+    from search.engine.history import hypervolume_history
 
     study = _study()
     f1 = Outcome(TrialState.COMPLETE, {"f1": _metrics(99.0, 0.01, 0.01)}, level="f1", standing=0.5)

@@ -11,26 +11,26 @@ import pytest
 import torch
 from torch import nn
 
-from evaluators.data import DataConfig
-from evaluators.data import prepare_data
-from evaluators.datasets import Dataset
+from evaluators.data.config import DataConfig
+from evaluators.data.config import prepare_data
+from evaluators.data.datasets import Dataset
+from evaluators.data.splits import SplitConfig
 from evaluators.metrics import accuracy
-from evaluators.splits import SplitConfig
-from evaluators.training import TrainConfig
-from evaluators.training import train
-from spaces.architectures import create_model
-from spaces.architectures import list_architectures
-from spaces.fake_quant import QuantConv2d
-from spaces.fake_quant import QuantLinear
-from spaces.fake_quant import fake_quant
-from spaces.fake_quant import float_mode
-from spaces.quantization import bit_widths
-from spaces.quantization import calibrate
-from spaces.quantization import fold_batchnorm
-from spaces.quantization import layer_groups
-from spaces.quantization import quantizable_layers
-from spaces.quantization import quantize_model
-from spaces.quantization import resolve_bits
+from evaluators.training.loop import TrainConfig
+from evaluators.training.loop import train
+from spaces.compress.fake_quant import QuantConv2d
+from spaces.compress.fake_quant import QuantLinear
+from spaces.compress.fake_quant import fake_quant
+from spaces.compress.fake_quant import float_mode
+from spaces.compress.quantization import bit_widths
+from spaces.compress.quantization import calibrate
+from spaces.compress.quantization import fold_batchnorm
+from spaces.compress.quantization import layer_groups
+from spaces.compress.quantization import quantizable_layers
+from spaces.compress.quantization import quantize_model
+from spaces.compress.quantization import resolve_bits
+from spaces.models.architectures import create_model
+from spaces.models.architectures import list_architectures
 from spaces.recipe import Quantization
 
 ARCHS = list_architectures()

@@ -11,14 +11,14 @@ import numpy as np
 import optuna
 import pytest
 
-from search.final import Candidate
-from search.history import hypervolume_history
-from search.intervals import Accuracy
-from search.reference import ReferenceBox
-from search.reference import knee
-from search.results import summarise
-from search.verdicts import Outcome
-from search.verdicts import judge
+from search.analysis.intervals import Accuracy
+from search.analysis.reference import ReferenceBox
+from search.analysis.reference import knee
+from search.engine.final import Candidate
+from search.engine.history import hypervolume_history
+from search.report.tables import summarise
+from search.report.verdicts import Outcome
+from search.report.verdicts import judge
 from spaces.recipe import Recipe
 
 OBJECTIVES = ("accuracy", "latency_zcu104", "latency_rpi4", "size_mb")

@@ -19,16 +19,16 @@ from evaluators.candidate import LevelConfig
 from evaluators.candidate import estimate_targets
 from evaluators.candidate import hardware_metrics
 from evaluators.candidate import level_fingerprint
-from evaluators.data import DataConfig
-from evaluators.data import prepare_data
+from evaluators.data.config import DataConfig
+from evaluators.data.config import prepare_data
 from hardware_models import build_network
 from hardware_models import estimate
-from search.bundle import write_bundle
+from search.bundle.writer import write_bundle
 from search.config import load_study
-from search.context import make_plan
-from spaces.apply import Budget
-from spaces.apply import apply
-from spaces.architectures import create_model
+from search.pipeline.context import make_plan
+from spaces.compress.apply import Budget
+from spaces.compress.apply import apply
+from spaces.models.architectures import create_model
 from spaces.recipe import PruneKind
 from spaces.recipe import Pruning
 from spaces.recipe import Quantization
@@ -80,7 +80,7 @@ def test_benchmark_rows_calibrate_a_profile_that_a_study_predicts_with(tmp_path:
 
     profile_path = tmp_path / "profiles" / "my_pi.json"
     profile_path.parent.mkdir()
-    report = _run(["-m", "hardware_models.calibrate", "--target", "rpi4", "--measurements", str(csv_path),
+    report = _run(["-m", "hardware_models.calibration.fit", "--target", "rpi4", "--measurements", str(csv_path),
                    "--out", str(profile_path)], cwd=Path(__file__).resolve().parent.parent)
     assert "skipped" not in report  # every row, pruned ones included, was rebuilt from its ONNX file
     profile = json.loads(profile_path.read_text())
@@ -133,7 +133,7 @@ def test_profile_targets_are_validated(tmp_path: Path) -> None:
 
 
 def test_calibrate_refuses_to_overwrite_a_builtin_profile(tmp_path: Path) -> None:
-    from hardware_models.calibrate import main
+    from hardware_models.calibration.fit import main
     from hardware_models.profiles import builtin_profile_path
 
     with pytest.raises(SystemExit) as exit_info:

@@ -21,12 +21,12 @@ import pandas as pd
 import pytest
 
 from evaluators.candidate import HardwareConfig
-from search import engine
+from search.analysis.objectives import parse_constraint
+from search.analysis.objectives import parse_pick
+from search.analysis.stats import kendall_tau
 from search.config import load_study
-from search.context import make_plan
-from search.objectives import parse_constraint
-from search.objectives import parse_pick
-from search.stats import kendall_tau
+from search.engine import loop as engine
+from search.pipeline.context import make_plan
 from spaces.recipe import Recipe
 from spaces.space import SearchSpace
 from tests.cli_helpers import search_cli
@@ -113,9 +113,9 @@ def test_sigterm_mid_study_loses_no_finished_trial(mnist_root: Path, cache_dir: 
 def test_a_failing_trial_is_recorded_with_its_reason(mnist_root: Path, cache_dir: Path, tmp_path: Path) -> None:
     import optuna
 
-    from search import engine
-    from search.context import RunSpec
-    from search.context import load_context
+    from search.engine import loop as engine
+    from search.pipeline.context import RunSpec
+    from search.pipeline.context import load_context
     from spaces.recipe import PruneKind
     from spaces.recipe import Pruning
     from spaces.recipe import Recipe
@@ -325,8 +325,8 @@ def test_fresh_starts_the_study_over(mlp_study: tuple[Path, str], mnist_root: Pa
 def test_a_p90_constraint_reads_the_upper_end_of_the_prediction_interval() -> None:
     """`latency_zcu104 <= B @ p90` holds only when the 90% interval's upper end is within B, on a real estimate."""
     from evaluators.candidate import hardware_metrics
-    from search.objectives import cost_gate
-    from spaces.architectures import create_model
+    from search.analysis.objectives import cost_gate
+    from spaces.models.architectures import create_model
 
     known = ("accuracy", "latency_zcu104", "size_mb")
     model = create_model("small_cnn").eval()
@@ -347,7 +347,7 @@ def test_a_p90_constraint_reads_the_upper_end_of_the_prediction_interval() -> No
 
 def test_ray_tasks_ask_for_a_gpu_share_only_on_cuda(tmp_path: Path) -> None:
     """The resource request a trial's Ray task makes (the CPU-only stand-in for the CUDA test below)."""
-    from search.ray_backend import task_resources
+    from search.pipeline.ray_backend import task_resources
 
     assert task_resources("cpu", 1.0) == {"num_cpus": 1}  # a CPU study never waits on a GPU a cluster lacks
     assert task_resources("cuda", 1.0) == {"num_cpus": 1, "num_gpus": 1.0}

@@ -16,19 +16,19 @@ from evaluators.candidate import HardwareConfig
 from evaluators.candidate import LevelConfig
 from evaluators.candidate import estimate_targets
 from evaluators.candidate import level_fingerprint
-from evaluators.data import DataConfig
-from evaluators.data import prepare_data
-from evaluators.datasets import Dataset
-from evaluators.splits import SplitConfig
-from search.bundle_onnx import session
-from search.qdq import export_qdq
-from spaces import sensitivity
-from spaces.apply import Budget
-from spaces.apply import apply
-from spaces.architectures import create_model
-from spaces.macs import count_macs
-from spaces.quantization import bit_widths
-from spaces.quantization import resolve_bits
+from evaluators.data.config import DataConfig
+from evaluators.data.config import prepare_data
+from evaluators.data.datasets import Dataset
+from evaluators.data.splits import SplitConfig
+from search.bundle.onnx_files import session
+from search.bundle.qdq import export_qdq
+from spaces.compress import sensitivity
+from spaces.compress.apply import Budget
+from spaces.compress.apply import apply
+from spaces.compress.macs import count_macs
+from spaces.compress.quantization import bit_widths
+from spaces.compress.quantization import resolve_bits
+from spaces.models.architectures import create_model
 from spaces.recipe import Allocation
 from spaces.recipe import Quantization
 from spaces.recipe import QuantKind
@@ -145,7 +145,7 @@ def test_new_fields_round_trip_and_leave_existing_hashes_alone() -> None:
 
 
 def test_the_shipped_qdq_graph_keeps_the_recipes_float_layers_in_fp32(calib_only, tmp_path: Path) -> None:
-    """What is scored is what ships: model_int8.onnx (search.qdq) quantizes the int8 layers with the recipe's
+    """What is scored is what ships: model_int8.onnx (search.bundle.qdq) quantizes the int8 layers with the recipe's
     scales and leaves the high-precision ones fp32, in one graph onnxruntime runs, computing what PyTorch does."""
     import onnx
 

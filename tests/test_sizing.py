@@ -1,4 +1,4 @@
-"""A run sized to its budget (search.sizing): real short runs of the MNIST study at its smoke profile, and the
+"""A run sized to its budget (search.sizing.plan): real short runs of the MNIST study at its smoke profile, and the
 sizing rule itself on given step times."""
 
 from __future__ import annotations
@@ -10,19 +10,19 @@ from pathlib import Path
 
 import torch
 
-from evaluators.data import prepare_data
-from evaluators.precision import Precision
-from evaluators.precision import cpu_has_bf16
-from evaluators.teacher import build_teacher
+from evaluators.data.config import prepare_data
+from evaluators.teacher.prepare import build_teacher
+from evaluators.training.precision import Precision
+from evaluators.training.precision import cpu_has_bf16
 from search.config import load_study
-from search.sizing import Counts
-from search.sizing import Price
-from search.sizing import RunPlan
-from search.sizing import StepTimes
-from search.sizing import Workload
-from search.sizing import measure
-from search.sizing import plan_run
-from search.sizing import teacher_choices
+from search.sizing.plan import Counts
+from search.sizing.plan import Price
+from search.sizing.plan import RunPlan
+from search.sizing.plan import StepTimes
+from search.sizing.plan import Workload
+from search.sizing.plan import measure
+from search.sizing.plan import plan_run
+from search.sizing.plan import teacher_choices
 from spaces.recipe import PruneKind
 from spaces.recipe import QuantKind
 from spaces.recipe import finetunes

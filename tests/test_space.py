@@ -17,8 +17,8 @@ import optuna
 import pytest
 
 from search.config import build
-from spaces.architectures import create_model
-from spaces.quantization import resolve_bits
+from spaces.compress.quantization import resolve_bits
+from spaces.models.architectures import create_model
 from spaces.recipe import TEACHER
 from spaces.recipe import Distillation
 from spaces.recipe import DistillKind

@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from evaluators.data import DataConfig
-from evaluators.data import prepare_data
-from evaluators.datasets import Dataset
-from evaluators.splits import SplitConfig
-from evaluators.teacher import TeacherConfig
-from evaluators.teacher import prepare_teacher
-from evaluators.training import TrainConfig
-from evaluators.training import TrainingDiverged
-from evaluators.training import cross_entropy_loss
-from evaluators.training import train
-from spaces.architectures import create_model
+from evaluators.data.config import DataConfig
+from evaluators.data.config import prepare_data
+from evaluators.data.datasets import Dataset
+from evaluators.data.splits import SplitConfig
+from evaluators.teacher.prepare import TeacherConfig
+from evaluators.teacher.prepare import prepare_teacher
+from evaluators.training.loop import TrainConfig
+from evaluators.training.loop import TrainingDiverged
+from evaluators.training.loop import cross_entropy_loss
+from evaluators.training.loop import train
+from spaces.models.architectures import create_model
 
 SPLIT = SplitConfig(val_size=1000, calib_size=100, train_size=4000, seed=0)
 TRAIN = TrainConfig(epochs=2, batch_size=100, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="onecycle")
@@ -100,9 +100,9 @@ def test_teacher_is_cached_verified_and_retrained_when_corrupt(mnist, tmp_path: 
 
 def test_batches_are_resized_on_the_device_the_images_are_moved_to(mnist) -> None:
     """CPU training is unchanged (fp32, default memory format); a CUDA run resizes on the GPU, in bf16 and NHWC."""
-    from evaluators.batches import Batcher
-    from evaluators.training import accelerated
-    from evaluators.training import memory_format
+    from evaluators.data.batches import Batcher
+    from evaluators.training.loop import accelerated
+    from evaluators.training.loop import memory_format
 
     splits, batcher = mnist
     up = Batcher(batcher.info, 56)
@@ -117,7 +117,7 @@ def test_batches_are_resized_on_the_device_the_images_are_moved_to(mnist) -> Non
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_training_on_cuda_uses_bf16_channels_last_and_resizes_on_the_gpu(mnist) -> None:
-    from evaluators.batches import Batcher
+    from evaluators.data.batches import Batcher
 
     splits, batcher = mnist
     up = Batcher(batcher.info, 56)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from evaluators.data import DataConfig
-from evaluators.data import prepare_data
-from evaluators.datasets import DataError
+from evaluators.data.config import DataConfig
+from evaluators.data.config import prepare_data
+from evaluators.data.datasets import DataError
 from tests.user_data import write_cifar_imagefolder
 from tests.user_data import write_generated_imagefolder
 
@@ -42,7 +42,7 @@ def test_memory_and_stream_give_the_same_batches(cifar_folder: Path, tmp_path: P
 
 
 def test_the_pixels_are_the_cifar_pixels(cifar_folder: Path, cifar_root: Path, tmp_path: Path) -> None:
-    from evaluators.datasets import load_dataset
+    from evaluators.data.datasets import load_dataset
 
     splits, _ = prepare_data(folder_config(cifar_folder, storage="memory"), cache_dir=tmp_path)
     files, _ = prepare_data(folder_config(cifar_folder, storage="stream"), cache_dir=tmp_path)
@@ -97,7 +97,7 @@ def test_bad_folders_fail_in_one_line_naming_the_problem(damage: str, cifar_fold
     else:
         kwargs["split"] = {"val_size": 150, "calib_size": 30}
     if "split" in kwargs:
-        from evaluators.splits import SplitConfig
+        from evaluators.data.splits import SplitConfig
 
         kwargs["split"] = SplitConfig(**kwargs["split"])
     with pytest.raises(DataError, match=expected) as err:

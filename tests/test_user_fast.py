@@ -11,7 +11,7 @@ import torch
 
 from evaluators.candidate import FidelityConfig
 from evaluators.candidate import LevelConfig
-from spaces.apply import Budget
+from spaces.compress.apply import Budget
 from tests.user_data import TinyNet
 from tests.user_data import train_quickly
 from tests.user_data import write_generated_imagefolder
@@ -39,9 +39,9 @@ def test_registry_students_fit_any_class_count_channels_and_resolution(tmp_path:
     quantized, costed on every board."""
     from evaluators.candidate import HardwareConfig
     from evaluators.candidate import cost_metrics
-    from evaluators.data import DataConfig
-    from evaluators.data import prepare_data
-    from spaces.apply import apply
+    from evaluators.data.config import DataConfig
+    from evaluators.data.config import prepare_data
+    from spaces.compress.apply import apply
     from spaces.recipe import Distillation
     from spaces.recipe import DistillKind
     from spaces.recipe import PruneKind
@@ -71,8 +71,9 @@ def test_registry_students_fit_any_class_count_channels_and_resolution(tmp_path:
 @pytest.mark.slow
 @pytest.mark.ray
 def test_a_teacher_and_data_in_memory_run_on_ray_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The driver ships the in-memory teacher and the loaded images to the Ray workers (`search.shipment`), so the
-    Python API's network and data need no file for Ray; the F3 checkpoints come back into the run folder."""
+    """The driver ships the in-memory teacher and the loaded images to the Ray workers
+    (`search.pipeline.shipment`), so the Python API's network and data need no file for Ray; the F3 checkpoints come
+    back into the run folder."""
     import json
     import os
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 import torchvision
 
-from evaluators.checkpoint import CheckpointError
-from evaluators.data import DataConfig
-from evaluators.data import prepare_data
+from evaluators.data.config import DataConfig
+from evaluators.data.config import prepare_data
+from evaluators.data.splits import SplitConfig
 from evaluators.metrics import accuracy
-from evaluators.splits import SplitConfig
-from evaluators.teacher import TeacherConfig
-from evaluators.teacher import prepare_teacher
+from evaluators.teacher.checkpoint import CheckpointError
+from evaluators.teacher.prepare import TeacherConfig
+from evaluators.teacher.prepare import prepare_teacher
 from tests.user_data import TinyNet
 from tests.user_data import train_quickly
 from tests.user_data import write_cifar_imagefolder

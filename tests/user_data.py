@@ -18,7 +18,7 @@ def write_cifar_imagefolder(root: Path, cifar_root: Path, *, per_class: int = 15
                             val_per_class: int = 0, suffix: str = ".png") -> Path:
     """train/ (and test/, val/ when asked) with a few CIFAR-10 classes; val/ images come from the training file
     after the train ones, test/ from the official test file."""
-    from evaluators.datasets import load_dataset
+    from evaluators.data.datasets import load_dataset
 
     raw = load_dataset("cifar10", cifar_root, allow_download=False)
     plan = [("train", raw.train, 0, per_class), ("val", raw.train, per_class, val_per_class),
@@ -76,9 +76,9 @@ def train_quickly(model: nn.Module, root: Path, resolution: int, *, steps: int =
                   mean: tuple[float, ...] = (0.485, 0.456, 0.406), std: tuple[float, ...] = (0.229, 0.224, 0.225),
                   ) -> nn.Module:
     """The user's own training loop, with the normalisation the study will declare."""
-    from evaluators.imagefolder import image_set
-    from evaluators.imagefolder import list_classes
-    from evaluators.imagefolder import list_split
+    from evaluators.data.imagefolder import image_set
+    from evaluators.data.imagefolder import list_classes
+    from evaluators.data.imagefolder import list_split
 
     channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
     data = image_set(list_split(root / "train", list_classes(root / "train")), resolution, channels)

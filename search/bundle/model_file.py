@@ -1,0 +1,128 @@
+"""A bundle's `model.pt`: the searched model as tensors + recipe, rebuilt without unpickling any code.
+
+A bundle is a file from outside once it leaves the machine that wrote it, so it is read with
+`torch.load(weights_only=True)`: only tensors and plain containers. The network is rebuilt from its
+architecture name (the registry, `torchvision:<name>` or the user's `package.module:factory`), reshaped to the
+channel counts the state dict holds (what pruning left), with the stem it was trained with (`stem`, recorded
+because the bundle's input size need not be the training size the registry's rule picked it for; files without
+it predate small stems and have torchvision's), with BatchNorms that were folded and residual blocks
+that were removed turned into `nn.Identity`, and the recipe's fake quantizers attached at the recorded
+bit-widths; then the state dict (weights, trained or calibrated scales) is loaded strictly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spaces.compress.fake_quant import attach_quantizers
+from spaces.compress.quantization import bit_widths
+from spaces.compress.quantization import is_quantized
+from spaces.models.architectures import Stem
+from spaces.models.architectures import create_model
+from spaces.models.architectures import model_stem
+from spaces.recipe import Calibration
+from spaces.recipe import Recipe
+
+FORMAT = 2  # 1: the module was pickled beside the state dict
+
+
+class BundleModelError(RuntimeError):
+    """model.pt cannot be read or rebuilt; the message names the file and the fix."""
+
+
+def save_model(path: Path, model: nn.Module, recipe: Recipe, *, network: str, input_shape: tuple[int, ...],
+               num_classes: int, dataset: str, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    torch.save({"format": FORMAT, "state_dict": model.state_dict(), "recipe": recipe.to_json(),
+                "recipe_hash": recipe.hash(), "network": network, "stem": model_stem(model),
+                "input_shape": list(input_shape),
+                "num_classes": num_classes, "dataset": dataset, "mean": list(mean), "std": list(std),
+                "quantized": is_quantized(model),
+                "bit_widths": {k: list(v) for k, v in bit_widths(model).items()}}, path)
+
+
+def read_model_file(path: Path) -> dict[str, Any]:
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise BundleModelError(f"{path}: no such file; give the model.pt of a bundle") from None
+    except Exception as error:  # noqa: BLE001 - torch raises several types for a file it cannot read safely
+        raise BundleModelError(f"{path}: not a tensors-only bundle model ({type(error).__name__}); bundles written "
+                               "before format 2 pickled the module: re-export them with search.export") from None
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT or "state_dict" not in saved:
+        raise BundleModelError(f"{path}: not a format-{FORMAT} bundle model; re-export it with search.export")
+    return saved
+
+
+def load_model(path: Path) -> tuple[nn.Module, Recipe]:
+    """The searched model of a bundle (eval mode) and its recipe, from tensors only."""
+    saved = read_model_file(path)
+    recipe = Recipe.from_json(saved["recipe"])
+    state: dict[str, torch.Tensor] = saved["state_dict"]
+    try:
+        net = create_model(saved["network"], num_classes=int(saved["num_classes"]),
+                           in_channels=int(saved["input_shape"][0]), stem=str(saved.get("stem", Stem.IMAGENET)))
+    except (KeyError, ImportError, ValueError) as error:
+        raise BundleModelError(f"{path}: cannot build its network {saved['network']!r} ({error}); install or "
+                               "import the package that defines it") from None
+    _drop_absent(net, state)
+    for name, module in list(net.named_modules()):
+        _reshape(net, name, module, state)
+    for name, (wbits, abits) in saved["bit_widths"].items():
+        if (wbits, abits) != (32, 32):
+            attach_quantizers(net.get_submodule(name), wbits, abits, per_channel=recipe.quant.per_channel,
+                              method=Calibration(recipe.quant.calibration))
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise BundleModelError(f"{path}: the rebuilt {saved['network']} does not match the saved weights "
+                               f"({str(error).splitlines()[0]})") from None
+    return net.eval(), recipe
+
+
+def _has_state(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+
+
+def _drop_absent(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Modules with weights of which the state dict holds nothing were folded (BN) or removed (blocks)."""
+    prefixes = {key.rsplit(".", 1)[0] for key in state}
+    kept = {p for key in prefixes for p in _ancestors(key)}
+    for name, module in list(net.named_modules()):
+        if name and _has_state(module) and name not in kept and _parent_kept(name, kept):
+            net.set_submodule(name, nn.Identity())
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def _parent_kept(name: str, kept: set[str]) -> bool:
+    parent = name.rpartition(".")[0]
+    return not parent or parent in kept
+
+
+def _reshape(net: nn.Module, name: str, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give a Conv2d/Linear/BatchNorm2d the shape of its saved weights (what channel pruning left)."""
+    weight = state.get(f"{name}.weight")
+    has_bias = f"{name}.bias" in state
+    if isinstance(module, nn.Conv2d) and weight is not None:
+        out_ch, per_group = weight.shape[:2]
+        depthwise = module.groups > 1 and module.groups == module.in_channels
+        groups = out_ch if depthwise and per_group == 1 else module.groups
+        if (tuple(weight.shape) != tuple(module.weight.shape) or has_bias != (module.bias is not None)):
+            net.set_submodule(name, nn.Conv2d(per_group * groups, out_ch, module.kernel_size, module.stride,
+                                              module.padding, module.dilation, groups, bias=has_bias,
+                                              padding_mode=module.padding_mode))
+    elif isinstance(module, nn.Linear) and weight is not None:
+        if tuple(weight.shape) != tuple(module.weight.shape) or has_bias != (module.bias is not None):
+            net.set_submodule(name, nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias))
+    elif isinstance(module, nn.BatchNorm2d) and f"{name}.running_mean" in state:
+        features = state[f"{name}.running_mean"].shape[0]
+        if features != module.num_features:
+            net.set_submodule(name, nn.BatchNorm2d(features, module.eps, module.momentum, module.affine,
+                                                   module.track_running_stats))
