@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 
 import numpy as np
 import torch
 
+from benchmarks.learning_curve import data
 from benchmarks.learning_curve import subset
 from hardware_models import estimate
 from hardware_models.calibration.fit import Calibration
@@ -32,11 +32,6 @@ from hardware_models.calibration.fit import leave_family_out
 from hardware_models.calibration.fit import leave_one_out
 from hardware_models.calibration.fit import prepare
 from hardware_models.calibration.fit import with_graph_policy
-from hardware_models.calibration.intervals import conformal_halfwidth
-from hardware_models.calibration.least_squares import mape
-from hardware_models.calibration.least_squares import spearman
-from hardware_models.calibration.least_squares import to_theta
-from hardware_models.calibration.least_squares import within
 from hardware_models.calibration.validation import coverage
 from hardware_models.calibration.validation import executed_signature
 from hardware_models.calibration.validation import family_folds
@@ -44,6 +39,11 @@ from hardware_models.calibration.validation import family_of
 from hardware_models.calibration.validation import naive_macs
 from hardware_models.calibration.validation import replicate_agreement
 from hardware_models.estimators.host import measure
+from hardware_models.fitting.intervals import conformal_halfwidth
+from hardware_models.fitting.least_squares import mape
+from hardware_models.fitting.least_squares import spearman
+from hardware_models.fitting.least_squares import to_theta
+from hardware_models.fitting.least_squares import within
 from hardware_models.graph.executed import POLICIES
 from hardware_models.graph.specs import build_network
 from hardware_models.profiles import load_builtin
@@ -76,10 +76,6 @@ HEADER = ("| target / data / rows (held out) | n | model MAPE | model within 10%
           "naive within 10% | 90% interval coverage | notes |\n|---|---|---|---|---|---|---|---|")
 
 
-def data(name: str) -> str:
-    return str(resources.files("hardware_models").joinpath(f"data/{name}"))
-
-
 def score(label: str, rows: Sequence[int], predicted: np.ndarray, baseline: np.ndarray, y: np.ndarray,
           covered: np.ndarray | None = None, extra: str = "") -> Score:
     r = list(rows)
@@ -110,7 +106,8 @@ def family_out(calibration: Calibration) -> FamilyOut:
     groups = [calibration.model.group_key(c) for c in calibration.cases]
     _, halfwidth = coverage(predicted, calibration.measured, folds, groups)
     covered = np.abs(np.log(predicted / calibration.measured)) <= halfwidth + 1e-12
-    return FamilyOut(calibration, predicted, naive_macs(calibration, folds), covered, halfwidth)
+    naive = naive_macs(calibration.cases, calibration.measured, folds)
+    return FamilyOut(calibration, predicted, naive, covered, halfwidth)
 
 
 def _errors(result: FamilyOut, rows: Sequence[int]) -> str:

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 
 import numpy as np
 import torch
@@ -29,9 +30,9 @@ from hardware_models.calibration.fit import choose_policy
 from hardware_models.calibration.fit import fit_rows
 from hardware_models.calibration.fit import prepare
 from hardware_models.calibration.fit import with_graph_policy
-from hardware_models.calibration.least_squares import mape
-from hardware_models.calibration.least_squares import spearman
-from hardware_models.calibration.least_squares import within
+from hardware_models.fitting.least_squares import mape
+from hardware_models.fitting.least_squares import spearman
+from hardware_models.fitting.least_squares import within
 from hardware_models.graph.executed import POLICIES
 from hardware_models.profiles import load_builtin
 
@@ -90,9 +91,12 @@ def curve(variants: dict[str, Calibration], sizes: Sequence[int], splits: int) -
     return points
 
 
-def nb201(splits: int = 5) -> list[str]:
-    from benchmarks.hardware_accuracy import data
+def data(name: str) -> str:
+    """The path of a measurement table packaged with hardware_models."""
+    return str(resources.files("hardware_models").joinpath(f"data/{name}"))
 
+
+def nb201(splits: int = 5) -> list[str]:
     scratch = prepare("rpi4", data("nb201_raspi4_sample.csv"))
     base = load_builtin("rpi4")
     adapted = adapt_from(scratch, base)
@@ -105,8 +109,6 @@ def nb201(splits: int = 5) -> list[str]:
 
 
 def zcu104(splits: int = 20) -> list[str]:
-    from benchmarks.hardware_accuracy import data
-
     scratch = prepare("zcu104", data("zcu104_dpu.csv"))
     shrunk = dataclasses.replace(scratch, prior_weight=ADAPT_PRIOR_WEIGHT,
                                  prior_source="physical defaults (adaptation weight)")

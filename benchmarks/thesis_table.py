@@ -25,9 +25,9 @@ from evaluators.data.batches import Batcher
 from evaluators.data.config import prepare_data
 from evaluators.data.datasets import DataError
 from evaluators.data.datasets import ImageSet
+from evaluators.data.files import default_cache_dir
 from evaluators.data.splits import Splits
 from evaluators.metrics import accuracy
-from evaluators.teacher.prepare import default_cache_dir
 from evaluators.teacher.prepare import prepare_teacher
 from search.config import ConfigError
 from search.config import load_study

@@ -36,11 +36,11 @@ from torch import nn
 
 from evaluators.cost import model_cost
 from evaluators.data.batches import Batcher
+from evaluators.data.files import atomic_save
+from evaluators.data.files import atomic_write_bytes
 from evaluators.data.splits import Splits
 from evaluators.metrics import accuracy
 from evaluators.metrics import collapse_reason
-from evaluators.training.loop import atomic_save
-from evaluators.training.loop import atomic_write_bytes
 from hardware_models import estimate
 from hardware_models import extract
 from hardware_models import get_target

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hardware_models.calibration.intervals import borrow_interval
 from hardware_models.capability import Capability
 from hardware_models.capability import Deployment
 from hardware_models.capability import OperatorLimits
@@ -31,6 +30,7 @@ from hardware_models.estimators.dpu import DPU_BOARDS
 from hardware_models.estimators.dpu import RUNTIMES as DPU_RUNTIMES
 from hardware_models.estimators.dpu import DpuModel
 from hardware_models.estimators.dpu import config_of
+from hardware_models.fitting.intervals import borrow_interval
 from hardware_models.graph.executed import Network
 from hardware_models.power import BUILTIN_POWER
 from hardware_models.power import PowerModel

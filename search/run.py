@@ -17,7 +17,7 @@ from pathlib import Path
 
 from evaluators.data.datasets import DATA_ROOT_ENV
 from evaluators.data.datasets import DataError
-from evaluators.teacher.prepare import CACHE_ENV
+from evaluators.data.files import CACHE_ENV
 from search.api import RunOptions
 from search.api import Study
 from search.config import ConfigError

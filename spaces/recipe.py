@@ -128,26 +128,20 @@ class Recipe:
         data.pop("label")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
-    def problems(self, teacher_arch: str | None = None, *, resolution: int | None = None) -> list[str]:
-        """Every reason this recipe cannot be applied; network-specific checks need `teacher_arch`.
+    def problems(self) -> list[str]:
+        """Every reason this recipe cannot be applied to any network. The checks that need the networks (does
+        the student exist, has it the blocks and layers the recipe names) are `spaces.compress.checks`'s."""
+        return [reason for rule in RULES if (reason := rule(self))]
 
-        `resolution` is the study's input size (default: the teacher's design resolution).
-        """
-        found = [reason for rule in RULES if (reason := rule(self))]
-        if teacher_arch is not None:
-            student_arch = teacher_arch if self.student == TEACHER else self.student
-            unknown = _known_student(student_arch, teacher_arch, resolution)
-            rules = () if unknown else NETWORK_RULES  # the other rules build the networks
-            found += [unknown] if unknown else []
-            found += [reason for rule in rules if (reason := rule(self, student_arch, teacher_arch))]
-        return found
-
-    def validate(self, teacher_arch: str | None = None, *, resolution: int | None = None) -> None:
+    def validate(self) -> None:
         """Raise ValueError naming every problem (one line) when the recipe cannot be applied."""
-        found = self.problems(teacher_arch, resolution=resolution)
-        if found:
-            name = f" {self.label!r}" if self.label else ""
-            raise ValueError(f"invalid recipe{name}: " + "; ".join(found))
+        raise_problems(self, self.problems())
+
+
+def raise_problems(recipe: Recipe, found: list[str]) -> None:
+    if found:
+        name = f" {recipe.label!r}" if recipe.label else ""
+        raise ValueError(f"invalid recipe{name}: " + "; ".join(found))
 
 
 def recovers(prune: PruneKind, quant: QuantKind) -> bool:
@@ -322,44 +316,3 @@ def _distill(r: Recipe) -> str | None:
 
 RULES: tuple[Callable[[Recipe], str | None], ...] = (_ratio, _layer_counts, _prune_settings, _bits, _allocation,
                                                      _distill)
-
-
-def _known_student(student: str, teacher: str, resolution: int | None) -> str | None:
-    from spaces.models.architectures import get_architecture  # lazily: recipe.py stays free of torch
-
-    try:
-        s, t = get_architecture(student), get_architecture(teacher)
-    except KeyError as err:
-        return str(err.args[0])
-    if s.fixed_resolution and (resolution or t.default_resolution) != s.default_resolution:
-        return f"student {student} only takes {s.default_resolution}x{s.default_resolution} inputs"
-    return None
-
-
-def _removable_blocks(r: Recipe, student: str, teacher: str) -> str | None:
-    from spaces.compress.pruning import network_facts  # lazily: builds networks
-
-    available = network_facts(student).removable_blocks
-    if r.prune.kind == PruneKind.LAYER and r.prune.blocks_removed > available:
-        return f"layer pruning removes {r.prune.blocks_removed} residual blocks but {student} has {available}"
-    return None
-
-
-def _batchnorm(r: Recipe, student: str, teacher: str) -> str | None:
-    from spaces.compress.pruning import network_facts  # lazily: builds networks
-
-    uses_bn = r.prune.kind in (PruneKind.STRUCTURED, PruneKind.LAYER) and r.prune.importance == Importance.BN_SCALE
-    if uses_bn and not network_facts(student).has_batchnorm:
-        return f"importance 'bn_scale' needs BatchNorm layers; {student} has none"
-    return None
-
-
-def _feature_layers(r: Recipe, student: str, teacher: str) -> str | None:
-    from spaces.compress.pruning import network_facts  # lazily: builds networks
-
-    missing = [f"{s} (student)" for s, _ in r.distill.feature_pairs if s not in network_facts(student).module_names]
-    missing += [f"{t} (teacher)" for _, t in r.distill.feature_pairs if t not in network_facts(teacher).module_names]
-    return f"distill.feature_pairs name no such layer: {', '.join(missing)}" if missing else None
-
-
-NETWORK_RULES: tuple[Callable[[Recipe, str, str], str | None], ...] = (_removable_blocks, _batchnorm, _feature_layers)

@@ -24,6 +24,7 @@ import optuna
 from hardware_models.targets import capability
 from hardware_models.targets import common_native_bits
 from hardware_models.targets import get_target
+from spaces.compress import checks
 from spaces.compress.distillation import HINT_LAYERS
 from spaces.compress.distillation import default_pairs
 from spaces.compress.pruning import network_facts
@@ -208,7 +209,7 @@ class SearchSpace:
         prune = self._prune(trial, self.arch(student))
         recipe = Recipe(student=student, distill=self._distill(trial, student), prune=prune,
                         quant=self._quant(trial, self.arch(student)))
-        recipe.validate(self.teacher_arch)  # failing here is a bug in the space, not in the trial
+        checks.validate(recipe, self.teacher_arch)  # failing here is a bug in the space, not in the trial
         return recipe
 
     def define_by_run(self, trial: optuna.Trial) -> dict[str, str]:

@@ -25,6 +25,7 @@ import functools
 
 import torch
 
+from spaces.compress import checks
 from spaces.compress.pruning import ChannelGraph
 from spaces.compress.pruning import MacModel
 from spaces.compress.pruning import keep_counts
@@ -86,7 +87,7 @@ def thesis_table_recipes(teacher_arch: str = "resnet50") -> list[Recipe]:
     rows += [Recipe(label=f"{name} + {short} 20% + PTQ", student=arch, distill=KD, prune=_pruned(arch, 0.20, schedule),
                     quant=PTQ8) for name, arch, schedule, short in students]
     for recipe in rows:
-        recipe.validate(teacher_arch)
+        checks.validate(recipe, teacher_arch)
     return rows
 
 

@@ -12,12 +12,12 @@ import torch
 
 from hardware_models.calibration.fit import leave_family_out
 from hardware_models.calibration.fit import prepare
-from hardware_models.calibration.intervals import conformal_halfwidth
 from hardware_models.calibration.measurements import deduplicate
 from hardware_models.calibration.measurements import load_measurements
 from hardware_models.calibration.validation import coverage
 from hardware_models.calibration.validation import family_folds
 from hardware_models.calibration.validation import family_of
+from hardware_models.fitting.intervals import conformal_halfwidth
 
 torch.set_num_threads(1)
 DATA = Path(str(resources.files("hardware_models").joinpath("data")))
@@ -136,8 +136,8 @@ def test_zcu104_family_out_meets_the_issue_bar() -> None:
     held-out networks within 10%, a mean absolute error of at most 7%, and 90% intervals that cover at least
     85% of them (94% / 4.3% / 94% when depthwise and pooling began sharing the DPU's ALU engine)."""
     from benchmarks.hardware_accuracy import family_out
-    from hardware_models.calibration.least_squares import mape
-    from hardware_models.calibration.least_squares import within
+    from hardware_models.fitting.least_squares import mape
+    from hardware_models.fitting.least_squares import within
 
     result = family_out(prepare("zcu104", DATA / "zcu104_dpu.csv"))
     assert within(result.predicted, result.measured) >= 0.8

@@ -17,6 +17,7 @@ import optuna
 import pytest
 
 from search.config import build
+from spaces.compress import checks
 from spaces.compress.quantization import resolve_bits
 from spaces.models.architectures import create_model
 from spaces.recipe import TEACHER
@@ -62,7 +63,7 @@ def test_suggestions_validate_and_each_name_keeps_one_distribution(grouping: Bit
     kinds = collections.defaultdict(set)
     for trial in study.trials:
         recipe = Recipe.from_json(trial.user_attrs["recipe"])
-        recipe.validate("resnet50")
+        checks.validate(recipe, "resnet50")
         assert space.from_params(trial.params) == recipe  # parameters alone rebuild the recipe
         for name, dist in trial.distributions.items():
             assert seen.setdefault(name, dist) == dist, name
@@ -145,7 +146,7 @@ def test_sensitivity_grouping_samples_two_numbers_whatever_the_depth() -> None:
 ])
 def test_invalid_recipes_are_rejected_with_a_reason(recipe: Recipe, reason: str) -> None:
     with pytest.raises(ValueError, match="invalid recipe") as err:
-        recipe.validate("resnet50")
+        checks.validate(recipe, "resnet50")
     assert reason in str(err.value) and "\n" not in str(err.value)
 
 
@@ -169,12 +170,12 @@ def test_ray_tune_optuna_search_drives_the_space(tmp_path: Path, monkeypatch: py
                             sampler=optuna.samplers.RandomSampler(seed=0))
     for i in range(5):
         config = searcher.suggest(f"t{i}")
-        Recipe.from_json(config["recipe"]).validate("resnet18")
+        checks.validate(Recipe.from_json(config["recipe"]), "resnet18")
         assert space.from_params(config) == Recipe.from_json(config["recipe"])
 
     def trainable(config: dict) -> dict:
         recipe = Recipe.from_json(config["recipe"])
-        recipe.validate("resnet18")
+        checks.validate(recipe, "resnet18")
         return {"score": recipe.prune.ratio, "hash": recipe.hash()}
 
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the workers import spaces too

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import field
-from enum import StrEnum
 from pathlib import Path
 
 from evaluators.data.batches import Batcher
@@ -13,27 +12,15 @@ from evaluators.data.datasets import DataError
 from evaluators.data.datasets import Dataset
 from evaluators.data.datasets import RawData
 from evaluators.data.datasets import load_dataset
+from evaluators.data.imagefolder import Storage
+from evaluators.data.imagefolder import load_imagefolder
 from evaluators.data.splits import SplitConfig
 from evaluators.data.splits import Splits
 from evaluators.data.splits import make_splits
 from spaces.validated import settings
 
+
 # ImageNet's statistics: what most pretrained-then-fine-tuned user models were normalised with.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def default_statistics(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Normalisation for the user's images when the study names none: ImageNet's, or a neutral grey one."""
-    return ((0.5,), (0.25,)) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
-
-
-class Storage(StrEnum):
-    AUTO = "auto"  # memory when the decoded images fit memory_limit_mb, else stream
-    MEMORY = "memory"  # decode once into a tensor, cached on disk by a fingerprint of the files
-    STREAM = "stream"  # decode each batch from disk in DataLoader workers
-
-
 @settings
 class DataConfig:
     dataset: Dataset
@@ -78,8 +65,6 @@ def load_raw(config: DataConfig, data_root: str | os.PathLike[str] | None = None
         raise DataError("dataset 'memory' is data given in Python (search.compress(train=...)); a study file names "
                         "imagefolder, cifar10 or mnist")
     if config.dataset == Dataset.IMAGEFOLDER:
-        from evaluators.data.imagefolder import load_imagefolder
-
         raw = load_imagefolder(config, cache_dir=cache_dir)
     else:
         raw = load_dataset(config.dataset, data_root, allow_download=allow_download)

@@ -324,3 +324,12 @@ def content_fingerprint(train: ImageSet, test: ImageSet) -> str:
         h.update(s.images.numpy().tobytes())
         h.update(s.labels.numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_statistics(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation for the user's images when the study names none: ImageNet's, or a neutral grey one."""
+    return ((0.5,), (0.25,)) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)

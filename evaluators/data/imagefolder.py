@@ -16,8 +16,9 @@ import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -28,10 +29,9 @@ from evaluators.data.datasets import DatasetInfo
 from evaluators.data.datasets import ImageSet
 from evaluators.data.datasets import LazyImages
 from evaluators.data.datasets import RawData
-from evaluators.training.loop import atomic_save
-
-if TYPE_CHECKING:
-    from evaluators.data.config import DataConfig
+from evaluators.data.datasets import default_statistics
+from evaluators.data.files import atomic_save
+from evaluators.data.files import default_cache_dir
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
@@ -44,6 +44,24 @@ class Listing:
 
     paths: tuple[str, ...]
     labels: tuple[int, ...]
+
+
+class Storage(StrEnum):
+    AUTO = "auto"  # memory when the decoded images fit memory_limit_mb, else stream
+    MEMORY = "memory"  # decode once into a tensor, cached on disk by a fingerprint of the files
+    STREAM = "stream"  # decode each batch from disk in DataLoader workers
+
+
+class ImageFolderOptions(Protocol):
+    """What `load_imagefolder` reads of the study's `[data]` section (`evaluators.data.config.DataConfig`)."""
+
+    root: str
+    resolution: int
+    channels: int
+    workers: int
+    storage: Storage
+    memory_limit_mb: int
+    flip: bool
 
 
 def list_classes(folder: Path) -> tuple[str, ...]:
@@ -210,12 +228,8 @@ def _cached_tensors(sets: dict[str, ImageSet], path: Path) -> dict[str, ImageSet
     return decoded
 
 
-def load_imagefolder(config: DataConfig, cache_dir: Path | None = None) -> RawData:
+def load_imagefolder(config: ImageFolderOptions, cache_dir: Path | None = None) -> RawData:
     """The user's images as RawData: in memory (decoded once, cached) or streamed, per `config.storage`."""
-    from evaluators.data.config import Storage
-    from evaluators.data.config import default_statistics
-    from evaluators.teacher.prepare import default_cache_dir
-
     root = Path(config.root)
     if not root.is_dir():
         raise DataError(f"data.root {root} does not exist; point [data] root at the folder that holds train/")

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from evaluators.data.batches import Batcher
-from evaluators.data.config import default_statistics
 from evaluators.data.datasets import DataError
 from evaluators.data.datasets import Dataset
 from evaluators.data.datasets import DatasetInfo
 from evaluators.data.datasets import ImageSet
 from evaluators.data.datasets import RawData
+from evaluators.data.datasets import default_statistics
 from evaluators.data.splits import SplitConfig
 from evaluators.data.splits import Splits
 from evaluators.data.splits import make_splits

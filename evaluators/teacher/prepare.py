@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import asdict
@@ -24,6 +23,8 @@ from torch import nn
 
 from evaluators.data.batches import Batcher
 from evaluators.data.datasets import file_digest
+from evaluators.data.files import atomic_save
+from evaluators.data.files import default_cache_dir
 from evaluators.data.splits import SplitConfig
 from evaluators.data.splits import Splits
 from evaluators.metrics import accuracy
@@ -32,7 +33,6 @@ from evaluators.teacher.checkpoint import check_outputs
 from evaluators.teacher.checkpoint import load_into
 from evaluators.teacher.checkpoint import read_checkpoint
 from evaluators.training.loop import TrainConfig
-from evaluators.training.loop import atomic_save
 from evaluators.training.loop import train
 from evaluators.training.loop import warn
 from evaluators.training.precision import Precision
@@ -47,7 +47,6 @@ from spaces.models.user_models import canonical_name
 from spaces.validated import ConfigError
 from spaces.validated import settings
 
-CACHE_ENV = "EDGE_SEARCH_CACHE"
 # Bumped whenever a change to training code would make an old cached teacher a different network.
 TEACHER_FORMAT = 1
 
@@ -55,10 +54,6 @@ TEACHER_FORMAT = 1
 def _teacher_training() -> TrainConfig:
     """A teacher trains in bf16 wherever that is fast (a CUDA device, or a CPU with bf16 instructions)."""
     return TrainConfig(precision=Precision.AUTO)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edge-compress-search")
 
 
 @settings

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 
 from evaluators.data.batches import Batcher
 from evaluators.data.datasets import ImageSet
+from evaluators.data.files import atomic_save
 from evaluators.training import precision as numerics
 from evaluators.training.precision import Precision
 from evaluators.training.precision import autocast
@@ -105,22 +105,6 @@ def make_schedule(opt: torch.optim.Optimizer, config: TrainConfig, total_steps: 
 def warn(message: str) -> None:
     """A warning on stderr that does not tear an active progress bar."""
     tqdm.write(f"warning: {message}", file=sys.stderr)
-
-
-def atomic_save(obj: object, path: Path) -> None:
-    """Write to a temporary file and rename, so a kill mid-write never leaves a truncated checkpoint."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
-def atomic_write_bytes(path: Path, blob: bytes) -> None:
-    """`atomic_save` for bytes already serialised elsewhere (a checkpoint a Ray worker sent back); the temporary
-    name carries the process id, so two writers of one path never share it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f"{path.suffix}.tmp{os.getpid()}")
-    tmp.write_bytes(blob)
-    tmp.replace(path)
 
 
 @dataclass

@@ -36,15 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware_models.calibration.intervals import borrow_interval
-from hardware_models.calibration.intervals import interval_summary
-from hardware_models.calibration.least_squares import fit_log
-from hardware_models.calibration.least_squares import from_theta
-from hardware_models.calibration.least_squares import identifiable
-from hardware_models.calibration.least_squares import kfold_indices
-from hardware_models.calibration.least_squares import mape
-from hardware_models.calibration.least_squares import to_theta
-from hardware_models.calibration.least_squares import within
 from hardware_models.calibration.measurements import Measurement
 from hardware_models.calibration.measurements import MeasurementTable
 from hardware_models.calibration.measurements import board_key
@@ -58,6 +49,15 @@ from hardware_models.estimators.costmodel import Case
 from hardware_models.estimators.costmodel import CostModel
 from hardware_models.estimators.costmodel import LayerTable
 from hardware_models.estimators.costmodel import stack_tables
+from hardware_models.fitting.intervals import borrow_interval
+from hardware_models.fitting.intervals import interval_summary
+from hardware_models.fitting.least_squares import fit_log
+from hardware_models.fitting.least_squares import from_theta
+from hardware_models.fitting.least_squares import identifiable
+from hardware_models.fitting.least_squares import kfold_indices
+from hardware_models.fitting.least_squares import mape
+from hardware_models.fitting.least_squares import to_theta
+from hardware_models.fitting.least_squares import within
 from hardware_models.graph.executed import POLICIES
 from hardware_models.graph.executed import extract_spec
 from hardware_models.graph.executed import with_policy

@@ -15,15 +15,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hardware_models.calibration.intervals import conformal_halfwidth
-
-if TYPE_CHECKING:
-    from hardware_models.calibration.fit import Calibration
-    from hardware_models.graph.executed import Network
+from hardware_models.estimators.costmodel import Case
+from hardware_models.fitting.intervals import conformal_halfwidth
+from hardware_models.graph.executed import Network
 
 
 @dataclass(frozen=True)
@@ -89,16 +86,16 @@ def family_folds(specs: Sequence[str], max_folds: int | None = None) -> list[lis
     return [sorted(f) for f in folds]
 
 
-def naive_macs(calibration: Calibration, folds: Sequence[Sequence[int]], literal: bool = False) -> np.ndarray:
+def naive_macs(cases: Sequence[Case], measured: np.ndarray, folds: Sequence[Sequence[int]],
+               literal: bool = False) -> np.ndarray:
     """The baseline latency = k x MACs, with k fitted (log space) per setting on each fold's training rows.
 
     A setting is (runtime, precision, threads, clock): the baseline gets one k per configuration the
     model distinguishes, or the k of all training rows when its setting has none.
     """
-    macs = np.array([c.network.macs_literal if literal else max(c.network.macs, 1) for c in calibration.cases],
-                    float)
-    setting = [(c.runtime, c.precision, c.threads, c.clock_ghz) for c in calibration.cases]
-    y = calibration.measured
+    macs = np.array([c.network.macs_literal if literal else max(c.network.macs, 1) for c in cases], float)
+    setting = [(c.runtime, c.precision, c.threads, c.clock_ghz) for c in cases]
+    y = measured
     out = np.full(y.size, np.nan)
     for held in folds:
         train = np.setdiff1d(np.arange(y.size), held)

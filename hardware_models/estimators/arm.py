@@ -29,11 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hardware_models.calibration.least_squares import ParamSpec
 from hardware_models.estimators.costmodel import Case
 from hardware_models.estimators.costmodel import CostModel
 from hardware_models.estimators.costmodel import LayerTable
 from hardware_models.estimators.costmodel import Prediction
+from hardware_models.fitting.least_squares import ParamSpec
 from hardware_models.graph.ops import Kind
 from hardware_models.graph.trace import Layer
 

@@ -16,7 +16,7 @@ from dataclasses import field
 
 import numpy as np
 
-from hardware_models.calibration.least_squares import ParamSpec
+from hardware_models.fitting.least_squares import ParamSpec
 from hardware_models.graph.executed import Network
 
 

@@ -7,7 +7,6 @@ from typing import Any
 
 from torch import nn
 
-from hardware_models.calibration.intervals import latency_interval
 from hardware_models.estimators import arm
 from hardware_models.estimators import dpu
 from hardware_models.estimators import host
@@ -18,6 +17,7 @@ from hardware_models.estimators.registry import Estimator
 from hardware_models.estimators.registry import Options
 from hardware_models.estimators.registry import get_estimator
 from hardware_models.estimators.registry import register_estimator
+from hardware_models.fitting.intervals import latency_interval
 from hardware_models.graph.executed import Network
 from hardware_models.graph.executed import signature
 from hardware_models.graph.precision import PrecisionPlan

@@ -22,7 +22,7 @@ OPERATORS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, ">=":
                                                           ">": operator.gt}
 _CONSTRAINT = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(<=|>=|<|>)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*(?:@\s*(p\d+))?\s*$")
 # `@ p90` reads a prediction's upper bound instead of its point value: the hardware models give each
-# latency and energy a 90% interval (hardware_models.calibration.intervals), so only that level exists.
+# latency and energy a 90% interval (hardware_models.fitting.intervals), so only that level exists.
 BOUNDS = {"p90": "_high"}
 
 

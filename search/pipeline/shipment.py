@@ -35,8 +35,8 @@ from torch import nn
 from evaluators.candidate import Evaluator
 from evaluators.candidate import TaskStore
 from evaluators.data.batches import Batcher
+from evaluators.data.files import atomic_write_bytes
 from evaluators.data.splits import Splits
-from evaluators.training.loop import atomic_write_bytes
 from search.analysis.objectives import Constraint
 from search.config import StudyConfig
 from search.pipeline.context import Context

@@ -39,11 +39,11 @@ from torch import nn
 
 from evaluators.data.batches import Batcher
 from evaluators.data.datasets import ImageSet
+from evaluators.data.files import atomic_save
 from evaluators.data.splits import Splits
 from evaluators.training.loop import Optimizer
 from evaluators.training.loop import Schedule
 from evaluators.training.loop import TrainConfig
-from evaluators.training.loop import atomic_save
 from evaluators.training.loop import train
 from spaces.compress import pruning
 from spaces.compress import sensitivity

@@ -28,8 +28,8 @@ from torch import nn
 
 from evaluators.data.batches import Batcher
 from evaluators.data.datasets import ImageSet
+from evaluators.data.files import atomic_save
 from evaluators.training.loop import LossFn
-from evaluators.training.loop import atomic_save
 from spaces.recipe import Distillation
 from spaces.recipe import DistillKind
 
