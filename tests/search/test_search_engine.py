@@ -32,7 +32,7 @@ from spaces.space import SearchSpace
 from tests.cli_helpers import search_cli
 from tests.cli_helpers import study_args
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 OUTPUTS = ("trials.csv", "pareto.csv", "baselines.csv", "pareto.png", "report.md", "study.db", "baseline.json")
 
 

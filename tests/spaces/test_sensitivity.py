@@ -34,7 +34,7 @@ from spaces.recipe import Quantization
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
 from spaces.recipe import describe
-from tests.test_apply import _poisoned
+from tests.spaces.test_apply import _poisoned
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BUDGET = Budget(score_images=64, calib_images=64, sensitivity_images=48, eval_batch_size=32)

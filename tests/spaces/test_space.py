@@ -32,9 +32,9 @@ from spaces.recipe import Recipe
 from spaces.space import BitGrouping
 from spaces.space import SearchSpace
 from spaces.space import SpaceConfig
-from tests.test_user_study import readme_block
+from tests.search.test_user_study import readme_block
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ALL_CNN_STUDENTS = (TEACHER, "resnet18", "resnet50", "mobilenet_v2", "squeezenet1_0", "squeezenet1_1", "small_cnn")
 FIXED = Recipe(student="resnet18", distill=Distillation(kind=DistillKind.LOGIT, temperature=3.0),
                prune=Pruning(kind=PruneKind.STRUCTURED, ratio=0.25, round_to=16),

@@ -83,7 +83,7 @@ def test_empty_study_fails_clearly(mnist_root: Path, cache_dir: Path, tmp_path: 
                                    capsys: pytest.CaptureFixture[str]) -> None:
     missing = export_cli("--study", "mlp_mnist", "--profile", "smoke", "--run", str(tmp_path / "none"))
     assert missing.returncode == 2 and "holds no finished study" in missing.stderr
-    text = (Path(__file__).resolve().parent.parent / "studies" / "mlp_mnist.toml").read_text()
+    text = (Path(__file__).resolve().parents[2] / "studies" / "mlp_mnist.toml").read_text()
     study = tmp_path / "tight.toml"
     study.write_text(text.replace('baselines = "survey_quantization"',
                                   'baselines = "none"\nconstraints = ["size_mb <= 0.0001"]'))

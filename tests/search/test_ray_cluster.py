@@ -22,7 +22,7 @@ import pytest
 
 from tests.cli_helpers import search_cli
 from tests.cli_helpers import study_args
-from tests.test_search_engine import variant
+from tests.search.test_search_engine import variant
 
 RAY = str(Path(sys.executable).parent / "ray")
 

@@ -154,7 +154,7 @@ def test_a_study_with_cascades_scores_them_and_reports_them(mnist_root: Path, ca
 
     from tests.cli_helpers import study_args
 
-    text = (Path(__file__).resolve().parent.parent / "studies" / "mlp_mnist.toml").read_text()
+    text = (Path(__file__).resolve().parents[2] / "studies" / "mlp_mnist.toml").read_text()
     study = tmp_path / "cascades.toml"
     study.write_text(text.replace('baselines = "survey_quantization"',
                                   'baselines = "none"\ncascades = true\ncascade_within = 1.0'))

@@ -125,7 +125,7 @@ def test_python_api_takes_torch_datasets(workspace: Path) -> None:
 
 def readme_block(name: str) -> str:
     """The fenced block after `<!-- readme-test: NAME -->` in the README's "Compress your own model"."""
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     after = text.split(f"<!-- readme-test: {name} -->", 1)[1]
     return after.split("```", 2)[1].split("\n", 1)[1]
 
@@ -181,7 +181,7 @@ def test_the_example_runs(cifar_root: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, str(repo / "examples" / "compress_my_model.py"), "--workdir", str(tmp_path),
                            "--data-root", str(cifar_root), "--trials", "2", "--epochs", "2",
                            "--images-per-class", "40"], capture_output=True, text=True, timeout=900,

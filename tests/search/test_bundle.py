@@ -63,7 +63,7 @@ from spaces.recipe import Recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-DATA_TABLES = Path(__file__).resolve().parent.parent / "hardware_models" / "data"
+DATA_TABLES = Path(__file__).resolve().parents[2] / "hardware_models" / "data"
 TEST_IMAGES = 2000
 CALIB_IMAGES = 256
 SHAPE = (1, 28, 28)

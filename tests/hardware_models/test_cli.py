@@ -12,7 +12,7 @@ import pytest
 
 from hardware_models.cli import estimate_main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cli_prints_json(capsys: pytest.CaptureFixture) -> None:
