@@ -52,6 +52,7 @@ from search.pipeline.study import Backend
 from search.pipeline.study import run_study
 from search.pipeline.study import storage_url
 from search.pipeline.study import study_name
+from search.report.outputs import write_outputs
 from search.sizing.plan import PLAN_FILE
 from search.sizing.plan import copy_of
 from search.sizing.plan import sized
@@ -177,7 +178,7 @@ class Study:
         deadline = None if plan is None else lambda: plan.search_seconds(time.monotonic() - t0)
         run_study(self.context(), storage_url(self.out, o.storage), Backend(kind=o.backend, address=o.address,
                                                                             workers=o.workers), self.log,
-                  deadline=deadline)
+                  deadline=deadline, reporters=(write_outputs,))
         self.log(f"done in {time.monotonic() - t0:.0f} s; report: {self.out / 'report.md'}")
         return StudyResult(self)
 

@@ -6,38 +6,28 @@ F1/F2/F3 evaluation, so a rerun after an interruption in the final stage re-does
 
 from __future__ import annotations
 
-import json
 import time
-from collections import Counter
 from collections.abc import Callable
 from collections.abc import Iterator
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from typing import Protocol
 
 import optuna
 
 from evaluators.candidate import Fidelity
 from search.analysis.reference import ReferenceBox
-from search.bundle.deploy_resolution import DeployResolution
-from search.cascade import study as cascade_study
 from search.engine import final
 from search.engine import loop as engine
 from search.engine.budget import Clock
 from search.engine.budget import describe_duration
-from search.engine.history import hypervolume_history
 from search.engine.promotion import PromotionKind
 from search.pipeline.context import Context
-from search.pipeline.context import size_notes
-from search.report import tables as results
-from search.report.deployment import append_deployment_section
-from search.report.plots import hypervolume_plot
-from search.report.plots import pareto_plot
-from search.sizing import plan as sizing
 from spaces.recipe import Recipe
+from spaces.recipe import describe
 from spaces.space import SearchSpace
 from spaces.thesis_recipes import PTQ8
 
@@ -154,7 +144,7 @@ def run_jobs(jobs: list[final.Job], executor: Executor, log: Log, stage: str) ->
     finished: dict[int, final.Candidate] = {}
     for n, (i, result, seconds) in enumerate(executor.finish(jobs), 1):
         candidate = jobs[i][0]
-        name = f"{candidate.source} {candidate.recipe.label or results.describe(candidate.recipe)}"
+        name = f"{candidate.source} {candidate.recipe.label or describe(candidate.recipe)}"
         if isinstance(result, Exception):
             log(f"[{stage} {n}/{len(jobs)}] {name} failed: {result}")
             continue
@@ -211,69 +201,33 @@ def reference_box(ctx: Context, split: str = "val") -> ReferenceBox:
                                  ctx.teacher.metrics[f"{split}_accuracy"], teacher_costs(ctx))
 
 
-def write_outputs(ctx: Context, study: optuna.Study, front_: list[final.Candidate],
-                  base: list[final.Candidate], header: dict[str, Any], log: Log) -> results.Summary:
-    out, objectives = ctx.out, ctx.plan.objectives
-    by_hash = {c.recipe.hash(): c for c in front_}
-    trials = results.trials_table(study, by_hash, objectives)
-    trials.to_csv(out / "trials.csv", index=False)
-    front_table = results.candidates_table(front_, ctx.plan.constraints, objectives)
-    base_table = results.candidates_table(base, ctx.plan.constraints, objectives)
-    box = reference_box(ctx)
-    history = hypervolume_history(study, box)
-    summary = results.summarise(front_, base, box, reference_box(ctx, "test"), history)
-    if not front_table.empty:
-        front_table["knee"] = [i == summary.knee for i in range(len(front_table))]
-    cascades = cascade_study.score_cascades(ctx, front_, log)
-    joined = cascade_study.non_dominated(cascades, front_, objectives)
-    if cascades:
-        scored = results.candidates_table(cascades, ctx.plan.constraints, objectives)
-        scored.assign(joins_front=joined).to_csv(out / "cascades.csv", index=False)
-        front_table = cascade_study.add_to_front(front_table, scored, joined)
-    front_table.to_csv(out / "pareto.csv", index=False)
-    base_table.to_csv(out / "baselines.csv", index=False)
-    pareto_plot(out / "pareto.png", trials, front_table, base_table, ctx.config.hardware.names,
-                title=f"{ctx.config.name} ({ctx.config.profile}): {len(trials)} trials, front of {len(front_)}")
-    hypervolume_plot(out / "hypervolume.png", history, title=f"{ctx.config.name} ({ctx.config.profile})")
-    results.write_report(out / "report.md", header, front_, base, objectives, summary,
-                         hypervolume_plot="hypervolume.png")
-    append_deployment_section(out / "report.md", front_, ctx.config.hardware.targets, ctx.config.hardware.storage)
-    cascade_study.append_report(out / "report.md", cascades, joined, ctx.config.hardware.names)
-    plan = sizing.sized_by(out, ctx.config)
-    if plan is not None:
-        sizing.append_report(out / "report.md", plan)
-    (out / "summary.json").write_text(json.dumps({**header, **summary.as_json()}, indent=2, default=str))
-    log(f"wrote trials.csv ({len(trials)} rows), pareto.csv ({len(front_table)}), baselines.csv, pareto.png, "
-        f"report.md under {out}")
-    return summary
+@dataclass(frozen=True)
+class Finished:
+    """What a finished study hands its reporters: the optuna study, the front's and the baselines' final-stage
+    candidates, and how long the search and final stage took in this run."""
+
+    study: optuna.Study
+    front: list[final.Candidate]
+    baselines: list[final.Candidate]
+    seconds: float
+    backend: str
+
+
+# Called in order once the final stage is done (`search.report.outputs.write_outputs` writes the run folder's
+# tables, plots and report). The loop only calls them, so it never imports what they write.
+Reporter = Callable[[Context, Finished, Log], None]
 
 
 def run_study(ctx: Context, storage: str, backend: Backend, log: Log,
-              deadline: Callable[[], float] | None = None) -> results.Summary:
-    """Search, final stage and outputs. A sized run gives `deadline`: it scores the baselines first, then asks it
-    for the search's limit in seconds (`search_limit`)."""
+              deadline: Callable[[], float] | None = None, reporters: Sequence[Reporter] = ()) -> Finished:
+    """Search, final stage, then every reporter. A sized run gives `deadline`: it scores the baselines first,
+    then asks it for the search's limit in seconds (`search_limit`)."""
     t0 = time.monotonic()
     with EXECUTORS[backend.kind](ctx, backend) as executor:
         scored = score_baselines(ctx, executor, log) if deadline is not None else None
         study = search(ctx, storage, executor, log, deadline() if deadline is not None else None)
         front_, base = finalise(ctx, study, executor, log, scored)
-    states = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
-    told = Counter(results.told_level(t) for t in study.trials)
-    notes = size_notes(ctx)
-    header = {"study": ctx.config.name, "profile": ctx.config.profile, "sampler": ctx.config.search.sampler.value,
-              "trials": {k: v for k, v in states.items() if v},
-              "told to the sampler": {"F2": told["f2"], "F1 only (not promoted)": told["f1"],
-                                      "infeasible at F0": told["f0"]},
-              "search plan": study.user_attrs.get("plan", ""), "objectives": list(ctx.plan.objectives),
-              "constraints": [str(c) for c in ctx.plan.constraints], "backend": backend.kind,
-              "input size": DeployResolution.of(ctx.evaluator.batcher.resolution,
-                                                ctx.config.hardware.deploy_resolution).note(),
-              "teacher val accuracy %": ctx.teacher.metrics["val_accuracy"],
-              "teacher test accuracy %": ctx.teacher.metrics["test_accuracy"],
-              "search and final stage seconds (this run)": round(time.monotonic() - t0, 1),
-              **({"split size notes": notes} if notes else {})}
-    summary = write_outputs(ctx, study, front_, base, header, log)
-    log(f"front: {len(front_)} recipes; normalised hypervolume (F2) {summary.hypervolume_f2:.3g}; Kendall tau "
-        f"F1/F3 {summary.tau_f1_f3:.2f}, F2/F3 {summary.tau_f2_f3:.2f}; baselines dominated beyond the interval "
-        f"{len(summary.dominated_baselines)}/{len(summary.verdicts)}")
-    return summary
+    finished = Finished(study, front_, base, round(time.monotonic() - t0, 1), backend.kind)
+    for report in reporters:
+        report(ctx, finished, log)
+    return finished
