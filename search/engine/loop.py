@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -133,6 +134,9 @@ def open_study(name: str, storage: str, config: SearchConfig, objectives: tuple[
         raise StudyMismatch(f"the study in {storage} optimises {stored}, not {list(objectives)}; "
                             "rerun with --fresh to start over")
     study.set_user_attr("objectives", list(objectives))
+    with warnings.catch_warnings():  # experimental since optuna 3.2, and the only way to name objectives
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(objectives))  # optuna-dashboard shows "accuracy", not "objective 0"
     return study
 
 

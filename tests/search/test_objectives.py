@@ -17,6 +17,8 @@ from evaluators.data.config import prepare_data
 from evaluators.data.datasets import Dataset
 from evaluators.data.splits import SplitConfig
 from search.analysis.objectives import default_objectives
+from search.engine.loop import SearchConfig
+from search.engine.loop import open_study
 from spaces.compress.apply import Budget
 from spaces.compress.apply import apply
 from spaces.models.architectures import create_model
@@ -56,3 +58,14 @@ def test_no_two_default_objectives_are_proportional(cifar_root: Path) -> None:
     for target in TARGETS:  # the reason energy is left out: one fixed power per target
         ratio = np.array([r[f"energy_{target}"] for r in rows]) / values[f"latency_{target}"]
         assert coefficient_of_variation(ratio) < 1e-6
+
+
+def test_the_study_names_its_objectives_for_the_dashboard(tmp_path: Path) -> None:
+    """optuna-dashboard shows a study's objectives by the names `set_metric_names` stored, else as numbers;
+    a resumed study keeps them."""
+    objectives = ("accuracy", "latency_zcu104", "latency_rpi4", "size_mb")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    open_study("names", storage, SearchConfig(), objectives)
+    reopened = open_study("names", storage, SearchConfig(), objectives)
+    assert reopened.metric_names == list(objectives)
+    assert optuna.load_study(study_name="names", storage=storage).metric_names == list(objectives)
