@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from evaluators import metric_names as names
+from evaluators.metric_names import PerTarget
 from search.api import RunOptions
 from search.api import Study
 from search.bundle.scripts import run_cascade as runner
@@ -93,15 +95,15 @@ def table(metrics: dict[str, Any], host: dict[str, dict[str, float]], targets: t
                "host_mean_ms": host[f"stage{k + 1}"]["mean_ms"], "host_p95_ms": host[f"stage{k + 1}"]["p95_ms"]}
         for t in targets:
             cost = alone[t][k]
-            row.update({f"latency_{t}": cost.latency_ms, f"latency_p95_{t}": cost.latency_ms,
-                        f"energy_{t}": cost.energy_mj})
+            row.update({names.latency(t): cost.latency_ms, names.per_target(PerTarget.LATENCY_P95, t): cost.latency_ms,
+                        names.energy(t): cost.energy_mj})
         rows.append(row)
     row = {"model": "cascade", "test_accuracy": measured["accuracy"], "escalation_rate": measured["escalation_rate"],
            "host_mean_ms": host["cascade"]["mean_ms"], "host_p95_ms": host["cascade"]["p95_ms"]}
     for t in targets:
         p = metrics["predicted"][t]
-        row.update({f"latency_{t}": p["latency_ms"], f"latency_p95_{t}": p["latency_p95_ms"],
-                    f"energy_{t}": p["energy_mj"]})
+        row.update({names.latency(t): p["latency_ms"], names.per_target(PerTarget.LATENCY_P95, t): p["latency_p95_ms"],
+                    names.energy(t): p["energy_mj"]})
     return rows + [row]
 
 

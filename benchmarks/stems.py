@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from evaluators import metric_names as names
 from evaluators.candidate import HardwareConfig
 from evaluators.candidate import hardware_metrics
 from evaluators.cost import model_cost
@@ -139,7 +140,7 @@ def measure(arch: str, stem: str, args: argparse.Namespace, splits, batcher, *, 
     shape = (3, RESOLUTION, RESOLUTION)
     cost = model_cost(model.eval(), shape)
     hw = hardware_metrics(model, Recipe(student=arch), shape, HardwareConfig(targets=TARGETS))
-    latency = {t: float(hw[f"latency_{t}"]) for t in TARGETS}
+    latency = {t: float(hw[names.latency(t)]) for t in TARGETS}
     if not trained:
         return Row(arch, stem, cost.macs, cost.params, last_feature_map(model, RESOLUTION), latency, 0.0, 0, 0.0)
     config = TrainConfig(batch_size=args.batch, lr=args.lr, seed=args.seed)

@@ -16,6 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from evaluators import metric_names as names
+from evaluators.metric_names import Bound
+from evaluators.metric_names import PerTarget
+
 MAXIMISED = frozenset({"accuracy", "test_accuracy"})
 ACCURACY_METRICS = frozenset({"accuracy", "accuracy_drop", "test_accuracy"})  # known only after F1
 OPERATORS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, ">=": operator.ge, "<": operator.lt,
@@ -23,7 +27,7 @@ OPERATORS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, ">=":
 _CONSTRAINT = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(<=|>=|<|>)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*(?:@\s*(p\d+))?\s*$")
 # `@ p90` reads a prediction's upper bound instead of its point value: the hardware models give each
 # latency and energy a 90% interval (hardware_models.fitting.intervals), so only that level exists.
-BOUNDS = {"p90": "_high"}
+BOUNDS = {"p90": Bound.HIGH}
 
 
 def direction(metric: str) -> str:
@@ -37,11 +41,11 @@ def default_objectives(targets: Sequence[str]) -> tuple[str, ...]:
     latency, with the power fixed for the target, so `energy_<t>` is proportional to `latency_<t>`. Two
     proportional objectives are one objective counted twice: they skew NSGA-II's crowding distance and the
     hypervolume towards that target. A study may still name `energy_<t>` in `[search] objectives`."""
-    return ("accuracy", *(f"latency_{t}" for t in targets), "size_mb")
+    return ("accuracy", *(names.latency(t) for t in targets), "size_mb")
 
 
 def known_metrics(targets: Sequence[str]) -> tuple[str, ...]:
-    return (*default_objectives(targets), *(f"energy_{t}" for t in targets), "accuracy_drop", "test_accuracy", "macs",
+    return (*default_objectives(targets), *(names.energy(t) for t in targets), "accuracy_drop", "test_accuracy", "macs",
             "params", "bops", "sparsity")
 
 
@@ -58,7 +62,10 @@ class Constraint:
     @property
     def column(self) -> str:
         """The metric column the constraint reads (`latency_zcu104_high` for `latency_zcu104 <= 5 @ p90`)."""
-        return self.metric + BOUNDS[self.quantile] if self.quantile else self.metric
+        parsed = names.parse_target_metric(self.metric)
+        if not self.quantile or parsed is None:
+            return self.metric
+        return parsed.with_bound(BOUNDS[self.quantile]).name
 
     def value(self, metrics: Mapping[str, Any]) -> float:
         return float(metrics[self.column])
@@ -87,7 +94,8 @@ def parse_constraint(text: str, known: Sequence[str]) -> Constraint:
     if quantile and quantile not in BOUNDS:
         raise ValueError(f"constraint {text!r}: {quantile} is not available; use @ p90 (the hardware models' 90% "
                          "prediction intervals)")
-    if quantile and not metric.startswith(("latency_", "energy_")):
+    parsed = names.parse_target_metric(metric)
+    if quantile and (parsed is None or parsed.kind not in (PerTarget.LATENCY, PerTarget.ENERGY)):
         raise ValueError(f"constraint {text!r}: @ {quantile} applies to predicted latency_/energy_ metrics only; "
                          f"{metric} has no prediction interval")
     return Constraint(metric, op, float(bound), quantile or "")
@@ -104,9 +112,10 @@ def undeployable(metrics: Mapping[str, Any]) -> str | None:
     categorical (a precision or operator the board lacks), not a boundary in cost that the sampler could learn;
     `[space] bits = "target"` removes such precisions from the space up front."""
     for key, value in metrics.items():
-        if key.startswith("deployable_") and value is False:
-            target = key.removeprefix("deployable_")
-            return str(metrics.get(f"not_deployable_{target}") or f"not deployable on {target}")
+        parsed = names.parse_target_metric(key)
+        if parsed is not None and parsed.kind == PerTarget.DEPLOYABLE and value is False:
+            reason = metrics.get(names.per_target(PerTarget.NOT_DEPLOYABLE, parsed.target))
+            return str(reason or f"not deployable on {parsed.target}")
     return None
 
 

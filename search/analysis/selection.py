@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from evaluators import metric_names as names
 from search.analysis.objectives import Pick
 from search.analysis.objectives import known_metrics
 from search.analysis.objectives import parse_pick
@@ -82,16 +83,17 @@ def by_rule(front: pd.DataFrame, text: str, targets: tuple[str, ...]) -> Selecte
     if front.empty:
         raise SelectionError("the study has an empty front: nothing to export (see report.md)")
     ok = pd.Series(True, index=front.index)
+    f3 = {c.column: names.column("f3", c.column) for c in pick.constraints}
     for c in pick.constraints:
-        if f"f3_{c.column}" not in front:
+        if f3[c.column] not in front:
             raise SelectionError(f"--pick {text!r}: the front has no {c.column} column (a study run before it was "
                                  "recorded); drop the @ bound or rerun the study")
-        ok &= front[f"f3_{c.column}"].apply(lambda v, c=c: c.satisfied({c.column: v}))
+        ok &= front[f3[c.column]].apply(lambda v, c=c: c.satisfied({c.column: v}))
     if not ok.any():
         rules = " and ".join(str(c) for c in pick.constraints)
-        lows = ", ".join(f"{c.column} from {front[f'f3_{c.column}'].min():.4g}" for c in pick.constraints)
+        lows = ", ".join(f"{c.column} from {front[f3[c.column]].min():.4g}" for c in pick.constraints)
         raise SelectionError(f"--pick {text!r}: no front recipe satisfies {rules} (the front has {lows})")
-    values = front.loc[ok, f"f3_{pick.metric}"]
+    values = front.loc[ok, names.column("f3", pick.metric)]
     index = values.idxmax() if pick.goal == "max" else values.idxmin()
     return _row(front, int(front.index.get_loc(index)), f"{pick.goal} {pick.metric} ({text})")
 
@@ -102,7 +104,7 @@ def best_cascade(front: pd.DataFrame) -> Selected:
     if not len(rows):
         raise SelectionError("the front has no cascade: run the study with `[search] cascades = true`, or export "
                              "any recipe with --cascade")
-    best = front.loc[rows, "f3_accuracy"].idxmax()
+    best = front.loc[rows, names.column("f3", "accuracy")].idxmax()
     return _row(front, int(front.index.get_loc(best)), "most accurate cascade of the front")
 
 

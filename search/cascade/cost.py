@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from evaluators import metric_names as names
+from evaluators.metric_names import PerTarget
 from hardware_models.estimators.a53 import PROFILE_PATH as A53_PROFILE
 from search.cascade.model import CascadeError
 from search.cascade.model import Policy
@@ -46,6 +48,8 @@ class Placement:
 ZCU104_SWITCH_MS = 0.2
 # One process, two sessions already loaded: the switch is a softmax over the logits and a comparison (well
 # under 0.01 ms in numpy for 10-1000 classes); counted as 0.01 ms so that it is never free.
+# The per-target metrics a cascade's cost is read in.
+COST_KINDS = frozenset({PerTarget.LATENCY, PerTarget.LATENCY_P95, PerTarget.ENERGY})
 SAME_RUNTIME_SWITCH_MS = 0.01
 
 
@@ -117,20 +121,25 @@ def expected_cost(target: str, stages: Sequence[StageCost], reach: Sequence[floa
 
 def metric_of(cost: CascadeCost, metric: str) -> float:
     """`latency_<t>`, `latency_p95_<t>` or `energy_<t>` of a cost on target t."""
-    kind = metric.rsplit("_", 1)[0] if not metric.startswith("latency_p95_") else "latency_p95"
-    return {"latency": cost.latency_ms, "latency_p95": cost.latency_p95_ms, "energy": cost.energy_mj}[kind]
+    parsed = names.parse_target_metric(metric)
+    if parsed is None or parsed.kind not in COST_KINDS:
+        raise ValueError(f"{metric!r} is not a cascade cost metric (latency_, latency_p95_ or energy_<target>)")
+    return {PerTarget.LATENCY: cost.latency_ms, PerTarget.LATENCY_P95: cost.latency_p95_ms,
+            PerTarget.ENERGY: cost.energy_mj}[parsed.kind]
 
 
 def check_budget(policy: Policy, stages: dict[str, Sequence[StageCost]]) -> None:
     """A budget below what stage 1 costs (it runs on every input) can never be met: say so in one line."""
     if policy.kind != "budget":
         return
-    kind, _, target = policy.budget_metric.partition("_")
+    parsed = names.parse_target_metric(policy.budget_metric)
+    target = parsed.target if parsed is not None else ""
     if target not in stages:
         raise CascadeError(f"budget_metric {policy.budget_metric!r} names a target without stage costs; "
                            f"known: {', '.join(sorted(stages))}")
-    costs = [s.latency_ms if kind == "latency" else s.energy_mj for s in stages[target]]
-    unit = "ms" if kind == "latency" else "mJ"
+    energy = parsed.kind == PerTarget.ENERGY
+    costs = [s.energy_mj if energy else s.latency_ms for s in stages[target]]
+    unit = "mJ" if energy else "ms"
     if policy.budget < min(costs) or policy.budget < costs[0]:
         raise CascadeError(f"budget {policy.budget:g} {unit} for {policy.budget_metric} is below the cheapest "
                            f"stage's cost ({costs[0]:.4g} {unit}, run on every input): raise the budget or use a "

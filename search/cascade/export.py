@@ -16,13 +16,16 @@ from typing import Any
 
 import torch
 
+from evaluators import metric_names as names
 from evaluators.candidate import estimate_targets
 from search.analysis.selection import Selected
 from search.bundle.deploy_resolution import DeployResolution
 from search.bundle.qdq import float_network
+from search.bundle.writer import has_integer_layers
 from search.cascade.bundle import StageModel
 from search.cascade.bundle import stage_cost
 from search.cascade.bundle import write_cascade_bundle
+from search.cascade.cost import COST_KINDS
 from search.cascade.cost import check_budget
 from search.cascade.cost import expected_cost
 from search.cascade.cost import metric_of
@@ -93,20 +96,28 @@ def stages_of(ctx: Context, first: StageModel, spec: CascadeSpec) -> list[StageM
 
 
 def precision_of(stage: StageModel) -> str:
-    from search.bundle.writer import has_integer_layers
-
     return "int8" if has_integer_layers(stage.model) else "fp32"
+
+
+def cost_target(metric: str) -> str:
+    """The target a cascade's cost metric (`latency_<t>`, `latency_p95_<t>`, `energy_<t>`) is costed on; targets
+    may contain underscores (a user's `my_pi`), so the name is parsed by its kind."""
+    parsed = names.parse_target_metric(metric)
+    if parsed is None or parsed.kind not in COST_KINDS:
+        raise CascadeError(f"cascade metric {metric!r} is not latency_<target>, latency_p95_<target> or "
+                           "energy_<target>")
+    return parsed.target
 
 
 def build(ctx: Context, stages: list[StageModel], spec: CascadeSpec) -> tuple[Cascade, Goal, str]:
     """The cascade (thresholds not yet fitted), the fit's goal and the cost metric, validated."""
     shape = (ctx.splits.info.channels, ctx.evaluator.batcher.resolution, ctx.evaluator.batcher.resolution)
-    metric = spec.metric or f"energy_{ctx.config.hardware.names[0]}"
+    metric = spec.metric or names.energy(ctx.config.hardware.names[0])
     policy = Policy(kind=spec.policy, score=spec.score, classes=spec.classes, budget=spec.budget,
                     budget_metric=metric if spec.policy == "budget" else "")
     classes = ctx.splits.info.num_classes
     cascade = Cascade(tuple(Stage(s.name, shape, classes, precision_of(s)) for s in stages), policy)
-    target = metric.split("_")[-1]
+    target = cost_target(metric)
     check_budget(policy, {target: [stage_cost(target, s, precision_of(s), shape) for s in stages]})
     goal = Goal("budget", spec.budget) if spec.policy == "budget" else Goal("accuracy_within", spec.within)
     return cascade, goal, metric
@@ -115,7 +126,7 @@ def build(ctx: Context, stages: list[StageModel], spec: CascadeSpec) -> tuple[Ca
 def fit_cascade(ctx: Context, stages: list[StageModel], spec: CascadeSpec) -> Fitted:
     """Thresholds fitted on the validation split for the spec's goal; the cost is modelled on the metric's target."""
     cascade, goal, metric = build(ctx, stages, spec)
-    target = metric.split("_")[-1]
+    target = cost_target(metric)
     shape = cascade.stages[0].input_shape
     costs = [stage_cost(target, s, precision_of(s), shape) for s in stages]
 

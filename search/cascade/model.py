@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from evaluators import metric_names as names
+from evaluators.metric_names import PerTarget
 from hardware_models.registry import register_once
 from spaces.validated import ConfigError
 from spaces.validated import settings
@@ -122,7 +124,8 @@ def _check_confidence(policy: Policy) -> None:
 
 @register_policy("budget", "an expected cost per inference fixes the share of inputs that escalate")
 def _check_budget(policy: Policy) -> None:
-    if policy.budget <= 0 or not policy.budget_metric.startswith(("latency_", "energy_")):
+    parsed = names.parse_target_metric(policy.budget_metric)
+    if policy.budget <= 0 or parsed is None or parsed.kind not in (PerTarget.LATENCY, PerTarget.ENERGY):
         raise CascadeError(f"a budget policy needs budget > 0 and budget_metric 'latency_<target>' or "
                            f"'energy_<target>', got {policy.budget:g} {policy.budget_metric!r}")
 

@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from evaluators import metric_names as names
 from evaluators.candidate import Fidelity
+from evaluators.metric_names import PerTarget
 from search.analysis.objectives import direction
 from search.analysis.pareto import pareto_mask
 from search.bundle.writer import has_integer_layers
@@ -66,8 +68,8 @@ def score(ctx: Context, candidate: Candidate, teacher: Any, spec: CascadeSpec) -
                "escalation_rate": fitted.val.escalation_rate,
                "test_escalation_rate": reported.escalation_rate})
     for target, cost in costs.items():
-        f3.update({f"latency_{target}": cost.latency_ms, f"energy_{target}": cost.energy_mj,
-                   f"latency_p95_{target}": cost.latency_p95_ms})
+        f3.update({names.latency(target): cost.latency_ms, names.energy(target): cost.energy_mj,
+                   names.per_target(PerTarget.LATENCY_P95, target): cost.latency_p95_ms})
     f3["cascade_spec"] = spec_json(spec)
     return Candidate(candidate.recipe, f"cascade: {candidate.source} + teacher", {"f3": f3}, candidate.trial)
 

@@ -14,8 +14,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from evaluators import metric_names as names  # noqa: E402
 from search.analysis.pareto import staircase  # noqa: E402
 from search.engine.history import HypervolumePoint  # noqa: E402
+
+TEST = names.column("f3", "test_accuracy")  # what the front and the baselines are drawn at
 
 
 def _numeric(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
@@ -77,10 +80,10 @@ def _cascades(ax: plt.Axes, c: pd.DataFrame, lat: str, shown: pd.Series) -> None
     inside = c if edge is None else c[c[lat] <= edge]
     beyond = c.drop(index=inside.index)
     if len(inside):
-        ax.scatter(inside[lat], inside["f3_test_accuracy"], marker="D", s=40, c="tab:purple", zorder=4,
+        ax.scatter(inside[lat], inside[TEST], marker="D", s=40, c="tab:purple", zorder=4,
                    label="cascades (expected latency, test)")
     if edge is not None and len(beyond):
-        ax.scatter([edge] * len(beyond), beyond["f3_test_accuracy"], marker=">", s=60, c="tab:purple", zorder=4,
+        ax.scatter([edge] * len(beyond), beyond[TEST], marker=">", s=60, c="tab:purple", zorder=4,
                    label=f"{len(beyond)} cascade(s) beyond the axis, at {beyond[lat].min():.3g}-"
                          f"{beyond[lat].max():.3g} ms (test)")
         ax.set_xlim(right=edge * 1.03)
@@ -88,15 +91,15 @@ def _cascades(ax: plt.Axes, c: pd.DataFrame, lat: str, shown: pd.Series) -> None
 
 def _front(ax: plt.Axes, front: pd.DataFrame, lat: str) -> None:
     """The projection's own non-dominated staircase joined; the other front members marked, not joined."""
-    f = _numeric(front, lat, "f3_test_accuracy")
+    f = _numeric(front, lat, TEST)
     if "state" in f:
         f = f[f["state"] != "FAIL"]
-    steps = staircase(f["f3_test_accuracy"].tolist(), f[lat].tolist())
+    steps = staircase(f[TEST].tolist(), f[lat].tolist())
     on = f.iloc[steps]
     others = f.drop(index=on.index)
-    ax.plot(on[lat], on["f3_test_accuracy"], "o", c="tab:red", ms=6, drawstyle="steps-post", ls="-",
+    ax.plot(on[lat], on[TEST], "o", c="tab:red", ms=6, drawstyle="steps-post", ls="-",
             label="front, non-dominated in this projection (F3, test)")
-    ax.scatter(others[lat], others["f3_test_accuracy"], s=40, facecolors="none", edgecolors="tab:red",
+    ax.scatter(others[lat], others[TEST], s=40, facecolors="none", edgecolors="tab:red",
                label="other front members (kept by other objectives)")
     note = flat_note(f[lat].tolist(), "latency")
     if note:
@@ -116,22 +119,23 @@ def pareto_plot(path: Path, trials: pd.DataFrame, front: pd.DataFrame, baselines
     is_cascade = front["cascade"].fillna(False).astype(bool) if "cascade" in front else pd.Series(False, front.index)
     cascades, front = front[is_cascade], front[~is_cascade]
     for ax, target in zip(axes[0], targets, strict=True):
-        lat = f"latency_{target}"
-        t = _numeric(trials, f"f2_{lat}", "f2_accuracy")
-        ax.scatter(t[f"f2_{lat}"], t["f2_accuracy"], s=14, c="0.65", label="trials (F2, validation)")
-        _front(ax, front, f"f3_{lat}")
-        b = _numeric(baselines, f"f3_{lat}", "f3_test_accuracy")
-        ax.scatter(b[f"f3_{lat}"], b["f3_test_accuracy"], marker="s", s=36, c="tab:blue",
-                   label="baselines (F3, test)")
+        lat = names.latency(target)
+        lat2, lat3 = names.column("f2", lat), names.column("f3", lat)
+        acc2, test3 = names.column("f2", "accuracy"), TEST
+        t = _numeric(trials, lat2, acc2)
+        ax.scatter(t[lat2], t[acc2], s=14, c="0.65", label="trials (F2, validation)")
+        _front(ax, front, lat3)
+        b = _numeric(baselines, lat3, test3)
+        ax.scatter(b[lat3], b[test3], marker="s", s=36, c="tab:blue", label="baselines (F3, test)")
         for _, row in b.iterrows():
-            ax.annotate(str(row.get("label", ""))[:24], (row[f"f3_{lat}"], row["f3_test_accuracy"]), fontsize=6,
+            ax.annotate(str(row.get("label", ""))[:24], (row[lat3], row[test3]), fontsize=6,
                         xytext=(3, 3), textcoords="offset points", color="tab:blue")
         if highlight and lat in highlight:
             ax.scatter([highlight[lat]], [highlight["accuracy"]], marker="*", s=260, c="gold", edgecolors="k",
                        zorder=5, label="this bundle (test)")
-        shown = pd.concat([t[f"f2_{lat}"], _numeric(front, f"f3_{lat}")[f"f3_{lat}"], b[f"f3_{lat}"]])
+        shown = pd.concat([t[lat2], _numeric(front, lat3)[lat3], b[lat3]])
         log = _axis(ax, shown) if len(shown) else False
-        _cascades(ax, _numeric(cascades, f"f3_{lat}", "f3_test_accuracy"), f"f3_{lat}", shown)
+        _cascades(ax, _numeric(cascades, lat3, test3), lat3, shown)
         if not len(shown):
             ax.text(0.5, 0.5, "no trial was scored (all rejected or failed)", ha="center", transform=ax.transAxes)
         ax.set_xlabel(f"modelled latency on {target} (ms{', log scale' if log else ''})")

@@ -18,6 +18,8 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from evaluators import metric_names as names
+from evaluators.metric_names import LEVELS
 from search.analysis.intervals import measured
 from search.analysis.objectives import Constraint
 from search.analysis.objectives import direction
@@ -40,7 +42,6 @@ from spaces.recipe import Recipe
 from spaces.recipe import describe
 from spaces.recipe import weight_bits_label
 
-LEVELS = ("f1", "f2", "f3")
 SKIP = frozenset({"fidelity", "recipe_hash", "apply_seconds", "storage", "accuracy_split", "test_split", "checkpoint"})
 
 
@@ -65,7 +66,8 @@ def interval_columns(level: str, metrics: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for key in ACCURACIES:
         if key in metrics and f"{key}_images" in metrics:
-            row[f"{level}_{key}_low"], row[f"{level}_{key}_high"] = measured(metrics, key).interval
+            low, high = names.interval(names.column(level, key))
+            row[low], row[high] = measured(metrics, key).interval
     return row
 
 
@@ -74,7 +76,7 @@ def metric_columns(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for level in LEVELS:
         for key, value in metrics.get(level, {}).items():
             if key not in SKIP and key != "rejected" and not is_deployment_key(key):
-                row[f"{level}_{key}"] = value
+                row[names.column(level, key)] = value
         row.update(interval_columns(level, metrics.get(level, {})))
     reached = [level for level in LEVELS if level in metrics]
     row["fidelity"] = reached[-1] if reached else ""
@@ -85,7 +87,8 @@ def metric_columns(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def ensure_columns(frame: pd.DataFrame, objectives: tuple[str, ...]) -> pd.DataFrame:
     """Every level's accuracy and objective columns exist, empty when no trial reached them, so scripts
     reading trials.csv never meet a missing column."""
-    wanted = [f"{level}_{m}" for level in LEVELS for m in dict.fromkeys(("accuracy", "accuracy_drop", *objectives))]
+    metrics = dict.fromkeys(("accuracy", "accuracy_drop", *objectives))
+    wanted = [names.column(level, m) for level in LEVELS for m in metrics]
     for column in [*wanted, "f3_test_accuracy"]:
         if column not in frame:
             frame[column] = np.nan
