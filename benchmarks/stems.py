@@ -21,7 +21,7 @@ target; among such stems the cheapest, unless a costlier one is more accurate th
 Otherwise it keeps torchvision's stem.
 
     python -m benchmarks.stems [--steps 200] [--batch 64] [--val 2000] [--archs resnet18 ...]
-                               [--data-root /work/shared/data] [--out docs/stems.md]
+                               [--data-root /work/shared/data] [--out stems_table.md]
 
 Set OMP_NUM_THREADS (the published table used 1 thread). The markdown table is printed and written to --out.
 """

@@ -9,16 +9,16 @@ those do not fit, the plan says so and gives its estimate. The plan is written t
 folder: a resumed run reads it instead of measuring again, so it searches the same space with the same teacher.
 
 The cost model is deliberately simple. Each fresh student's training step is timed on the student itself (a
-smaller network is not a faster one per step: MobileNetV2 with its small stem costs 2.4x the ResNet-50 teacher's
-step at 32 px on a 2-core Xeon), and each (student, distillation, step count) is trained once. A recipe's
+smaller network is not a faster one per step: MobileNetV2 with its small stem costs more than twice the ResNet-50
+teacher's step at 32 px), and each (student, distillation, step count) is trained once. A recipe's
 fine-tuning and evaluation cost what its own network costs: the baselines' networks are known, a searched
 recipe's is the mean over the space's networks. Evaluation is timed per network, float and fake-quantized, because
-it does not scale like training (per image, a fake-quantized MobileNetV2 cost about 10x the float teacher before
-fake quantization ran in place in evaluation, where its training step costs 2.2x): the images a recipe is scored
-on run at its quantized rate, calibration and BN statistics at the float one. MO-ASHA promotes 1/eta of the
-trials. When the profile does not fit, every step count (students at each level, F2 and F3 fine-tuning)
-shrinks by one common factor k, found by bisection, and the trial count by sqrt(k): F3 never gets fewer steps
-than F2, and the search keeps its breadth.
+it does not scale like training (per image, a fake-quantized network costs far more than its training step's ratio
+to the teacher's says): the images a recipe is scored on run at its quantized rate, calibration and BN statistics
+at the float one. MO-ASHA promotes 1/eta of the trials. When the profile does not fit, every step count (students
+at each level, F2 and F3 fine-tuning) shrinks by one common factor k, found by bisection, and the trial count by
+sqrt(k): F3 never gets fewer steps than F2, and the search keeps its breadth. The measurements behind these rules
+are in docs/results/sizing/README.md.
 """
 
 from __future__ import annotations
@@ -69,12 +69,12 @@ MAX_GROWTH = 4  # a loose budget multiplies the profile's teacher epochs and tri
 WARM_STEPS = 1
 TIMED_STEPS = 2
 # The teacher's step prices most of the run (its epochs, and every fine-tune and evaluation scales from it): timed
-# longer. Plan-only runs minutes apart on one 2-core Xeon measured it between 0.90 and 1.52 s with 1 + 2 steps.
+# longer, because a short timing varied widely between runs minutes apart (docs/results/sizing/README.md).
 TEACHER_WARM_STEPS = 2
 TEACHER_TIMED_STEPS = 3
 EVAL_TIMED = 64  # images per timed evaluation batch
-# Seconds per evaluation job beyond its steps and images (building the recipe, cost models, the sampler): the
-# MNIST smoke study spends about 0.7 s per F1 trial where its steps and images predict 0.1 s.
+# Seconds per evaluation job beyond its steps and images (building the recipe, cost models, the sampler): a small
+# network's F1 trial costs several times what its steps and images predict (docs/results/sizing/README.md).
 JOB_OVERHEAD_S = 0.5
 
 
@@ -100,13 +100,12 @@ class StepTimes:
     eval_image: float
     student_step: dict[str, float] = field(default_factory=dict)  # per fresh student network, its batch size
     # Seconds per evaluated image of each network ("teacher": the teacher's), as it is (float) and fake-quantized
-    # (8-bit PTQ): neither scales like training. At 32 px on a 2-core Xeon a fake-quantized MobileNetV2 costs
-    # about 10x the float ResNet-50 teacher per image, where its training step costs 2.2x.
+    # (8-bit PTQ): neither scales like training (measured: docs/results/sizing/README.md).
     eval_float: dict[str, float] = field(default_factory=dict)
     eval_quant: dict[str, float] = field(default_factory=dict)
     # The teacher's arithmetic when `auto` could choose: bf16 and fp32 both timed on a CPU with bf16 instructions,
-    # the faster kept ("": nothing to choose). Such a CPU is not always faster in bf16: on one 2-core Xeon with AMX
-    # a ResNet-50 step took 1.55 s in bf16 and 1.26 s in fp32 on a day when it is usually 1.2-1.3x faster.
+    # the faster kept ("": nothing to choose). Such a CPU is not always faster in bf16, even where it usually is
+    # (docs/results/sizing/README.md).
     teacher_precision: str = ""
     teacher_steps: dict[str, float] = field(default_factory=dict)  # seconds per step in each arithmetic timed
 
@@ -555,7 +554,7 @@ def _teacher_steps(config: TrainConfig, network: Callable[[], nn.Module], splits
 def _eval_batches(config: StudyConfig, splits: Splits, batcher: Batcher, device: torch.device
                   ) -> list[torch.Tensor]:
     """A warm-up batch and a timed one of the evaluation batch size (at most EVAL_TIMED images: a fake-quantized
-    MobileNetV2 takes about 27 ms per image on 2 cores)."""
+    small-stem network is slow per image on a small CPU; docs/results/sizing/README.md)."""
     size = min(config.fidelity.f1.budget.eval_batch_size, EVAL_TIMED)
     return [x for x, _ in batcher.eval_batches(splits.val.first(2 * size), size, device=device)]
 

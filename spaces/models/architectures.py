@@ -8,7 +8,7 @@ Stems: torchvision's networks downsample 32x before their last stage (a stride-2
 then strided stages), which is right at 224 px and leaves one cell at CIFAR's 32 px: MobileNetV2 and
 SqueezeNet then end in 1x1 feature maps. A network may declare a small-input ("CIFAR") stem, and its
 `StemRule` picks it below a resolution; the choice is made here, from the input resolution, never per study.
-Which students get one, and why, is measured by `python -m benchmarks.stems` (docs/stems.md).
+Which students get one, and why, is measured by `python -m benchmarks.stems` (docs/results/stems/README.md).
 """
 
 from __future__ import annotations
@@ -240,8 +240,9 @@ THESIS_HEADS = {
     "squeezenet1_0": ("SqueezeNet 1.0; keeps its 512->classes 1x1 conv classifier", []),
     "squeezenet1_1": ("SqueezeNet 1.1; keeps its 512->classes 1x1 conv classifier", []),
 }
-# The students' small stems below SMALL_INPUT_BELOW px, as `python -m benchmarks.stems` chose them (docs/stems.md):
-# more accurate than torchvision's stem beyond the 95% interval, and still faster than the teacher on every target.
+# The students' small stems below SMALL_INPUT_BELOW px, as `python -m benchmarks.stems` chose them
+# (docs/results/stems/README.md): more accurate than torchvision's stem beyond the 95% interval, and still faster
+# than the teacher on every target.
 # - The teacher (resnet50) keeps torchvision's stem at every resolution: a small stem would cost it about 16x the
 #   MACs, change every cached teacher and break the comparison with the thesis's ResNet-50.
 # - ResNet-18 keeps torchvision's: its 3x3 stem is 8 points more accurate but costs 15x the MACs and predicts

@@ -123,17 +123,28 @@ def test_python_api_takes_torch_datasets(workspace: Path) -> None:
     assert baseline["teacher"]["dataset"] == "memory" and len(result.trials) == 2
 
 
-def readme_block(name: str) -> str:
-    """The fenced block after `<!-- readme-test: NAME -->` in the README's "Compress your own model"."""
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+REPO = Path(__file__).resolve().parents[2]
+OWN_MODEL_GUIDE = "docs/guides/own-model-and-data.md"
+
+
+def readme_block(name: str, doc: str = OWN_MODEL_GUIDE) -> str:
+    """The fenced block after `<!-- readme-test: NAME -->` in the markdown file `doc` (relative to the repository):
+    the blocks a user copies from the README and the docs, run here as written."""
+    text = (REPO / doc).read_text()
+    assert text.count(f"<!-- readme-test: {name} -->") == 1, f"{doc} must mark exactly one block {name!r}"
     after = text.split(f"<!-- readme-test: {name} -->", 1)[1]
     return after.split("```", 2)[1].split("\n", 1)[1]
 
 
+def test_the_readme_example_is_the_guides_tested_snippet() -> None:
+    """The README's ten-line Python example is the guide's snippet, which the test below runs: one text, tested."""
+    assert readme_block("python", "README.md") == readme_block("python")
+
+
 def test_every_command_of_the_readme_section_runs(workspace: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's "Compress your own model", as a user follows it, in a folder laid out as it says: its study
-    file (with this file's small budgets appended, which the README tells users how to add), its three commands
+    """docs/guides/own-model-and-data.md, as a user follows it, in a folder laid out as it says: its study
+    file (with this file's small budgets appended, which the guide tells users how to add), its three commands
     (the CLI path: checkpoint + ImageFolder -> front -> bundle -> verify) and its Python snippet (the API path).
     The commands run through their `main`, in this process, to spare the interpreter start-up of each."""
     import importlib
@@ -163,7 +174,7 @@ def test_every_command_of_the_readme_section_runs(workspace: Path, tmp_path: Pat
     assert metrics["recipe_hash"] == front[front["knee"]].iloc[0]["recipe_hash"]
 
     namespace: dict = {}
-    exec(compile(readme_block("python"), "README.md (Python snippet)", "exec"), namespace)  # noqa: S102
+    exec(compile(readme_block("python"), f"{OWN_MODEL_GUIDE} (Python snippet)", "exec"), namespace)  # noqa: S102
     result = namespace["result"]
     assert isinstance(result.trials, pd.DataFrame) and len(result.trials) == 6
     assert isinstance(result.front, pd.DataFrame) and len(result.front) >= 1 and result.knee is not None

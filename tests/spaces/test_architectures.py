@@ -73,7 +73,7 @@ SMALL_STEMMED = [n for n in list_architectures() if get_architecture(n).stem_rul
 
 
 def test_the_students_have_small_stems_and_the_teacher_does_not() -> None:
-    # what benchmarks.stems measured (docs/stems.md)
+    # what benchmarks.stems measured (docs/results/stems/README.md)
     assert set(SMALL_STEMMED) == {"mobilenet_v2", "squeezenet1_0", "squeezenet1_1"}
     assert stem_of("resnet50", 32) == stem_of("resnet18", 32) == stem_of("torchvision:mobilenet_v2", 32) \
         == Stem.IMAGENET

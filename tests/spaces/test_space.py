@@ -124,7 +124,8 @@ def test_sensitivity_grouping_samples_two_numbers_whatever_the_depth() -> None:
             SpaceConfig(grouping="sensitivity", **bad)
     built = build(SpaceConfig, {"grouping": "sensitivity", "layer_precisions": [8, 16, 32]}, "study.toml [space]")
     assert built.layer_precisions == (8, 16, 32) and built.grouping == BitGrouping.SENSITIVITY
-    readme = build(SpaceConfig, tomllib.loads(readme_block("space"))["space"], "README.md [space]")
+    guide = "docs/guides/search-and-budget.md"
+    readme = build(SpaceConfig, tomllib.loads(readme_block("space", guide))["space"], f"{guide} [space]")
     assert readme.grouping == BitGrouping.SENSITIVITY and readme.high_fraction_max == 0.3
 
 
