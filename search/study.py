@@ -32,6 +32,7 @@ from search.context import Context
 from search.context import size_notes
 from search.deploy_resolution import DeployResolution
 from search.deployment import append_deployment_section
+from search.hardware_notes import append_hardware_notes
 from search.history import hypervolume_history
 from search.plots import hypervolume_plot
 from search.plots import pareto_plot
@@ -238,6 +239,7 @@ def write_outputs(ctx: Context, study: optuna.Study, front_: list[final.Candidat
     results.write_report(out / "report.md", header, front_, base, objectives, summary,
                          hypervolume_plot="hypervolume.png")
     append_deployment_section(out / "report.md", front_, ctx.config.hardware.targets, ctx.config.hardware.storage)
+    append_hardware_notes(out / "report.md", ctx.config.hardware)
     cascade_study.append_report(out / "report.md", cascades, joined, ctx.config.hardware.names)
     plan = sizing.sized_by(out, ctx.config)
     if plan is not None:
