@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from benchmarks.learning_curve import subset
+from benchmarks.rpi5_transfer import rows_of
+from benchmarks.rpi5_transfer import score_transfers
 from hardware_models import estimate
 from hardware_models.calibrate import Calibration
 from hardware_models.calibrate import choose_policy
@@ -175,10 +177,18 @@ def rpi5() -> list[str]:
     moved = to_rpi5_params(load_builtin("rpi4").params)
     theta = to_theta(model.params, {**model.defaults(), **{k: v for k, v in moved.items() if k in model.defaults()}})
     transferred = calibration.predict(theta, rows)
+    transfers = score_transfers()  # the two Pi 4 -> Pi 5 transfers, family out (benchmarks.rpi5_transfer)
+    at = rows_of(calibration.table, transfers.pairs, "rpi5")
+    naive, none = result.baseline[at], np.zeros(len(at), bool)
     return [score("rpi5 / rpi_runtimes.csv / ncnn, own rows (family out)", rows, result.predicted, result.baseline, y,
                   result.covered, f"{len(family_folds([r.spec for r in calibration.table.rows]))} families").markdown(),
             score("rpi5 / rpi_runtimes.csv / ncnn, the rpi4 fit transferred (no Pi 5 row used)", rows, transferred,
-                  result.baseline, y, np.zeros(y.size, bool), "coverage not applicable").markdown()]
+                  result.baseline, y, np.zeros(y.size, bool), "old clock rule; coverage not applicable").markdown(),
+            score("rpi5 / ncnn, the rpi4 fit moved by the clock rule (family out)", range(len(at)), transfers.old,
+                  naive, transfers.measured, none, "the Pi 4 fit refitted without the family").markdown(),
+            score("rpi5 / ncnn, the rpi4 fit moved by the ncnn Pi 5/Pi 4 ratio (family out)", range(len(at)),
+                  transfers.ratio, naive, transfers.measured, none, "what rpi5's onnxruntime now uses; Pi 4 fit "
+                  "and ratio without the family").markdown()]
 
 
 def split_scores(by_policy: dict[str, Calibration], train: Sequence[int], test: Sequence[int],
@@ -288,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in section():
             print(line, flush=True)
     print("\nzcu102 and kv260 have no measurements of their own (transferred from zcu104): not scored. rpi5's "
-          "onnxruntime parameters are rpi4's transferred (no Pi 5 onnxruntime rows): not scored.\n")
+          "onnxruntime parameters are rpi4's moved by the ncnn Pi 5 / Pi 4 ratio (no Pi 5 onnxruntime rows): "
+          "scored only through the ncnn rows above (python -m benchmarks.rpi5_transfer).\n")
     if not args.quick:
         print("\n".join(alternatives()) + "\n")
     for line in ([] if args.quick else host()) + speed():
