@@ -179,15 +179,15 @@ def rpi5() -> list[str]:
     transferred = calibration.predict(theta, rows)
     transfers = score_transfers()  # the two Pi 4 -> Pi 5 transfers, family out (benchmarks.rpi5_transfer)
     at = rows_of(calibration.table, transfers.pairs, "rpi5")
-    naive, none = result.baseline[at], np.zeros(len(at), bool)
+    naive = result.baseline[at]
     return [score("rpi5 / rpi_runtimes.csv / ncnn, own rows (family out)", rows, result.predicted, result.baseline, y,
                   result.covered, f"{len(family_folds([r.spec for r in calibration.table.rows]))} families").markdown(),
             score("rpi5 / rpi_runtimes.csv / ncnn, the rpi4 fit transferred (no Pi 5 row used)", rows, transferred,
                   result.baseline, y, np.zeros(y.size, bool), "old clock rule; coverage not applicable").markdown(),
             score("rpi5 / ncnn, the rpi4 fit moved by the clock rule (family out)", range(len(at)), transfers.old,
-                  naive, transfers.measured, none, "the Pi 4 fit refitted without the family").markdown(),
+                  naive, transfers.measured, None, "the Pi 4 fit refitted without the family").markdown(),
             score("rpi5 / ncnn, the rpi4 fit moved by the ncnn Pi 5/Pi 4 ratio (family out)", range(len(at)),
-                  transfers.ratio, naive, transfers.measured, none, "what rpi5's onnxruntime now uses; Pi 4 fit "
+                  transfers.ratio, naive, transfers.measured, None, "what rpi5's onnxruntime now uses; Pi 4 fit "
                   "and ratio without the family").markdown()]
 
 
