@@ -24,6 +24,8 @@ import torch
 
 from benchmarks.learning_curve import data
 from benchmarks.learning_curve import subset
+from benchmarks.rpi5_transfer import rows_of
+from benchmarks.rpi5_transfer import score_transfers
 from hardware_models import estimate
 from hardware_models.calibration.fit import Calibration
 from hardware_models.calibration.fit import choose_policy
@@ -32,12 +34,6 @@ from hardware_models.calibration.fit import leave_family_out
 from hardware_models.calibration.fit import leave_one_out
 from hardware_models.calibration.fit import prepare
 from hardware_models.calibration.fit import with_graph_policy
-from hardware_models.calibration.validation import coverage
-from hardware_models.calibration.validation import executed_signature
-from hardware_models.calibration.validation import family_folds
-from hardware_models.calibration.validation import family_of
-from hardware_models.calibration.validation import naive_macs
-from hardware_models.calibration.validation import replicate_agreement
 from hardware_models.estimators.host import measure
 from hardware_models.fitting.intervals import conformal_halfwidth
 from hardware_models.fitting.least_squares import mape
@@ -46,6 +42,12 @@ from hardware_models.fitting.least_squares import to_theta
 from hardware_models.fitting.least_squares import within
 from hardware_models.graph.executed import POLICIES
 from hardware_models.graph.specs import build_network
+from hardware_models.measurements.validation import coverage
+from hardware_models.measurements.validation import executed_signature
+from hardware_models.measurements.validation import family_folds
+from hardware_models.measurements.validation import family_of
+from hardware_models.measurements.validation import naive_macs
+from hardware_models.measurements.validation import replicate_agreement
 from hardware_models.profiles import load_builtin
 from hardware_models.targets import to_rpi5_params
 
@@ -172,10 +174,18 @@ def rpi5() -> list[str]:
     moved = to_rpi5_params(load_builtin("rpi4").params)
     theta = to_theta(model.params, {**model.defaults(), **{k: v for k, v in moved.items() if k in model.defaults()}})
     transferred = calibration.predict(theta, rows)
+    transfers = score_transfers()  # the two Pi 4 -> Pi 5 transfers, family out (benchmarks.rpi5_transfer)
+    at = rows_of(calibration.table, transfers.pairs, "rpi5")
+    naive = result.baseline[at]
     return [score("rpi5 / rpi_runtimes.csv / ncnn, own rows (family out)", rows, result.predicted, result.baseline, y,
                   result.covered, f"{len(family_folds([r.spec for r in calibration.table.rows]))} families").markdown(),
             score("rpi5 / rpi_runtimes.csv / ncnn, the rpi4 fit transferred (no Pi 5 row used)", rows, transferred,
-                  result.baseline, y, np.zeros(y.size, bool), "coverage not applicable").markdown()]
+                  result.baseline, y, np.zeros(y.size, bool), "old clock rule; coverage not applicable").markdown(),
+            score("rpi5 / ncnn, the rpi4 fit moved by the clock rule (family out)", range(len(at)), transfers.old,
+                  naive, transfers.measured, None, "the Pi 4 fit refitted without the family").markdown(),
+            score("rpi5 / ncnn, the rpi4 fit moved by the ncnn Pi 5/Pi 4 ratio (family out)", range(len(at)),
+                  transfers.ratio, naive, transfers.measured, None, "what rpi5's onnxruntime now uses; Pi 4 fit "
+                  "and ratio without the family").markdown()]
 
 
 def split_scores(by_policy: dict[str, Calibration], train: Sequence[int], test: Sequence[int],
@@ -285,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in section():
             print(line, flush=True)
     print("\nzcu102 and kv260 have no measurements of their own (transferred from zcu104): not scored. rpi5's "
-          "onnxruntime parameters are rpi4's transferred (no Pi 5 onnxruntime rows): not scored.\n")
+          "onnxruntime parameters are rpi4's moved by the ncnn Pi 5 / Pi 4 ratio (no Pi 5 onnxruntime rows): "
+          "scored only through the ncnn rows above (python -m benchmarks.rpi5_transfer).\n")
     if not args.quick:
         print("\n".join(alternatives()) + "\n")
     for line in ([] if args.quick else host()) + speed():

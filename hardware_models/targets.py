@@ -4,7 +4,8 @@ A new board is one decorated function returning a `TargetSpec`; the contract tes
 registry. Targets without measurements of their own (ZCU102, KV260) are calibrated on a sibling board's
 rows - each row interpreted with the board it was measured on - and then transferred, with the assumption
 written into the profile. The Raspberry Pi 5 is fitted on its own ncnn rows; its onnxruntime parameters
-(no Pi 5 onnxruntime measurement exists) are the Pi 4 fit transferred, and the profile says so.
+(no Pi 5 onnxruntime measurement exists) are the Pi 4 fit moved by the Pi 5 / Pi 4 speed ratio that ncnn
+measured on both boards (`hardware_models.estimators.board_ratio`), and the profile says so.
 """
 
 from __future__ import annotations
@@ -24,12 +25,16 @@ from hardware_models.capability import RuntimeSupport
 from hardware_models.capability import deploy
 from hardware_models.estimators.arm import ARM_BOARDS
 from hardware_models.estimators.arm import ArmModel
+from hardware_models.estimators.board_ratio import SpeedRatio
+from hardware_models.estimators.board_ratio import move_params
+from hardware_models.estimators.board_ratio import packaged_speed_ratio
 from hardware_models.estimators.costmodel import CostModel
 from hardware_models.estimators.dpu import DPU_ACTIVATIONS
 from hardware_models.estimators.dpu import DPU_BOARDS
 from hardware_models.estimators.dpu import RUNTIMES as DPU_RUNTIMES
 from hardware_models.estimators.dpu import DpuModel
 from hardware_models.estimators.dpu import config_of
+from hardware_models.estimators.int8_speed import transferred
 from hardware_models.fitting.intervals import borrow_interval
 from hardware_models.graph.executed import Network
 from hardware_models.power import BUILTIN_POWER
@@ -87,9 +92,9 @@ def builtin_power(target: str) -> PowerModel:
 
 
 # -- transfers to boards without measurements -------------------------------------------------------
-# Raspberry Pi 5 vs 4: the A76 keeps the A72's two 128-bit NEON pipes; we give it no per-cycle credit
-# (not for its wider out-of-order core, nor for the SDOT int8 instructions ncnn can use - a conservative
-# choice) and scale memory by the nominal LPDDR4X-4267 / LPDDR4-3200 transfer rates.
+# The rule the Pi 5 transfer used before the ncnn ratio (kept for comparison, benchmarks.rpi5_transfer): the
+# A76 gets no per-cycle credit over the A72, memory scales by the nominal LPDDR4X-4267 / LPDDR4-3200 rates,
+# fixed costs by the clock. It predicts the measured Pi 5 ncnn rows about 4x too slow.
 RPI5_COMPUTE_PER_CYCLE = 1.0
 RPI5_MEMORY_RATIO = 4267.0 / 3200.0
 # Runtimes the packaged data measures on the Pi 5 itself: never overwritten by a transfer from the Pi 4 (a
@@ -98,7 +103,8 @@ RPI5_MEASURED_RUNTIMES = ("ncnn.",)
 
 
 def to_rpi5_params(params: Mapping[str, float]) -> dict[str, float]:
-    """A Pi 4 parameter set moved to the Pi 5 by the rule above (clock via the case, memory, fixed costs)."""
+    """A Pi 4 parameter set moved to the Pi 5 by the clock/memory rule above (clock via the case, memory, fixed
+    costs): the old transfer, kept as the comparison for the ncnn-ratio one."""
     clock_ratio = ARM_BOARDS["rpi4"].clock_ghz / ARM_BOARDS["rpi5"].clock_ghz
     out = {}
     for name, value in params.items():
@@ -117,42 +123,64 @@ def fitted_or_borrowed(profile: Profile) -> set[str]:
     return {*profile.calibration.get("fitted_groups", ()), *profile.calibration.get("unmeasured_groups", {})}
 
 
-def _complete_rpi5(profile: Profile) -> Profile:
-    """The Pi 5 fit (its own ncnn rows) completed with the built-in Pi 4 profile's other runtimes, transferred.
+def group_precision(profile: Profile, group: str) -> str:
+    """The precision whose rows a group's parameters were fitted on: a borrowed group's source's."""
+    origin = profile.calibration.get("unmeasured_groups", {}).get(group, [group])[0]
+    return origin.split(".")[1]
 
-    Measured Pi 5 rows beat a transfer where they exist: on the 33 measured Pi 5 ncnn rows the pure transfer
-    of the Pi 4 ncnn fit has a MAPE of 313% (it predicts them about 4x too slow: the A76 does far more per
-    cycle than this rule credits, and the Pi 5 rows come from a newer ncnn), while fitting them directly
-    scores 32% leave-family-out (`python -m benchmarks.hardware_accuracy --quick`). onnxruntime has no Pi 5
-    rows, so its parameters are the Pi 4 onnxruntime fit moved by the same rule - pessimistic, and said so in
-    the profile - with a widened interval.
+
+def to_rpi5_by_ratio(rpi4: Profile, groups: Sequence[str], ratio: SpeedRatio) -> dict[str, float]:
+    """The Pi 4 parameters of `groups`, each moved by the ncnn ratio of the precision it was fitted at."""
+    out = {}
+    for group in groups:
+        mine = {n: v for n, v in rpi4.params.items() if n.startswith(group)}
+        out.update(move_params(mine, ratio.of(group_precision(rpi4, group))))
+    return out
+
+
+def _ratio_text(ratio: SpeedRatio) -> str:
+    return "; ".join(f"{p} x{r:.2f} (geometric mean of {ratio.pairs[p]} pairs, {ratio.low[p]:.1f}x-"
+                     f"{ratio.high[p]:.1f}x)" for p, r in ratio.ratio.items())
+
+
+def _complete_rpi5(profile: Profile) -> Profile:
+    """The Pi 5 fit (its own ncnn rows) completed with the built-in Pi 4 profile's other runtimes, moved by the
+    Pi 5 / Pi 4 speed ratio ncnn measured on both boards (`board_ratio`).
+
+    Measured Pi 5 rows beat a transfer where they exist: fitted directly, the Pi 5 ncnn rows score about 20%
+    leave-family-out. onnxruntime has no Pi 5 rows: its parameters are the Pi 4 onnxruntime fit divided by the
+    ncnn ratio (the profile says so, and its interval is widened); the per-runtime thread scaling is kept.
     """
-    rpi4 = load_builtin("rpi4")
+    rpi4, ratio = load_builtin("rpi4"), packaged_speed_ratio()
     cal = dict(profile.calibration)
     fitted = set(cal.get("fitted_groups", ()))
-    moved = to_rpi5_params(rpi4.params)
     groups = sorted(fitted_or_borrowed(rpi4) - fitted - set(cal.get("unmeasured_groups", {}))
                     - {g for g in fitted_or_borrowed(rpi4) if g.startswith(RPI5_MEASURED_RUNTIMES)})
     params = dict(profile.params)
-    params.update({n: v for n, v in moved.items() if n in params and n.startswith(tuple(groups))})
+    params.update({n: v for n, v in to_rpi5_by_ratio(rpi4, groups, ratio).items() if n in params})
     unmeasured = dict(cal.get("unmeasured_groups", {}))
     for group in groups:
         why = rpi4.calibration.get("unmeasured_groups", {}).get(group, [group, ""])[1]
         unmeasured[group] = [group, f"no {group.strip('.').replace('.', ' ')} measurement on a Raspberry Pi 5: "
-                             "the Pi 4 fit is transferred (same work per cycle, clock 2.4/1.8, memory "
-                             f"x{RPI5_MEMORY_RATIO:.3f}){'; ' + why if why else ''}"]
+                             f"the Pi 4 fit is moved by the Pi 5 / Pi 4 {ratio.runtime} speed ratio "
+                             f"(x{ratio.of(group_precision(rpi4, group)):.2f}){'; ' + why if why else ''}"]
     cal["unmeasured_groups"] = unmeasured
     cal["threads_measured"] = {**cal.get("threads_measured", {}),
                                **{g: t for g, t in rpi4.calibration.get("threads_measured", {}).items() if g in groups}}
+    cal["transfer"] = {**ratio.to_json(), "groups": groups}
+    moved = [g.partition(".")[0] for g in groups if g.endswith(".int8.")]
+    cal["int8_speed"] = {**transferred(rpi4.calibration.get("int8_speed", {}), moved, "the Raspberry Pi 4's, moved "
+                                       f"to the Pi 5 by the {ratio.runtime} ratio"), **cal.get("int8_speed", {})}
     if "interval" in cal and "interval" in rpi4.calibration:
         cal["interval"] = borrow_interval(cal["interval"], {g: g for g in groups}, rpi4.calibration["interval"])
     notes = (f"Raspberry Pi 5 {', '.join(g.strip('.') for g in sorted(fitted))} parameters are fitted on its own "
              f"rows ({cal.get('measurements', '?')}); "
              f"{', '.join(g.strip('.') for g in groups)} have no Pi 5 measurement and are the Raspberry Pi 4 "
-             "profile transferred to 4 x Cortex-A76 at 2.4 GHz: same work per cycle as the A72 (conservative), "
-             f"memory bandwidth x{RPI5_MEMORY_RATIO:.3f} (LPDDR4X-4267 vs LPDDR4-3200), fixed per-layer costs "
-             "scaled by the clock ratio; expect them to be pessimistic: the same transfer of the Pi 4 ncnn fit "
-             "predicts the measured Pi 5 ncnn rows several times too slow (python -m benchmarks.hardware_accuracy)",)
+             f"profile moved by the Pi 5 / Pi 4 latency ratio {ratio.runtime} measured on both boards "
+             f"({_ratio_text(ratio)}; every term of a Pi 4 prediction divided by it). The ratio carries more than "
+             "the board: benchncnn computes fp32 models in fp16 on the Pi 5's Cortex-A76 (not on the Pi 4's A72), "
+             "which onnxruntime's fp32 kernels do not, and the Pi 5 rows come from a newer ncnn; expect the "
+             "transferred predictions to be optimistic (python -m benchmarks.rpi5_transfer)",)
     return dataclasses.replace(profile, params=params, calibration=cal, assumptions=profile.assumptions + notes,
                                runtimes=tuple(sorted({*profile.runtimes, *rpi4.runtimes})))
 

@@ -36,15 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware_models.calibration.measurements import Measurement
-from hardware_models.calibration.measurements import MeasurementTable
-from hardware_models.calibration.measurements import board_key
-from hardware_models.calibration.measurements import deduplicate
-from hardware_models.calibration.measurements import load_tables
-from hardware_models.calibration.measurements import only_board
-from hardware_models.calibration.validation import family_folds
+from hardware_models.calibration import int8_fit
 from hardware_models.estimators import arm
 from hardware_models.estimators import dpu
+from hardware_models.estimators import int8_speed
 from hardware_models.estimators.costmodel import Case
 from hardware_models.estimators.costmodel import CostModel
 from hardware_models.estimators.costmodel import LayerTable
@@ -61,6 +56,13 @@ from hardware_models.fitting.least_squares import within
 from hardware_models.graph.executed import POLICIES
 from hardware_models.graph.executed import extract_spec
 from hardware_models.graph.executed import with_policy
+from hardware_models.measurements.table import Measurement
+from hardware_models.measurements.table import MeasurementTable
+from hardware_models.measurements.table import board_key
+from hardware_models.measurements.table import deduplicate
+from hardware_models.measurements.table import load_tables
+from hardware_models.measurements.table import only_board
+from hardware_models.measurements.validation import family_folds
 from hardware_models.profiles import Profile
 from hardware_models.profiles import builtin_profile_path
 from hardware_models.profiles import load_profile
@@ -151,8 +153,14 @@ def fit_rows(calibration: Calibration, rows: Sequence[int], theta0: np.ndarray, 
     groups: dict[str, list[int]] = {}
     for i in rows:
         groups.setdefault(model.group_key(cases[i]), []).append(i)
-    for key, members in sorted(groups.items()):
+    for key, members in sorted(groups.items()):  # fp32 before int8: a tied int8 group follows its fp32 fit
         stacked = calibration.stacked(members)
+        y = np.array([calibration.table.rows[i].latency_ms for i in members])
+        if int8_speed.tied_source(key):  # one int8 speed factor on the fp32 group, fitted to the int8/fp32 ratios
+            y = int8_fit.ratio_targets(calibration, key, members, rows, theta)
+            theta = int8_fit.fit_factor(model, stacked, y, theta, key, calibration.prior, calibration.prior_weight,
+                                          restarts)
+            continue
         free = np.zeros(theta.size, bool)
         free[model.group_params(key)] = True
 
@@ -160,7 +168,6 @@ def fit_rows(calibration: Calibration, rows: Sequence[int], theta0: np.ndarray, 
             return model.predict_theta(t, s)
 
         free = identifiable(predict, theta, free)
-        y = np.array([calibration.table.rows[i].latency_ms for i in members])
         theta = fit_log(predict, y, theta, free, restarts=restarts, prior=calibration.prior,
                         prior_weight=calibration.prior_weight)
     return theta
@@ -345,6 +352,9 @@ def make_profile(calibration: Calibration, loo: np.ndarray | None = None,
     if spec.family == "arm":
         params, borrowed = arm.borrow_unmeasured(params, summary["fitted_groups"])
         summary["unmeasured_groups"] = {g: list(v) for g, v in borrowed.items()}
+        summary["int8_speed"] = int8_fit.summarize(params, [model.group_key(c) for c in calibration.cases],
+                                                     calibration.table.rows, y, fitted, borrowed,
+                                                     calibration.table.name)
         summary["threads_measured"].update({g: summary["threads_measured"][v[0]] for g, v in borrowed.items()})
         if "interval" in summary:
             summary["interval"] = borrow_interval(summary["interval"], {g: v[0] for g, v in borrowed.items()})
@@ -436,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"prior: {calibration.prior_source} (weight {calibration.prior_weight:g})")
     print(_report(calibration, loo, family_out))
     profile = make_profile(calibration, loo, family_out)
+    for runtime, entry in profile.calibration.get("int8_speed", {}).items():
+        print(int8_speed.describe(runtime, entry))
     out = builtin_profile_path(args.target) if args.builtin else args.out
     if out:
         save_profile(profile, out)

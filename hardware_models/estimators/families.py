@@ -10,6 +10,7 @@ from torch import nn
 from hardware_models.estimators import arm
 from hardware_models.estimators import dpu
 from hardware_models.estimators import host
+from hardware_models.estimators import int8_speed
 from hardware_models.estimators.costmodel import Case
 from hardware_models.estimators.costmodel import LayerTable
 from hardware_models.estimators.costmodel import Prediction
@@ -174,6 +175,9 @@ def _arm(model: nn.Module, network: Network, profile: Profile, options: Options)
     result = {"measured": False, "deployable": True, "reason": None, "precision": mixed,
               "threads": threads, "runtime": runtime, **_timing(latency, watts, profile.power.source), **band,
               "assumptions": [*profile.assumptions, *profile.power.notes, *notes, band["interval_note"]]}
+    speed = int8_speed.of_profile(profile.calibration, runtime) if "int8" in (precision, *kernels.values()) else None
+    if speed:  # measured by the user's rows, or the assumption metrics.json and report.md then repeat
+        result["int8_speed"] = speed
     if options.per_layer:
         result["per_layer"] = _per_layer(table, prediction)
     return result

@@ -20,6 +20,7 @@ from search.pipeline.study import Log
 from search.pipeline.study import reference_box
 from search.report import tables as results
 from search.report.deployment import append_deployment_section
+from search.report.hardware_notes import append_hardware_notes
 from search.report.plots import hypervolume_plot
 from search.report.plots import pareto_plot
 from search.sizing import plan as sizing
@@ -83,6 +84,7 @@ def _write(ctx: Context, study: optuna.Study, front_: list[final.Candidate], bas
     results.write_report(out / "report.md", header, front_, base, objectives, summary,
                          hypervolume_plot="hypervolume.png")
     append_deployment_section(out / "report.md", front_, ctx.config.hardware.targets, ctx.config.hardware.storage)
+    append_hardware_notes(out / "report.md", ctx.config.hardware)
     cascade_study.append_report(out / "report.md", cascades, joined, ctx.config.hardware.names)
     plan = sizing.sized_by(out, ctx.config)
     if plan is not None:

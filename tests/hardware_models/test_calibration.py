@@ -17,12 +17,12 @@ from hardware_models import estimate
 from hardware_models.calibration.fit import main as calibrate_main
 from hardware_models.calibration.fit import make_profile
 from hardware_models.calibration.fit import prepare
-from hardware_models.calibration.measurements import load_measurements
 from hardware_models.fitting.least_squares import fit_log
 from hardware_models.fitting.least_squares import mape
 from hardware_models.fitting.least_squares import spearman
 from hardware_models.fitting.least_squares import to_theta
 from hardware_models.fitting.least_squares import within
+from hardware_models.measurements.table import load_measurements
 from hardware_models.profiles import builtin_profile_path
 from hardware_models.targets import get_target
 

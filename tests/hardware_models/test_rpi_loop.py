@@ -67,6 +67,10 @@ def test_benchmark_rows_calibrate_a_profile_that_a_study_predicts_with(tmp_path:
         out = tmp_path / "bundles" / f"p{int(ratio * 10)}"
         write_bundle(model, recipe, splits, batcher, out, predicted=predicted, network="small_cnn", calib_images=16,
                      test_images=8)
+        # No onnxruntime int8 row backs the built-in rpi4 profile: the bundle's metrics.json says its int8 speed
+        # is an assumption.
+        speed = json.loads((out / "metrics.json").read_text())["predicted"]["rpi4"]["int8_speed"]
+        assert (speed["basis"], speed["factor"]) == ("assumed", 1.0)
         config = json.loads((out / "rpi" / "preprocess.json").read_text())
         assert (config["runtime"], config["threads"], config["predicted_by"]) == ("onnxruntime", 1, "rpi4")
         for onnx in ("model.onnx", "model_int8.onnx"):
@@ -87,6 +91,16 @@ def test_benchmark_rows_calibrate_a_profile_that_a_study_predicts_with(tmp_path:
     assert profile["calibration"]["rows_used"] == 6
     assert set(profile["calibration"]["fitted_groups"]) == {"onnxruntime.fp32.", "onnxruntime.int8."}
     assert profile["default_runtime"] == "onnxruntime" and profile["default_threads"] == 1
+    # Both files of each bundle were timed: the int8 speed is fitted from this host's rows, not assumed, and the
+    # profile's fp32 / int8 latency ratio follows the one measured (whichever way it points: int8 was 1.6x slower
+    # than fp32 for these 32x32 networks on this host before the issue-26 export).
+    speed = profile["calibration"]["int8_speed"]["onnxruntime"]
+    assert (speed["basis"], speed["rows"], speed["networks_at_both"]) == ("measured", 3, 3)
+    by_bundle = {(r["spec"].rsplit("/", 2)[-2], r["precision"]): float(r["latency_ms"]) for r in rows}
+    ratio = math.prod(by_bundle[b, "fp32"] / by_bundle[b, "int8"] for b in ("p0", "p4", "p7")) ** (1 / 3)
+    assert speed["measured_fp32_over_int8"] == pytest.approx(ratio, rel=1e-3)
+    assert speed["fitted_fp32_over_int8"] == pytest.approx(ratio, rel=0.1)
+    assert "onnxruntime int8 speed: x" in report and "ASSUMED" not in report
 
     study = tmp_path / "study.toml"
     study.write_text('[study]\nname = "loop"\n[data]\ndataset = "imagefolder"\nroot = "images"\n'

@@ -12,12 +12,12 @@ import torch
 
 from hardware_models.calibration.fit import leave_family_out
 from hardware_models.calibration.fit import prepare
-from hardware_models.calibration.measurements import deduplicate
-from hardware_models.calibration.measurements import load_measurements
-from hardware_models.calibration.validation import coverage
-from hardware_models.calibration.validation import family_folds
-from hardware_models.calibration.validation import family_of
 from hardware_models.fitting.intervals import conformal_halfwidth
+from hardware_models.measurements.table import deduplicate
+from hardware_models.measurements.table import load_measurements
+from hardware_models.measurements.validation import coverage
+from hardware_models.measurements.validation import family_folds
+from hardware_models.measurements.validation import family_of
 
 torch.set_num_threads(1)
 DATA = Path(str(resources.files("hardware_models").joinpath("data")))
@@ -116,9 +116,9 @@ def test_few_measurements_adapt_the_builtin_profile(tmp_path: Path, capsys: pyte
 def test_replicate_agreement_groups_identical_executed_graphs() -> None:
     """Two NAS-Bench-201 cells that differ only in an edge the optimiser removes share a signature; the
     agreement is measured against each group's median."""
-    from hardware_models.calibration.validation import executed_signature
-    from hardware_models.calibration.validation import replicate_agreement
     from hardware_models.graph.executed import extract_spec
+    from hardware_models.measurements.validation import executed_signature
+    from hardware_models.measurements.validation import replicate_agreement
 
     shape = (3, 32, 32)
     a = extract_spec("nb201:|skip_connect~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|none~0|skip_connect~1|none~2|", shape)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from hardware_models.estimators.costmodel import Case
 from hardware_models.fitting.intervals import conformal_halfwidth
 from hardware_models.graph.executed import Network
 
@@ -86,7 +86,17 @@ def family_folds(specs: Sequence[str], max_folds: int | None = None) -> list[lis
     return [sorted(f) for f in folds]
 
 
-def naive_macs(cases: Sequence[Case], measured: np.ndarray, folds: Sequence[Sequence[int]],
+class TimedCase(Protocol):
+    """What the naive baseline reads of a calibration case (`hardware_models.estimators.costmodel.Case`)."""
+
+    network: Network
+    runtime: str
+    precision: str
+    threads: int
+    clock_ghz: float
+
+
+def naive_macs(cases: Sequence[TimedCase], measured: np.ndarray, folds: Sequence[Sequence[int]],
                literal: bool = False) -> np.ndarray:
     """The baseline latency = k x MACs, with k fitted (log space) per setting on each fold's training rows.
 
