@@ -56,6 +56,7 @@ from spaces.apply import CompressedModel
 from spaces.apply import apply
 from spaces.architectures import small_stems_at
 from spaces.fake_quant import float_mode
+from spaces.model_record import model_record
 from spaces.quantization import UNIFORM_BITS
 from spaces.quantization import bit_widths
 from spaces.recipe import QuantKind
@@ -447,8 +448,9 @@ class Evaluator:
             if self.checkpoints is not None:
                 self.checkpoints.mkdir(parents=True, exist_ok=True)
                 path = self.checkpoints / f"{compressed.recipe.hash()}.pt"
-                atomic_save({"recipe": compressed.recipe.to_json(), "input_shape": list(compressed.input_shape),
-                             "model": compressed.model.cpu()}, path)
-                compressed.model.to(self.device)
+                # tensors + recipe, never a pickled module: a run folder travels (spaces.model_record)
+                atomic_save(model_record(compressed.model, compressed.recipe, network=compressed.recipe.student,
+                                         input_shape=compressed.input_shape,
+                                         num_classes=self.splits.info.num_classes), path)
                 out["checkpoint"] = path.name
         return out

@@ -41,6 +41,8 @@ from search.budget import Sizing
 from search.config import ConfigError
 from search.config import StudyConfig
 from search.config import StudyInfo
+from search.config import check_study_code
+from search.config import trust_study
 from search.context import Context
 from search.context import RunSpec
 from search.context import load_context
@@ -109,9 +111,12 @@ class Study:
     memory. `optimize()` is resumable: calling it again continues the stored study."""
 
     def __init__(self, config: StudyConfig, options: RunOptions | None = None, *, teacher: nn.Module | None = None,
-                 data: tuple[Splits, Batcher] | None = None, log: Log = _print) -> None:
+                 data: tuple[Splits, Batcher] | None = None, log: Log = _print, trust_code: bool = False) -> None:
         self.options = options or RunOptions()
         make_plan(config)  # objectives and constraints are checked before any data is read
+        if trust_code:  # the user's word that the factory, code folder and pickle the config names are their own
+            trust_study(config)
+        check_study_code(config)
         self.config, self.teacher, self.data, self.log = config, teacher, data, log
         self.device = resolve_device(self.options.device)
         self.out = Path(self.options.out or Path("runs") / config.name / config.profile)
@@ -284,7 +289,7 @@ def compress(teacher: nn.Module | str, *, data: str | Path | None = None, train:
              name: str = "compress", budget: str = "standard", space: SpaceConfig | None = None,
              fidelity: FidelityConfig | None = None,
              search: SearchConfig | None = None, split: SplitConfig | None = None,
-             options: RunOptions | None = None, **option_kwargs: Any) -> StudyResult:
+             options: RunOptions | None = None, trust_code: bool = False, **option_kwargs: Any) -> StudyResult:
     """Compress `teacher` (a trained `nn.Module`, or the path of its checkpoint with `arch`) on the user's data:
     `data` (an ImageFolder root with train/ and optionally val/, test/), or `train`/`val`/`test` given as torch
     Datasets of (image, label) with PIL images or un-normalised tensors. Returns the finished study's result.
@@ -292,6 +297,7 @@ def compress(teacher: nn.Module | str, *, data: str | Path | None = None, train:
     The defaults keep the teacher as the only student (no architecture to distil into is assumed) and search
     pruning and PTQ/QAT bit-widths; `budget` names the training spent per fidelity ("quick" for a first look
     in minutes, "standard" for results); pass `space`, `fidelity` and `search` to change any of it.
+    `trust_code=True` is needed for an `arch` that is your own `package.module:factory` (spaces.code_trust).
     """
     if budget not in BUDGETS:
         raise ConfigError(f"compress: budget {budget!r} is not allowed; use one of {', '.join(map(repr, BUDGETS))}")
@@ -318,4 +324,4 @@ def compress(teacher: nn.Module | str, *, data: str | Path | None = None, train:
         fidelity=fidelity or BUDGETS[budget](), hardware=HardwareConfig(targets=_absolute_profiles(targets)),
         profile="api")
     options = options or RunOptions(**option_kwargs)
-    return Study(config, options, teacher=given, data=memory).optimize()
+    return Study(config, options, teacher=given, data=memory, trust_code=trust_code).optimize()

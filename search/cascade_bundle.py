@@ -22,7 +22,6 @@ from evaluators.splits import Splits
 from hardware_models.api import estimate
 from search.bundle import _read_json
 from search.bundle import _write_json
-from search.bundle import check_files
 from search.bundle import manifest
 from search.bundle import write_bundle
 from search.bundle_scripts import run_cascade as runner
@@ -34,6 +33,8 @@ from search.cascade_cost import placement
 from search.cascade_fit import Fitted
 from search.cascade_fit import labels_of
 from search.cascade_fit import report_on_test
+from search.manifest import check_manifest
+from search.manifest import check_named
 from spaces.fake_quant import float_mode
 from spaces.recipe import Recipe
 
@@ -162,13 +163,13 @@ def verify_cascade(out_dir: Path, splits: Splits | None = None, tolerance: float
     """Problems (empty: none): checksums, then the runner re-run on the recorded test images must reproduce the
     recorded accuracy and escalation rate, and stay within `tolerance` points of the searched cascade."""
     out = Path(out_dir)
-    found, problems = _read_json(out, "manifest.json")
-    if found is None:
-        return problems
-    files = found.get("files", {}) if isinstance(found, dict) else {}
-    problems += [f"{name}: not listed in manifest.json" for name in REQUIRED if name not in files]
-    # check_files also asks for a single model's files at the top level; a cascade keeps them per stage
-    problems += [p for p in check_files(out, found) if not p.endswith("not listed in manifest.json")]
+    problems = check_manifest(out, REQUIRED)  # containment, unlisted files, checksums: before anything is parsed
+    if not problems:  # the stages the runner loads are the files it deploys: each must be listed
+        policy, problems = _read_json(out, POLICY_FILE)
+        stages = policy.get("stages") if isinstance(policy, dict) else None
+        stages = stages if isinstance(stages, list) and stages else [None]
+        models = [s.get("model") if isinstance(s, dict) else None for s in stages]
+        problems += check_named(out, POLICY_FILE, models)
     if splits is None or problems:
         return problems
     metrics, more = _read_json(out, "metrics.json")

@@ -24,8 +24,13 @@ from evaluators.data import resolve_root
 from evaluators.teacher import TeacherConfig
 from search.engine import BaselineSet
 from search.engine import SearchConfig
+from spaces.code_trust import check_factory
+from spaces.code_trust import check_folder
+from spaces.code_trust import grant
+from spaces.code_trust import pickle_allowed
 from spaces.space import SpaceConfig
 from spaces.space import for_targets
+from spaces.user_models import factory_target
 from spaces.validated import ConfigError
 from spaces.validated import check_value
 from spaces.validated import settings
@@ -208,3 +213,26 @@ def from_json(raw: dict, where: str) -> StudyConfig:
 def validate_all_profiles(study: str) -> list[StudyConfig]:
     path = study_path(study)
     return [load_study(str(path), p) for p in read_study_file(path).get("profiles", {})]
+
+
+def trust_study(config: StudyConfig) -> None:
+    """The user named this study themselves (their study file, or `trust_code=True`): its teacher's factory, code
+    folder and pickled checkpoint are their own code (`spaces.code_trust`). Never for a config read from a run
+    folder or a bundle (`from_json`)."""
+    teacher = config.teacher
+    grant(factories=(teacher.arch,), folders=(teacher.code,),
+          pickles=(teacher.checkpoint,) if teacher.allow_pickle else ())
+
+
+def check_study_code(config: StudyConfig) -> None:
+    """Before any data is read: the code the config names must be code the user trusted (one-line error)."""
+    teacher = config.teacher
+    target = factory_target(teacher.arch)
+    if target is not None:
+        check_factory(target)
+    if teacher.code:
+        check_folder(teacher.code)
+    if teacher.allow_pickle and not pickle_allowed(teacher.checkpoint):
+        raise ConfigError(f"teacher.allow_pickle for {teacher.checkpoint} was read from a file that is data (a run "
+                          "folder's config.json); unpickling can run code: give your own study file with --study, "
+                          "or trust_code=True in the Python API")

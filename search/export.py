@@ -8,6 +8,7 @@ rebuilt now at F3 (deterministic, so the same network). See `search.bundle` for 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from evaluators.candidate import Fidelity
 from evaluators.candidate import estimate_targets
+from evaluators.data import prepare_data
 from evaluators.datasets import DataError
 from search.api import RunOptions
 from search.api import Study
@@ -23,6 +25,7 @@ from search.api import config_as_json
 from search.bundle import FALLBACK_FILE
 from search.bundle import verify_bundle
 from search.bundle import write_bundle
+from search.bundle_model import BundleModelError
 from search.cascade import CascadeError
 from search.cascade_bundle import is_cascade_bundle
 from search.cascade_bundle import verify_cascade
@@ -33,14 +36,18 @@ from search.config import ConfigError
 from search.config import StudyConfig
 from search.config import from_json
 from search.config import load_study
+from search.config import trust_study
 from search.context import Context
 from search.deploy_resolution import DeployResolution
 from search.deploy_resolution import adapt
 from search.plots import pareto_plot
+from search.run_checkpoint import checkpoint_path
+from search.run_checkpoint import load_f3
 from search.selection import Selected
 from search.selection import SelectionError
 from search.selection import read_run
 from search.selection import select
+from spaces.code_trust import grant
 from spaces.recipe import TEACHER
 
 EXIT_USAGE, EXIT_FAILED = 2, 1
@@ -61,6 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="bundle folder (default: <run>/bundles/<recipe hash>/); must be empty")
     p.add_argument("--verify", default=None, metavar="DIR",
                    help="re-check a bundle: checksums, then each ONNX file's accuracy on the test split")
+    p.add_argument("--code", default=None, metavar="DIR",
+                   help="folder holding your own package, when the run's config.json names your "
+                        "'package.module:factory' (a name read from a run folder is imported only then)")
     p.add_argument("--data-root", default=None, help="dataset folder (default: as search.run finds it)")
     p.add_argument("--cache-dir", default=None, help="teacher cache (default: as search.run)")
     p.add_argument("--test-images", type=int, default=None,
@@ -93,23 +103,41 @@ def cascade_spec(args: argparse.Namespace) -> CascadeSpec:
 
 
 def load_model(selected: Selected, run: Path, ctx: Context) -> torch.nn.Module:
-    path = run / "checkpoints" / f"{selected.recipe.hash()}.pt"
-    if path.exists():
-        saved = torch.load(path, map_location="cpu", weights_only=False)  # our own file: a pickled module
-        print(f"model: F3 checkpoint {path}", flush=True)
-        return saved["model"]
+    model = load_f3(run, selected.recipe, ctx.config.teacher.network)  # tensors + recipe, never a pickled module
+    if model is not None:
+        print(f"model: F3 checkpoint {checkpoint_path(run, selected.recipe)}", flush=True)
+        return model
     print("model: no F3 checkpoint for this recipe; rebuilding it at F3 (the search's final budget)", flush=True)
     return ctx.evaluator.build(selected.recipe, Fidelity.F3).model
 
 
 def run_config(args: argparse.Namespace) -> StudyConfig:
-    """The study's config: from `--study` (a file), else the resolved `config.json` the run wrote."""
+    """The study's config: from `--study` (the user's own file: the code it names is trusted), else the resolved
+    `config.json` the run wrote (data: its factory is imported only with `--code DIR`)."""
+    grant(folders=(args.code,) if args.code else ())
     if args.study:
-        return load_study(args.study, args.profile)
-    if args.run and (Path(args.run) / "config.json").is_file():
+        config = load_study(args.study, args.profile)
+        trust_study(config)
+    elif args.run and (Path(args.run) / "config.json").is_file():
         path = Path(args.run) / "config.json"
-        return from_json(json.loads(path.read_text()), str(path))
-    raise ConfigError("--study is required (or --run DIR of a finished study, or --verify DIR)")
+        config = from_json(read_json(path), str(path))
+    else:
+        raise ConfigError("--study is required (or --run DIR of a finished study, or --verify DIR)")
+    if args.code:
+        config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher,
+                                                                         code=str(Path(args.code).resolve())))
+    return config
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a run folder or a bundle, or a one-line ConfigError naming the file."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: unreadable ({str(error).splitlines()[0]}); re-run or re-export") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: not a JSON object; re-run or re-export")
+    return raw
 
 
 def export(args: argparse.Namespace) -> int:
@@ -191,16 +219,17 @@ def _plot(run: Path, config, selected: Selected, png: Path) -> None:  # noqa: AN
 def verify(args: argparse.Namespace) -> int:
     folder = Path(args.verify)
     metrics_path = folder / "metrics.json"
-    if not metrics_path.exists():
-        raise SelectionError(f"{folder} is not a bundle (no metrics.json)")
-    metrics = json.loads(metrics_path.read_text())
-    if "study_config" in metrics:
-        config = from_json(metrics["study_config"], f"{metrics_path} (study_config)")
-    else:  # bundles written before the config was stored in them
-        source = metrics.get("study_source") or ""
-        config = load_study(source if Path(source).is_file() else metrics["study"], metrics["profile"])
-    from evaluators.data import prepare_data
-
+    if not folder.is_dir() or not (folder / "manifest.json").is_file():
+        raise SelectionError(f"{folder} is not a bundle (no manifest.json); give the folder search.export wrote")
+    check = verify_cascade if is_cascade_bundle(folder) else verify_bundle
+    broken = check(folder)  # integrity (search.manifest) before any file of the bundle is parsed
+    if broken:
+        return _report(folder, broken, "")
+    metrics = read_json(metrics_path)
+    if not isinstance(metrics.get("study_config"), dict):
+        raise ConfigError(f"{metrics_path}: no study_config (a bundle from an older version): its checksums match; "
+                          "re-export it to verify its accuracy")
+    config = from_json(metrics["study_config"], f"{metrics_path} (study_config)")  # data: no code it names runs
     splits, batcher = prepare_data(config.data, args.data_root, allow_download=False, cache_dir=_cache(args))
     if is_cascade_bundle(folder):
         return _report(folder, verify_cascade(folder, splits), "the cascade runner reproduces its accuracy and "
@@ -226,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return verify(args) if args.verify else export(args)
-    except (ConfigError, CascadeError, DataError, SelectionError, FileExistsError) as err:
+    except (ConfigError, CascadeError, DataError, SelectionError, FileExistsError, BundleModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
 

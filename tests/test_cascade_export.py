@@ -26,6 +26,7 @@ from search.cascade_export import stage_model
 from search.cascade_export import teacher_stage
 from search.cascade_fit import report_on_test
 from search.config import load_study
+from search.run_checkpoint import load_f3
 from search.selection import select
 from tests.cli_helpers import search_cli
 
@@ -134,8 +135,7 @@ def test_the_fit_never_reads_the_test_split(mlp_study: tuple[Path, str], mnist_r
     ctx = Study(config, RunOptions(out=str(run), data_root=str(mnist_root), cache_dir=str(cache_dir), device="cpu",
                                    progress=False)).context()
     selected = select(run, config.hardware.names, trial=None, pick="knee")
-    knee = torch.load(run / "checkpoints" / f"{selected.recipe.hash()}.pt", map_location="cpu",
-                      weights_only=False)["model"]  # the study's own checkpoint, written by this test session
+    knee = load_f3(run, selected.recipe, config.teacher.network)  # the study's own checkpoint (tensors only)
     stages = [stage_model(ctx, "knee", knee, selected.recipe), teacher_stage(ctx)]
     honest = fit_cascade(ctx, stages, CascadeSpec())
     poisoned = dataclasses.replace(ctx, splits=_poisoned(ctx.splits))
