@@ -50,6 +50,8 @@ from search.context import make_plan
 from search.context import size_notes
 from search.engine import BaselineSet
 from search.engine import SearchConfig
+from search.run_lock import RunLock
+from search.run_lock import check_out
 from search.sizing import PLAN_FILE
 from search.sizing import copy_of
 from search.sizing import sized
@@ -120,6 +122,8 @@ class Study:
         self.config, self.teacher, self.data, self.log = config, teacher, data, log
         self.device = resolve_device(self.options.device)
         self.out = Path(self.options.out or Path("runs") / config.name / config.profile)
+        check_out(self.out)  # a file, or a folder this user cannot write: an error before any data is read
+        self._lock = RunLock(self.out, log)  # one run per folder, taken when the run starts writing it
         self._ctx: Context | None = None
 
     @property
@@ -137,6 +141,7 @@ class Study:
     def prepare(self) -> dict:
         """The run folder, the data and the teacher, and `baseline.json`: everything before the search."""
         cfg, o = self.config, self.options
+        self._lock.acquire()  # before anything in the folder is read or deleted (--fresh)
         if o.fresh:
             start_fresh(self.out, o.storage, study_name(cfg.name, cfg.profile))
         self.out.mkdir(parents=True, exist_ok=True)
@@ -159,6 +164,7 @@ class Study:
         cfg = self.config
         if self._ctx is not None or not cfg.search.budget or cfg.search.sizing != Sizing.FIT:
             return
+        self._lock.acquire()  # the plan is written into the run folder
         o = self.options
         cache = Path(o.cache_dir) if o.cache_dir else None
         self.data = self.data or prepare_data(cfg.data, o.data_root, allow_download=o.allow_download,
@@ -174,17 +180,24 @@ class Study:
     def optimize(self) -> StudyResult:
         """Search, final stage and every output file; returns the result (resumes a stored study)."""
         t0 = time.monotonic()
-        self.prepare()
-        o = self.options
-        # a sized run's search limit is set when its search starts, from the time spent until then (a resumed run
-        # keeps the limit its study stored: study.search_limit)
-        plan = sized_by(self.out, self.config)
-        deadline = None if plan is None else lambda: plan.search_seconds(time.monotonic() - t0)
-        run_study(self.context(), storage_url(self.out, o.storage), Backend(kind=o.backend, address=o.address,
-                                                                            workers=o.workers), self.log,
-                  deadline=deadline)
+        try:
+            self.prepare()
+            o = self.options
+            # a sized run's search limit is set when its search starts, from the time spent until then (a resumed
+            # run keeps the limit its study stored: study.search_limit)
+            plan = sized_by(self.out, self.config)
+            deadline = None if plan is None else lambda: plan.search_seconds(time.monotonic() - t0)
+            run_study(self.context(), storage_url(self.out, o.storage), Backend(kind=o.backend, address=o.address,
+                                                                                workers=o.workers), self.log,
+                      deadline=deadline)
+        finally:
+            self.close()
         self.log(f"done in {time.monotonic() - t0:.0f} s; report: {self.out / 'report.md'}")
         return StudyResult(self)
+
+    def close(self) -> None:
+        """Give the run folder back (its lock); the process's exit does the same."""
+        self._lock.release()
 
     def result(self) -> StudyResult:
         """The result of a study that has already run (its run folder)."""

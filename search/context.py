@@ -27,6 +27,7 @@ from evaluators.teacher import given_teacher
 from evaluators.teacher import prepare_teacher
 from search.config import ConfigError
 from search.config import StudyConfig
+from search.config import check_profiles
 from search.config import load_study
 from search.objectives import Constraint
 from search.objectives import default_objectives
@@ -62,6 +63,7 @@ class Plan:
 
 
 def make_plan(config: StudyConfig) -> Plan:
+    check_profiles(config.hardware.targets, config.source or "study")  # every door: file, config.json, Python
     targets = config.hardware.names
     known = known_metrics(targets)
     objectives = config.search.objectives or default_objectives(targets)

@@ -119,16 +119,18 @@ def study_from_args(args: argparse.Namespace) -> Study:
 
 def run(args: argparse.Namespace) -> dict:
     study = study_from_args(args)
-    if args.plan_only:
-        if not study.config.search.budget or study.config.search.sizing != Sizing.FIT:
-            raise ConfigError("--plan-only: a plan is sized to a budget; give --budget TIME (and not --sizing off)")
-        study.out.mkdir(parents=True, exist_ok=True)
-        study.size_to_budget()
-        return {}
-    if args.baseline_only:
-        return study.prepare()
-    result = study.optimize()
-    return {"summary": result.summary}
+    try:
+        if args.plan_only:
+            if not study.config.search.budget or study.config.search.sizing != Sizing.FIT:
+                raise ConfigError("--plan-only: a plan is sized to a budget; give --budget TIME (and not --sizing off)")
+            study.size_to_budget()
+            return {}
+        if args.baseline_only:
+            return study.prepare()
+        result = study.optimize()
+        return {"summary": result.summary}
+    finally:
+        study.close()  # the run folder's lock
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
