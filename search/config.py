@@ -49,7 +49,7 @@ PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 def check_plain_name(value: str, what: str) -> None:
     if not PLAIN_NAME.fullmatch(value) or ".." in value:
-        raise ValueError(f"{what}: {value!r} names a folder under runs/, so it must be one plain name (letters, "
+        raise ConfigError(f"{what}: {value!r} names a folder under runs/, so it must be one plain name (letters, "
                          "digits, '.', '_', '-'; starting with a letter or digit; no '/' or '..'); rename it")
 
 

@@ -34,6 +34,7 @@ from search.cascade_export import cascade_of
 from search.cascade_export import export_cascade
 from search.config import ConfigError
 from search.config import StudyConfig
+from search.config import check_study_code
 from search.config import from_json
 from search.config import load_study
 from search.config import trust_study
@@ -142,6 +143,7 @@ def read_json(path: Path) -> dict:
 
 def export(args: argparse.Namespace) -> int:
     config = run_config(args)
+    check_study_code(config)  # code named by config.json runs only with --code or --study: refused before any read
     run = Path(args.run or Path("runs") / config.name / config.profile)
     read_run(run)  # an empty or missing study fails before any data is read
     selected = select(run, config.hardware.names, trial=args.trial, pick=args.pick)

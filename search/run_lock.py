@@ -69,8 +69,9 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
-            raise ConfigError(f"--out {self.path.parent}: cannot create {LOCK_FILE} ({error.strerror}); give a "
-                              "folder you can write") from None
+            raise ConfigError(
+                f"--out {self.path.parent}: cannot create {LOCK_FILE} ({error.strerror}); give a folder you can write"
+            ) from None
 
     def _take(self, fd: int) -> bool:
         """Lock the open file `fd`; False when it is no longer the folder's lock file (try again)."""
@@ -87,8 +88,10 @@ class RunLock:
         if previous is not None and previous != Owner.me():
             if previous.alive() is not False:  # another host, or a live process on a file system without flock
                 raise RunFolderBusy(self._busy(previous))
-            self.log(f"note: {self.path.parent} was locked by a run that is no longer running ({previous.label()}); "
-                     "taking it over (its unfinished trials are retried)")
+            self.log(
+                f"note: {self.path.parent} was locked by a run that is no longer running ({previous.label()}); "
+                "taking it over (its unfinished trials are retried)"
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, (Owner.me().label() + "\n").encode(), 0)
         os.fsync(fd)
@@ -97,8 +100,10 @@ class RunLock:
     def _busy(self, owner: Owner | None) -> str:
         who = owner.label() if owner else "another process"
         clear = f"; if it is no longer running, delete {self.path}" if owner is None or owner.alive() is None else ""
-        return (f"run folder {self.path.parent} is in use by another run ({who}); wait for it to finish or give "
-                f"another --out{clear}")
+        return (
+            f"run folder {self.path.parent} is in use by another run ({who}); wait for it to finish or give "
+            f"another --out{clear}"
+        )
 
     def release(self) -> None:
         """Remove the lock file (ours) and drop the OS lock; safe to call more than once."""

@@ -6,7 +6,7 @@ registry name, `torchvision:<name>` or an ONNX file is data: building it runs on
 the user asked for their own code:
 - their own study file (`search.run --study`, `search.export --study`): the factory, `[teacher] code` folder and
   `allow_pickle` checkpoint it names;
-- `--code DIR`: any factory whose top-level package lives in DIR (found without importing anything);
+- `--code DIR`: any factory whose top-level package lives in DIR (looked for there, nothing imported);
 - `trust_code=True` in the Python API.
 Everything else (a run folder's `config.json`, a bundle's `model.pt` or `metrics.json`, a CSV) gets a one-line
 `UntrustedCode` error that says how to opt in. The grants are per process; a Ray driver ships them to its
@@ -15,7 +15,7 @@ workers (`Grants`, `search.shipment`).
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,26 +71,25 @@ def _inside(path: Path, folder: str) -> bool:
     return path.resolve().is_relative_to(folder)
 
 
-def module_origin(module_name: str) -> Path | None:
-    """Where the top-level package of `module_name` lives, found by the import system's finders alone: nothing
-    is imported, so no package `__init__` runs."""
-    top = module_name.split(".")[0]
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
-        locations = list(spec.submodule_search_locations or []) if spec is not None else []
-        return Path(locations[0]) if locations else None
-    return Path(spec.origin)
+def _holds(folder: str, top: str) -> bool:
+    """Whether the trusted `folder` holds the top-level package or module `top` (looked at, nothing imported); a
+    module of that name imported already must have come from there."""
+    base = Path(folder)
+    if not ((base / top).is_dir() or (base / f"{top}.py").is_file()):
+        return False
+    loaded = sys.modules.get(top)
+    if loaded is None:
+        return True
+    where = getattr(loaded, "__file__", None) or next(iter(getattr(loaded, "__path__", None) or []), "")
+    return bool(where) and _inside(Path(where), folder)
 
 
 def check_factory(target: str) -> None:
     """Raise `UntrustedCode` unless the user opted in to the factory `package.module:callable`."""
     if target in _granted.factories:
         return
-    origin = module_origin(target.partition(":")[0])
-    if origin is not None and any(_inside(origin, folder) for folder in _granted.folders):
+    top = target.partition(":")[0].split(".")[0]
+    if top and any(_holds(folder, top) for folder in _granted.folders):
         return
     raise UntrustedCode(
         f"architecture {target!r} names Python code to import, and names read from files are data; "
