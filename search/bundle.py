@@ -45,6 +45,7 @@ from search.bundle_scripts import texts
 from search.manifest import MANIFEST
 from search.manifest import check_deployed
 from search.manifest import check_manifest
+from search.manifest import read_json as _read_json
 from search.manifest import sha256
 from search.qdq import QdqExport
 from search.qdq import export_float
@@ -304,15 +305,6 @@ def _default(value: Any) -> Any:
 
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=_default) + "\n")
-
-
-def _read_json(out: Path, name: str) -> tuple[Any, list[str]]:
-    try:
-        return json.loads((out / name).read_text()), []
-    except FileNotFoundError:
-        return None, [f"{name}: missing from {out}"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return None, [f"{name}: unreadable ({error})"]
 
 
 def manifest(out: Path) -> dict[str, Any]:

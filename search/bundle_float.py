@@ -1,7 +1,7 @@
 """The ZCU104 hand-off without pickle: the float network as a state dict plus a generated model definition.
 
 Vitis AI's quantizer needs the float network as a torch module inside its docker, where this tool is not
-installed. A pickled module would load there only with `weights_only=False`, which runs whatever the file
+installed. A pickled module would load there only with weights_only off, which runs whatever the file
 names; so the bundle carries `zcu104/model_float.pt`, tensors only (`torch.load(weights_only=True)`), and
 `zcu104/float_model.py`, the network's code: torch.fx traces the (BN-folded) float network into one forward
 function over torch.nn layers and torch functions, and each layer is written as its constructor. Nothing of

@@ -35,8 +35,13 @@ class Owner:
     started: str = ""
 
     @classmethod
+    def of(cls, pid: int) -> Owner:
+        """The process `pid` of this host."""
+        return cls(socket.gethostname(), pid, _started(pid))
+
+    @classmethod
     def me(cls) -> Owner:
-        return cls(socket.gethostname(), os.getpid(), _started(os.getpid()))
+        return cls.of(os.getpid())
 
     @classmethod
     def parse(cls, text: str) -> Owner | None:

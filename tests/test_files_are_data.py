@@ -43,7 +43,7 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "search" / "bundle_scripts"
 
 
 class Payload:
-    """A pickle that runs `touch MARKER` when unpickled (what `weights_only=False` would execute)."""
+    """A pickle that runs `touch MARKER` when unpickled (what a load with weights_only off would execute)."""
 
     def __init__(self, marker: Path) -> None:
         self.marker = marker
