@@ -41,6 +41,7 @@ from search.config import StudyConfig
 from search.context import Context
 from search.objectives import Constraint
 from spaces.code_trust import Grants
+from spaces.code_trust import check_factory
 from spaces.code_trust import grant
 from spaces.code_trust import grants
 from spaces.recipe import Recipe
@@ -67,7 +68,17 @@ def ship(ctx: Context) -> Shipment:
     profiles = {t: Path(t).read_bytes() for t in hardware.targets if t.endswith(".json")}
     key = hashlib.sha256(f"{ctx.out.resolve()}|{os.getpid()}|{time.time_ns()}".encode()).hexdigest()[:16]
     return Shipment(key, ctx.config, ctx.plan.constraints, ctx.spec.device, ctx.splits, ctx.evaluator.batcher,
-                    copy.deepcopy(ctx.evaluator.teacher).cpu(), profiles, grants())
+                    copy.deepcopy(ctx.evaluator.teacher).cpu(), profiles, worker_grants(ctx.config))
+
+
+def worker_grants(config: StudyConfig) -> Grants:
+    """What the driver trusts, for the workers: a factory trusted through a `--code` folder is named outright, since
+    on a worker the user's package comes through Ray (`code_modules`), not from that folder."""
+    target = factory_target(config.teacher.arch)
+    if target is None:
+        return grants()
+    check_factory(target)  # trusted here already (the driver built the teacher), or this refuses
+    return replace(grants(), factories=grants().factories | {target})
 
 
 def _installed(module: ModuleType) -> bool:

@@ -88,8 +88,8 @@ def check_factory(target: str) -> None:
     """Raise `UntrustedCode` unless the user opted in to the factory `package.module:callable`."""
     if target in _granted.factories:
         return
-    top = target.partition(":")[0].split(".")[0]
-    if top and any(_holds(folder, top) for folder in _granted.folders):
+    parts = target.partition(":")[0].split(".")
+    if all(p.isidentifier() for p in parts) and any(_holds(folder, parts[0]) for folder in _granted.folders):
         return
     raise UntrustedCode(
         f"architecture {target!r} names Python code to import, and names read from files are data; "

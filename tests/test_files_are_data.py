@@ -15,6 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -252,3 +253,18 @@ def test_a_run_folder_naming_the_users_own_package_exports_with_code_dir(tmp_pat
     check_study_code(config)
     add_code_path(config.teacher.code)  # as the teacher's build does
     assert create_model(config.teacher.network, num_classes=3, in_channels=3, resolution=32) is not None
+
+
+def test_a_trials_table_naming_a_shell_command_as_a_student_runs_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    marker = tmp_path / "MARKER"
+    name, kwargs = factory(marker)
+    run = _run_folder(tmp_path)
+    recipe = json.loads(Recipe().to_json()) | {"student": name + json.dumps(kwargs)}
+    pd.DataFrame([{"trial": 0, "state": "COMPLETE", "recipe_json": json.dumps(recipe)}]).to_csv(run / "trials.csv")
+    (run / "pareto.csv").write_text("\n")
+    assert export.main(["--run", str(run), "--trial", "0"]) == export.EXIT_USAGE
+    line = one_line(capsys.readouterr().err)
+    assert "trial 0: its recipe names student 'os:system" in line and "not a registered network" in line
+    assert not marker.exists()
