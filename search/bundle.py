@@ -45,6 +45,7 @@ from search.bundle_scripts import texts
 from search.manifest import MANIFEST
 from search.manifest import check_deployed
 from search.manifest import check_manifest
+from search.manifest import present
 from search.manifest import read_json as _read_json
 from search.manifest import sha256
 from search.qdq import QdqExport
@@ -59,7 +60,9 @@ from spaces.recipe import TEACHER
 from spaces.recipe import PruneKind
 from spaces.recipe import Recipe
 
-FORMAT = 2  # 1: model.pt pickled the module, model_int8.onnx was re-quantized by onnxruntime
+# 1: model.pt pickled the module, model_int8.onnx was re-quantized by onnxruntime; 2: zcu104/model_float.pt pickled
+# the module (now a state dict + zcu104/float_model.py), and a cascade's stage manifests were not listed
+FORMAT = 3
 SCRIPTS = Path(__file__).with_name("bundle_scripts")
 # Files every bundle has; model_int8.onnx (a quantized recipe), model_int8_requantized.onnx (the named
 # fallback) and pareto.png are added when they apply.
@@ -143,7 +146,7 @@ def verify_bundle(out_dir: Path, splits: Splits | None = None, batcher: Batcher 
     metrics.json recorded and must reproduce its accuracy within `tolerance` percentage points.
     """
     out = Path(out_dir)
-    problems = check_manifest(out, REQUIRED)  # containment, unlisted files, checksums: before anything is parsed
+    problems = check_manifest(out, REQUIRED, FORMAT)  # containment, unlisted files, checksums: before any parsing
     problems = problems or check_deployed(out)
     if splits is not None and not problems:
         problems += _check_accuracy(out, splits, batcher, tolerance)
@@ -308,9 +311,9 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def manifest(out: Path) -> dict[str, Any]:
-    """Checksums of every file but the manifest itself, and what produced them."""
-    files = {p.relative_to(out).as_posix(): sha256(p) for p in sorted(out.rglob("*"))
-             if p.is_file() and p.name != MANIFEST and "__pycache__" not in p.parts}
+    """Checksums of every file but the manifest itself (a cascade's stage manifests included), and what produced
+    them."""
+    files = {name: sha256(out / name) for name in present(out)}
     return {"bundle_format": FORMAT, "algorithm": "sha256", "files": files, "versions": versions()}
 
 

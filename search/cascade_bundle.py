@@ -20,6 +20,7 @@ from torch import nn
 from evaluators.batches import Batcher
 from evaluators.splits import Splits
 from hardware_models.api import estimate
+from search.bundle import FORMAT
 from search.bundle import _read_json
 from search.bundle import _write_json
 from search.bundle import manifest
@@ -163,7 +164,7 @@ def verify_cascade(out_dir: Path, splits: Splits | None = None, tolerance: float
     """Problems (empty: none): checksums, then the runner re-run on the recorded test images must reproduce the
     recorded accuracy and escalation rate, and stay within `tolerance` points of the searched cascade."""
     out = Path(out_dir)
-    problems = check_manifest(out, REQUIRED)  # containment, unlisted files, checksums: before anything is parsed
+    problems = check_manifest(out, REQUIRED, FORMAT)  # containment, unlisted files, checksums: before any parsing
     if not problems:  # the stages the runner loads are the files it deploys: each must be listed
         policy, problems = _read_json(out, POLICY_FILE)
         stages = policy.get("stages") if isinstance(policy, dict) else None

@@ -121,7 +121,7 @@ def run_config(args: argparse.Namespace) -> StudyConfig:
         trust_study(config)
     elif args.run and (Path(args.run) / "config.json").is_file():
         path = Path(args.run) / "config.json"
-        config = from_json(read_json(path), str(path))
+        config = from_json(json_object(path), str(path))
     else:
         raise ConfigError("--study is required (or --run DIR of a finished study, or --verify DIR)")
     if args.code:
@@ -130,7 +130,7 @@ def run_config(args: argparse.Namespace) -> StudyConfig:
     return config
 
 
-def read_json(path: Path) -> dict:
+def json_object(path: Path) -> dict:
     """A JSON object from a run folder or a bundle, or a one-line ConfigError naming the file."""
     try:
         raw = json.loads(path.read_text())
@@ -227,7 +227,7 @@ def verify(args: argparse.Namespace) -> int:
     broken = check(folder)  # integrity (search.manifest) before any file of the bundle is parsed
     if broken:
         return _report(folder, broken, "")
-    metrics = read_json(metrics_path)
+    metrics = json_object(metrics_path)
     if not isinstance(metrics.get("study_config"), dict):
         raise ConfigError(f"{metrics_path}: no study_config (a bundle from an older version): its checksums match; "
                           "re-export it to verify its accuracy")

@@ -74,12 +74,19 @@ def listed_files(out: Path) -> tuple[dict[str, str] | None, list[str]]:
     return files, []
 
 
-def check_manifest(out: Path, required: Iterable[str] = ()) -> list[str]:
-    """Integrity problems of the bundle at `out` (empty: none), one line each, before any file is parsed."""
+def check_manifest(out: Path, required: Iterable[str] = (), bundle_format: int | None = None) -> list[str]:
+    """Integrity problems of the bundle at `out` (empty: none), one line each, before any file is parsed. With
+    `bundle_format`, a bundle written in an older format is named as such (its file list differs)."""
     out = Path(out)
     files, problems = listed_files(out)
     if files is None:
         return problems
+    written = read_json(out, MANIFEST)[0].get("bundle_format")
+    if bundle_format is not None and written != bundle_format:
+        return [
+            f"{MANIFEST}: bundle format {written!r}, this version writes and verifies format {bundle_format}; "
+            "re-export the bundle with this version"
+        ]
     problems += [f"{name}: not listed in {MANIFEST}" for name in required if name not in files]
     for name, digest in sorted(files.items()):
         path = inside(out, name)

@@ -98,6 +98,11 @@ class RunLock:
         return True
 
     def _busy(self, owner: Owner | None) -> str:
+        if owner is not None and owner.alive() is False:  # a process the dead run started still holds the OS lock
+            return (
+                f"run folder {self.path.parent} is locked by a process that the ended run {owner.label()} started; "
+                "stop that process (or wait for it), then rerun"
+            )
         who = owner.label() if owner else "another process"
         clear = f"; if it is no longer running, delete {self.path}" if owner is None or owner.alive() is None else ""
         return (

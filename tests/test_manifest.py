@@ -117,3 +117,12 @@ def test_a_broken_manifest_fails_in_one_line(bundle: Path, manifest_text: str, c
 def test_a_folder_that_is_no_bundle_fails_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert export.main(["--verify", str(tmp_path)]) == export.EXIT_USAGE
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_bundle_of_an_older_format_is_named_as_such(bundle: Path) -> None:
+    """Format 2 pickled zcu104/model_float.pt: its file list differs, and the message says to re-export."""
+    found = _listed(bundle)
+    found["bundle_format"] = 2
+    (bundle / "manifest.json").write_text(json.dumps(found))
+    assert verify_bundle(bundle) == ["manifest.json: bundle format 2, this version writes and verifies format 3; "
+                                     "re-export the bundle with this version"]
