@@ -124,5 +124,7 @@ def test_a_bundle_of_an_older_format_is_named_as_such(bundle: Path) -> None:
     found = _listed(bundle)
     found["bundle_format"] = 2
     (bundle / "manifest.json").write_text(json.dumps(found))
-    assert verify_bundle(bundle) == ["manifest.json: bundle format 2, this version writes and verifies format 3; "
-                                     "re-export the bundle with this version"]
+    assert verify_bundle(bundle) == [
+        "manifest.json: bundle format 2, this version writes and verifies format 3; "
+        "re-export the bundle with this version"
+    ]

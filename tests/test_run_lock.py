@@ -124,10 +124,16 @@ def test_a_resumed_sampler_proposes_none_of_the_first_runs_points(sampler: Sampl
 
 # --- as a user meets it -----------------------------------------------------------------------------------------
 
+
 def _start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=REPO, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "search.run", *args],
+        cwd=REPO,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
 def _wait_for(log: Path, text: str, proc: subprocess.Popen, seconds: float = 600) -> None:
@@ -145,8 +151,9 @@ def _no_repeated_recipe(out: Path, trials: int) -> None:
     assert done["recipe_hash"].notna().all() and done["recipe_hash"].is_unique, done["recipe_hash"].tolist()
 
 
-def _two_runs_on_one_folder(mnist_root: Path, cache_dir: Path, tmp_path: Path, *backend: str,
-                            env: dict[str, str] | None = None) -> None:
+def _two_runs_on_one_folder(
+    mnist_root: Path, cache_dir: Path, tmp_path: Path, *backend: str, env: dict[str, str] | None = None
+) -> None:
     """A runs; while it is mid-trial (held there with SIGSTOP) B starts on the same folder and must refuse in one
     line naming A; A then finishes with no failed and no repeated trial."""
     out, log = tmp_path / "run", tmp_path / "a.log"
@@ -168,8 +175,9 @@ def _two_runs_on_one_folder(mnist_root: Path, cache_dir: Path, tmp_path: Path, *
     _no_repeated_recipe(out, 4)
 
 
-def _killed_and_resumed(mnist_root: Path, cache_dir: Path, tmp_path: Path, *backend: str,
-                        env: dict[str, str] | None = None) -> None:
+def _killed_and_resumed(
+    mnist_root: Path, cache_dir: Path, tmp_path: Path, *backend: str, env: dict[str, str] | None = None
+) -> None:
     """A run killed with SIGKILL after two trials, mid-trial; the same command resumes it: it takes the stale lock
     over, retries the interrupted trial, and no recipe is scored twice."""
     out, log = tmp_path / "run", tmp_path / "killed.log"
@@ -193,8 +201,9 @@ def test_two_runs_on_one_folder_locally(mnist_root: Path, cache_dir: Path, tmp_p
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_without_repeating_a_recipe_locally(mnist_root: Path, cache_dir: Path,
-                                                                 tmp_path: Path) -> None:
+def test_a_killed_run_resumes_without_repeating_a_recipe_locally(
+    mnist_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
     _killed_and_resumed(mnist_root, cache_dir, tmp_path)
 
 
@@ -206,12 +215,14 @@ def _ray_env(tmp_path: Path) -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.ray
 def test_two_runs_on_one_folder_on_ray(mnist_root: Path, cache_dir: Path, tmp_path: Path) -> None:
-    _two_runs_on_one_folder(mnist_root, cache_dir, tmp_path, "--backend", "ray", "--workers", "1",
-                            env=_ray_env(tmp_path))
+    _two_runs_on_one_folder(
+        mnist_root, cache_dir, tmp_path, "--backend", "ray", "--workers", "1", env=_ray_env(tmp_path)
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_a_killed_run_resumes_without_repeating_a_recipe_on_ray(mnist_root: Path, cache_dir: Path,
-                                                                tmp_path: Path) -> None:
+def test_a_killed_run_resumes_without_repeating_a_recipe_on_ray(
+    mnist_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
     _killed_and_resumed(mnist_root, cache_dir, tmp_path, "--backend", "ray", "--workers", "1", env=_ray_env(tmp_path))
