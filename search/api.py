@@ -51,7 +51,6 @@ from search.context import size_notes
 from search.engine import BaselineSet
 from search.engine import SearchConfig
 from search.run_lock import RunLock
-from search.run_lock import check_out
 from search.sizing import PLAN_FILE
 from search.sizing import copy_of
 from search.sizing import sized
@@ -122,8 +121,9 @@ class Study:
         self.config, self.teacher, self.data, self.log = config, teacher, data, log
         self.device = resolve_device(self.options.device)
         self.out = Path(self.options.out or Path("runs") / config.name / config.profile)
-        check_out(self.out)  # a file, or a folder this user cannot write: an error before any data is read
-        self._lock = RunLock(self.out, log)  # one run per folder, taken when the run starts writing it
+        # one run per folder, taken when the run starts writing it, before any data is read (an --out that is a
+        # file, or a folder this user cannot write, fails there); exporting from a run folder takes no lock
+        self._lock = RunLock(self.out, log)
         self._ctx: Context | None = None
 
     @property
