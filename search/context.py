@@ -29,6 +29,7 @@ from search.config import ConfigError
 from search.config import StudyConfig
 from search.config import check_profiles
 from search.config import load_study
+from search.config import trust_study
 from search.objectives import Constraint
 from search.objectives import default_objectives
 from search.objectives import known_metrics
@@ -47,8 +48,10 @@ class RunSpec:
 
     @classmethod
     def from_study(cls, study: str, profile: str | None, out: str, *, trials: int = 0, **options: Any) -> RunSpec:
-        """A spec for a study file (name or path) at a profile; `trials` > 0 overrides the profile's count."""
+        """A spec for a study file (name or path) at a profile; `trials` > 0 overrides the profile's count. The file
+        is the caller's own: the code its teacher names is trusted (`search.config.trust_study`)."""
         config = load_study(study, profile)
+        trust_study(config)
         if trials:
             config = replace(config, search=replace(config.search, trials=trials))
         return cls(config=config, out=out, **options)
