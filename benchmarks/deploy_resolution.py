@@ -17,14 +17,13 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from evaluators.metrics import accuracy
 from search.analysis.selection import select
 from search.api import RunOptions
 from search.api import Study
 from search.bundle.deploy_resolution import DeployResolution
 from search.bundle.deploy_resolution import adapt
+from search.bundle.run_checkpoint import load_f3
 from search.config import from_json
 
 
@@ -40,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     config = from_json(json.loads((run / "config.json").read_text()), str(run / "config.json"))
     ctx = Study(config, RunOptions(out=str(run), device="cpu", progress=False)).context()
     selected = select(run, config.hardware.names, trial=args.trial, pick=None if args.trial is not None else "knee")
-    saved = torch.load(run / "checkpoints" / f"{selected.recipe.hash()}.pt", map_location="cpu",
-                       weights_only=False)  # the run's own F3 checkpoint
-    model = saved["model"].eval()
+    model = load_f3(run, selected.recipe, config.teacher.network)  # the run's own F3 checkpoint (tensors only)
+    if model is None:
+        raise SystemExit(f"error: {run} has no F3 checkpoint for {selected.how}; run the study's final stage first")
     resolution = DeployResolution(ctx.evaluator.batcher.resolution, args.deploy)
     test = ctx.splits.test.first(args.images)
     searched = accuracy(model, test, ctx.evaluator.batcher)

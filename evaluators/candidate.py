@@ -55,6 +55,7 @@ from spaces.compress.apply import Budget
 from spaces.compress.apply import CompressedModel
 from spaces.compress.apply import apply
 from spaces.compress.fake_quant import float_mode
+from spaces.compress.model_record import model_record
 from spaces.compress.quantization import UNIFORM_BITS
 from spaces.compress.quantization import bit_widths
 from spaces.models.architectures import small_stems_at
@@ -447,8 +448,9 @@ class Evaluator:
             if self.checkpoints is not None:
                 self.checkpoints.mkdir(parents=True, exist_ok=True)
                 path = self.checkpoints / f"{compressed.recipe.hash()}.pt"
-                atomic_save({"recipe": compressed.recipe.to_json(), "input_shape": list(compressed.input_shape),
-                             "model": compressed.model.cpu()}, path)
-                compressed.model.to(self.device)
+                # tensors + recipe, never a pickled module: a run folder travels (spaces.compress.model_record)
+                atomic_save(model_record(compressed.model, compressed.recipe, network=compressed.recipe.student,
+                                         input_shape=compressed.input_shape,
+                                         num_classes=self.splits.info.num_classes), path)
                 out["checkpoint"] = path.name
         return out

@@ -9,6 +9,7 @@ so that it serialises to JSON and into a trials table unchanged.
 from __future__ import annotations
 
 import functools
+import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,3 +144,23 @@ def _common(network: Network, model: nn.Module, profile: Profile) -> dict[str, A
             "macs": network.macs, "macs_total": network.macs_literal, "params": count_parameters(model),
             "layers": dict(sorted(statuses.items())), "removed_layers": removed,
             "assumptions": notes}
+
+
+def check_profile(path: str | Path) -> None:
+    """A profile JSON a study names, checked when the study is loaded rather than in every trial: it must load and
+    predict a finite latency and energy for a tiny network (ValueError in one line naming the file otherwise)."""
+    import torch
+
+    probe = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    try:
+        with torch.device("meta"):
+            result = estimate(probe.to("meta"), (3, 16, 16), path, use_cache=False)
+        latency, energy = float(result["latency_ms"]), float(result["energy_mj"])
+    except Exception as error:  # noqa: BLE001 - any way the file breaks the model is reported the same way
+        text = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
+        why = (text.splitlines() or [type(error).__name__])[0][:200]
+        raise ValueError(f"profile {path} cannot be used ({why}); regenerate it with python -m "
+                         "hardware_models.calibrate --out PATH") from None
+    if not (math.isfinite(latency) and latency > 0 and math.isfinite(energy) and energy >= 0):
+        raise ValueError(f"profile {path} predicts latency {latency} ms, energy {energy} mJ for a small network; "
+                         "regenerate it with python -m hardware_models.calibrate --out PATH")

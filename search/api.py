@@ -40,6 +40,8 @@ from evaluators.teacher.prepare import is_cached
 from search.config import ConfigError
 from search.config import StudyConfig
 from search.config import StudyInfo
+from search.config import check_study_code
+from search.config import trust_study
 from search.engine.budget import Sizing
 from search.engine.loop import BaselineSet
 from search.engine.loop import SearchConfig
@@ -48,6 +50,7 @@ from search.pipeline.context import RunSpec
 from search.pipeline.context import load_context
 from search.pipeline.context import make_plan
 from search.pipeline.context import size_notes
+from search.pipeline.run_lock import RunLock
 from search.pipeline.study import Backend
 from search.pipeline.study import run_study
 from search.pipeline.study import storage_url
@@ -110,12 +113,18 @@ class Study:
     memory. `optimize()` is resumable: calling it again continues the stored study."""
 
     def __init__(self, config: StudyConfig, options: RunOptions | None = None, *, teacher: nn.Module | None = None,
-                 data: tuple[Splits, Batcher] | None = None, log: Log = _print) -> None:
+                 data: tuple[Splits, Batcher] | None = None, log: Log = _print, trust_code: bool = False) -> None:
         self.options = options or RunOptions()
         make_plan(config)  # objectives and constraints are checked before any data is read
+        if trust_code:  # the user's word that the factory, code folder and pickle the config names are their own
+            trust_study(config)
+        check_study_code(config)
         self.config, self.teacher, self.data, self.log = config, teacher, data, log
         self.device = resolve_device(self.options.device)
         self.out = Path(self.options.out or Path("runs") / config.name / config.profile)
+        # one run per folder, taken when the run starts writing it, before any data is read (an --out that is a
+        # file, or a folder this user cannot write, fails there); exporting from a run folder takes no lock
+        self._lock = RunLock(self.out, log)
         self._ctx: Context | None = None
 
     @property
@@ -133,6 +142,7 @@ class Study:
     def prepare(self) -> dict:
         """The run folder, the data and the teacher, and `baseline.json`: everything before the search."""
         cfg, o = self.config, self.options
+        self._lock.acquire()  # before anything in the folder is read or deleted (--fresh)
         if o.fresh:
             start_fresh(self.out, o.storage, study_name(cfg.name, cfg.profile))
         self.out.mkdir(parents=True, exist_ok=True)
@@ -155,6 +165,7 @@ class Study:
         cfg = self.config
         if self._ctx is not None or not cfg.search.budget or cfg.search.sizing != Sizing.FIT:
             return
+        self._lock.acquire()  # the plan is written into the run folder
         o = self.options
         cache = Path(o.cache_dir) if o.cache_dir else None
         self.data = self.data or prepare_data(cfg.data, o.data_root, allow_download=o.allow_download,
@@ -170,17 +181,24 @@ class Study:
     def optimize(self) -> StudyResult:
         """Search, final stage and every output file; returns the result (resumes a stored study)."""
         t0 = time.monotonic()
-        self.prepare()
-        o = self.options
-        # a sized run's search limit is set when its search starts, from the time spent until then (a resumed run
-        # keeps the limit its study stored: study.search_limit)
-        plan = sized_by(self.out, self.config)
-        deadline = None if plan is None else lambda: plan.search_seconds(time.monotonic() - t0)
-        run_study(self.context(), storage_url(self.out, o.storage), Backend(kind=o.backend, address=o.address,
-                                                                            workers=o.workers), self.log,
-                  deadline=deadline, reporters=(write_outputs,))
+        try:
+            self.prepare()
+            o = self.options
+            # a sized run's search limit is set when its search starts, from the time spent until then (a resumed
+            # run keeps the limit its study stored: study.search_limit)
+            plan = sized_by(self.out, self.config)
+            deadline = None if plan is None else lambda: plan.search_seconds(time.monotonic() - t0)
+            run_study(self.context(), storage_url(self.out, o.storage), Backend(kind=o.backend, address=o.address,
+                                                                                workers=o.workers), self.log,
+                      deadline=deadline, reporters=(write_outputs,))
+        finally:
+            self.close()
         self.log(f"done in {time.monotonic() - t0:.0f} s; report: {self.out / 'report.md'}")
         return StudyResult(self)
+
+    def close(self) -> None:
+        """Give the run folder back (its lock); the process's exit does the same."""
+        self._lock.release()
 
     def result(self) -> StudyResult:
         """The result of a study that has already run (its run folder)."""
@@ -285,7 +303,7 @@ def compress(teacher: nn.Module | str, *, data: str | Path | None = None, train:
              name: str = "compress", budget: str = "standard", space: SpaceConfig | None = None,
              fidelity: FidelityConfig | None = None,
              search: SearchConfig | None = None, split: SplitConfig | None = None,
-             options: RunOptions | None = None, **option_kwargs: Any) -> StudyResult:
+             options: RunOptions | None = None, trust_code: bool = False, **option_kwargs: Any) -> StudyResult:
     """Compress `teacher` (a trained `nn.Module`, or the path of its checkpoint with `arch`) on the user's data:
     `data` (an ImageFolder root with train/ and optionally val/, test/), or `train`/`val`/`test` given as torch
     Datasets of (image, label) with PIL images or un-normalised tensors. Returns the finished study's result.
@@ -293,6 +311,7 @@ def compress(teacher: nn.Module | str, *, data: str | Path | None = None, train:
     The defaults keep the teacher as the only student (no architecture to distil into is assumed) and search
     pruning and PTQ/QAT bit-widths; `budget` names the training spent per fidelity ("quick" for a first look
     in minutes, "standard" for results); pass `space`, `fidelity` and `search` to change any of it.
+    `trust_code=True` is needed for an `arch` that is your own `package.module:factory` (spaces.models.code_trust).
     """
     if budget not in BUDGETS:
         raise ConfigError(f"compress: budget {budget!r} is not allowed; use one of {', '.join(map(repr, BUDGETS))}")
@@ -319,4 +338,4 @@ def compress(teacher: nn.Module | str, *, data: str | Path | None = None, train:
         fidelity=fidelity or BUDGETS[budget](), hardware=HardwareConfig(targets=_absolute_profiles(targets)),
         profile="api")
     options = options or RunOptions(**option_kwargs)
-    return Study(config, options, teacher=given, data=memory).optimize()
+    return Study(config, options, teacher=given, data=memory, trust_code=trust_code).optimize()

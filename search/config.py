@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import tomllib
 import typing
 from dataclasses import field
@@ -22,8 +23,14 @@ from evaluators.candidate import HardwareConfig
 from evaluators.data.config import DataConfig
 from evaluators.data.config import resolve_root
 from evaluators.teacher.prepare import TeacherConfig
+from hardware_models.api import check_profile
 from search.engine.loop import BaselineSet
 from search.engine.loop import SearchConfig
+from spaces.models.code_trust import check_factory
+from spaces.models.code_trust import check_folder
+from spaces.models.code_trust import grant
+from spaces.models.code_trust import pickle_allowed
+from spaces.models.user_models import factory_target
 from spaces.space import SpaceConfig
 from spaces.space import for_targets
 from spaces.validated import ConfigError
@@ -35,10 +42,24 @@ PROFILES_REQUIRED = ("smoke", "cpu", "paper")
 BASE_PROFILE = "base"
 
 
+# A study's name and profile become folders (runs/<name>/<profile>/, which --fresh empties): one plain path
+# component each, never `..`, a separator or an absolute path.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_plain_name(value: str, what: str) -> None:
+    if not PLAIN_NAME.fullmatch(value) or ".." in value:
+        raise ConfigError(f"{what}: {value!r} names a folder under runs/, so it must be one plain name (letters, "
+                         "digits, '.', '_', '-'; starting with a letter or digit; no '/' or '..'); rename it")
+
+
 @settings
 class StudyInfo:
     name: str
     description: str = ""
+
+    def __post_init__(self) -> None:
+        check_plain_name(self.name, "study.name")
 
 
 @settings
@@ -55,6 +76,8 @@ class StudyConfig:
     source: str = ""
 
     def __post_init__(self) -> None:
+        if self.profile:
+            check_plain_name(self.profile, "profile")
         # `[space] bits = "target"` needs the study's targets: resolved here, once, for every door (file, API).
         object.__setattr__(self, "space", for_targets(self.space, self.hardware.targets))
         if self.search.baselines == BaselineSet.THESIS and self.teacher.arch != "resnet50":
@@ -195,9 +218,21 @@ def with_paths_from(config: StudyConfig, base: Path) -> StudyConfig:
         raise ConfigError(f"{config.source}: hardware.targets: profile {missing[0]} does not exist; write it with "
                           "python -m hardware_models.calibrate --target rpi4 --measurements rpi_benchmark.csv "
                           f"--out {missing[0]}")
+    check_profiles(targets, config.source)
     return dataclasses.replace(config, data=resolve_root(config.data, base),
                                teacher=dataclasses.replace(teacher, **paths),
                                hardware=dataclasses.replace(config.hardware, targets=targets))
+
+
+def check_profiles(targets: typing.Iterable[str], where: str) -> None:
+    """Every profile JSON target loads and predicts, checked with the config: a malformed one fails here in one line,
+    not in every trial of the run."""
+    for target in targets:
+        if target.endswith(".json"):
+            try:
+                check_profile(target)
+            except ValueError as err:
+                raise ConfigError(f"{where}: hardware.targets: {err}") from None
 
 
 def from_json(raw: dict, where: str) -> StudyConfig:
@@ -208,3 +243,26 @@ def from_json(raw: dict, where: str) -> StudyConfig:
 def validate_all_profiles(study: str) -> list[StudyConfig]:
     path = study_path(study)
     return [load_study(str(path), p) for p in read_study_file(path).get("profiles", {})]
+
+
+def trust_study(config: StudyConfig) -> None:
+    """The user named this study themselves (their study file, or `trust_code=True`): its teacher's factory, code
+    folder and pickled checkpoint are their own code (`spaces.models.code_trust`). Never for a config read from a run
+    folder or a bundle (`from_json`)."""
+    teacher = config.teacher
+    grant(factories=(teacher.arch,), folders=(teacher.code,),
+          pickles=(teacher.checkpoint,) if teacher.allow_pickle else ())
+
+
+def check_study_code(config: StudyConfig) -> None:
+    """Before any data is read: the code the config names must be code the user trusted (one-line error)."""
+    teacher = config.teacher
+    target = factory_target(teacher.arch)
+    if target is not None:
+        check_factory(target)
+    if teacher.code:
+        check_folder(teacher.code)
+    if teacher.allow_pickle and not pickle_allowed(teacher.checkpoint):
+        raise ConfigError(f"teacher.allow_pickle for {teacher.checkpoint} was read from a file that is data (a run "
+                          "folder's config.json); unpickling can run code: give your own study file with --study, "
+                          "or trust_code=True in the Python API")

@@ -8,6 +8,7 @@ rebuilt now at F3 (deterministic, so the same network). See `search.bundle.write
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from evaluators.candidate import Fidelity
 from evaluators.candidate import estimate_targets
+from evaluators.data.config import prepare_data
 from evaluators.data.datasets import DataError
 from search.analysis.selection import Selected
 from search.analysis.selection import SelectionError
@@ -26,6 +28,9 @@ from search.api import Study
 from search.api import config_as_json
 from search.bundle.deploy_resolution import DeployResolution
 from search.bundle.deploy_resolution import adapt
+from search.bundle.model_file import BundleModelError
+from search.bundle.run_checkpoint import checkpoint_path
+from search.bundle.run_checkpoint import load_f3
 from search.bundle.writer import FALLBACK_FILE
 from search.bundle.writer import verify_bundle
 from search.bundle.writer import write_bundle
@@ -37,10 +42,13 @@ from search.cascade.export import export_cascade
 from search.cascade.model import CascadeError
 from search.config import ConfigError
 from search.config import StudyConfig
+from search.config import check_study_code
 from search.config import from_json
 from search.config import load_study
+from search.config import trust_study
 from search.pipeline.context import Context
 from search.report.plots import pareto_plot
+from spaces.models.code_trust import grant
 from spaces.recipe import TEACHER
 
 EXIT_USAGE, EXIT_FAILED = 2, 1
@@ -61,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="bundle folder (default: <run>/bundles/<recipe hash>/); must be empty")
     p.add_argument("--verify", default=None, metavar="DIR",
                    help="re-check a bundle: checksums, then each ONNX file's accuracy on the test split")
+    p.add_argument("--code", default=None, metavar="DIR",
+                   help="folder holding your own package, when the run's config.json names your "
+                        "'package.module:factory' (a name read from a run folder is imported only then)")
     p.add_argument("--data-root", default=None, help="dataset folder (default: as search.run finds it)")
     p.add_argument("--cache-dir", default=None, help="teacher cache (default: as search.run)")
     p.add_argument("--test-images", type=int, default=None,
@@ -93,27 +104,46 @@ def cascade_spec(args: argparse.Namespace) -> CascadeSpec:
 
 
 def load_model(selected: Selected, run: Path, ctx: Context) -> torch.nn.Module:
-    path = run / "checkpoints" / f"{selected.recipe.hash()}.pt"
-    if path.exists():
-        saved = torch.load(path, map_location="cpu", weights_only=False)  # our own file: a pickled module
-        print(f"model: F3 checkpoint {path}", flush=True)
-        return saved["model"]
+    model = load_f3(run, selected.recipe, ctx.config.teacher.network)  # tensors + recipe, never a pickled module
+    if model is not None:
+        print(f"model: F3 checkpoint {checkpoint_path(run, selected.recipe)}", flush=True)
+        return model
     print("model: no F3 checkpoint for this recipe; rebuilding it at F3 (the search's final budget)", flush=True)
     return ctx.evaluator.build(selected.recipe, Fidelity.F3).model
 
 
 def run_config(args: argparse.Namespace) -> StudyConfig:
-    """The study's config: from `--study` (a file), else the resolved `config.json` the run wrote."""
+    """The study's config: from `--study` (the user's own file: the code it names is trusted), else the resolved
+    `config.json` the run wrote (data: its factory is imported only with `--code DIR`)."""
+    grant(folders=(args.code,) if args.code else ())
     if args.study:
-        return load_study(args.study, args.profile)
-    if args.run and (Path(args.run) / "config.json").is_file():
+        config = load_study(args.study, args.profile)
+        trust_study(config)
+    elif args.run and (Path(args.run) / "config.json").is_file():
         path = Path(args.run) / "config.json"
-        return from_json(json.loads(path.read_text()), str(path))
-    raise ConfigError("--study is required (or --run DIR of a finished study, or --verify DIR)")
+        config = from_json(json_object(path), str(path))
+    else:
+        raise ConfigError("--study is required (or --run DIR of a finished study, or --verify DIR)")
+    if args.code:
+        config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher,
+                                                                         code=str(Path(args.code).resolve())))
+    return config
+
+
+def json_object(path: Path) -> dict:
+    """A JSON object from a run folder or a bundle, or a one-line ConfigError naming the file."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: unreadable ({str(error).splitlines()[0]}); re-run or re-export") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: not a JSON object; re-run or re-export")
+    return raw
 
 
 def export(args: argparse.Namespace) -> int:
     config = run_config(args)
+    check_study_code(config)  # code named by config.json runs only with --code or --study: refused before any read
     run = Path(args.run or Path("runs") / config.name / config.profile)
     read_run(run)  # an empty or missing study fails before any data is read
     selected = select(run, config.hardware.names, trial=args.trial, pick=args.pick)
@@ -191,16 +221,17 @@ def _plot(run: Path, config, selected: Selected, png: Path) -> None:  # noqa: AN
 def verify(args: argparse.Namespace) -> int:
     folder = Path(args.verify)
     metrics_path = folder / "metrics.json"
-    if not metrics_path.exists():
-        raise SelectionError(f"{folder} is not a bundle (no metrics.json)")
-    metrics = json.loads(metrics_path.read_text())
-    if "study_config" in metrics:
-        config = from_json(metrics["study_config"], f"{metrics_path} (study_config)")
-    else:  # bundles written before the config was stored in them
-        source = metrics.get("study_source") or ""
-        config = load_study(source if Path(source).is_file() else metrics["study"], metrics["profile"])
-    from evaluators.data.config import prepare_data
-
+    if not folder.is_dir() or not (folder / "manifest.json").is_file():
+        raise SelectionError(f"{folder} is not a bundle (no manifest.json); give the folder search.export wrote")
+    check = verify_cascade if is_cascade_bundle(folder) else verify_bundle
+    broken = check(folder)  # integrity (search.bundle.manifest) before any file of the bundle is parsed
+    if broken:
+        return _report(folder, broken, "")
+    metrics = json_object(metrics_path)
+    if not isinstance(metrics.get("study_config"), dict):
+        raise ConfigError(f"{metrics_path}: no study_config (a bundle from an older version): its checksums match; "
+                          "re-export it to verify its accuracy")
+    config = from_json(metrics["study_config"], f"{metrics_path} (study_config)")  # data: no code it names runs
     splits, batcher = prepare_data(config.data, args.data_root, allow_download=False, cache_dir=_cache(args))
     if is_cascade_bundle(folder):
         return _report(folder, verify_cascade(folder, splits), "the cascade runner reproduces its accuracy and "
@@ -226,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return verify(args) if args.verify else export(args)
-    except (ConfigError, CascadeError, DataError, SelectionError, FileExistsError) as err:
+    except (ConfigError, CascadeError, DataError, SelectionError, FileExistsError, BundleModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
 

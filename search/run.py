@@ -23,9 +23,11 @@ from search.api import Study
 from search.config import ConfigError
 from search.config import available_studies
 from search.config import load_study
+from search.config import trust_study
 from search.engine.budget import Sizing
 from search.engine.budget import parse_duration
 from search.engine.loop import StudyMismatch
+from spaces.models.code_trust import grant
 from spaces.models.user_models import add_code_path
 
 EXIT_USAGE = 2
@@ -91,12 +93,17 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
 
 def study_from_args(args: argparse.Namespace) -> Study:
     """The one `Study` object of `search.api`, built from the command line."""
+    grant(folders=(args.code,) if args.code else ())  # --code DIR: the user's own package
     add_code_path(args.code)  # the user's package must import before the study names its factory
     config = load_study(args.study, args.profile)
+    trust_study(config)  # the study file the user named is their own: its factory, code folder, pickle
     if args.code:
         config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher,
                                                                          code=str(Path(args.code).resolve())))
-    if args.trials:  # the trial count, and with a sized budget the most trials its plan may give
+    if args.trials is not None:  # the trial count, and with a sized budget the most trials its plan may give
+        if args.trials < 1:
+            raise ConfigError(f"--trials {args.trials}: a search needs at least 1 trial; give --trials 1 or more, "
+                              "or --baseline-only to stop before the search")
         config = dataclasses.replace(config, search=dataclasses.replace(config.search, trials=args.trials,
                                                                         max_trials=args.trials))
     if args.budget is not None:
@@ -112,16 +119,18 @@ def study_from_args(args: argparse.Namespace) -> Study:
 
 def run(args: argparse.Namespace) -> dict:
     study = study_from_args(args)
-    if args.plan_only:
-        if not study.config.search.budget or study.config.search.sizing != Sizing.FIT:
-            raise ConfigError("--plan-only: a plan is sized to a budget; give --budget TIME (and not --sizing off)")
-        study.out.mkdir(parents=True, exist_ok=True)
-        study.size_to_budget()
-        return {}
-    if args.baseline_only:
-        return study.prepare()
-    result = study.optimize()
-    return {"summary": result.summary}
+    try:
+        if args.plan_only:
+            if not study.config.search.budget or study.config.search.sizing != Sizing.FIT:
+                raise ConfigError("--plan-only: a plan is sized to a budget; give --budget TIME (and not --sizing off)")
+            study.size_to_budget()
+            return {}
+        if args.baseline_only:
+            return study.prepare()
+        result = study.optimize()
+        return {"summary": result.summary}
+    finally:
+        study.close()  # the run folder's lock
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

@@ -117,9 +117,15 @@ def decode(path: str, resolution: int, channels: int) -> np.ndarray:
             left, top = (w - resolution) // 2, (h - resolution) // 2
             img = img.crop((left, top, left + resolution, top + resolution))
             array = np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"cannot read image {path}: {err}; replace or remove the file") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise DataError(f"cannot read image {path}: {_first_line(err)}; replace or remove the file") from None
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _first_line(err: BaseException) -> str:
+    """PIL's message, one line (a decompression bomb names its pixel count and the limit)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def detect_channels(paths: tuple[str, ...], sample: int = 32) -> int:
@@ -132,8 +138,8 @@ def detect_channels(paths: tuple[str, ...], sample: int = 32) -> int:
             with Image.open(path) as img:
                 if img.mode not in GREY_MODES:
                     return 3
-        except OSError as err:
-            raise DataError(f"cannot read image {path}: {err}; replace or remove the file") from None
+        except (OSError, Image.DecompressionBombError) as err:
+            raise DataError(f"cannot read image {path}: {_first_line(err)}; replace or remove the file") from None
     return 1
 
 
@@ -177,7 +183,10 @@ class ImageFiles(LazyImages):
             return
         loader = torch.utils.data.DataLoader(_Batches(self, batches), batch_size=None, num_workers=self.workers,
                                              prefetch_factor=2)
-        yield from loader
+        try:
+            yield from loader
+        except DataError as err:  # a worker's error arrives wrapped in its traceback: keep its own one line
+            raise DataError(str(err).strip().splitlines()[-1].partition("DataError: ")[2] or str(err)) from None
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -207,6 +216,9 @@ def scan(root: Path) -> tuple[tuple[str, ...], dict[str, Listing]]:
     for name, listing in listings.items():
         if not listing.paths:
             raise DataError(f"{root / name} holds no images; remove the folder or add images")
+        unreadable = next((p for p in listing.paths if not os.access(p, os.R_OK)), None)
+        if unreadable is not None:
+            raise DataError(f"cannot read image {unreadable}: permission denied; make it readable or remove it")
     return classes, listings
 
 

@@ -3,7 +3,8 @@
 A checkpoint comes from outside: it is read with `torch.load(weights_only=True)`, which refuses arbitrary
 pickled objects. It may hold a bare state dict, the `{"state_dict": ...}` of Lightning, the `{"model": ...}`
 of timm and many training scripts, with `module.` (DataParallel), `model.` (Lightning) or `_orig_mod.`
-(torch.compile) prefixes; a whole pickled module is read only when the study sets `allow_pickle`. Every way
+(torch.compile) prefixes; a whole pickled module is read only when the user's own study sets `allow_pickle`
+(granted in `spaces.models.code_trust`: the same flag read from a run folder's config.json is refused). Every way
 the file can fail to fit the network and the data is one line that says what to change.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spaces.models.code_trust import pickle_allowed
 from spaces.validated import ConfigError
 
 PREFIXES = ("module.", "model.", "_orig_mod.", "net.", "backbone.")
@@ -41,7 +43,11 @@ def read_checkpoint(path: Path, *, allow_pickle: bool = False) -> dict[str, torc
             raise CheckpointError(f"{path} holds pickled Python objects (a whole module?), which can run code when "
                                   "loaded; save model.state_dict() instead, or set [teacher] allow_pickle = true if "
                                   "you trust the file") from None
-        loaded = torch.load(path, map_location="cpu", weights_only=False)
+        if not pickle_allowed(path):
+            raise CheckpointError(f"{path} holds pickled Python objects and allow_pickle was not set by you (it came "
+                                  "from a file that is data); give your own study file with --study, or "
+                                  "trust_code=True in the Python API") from None
+        loaded = torch.load(path, map_location="cpu", weights_only=False)  # the user's explicit allow_pickle
     except Exception as err:  # noqa: BLE001 - whatever the unpickler trips on, the file is no checkpoint
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_first_line(err)}); save one with "
                               "torch.save(model.state_dict(), path)") from None

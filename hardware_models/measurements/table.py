@@ -96,17 +96,52 @@ def _int(text: str | None) -> int:
 
 def resolve_spec(spec: str, folder: Path) -> str:
     """`onnx:PATH` specs name a file relative to the table's folder (rpi/run_onnx.py writes them so); made
-    absolute here so that the row means the same file wherever calibrate runs."""
+    absolute here so that the row means the same file wherever calibrate runs. A table is data: the file must be
+    inside the table's folder (no absolute path, no `..` out of it)."""
     scheme, _, argument = spec.partition(":")
-    if scheme != "onnx" or Path(argument).is_absolute():
+    if scheme != "onnx":
         return spec
-    return f"onnx:{(folder / argument).resolve()}"
+    resolved = (folder / argument).resolve()
+    if Path(argument).is_absolute() or not resolved.is_relative_to(folder.resolve()):
+        raise ValueError(f"spec {spec!r} names a file outside the table's folder {folder}; keep the ONNX file next to "
+                         "(or below) the CSV and name it relative to it")
+    return f"onnx:{resolved}"
+
+
+def _rows(path: Path) -> tuple[bytes, csv.DictReader]:
+    """The file's bytes and a CSV reader over them; a file that is not readable text is a one-line ValueError."""
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the measurement table ({error.strerror or error}); check the path "
+                         "and its permissions") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text CSV (a binary file?); give the CSV of measurements") from None
+    if "\x00" in text:
+        raise ValueError(f"{path}: holds NUL bytes, so it is no text CSV; give the CSV of measurements")
+    return raw, csv.DictReader(text.splitlines())
+
+
+def _latency(record: dict, column: str, path: Path, number: int, name: str) -> float:
+    """The row's latency; text that is not a finite number (inf, nan, 1e999) is an error naming the row."""
+    text = (record.get(column) or "").strip()
+    value = _float(text)
+    if text and (not math.isfinite(value)) and not _is_missing(text):
+        raise ValueError(f"{path} row {number} ({name}): {column} = {text!r} is not a finite number; fix the value "
+                         "or delete the row")
+    return value
+
+
+def _is_missing(text: str) -> bool:
+    """Words a table uses for a value it does not have (skipped, as an empty cell is)."""
+    return text.lower() in ("na", "n/a", "none", "-", "?")
 
 
 def load_measurements(path: str | Path) -> MeasurementTable:
     path = Path(path)
-    raw = path.read_bytes()
-    reader = csv.DictReader(raw.decode("utf-8").splitlines())
+    raw, reader = _rows(path)
     header = reader.fieldnames or []
     if "spec" not in header or "input" not in header:
         raise ValueError(f"{path}: a measurement table needs 'spec' and 'input' columns; found {header}")
@@ -118,7 +153,7 @@ def load_measurements(path: str | Path) -> MeasurementTable:
         if not spec:
             skipped.append(f"row {number} ({name}): no spec (no torch equivalent named)")
             continue
-        value = _float(record.get(latency))
+        value = _latency(record, latency, path, number, name)
         if not value > 0:
             skipped.append(f"row {number} ({name}): no positive latency")
             continue

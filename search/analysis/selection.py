@@ -17,6 +17,8 @@ from evaluators import metric_names as names
 from search.analysis.objectives import Pick
 from search.analysis.objectives import known_metrics
 from search.analysis.objectives import parse_pick
+from spaces.models.architectures import list_architectures
+from spaces.recipe import TEACHER
 from spaces.recipe import Recipe
 
 
@@ -57,7 +59,21 @@ def _row(frame: pd.DataFrame, index: int, how: str) -> Selected:
     trial = row.get("trial")
     if trial is None and isinstance(row.get("source"), str) and row["source"].startswith("trial "):
         trial = int(row["source"].split()[1])
-    return Selected(Recipe.from_json(row["recipe_json"]), None if pd.isna(trial) else int(trial), how, row)
+    return Selected(recipe_of(row, how), None if pd.isna(trial) else int(trial), how, row)
+
+
+def recipe_of(row: dict, how: str) -> Recipe:
+    """The row's recipe; the table is data, so its student must be a registered network (a name in a CSV never
+    imports code) and anything that is no recipe is a one-line SelectionError."""
+    try:
+        recipe = Recipe.from_json(str(row.get("recipe_json")))
+    except (ValueError, TypeError, KeyError) as error:
+        raise SelectionError(f"{how}: its recipe_json is not a recipe ({str(error).splitlines()[0][:160]}); re-run "
+                             "the study or pick another row") from None
+    if recipe.student != TEACHER and recipe.student not in list_architectures():
+        raise SelectionError(f"{how}: its recipe names student {recipe.student!r}, which is not a registered network "
+                             "(a name in a table never imports code); re-run the study or pick another row")
+    return recipe
 
 
 def by_trial(trials: pd.DataFrame, number: int) -> Selected:

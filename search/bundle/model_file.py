@@ -1,14 +1,14 @@
 """A bundle's `model.pt`: the searched model as tensors + recipe, rebuilt without unpickling any code.
 
 A bundle is a file from outside once it leaves the machine that wrote it, so it is read with
-`torch.load(weights_only=True)`: only tensors and plain containers. The network is rebuilt from its
-architecture name (the registry, `torchvision:<name>` or the user's `package.module:factory`), reshaped to the
-channel counts the state dict holds (what pruning left), with the stem it was trained with (`stem`, recorded
-because the bundle's input size need not be the training size the registry's rule picked it for; files without
-it predate small stems and have torchvision's), with BatchNorms that were folded and residual blocks
-that were removed turned into `nn.Identity`, and the recipe's fake quantizers attached at the recorded
-bit-widths; then the state dict (weights, trained or calibrated scales) is loaded strictly.
-"""
+`torch.load(weights_only=True)`: only tensors and plain containers (`spaces.compress.model_record`; a run's F3
+checkpoints are the same format). The network is rebuilt from its architecture name (the registry,
+`torchvision:<name>`, or the user's `package.module:factory` where they opted in: `spaces.models.code_trust`),
+reshaped to the channel counts the state dict holds (what pruning left), with the stem it was trained with (`stem`,
+recorded because the bundle's input size need not be the training size the registry's rule picked it for; files
+without it predate small stems and have torchvision's), with BatchNorms that were folded and residual blocks that
+were removed turned into `nn.Identity`, and the recipe's fake quantizers attached at the recorded bit-widths; then
+the state dict (weights, trained or calibrated scales) is loaded strictly."""
 
 from __future__ import annotations
 
@@ -19,15 +19,16 @@ import torch
 from torch import nn
 
 from spaces.compress.fake_quant import attach_quantizers
-from spaces.compress.quantization import bit_widths
-from spaces.compress.quantization import is_quantized
+from spaces.compress.model_record import FORMAT
+from spaces.compress.model_record import model_record
 from spaces.models.architectures import Stem
 from spaces.models.architectures import create_model
-from spaces.models.architectures import model_stem
+from spaces.models.code_trust import grant
+from spaces.recipe import TEACHER
 from spaces.recipe import Calibration
 from spaces.recipe import Recipe
 
-FORMAT = 2  # 1: the module was pickled beside the state dict
+STALE = "bundles written before format 2 pickled the module: re-export them with search.export"
 
 
 class BundleModelError(RuntimeError):
@@ -36,38 +37,43 @@ class BundleModelError(RuntimeError):
 
 def save_model(path: Path, model: nn.Module, recipe: Recipe, *, network: str, input_shape: tuple[int, ...],
                num_classes: int, dataset: str, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-    torch.save({"format": FORMAT, "state_dict": model.state_dict(), "recipe": recipe.to_json(),
-                "recipe_hash": recipe.hash(), "network": network, "stem": model_stem(model),
-                "input_shape": list(input_shape),
-                "num_classes": num_classes, "dataset": dataset, "mean": list(mean), "std": list(std),
-                "quantized": is_quantized(model),
-                "bit_widths": {k: list(v) for k, v in bit_widths(model).items()}}, path)
+    torch.save({**model_record(model, recipe, network=network, input_shape=input_shape, num_classes=num_classes),
+                "dataset": dataset, "mean": list(mean), "std": list(std)}, path)
 
 
-def read_model_file(path: Path) -> dict[str, Any]:
+def read_model_file(path: Path, stale: str = STALE) -> dict[str, Any]:
+    """The tensors and plain values of a model file; `stale` says what to do with a file in an older format."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise BundleModelError(f"{path}: no such file; give the model.pt of a bundle") from None
     except Exception as error:  # noqa: BLE001 - torch raises several types for a file it cannot read safely
-        raise BundleModelError(f"{path}: not a tensors-only bundle model ({type(error).__name__}); bundles written "
-                               "before format 2 pickled the module: re-export them with search.export") from None
+        raise BundleModelError(f"{path}: not a tensors-only model file ({type(error).__name__}); {stale}") from None
     if not isinstance(saved, dict) or saved.get("format") != FORMAT or "state_dict" not in saved:
-        raise BundleModelError(f"{path}: not a format-{FORMAT} bundle model; re-export it with search.export")
+        raise BundleModelError(f"{path}: not a format-{FORMAT} model file; {stale}")
     return saved
 
 
-def load_model(path: Path) -> tuple[nn.Module, Recipe]:
-    """The searched model of a bundle (eval mode) and its recipe, from tensors only."""
-    saved = read_model_file(path)
+def load_model(path: Path, *, teacher: str | None = None, trust_code: bool = False,
+               stale: str = STALE) -> tuple[nn.Module, Recipe]:
+    """The model of a bundle or a run's F3 checkpoint (eval mode) and its recipe, from tensors only.
+
+    `teacher` is the network a file's `teacher` stands for (a run's checkpoints record the recipe's student);
+    `trust_code=True` lets the file's network be the caller's own `package.module:factory`
+    (spaces.models.code_trust)."""
+    saved = read_model_file(path, stale)
     recipe = Recipe.from_json(saved["recipe"])
     state: dict[str, torch.Tensor] = saved["state_dict"]
+    network = str(saved["network"])
+    network = teacher if network == TEACHER and teacher else network
+    if trust_code:
+        grant(factories=(network,))
     try:
-        net = create_model(saved["network"], num_classes=int(saved["num_classes"]),
+        net = create_model(network, num_classes=int(saved["num_classes"]),
                            in_channels=int(saved["input_shape"][0]), stem=str(saved.get("stem", Stem.IMAGENET)))
     except (KeyError, ImportError, ValueError) as error:
-        raise BundleModelError(f"{path}: cannot build its network {saved['network']!r} ({error}); install or "
-                               "import the package that defines it") from None
+        why = error.args[0] if error.args else error
+        raise BundleModelError(f"{path}: cannot build its network {network!r} ({why})") from None
     _drop_absent(net, state)
     for name, module in list(net.named_modules()):
         _reshape(net, name, module, state)
@@ -78,7 +84,7 @@ def load_model(path: Path) -> tuple[nn.Module, Recipe]:
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise BundleModelError(f"{path}: the rebuilt {saved['network']} does not match the saved weights "
+        raise BundleModelError(f"{path}: the rebuilt {network} does not match the saved weights "
                                f"({str(error).splitlines()[0]})") from None
     return net.eval(), recipe
 

@@ -13,7 +13,6 @@ metrics.json names: a bundle that was edited, truncated or produced by a differe
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import platform
 import shutil
@@ -34,6 +33,14 @@ from evaluators.metrics import accuracy
 from evaluators.metrics import model_summary
 from hardware_models.estimators.host import cpu_name
 from hardware_models.estimators.host import time_session
+from search.bundle.float_model import float_model_note
+from search.bundle.float_model import write_float_model
+from search.bundle.manifest import MANIFEST
+from search.bundle.manifest import check_deployed
+from search.bundle.manifest import check_manifest
+from search.bundle.manifest import present
+from search.bundle.manifest import read_json as _read_json
+from search.bundle.manifest import sha256
 from search.bundle.model_file import save_model
 from search.bundle.onnx_files import INT8_SETTINGS
 from search.bundle.onnx_files import BundleError
@@ -53,15 +60,17 @@ from spaces.recipe import TEACHER
 from spaces.recipe import PruneKind
 from spaces.recipe import Recipe
 
-FORMAT = 2  # 1: model.pt pickled the module, model_int8.onnx was re-quantized by onnxruntime
-MANIFEST = "manifest.json"
+# 1: model.pt pickled the module, model_int8.onnx was re-quantized by onnxruntime; 2: zcu104/model_float.pt pickled
+# the module (now a state dict + zcu104/float_model.py), and a cascade's stage manifests were not listed
+FORMAT = 3
 SCRIPTS = Path(__file__).with_name("scripts")
 # Files every bundle has; model_int8.onnx (a quantized recipe), model_int8_requantized.onnx (the named
 # fallback) and pareto.png are added when they apply.
 REQUIRED = ("model.pt", "model.onnx", "recipe.json", "metrics.json", "README.md",
             "calibration/images.npy", "calibration/labels.npy", "calibration/normalization.json",
             "rpi/run_onnx.py", "rpi/preprocess.json", "zcu104/README.md", "zcu104/quantize.py",
-            "zcu104/compile.sh", "zcu104/run_vart.py", "zcu104/bundle.json", "zcu104/model_float.pt")
+            "zcu104/compile.sh", "zcu104/run_vart.py", "zcu104/bundle.json", "zcu104/model_float.pt",
+            "zcu104/float_model.py")
 QUANTIZED_FILE, FLOAT_FILE, FALLBACK_FILE = "model_int8.onnx", "model.onnx", "model_int8_requantized.onnx"
 ONNX_FILES = {"onnx_fp32": FLOAT_FILE, "onnx_int8": QUANTIZED_FILE, "onnx_int8_requantized": FALLBACK_FILE}
 VERSIONED = ("torch", "torchvision", "onnx", "onnxruntime", "numpy", "torch-pruning", "edge-compress-search")
@@ -108,7 +117,7 @@ def write_bundle(model: nn.Module, recipe: Recipe, splits: Splits, batcher: Batc
     info = splits.info
     save_model(out / "model.pt", model, recipe, network=network or recipe.student, input_shape=shape,
                num_classes=info.num_classes, dataset=info.name.value, mean=info.mean, std=info.std)
-    torch.save(float_net, out / "zcu104" / "model_float.pt")
+    unwritten = write_float_model(float_net, shape, out / "zcu104")  # state dict + generated code, no pickle
     export_float(float_net, shape, out / FLOAT_FILE)
     qdq = export_qdq(model, shape, out / QUANTIZED_FILE) if has_integer_layers(model) else None
     if requantize:
@@ -116,6 +125,7 @@ def write_bundle(model: nn.Module, recipe: Recipe, splits: Splits, batcher: Batc
     _write_calibration(out / "calibration", calib, splits.info, shape)
     metrics = _metrics(out, model, float_net, recipe, splits, batcher, test, len(calib), predicted, extra_metrics,
                        qdq, searched_accuracy)
+    metrics["deployment"]["zcu104_model"] = float_model_note(unwritten)
     _write_json(out / "metrics.json", metrics)
     (out / "recipe.json").write_text(json.dumps(json.loads(recipe.to_json()), indent=2, sort_keys=True) + "\n")
     if pareto_png is not None:
@@ -131,15 +141,14 @@ def verify_bundle(out_dir: Path, splits: Splits | None = None, batcher: Batcher 
                   tolerance: float = 0.5) -> list[str]:
     """Problems found in a bundle (empty: none), each naming the file it is about.
 
-    Checksums first; with `splits`, the int8 model is re-run on the test images metrics.json recorded and
-    must reproduce its accuracy within `tolerance` percentage points.
+    Integrity first (`search.bundle.manifest`: every file listed, inside the bundle and unchanged, the deployed one
+    included), and nothing is parsed before it holds; with `splits`, the int8 model is re-run on the test images
+    metrics.json recorded and must reproduce its accuracy within `tolerance` percentage points.
     """
     out = Path(out_dir)
-    found, problems = _read_json(out, MANIFEST)
-    if found is None:
-        return problems
-    problems += check_files(out, found)
-    if splits is not None:
+    problems = check_manifest(out, REQUIRED, FORMAT)  # containment, unlisted files, checksums: before any parsing
+    problems = problems or check_deployed(out)
+    if splits is not None and not problems:
         problems += _check_accuracy(out, splits, batcher, tolerance)
     return problems
 
@@ -301,27 +310,10 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=_default) + "\n")
 
 
-def _read_json(out: Path, name: str) -> tuple[Any, list[str]]:
-    try:
-        return json.loads((out / name).read_text()), []
-    except FileNotFoundError:
-        return None, [f"{name}: missing from {out}"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return None, [f"{name}: unreadable ({error})"]
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def manifest(out: Path) -> dict[str, Any]:
-    """Checksums of every file but the manifest itself, and what produced them."""
-    files = {p.relative_to(out).as_posix(): sha256(p) for p in sorted(out.rglob("*"))
-             if p.is_file() and p.name != MANIFEST and "__pycache__" not in p.parts}
+    """Checksums of every file but the manifest itself (a cascade's stage manifests included), and what produced
+    them."""
+    files = {name: sha256(out / name) for name in present(out)}
     return {"bundle_format": FORMAT, "algorithm": "sha256", "files": files, "versions": versions()}
 
 
@@ -350,20 +342,6 @@ def _git() -> dict[str, str]:
 
 
 # --- verification --------------------------------------------------------------------------------------------------
-
-def check_files(out: Path, found: Any) -> list[str]:
-    files = found.get("files") if isinstance(found, dict) else None
-    if not isinstance(files, dict):
-        return [f"{MANIFEST}: has no 'files' table"]
-    problems = [f"{name}: not listed in {MANIFEST}" for name in REQUIRED if name not in files]
-    for name, digest in sorted(files.items()):
-        path = out / name
-        if not path.is_file():
-            problems.append(f"{name}: missing (listed in {MANIFEST})")
-        elif sha256(path) != digest:
-            problems.append(f"{name}: sha256 differs from {MANIFEST} (the file changed after the bundle was written)")
-    return problems
-
 
 def _check_accuracy(out: Path, splits: Splits, batcher: Batcher | None, tolerance: float) -> list[str]:
     """Each ONNX file re-run on the recorded test images: it must reproduce its recorded accuracy, and the

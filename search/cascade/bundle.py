@@ -20,11 +20,13 @@ from torch import nn
 from evaluators.data.batches import Batcher
 from evaluators.data.splits import Splits
 from hardware_models.api import estimate
+from search.bundle.manifest import check_manifest
+from search.bundle.manifest import check_named
 from search.bundle.scripts import run_cascade as runner
+from search.bundle.writer import FORMAT
 from search.bundle.writer import SCRIPTS
 from search.bundle.writer import _read_json
 from search.bundle.writer import _write_json
-from search.bundle.writer import check_files
 from search.bundle.writer import manifest
 from search.bundle.writer import write_bundle
 from search.cascade.cost import CascadeCost
@@ -162,13 +164,13 @@ def verify_cascade(out_dir: Path, splits: Splits | None = None, tolerance: float
     """Problems (empty: none): checksums, then the runner re-run on the recorded test images must reproduce the
     recorded accuracy and escalation rate, and stay within `tolerance` points of the searched cascade."""
     out = Path(out_dir)
-    found, problems = _read_json(out, "manifest.json")
-    if found is None:
-        return problems
-    files = found.get("files", {}) if isinstance(found, dict) else {}
-    problems += [f"{name}: not listed in manifest.json" for name in REQUIRED if name not in files]
-    # check_files also asks for a single model's files at the top level; a cascade keeps them per stage
-    problems += [p for p in check_files(out, found) if not p.endswith("not listed in manifest.json")]
+    problems = check_manifest(out, REQUIRED, FORMAT)  # containment, unlisted files, checksums: before any parsing
+    if not problems:  # the stages the runner loads are the files it deploys: each must be listed
+        policy, problems = _read_json(out, POLICY_FILE)
+        stages = policy.get("stages") if isinstance(policy, dict) else None
+        stages = stages if isinstance(stages, list) and stages else [None]
+        models = [s.get("model") if isinstance(s, dict) else None for s in stages]
+        problems += check_named(out, POLICY_FILE, models)
     if splits is None or problems:
         return problems
     metrics, more = _read_json(out, "metrics.json")

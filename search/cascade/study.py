@@ -24,6 +24,7 @@ from evaluators.candidate import Fidelity
 from evaluators.metric_names import PerTarget
 from search.analysis.objectives import direction
 from search.analysis.pareto import pareto_mask
+from search.bundle.run_checkpoint import load_f3
 from search.bundle.writer import has_integer_layers
 from search.cascade.bundle import cascade_costs
 from search.cascade.export import TEACHER_RECIPE
@@ -42,11 +43,9 @@ Log = Callable[[str], None]
 
 
 def f3_model(ctx: Context, candidate: Candidate) -> torch.nn.Module:
-    """The F3 model the final stage saved (our own checkpoint), else rebuilt at F3 (deterministic)."""
-    path = ctx.out / "checkpoints" / f"{candidate.recipe.hash()}.pt"
-    if path.exists():
-        return torch.load(path, map_location="cpu", weights_only=False)["model"]  # written by this study
-    return ctx.evaluator.build(candidate.recipe, Fidelity.F3).model
+    """The F3 model the final stage saved (tensors + recipe), else rebuilt at F3 (deterministic)."""
+    saved = load_f3(ctx.out, candidate.recipe, ctx.config.teacher.network)
+    return saved if saved is not None else ctx.evaluator.build(candidate.recipe, Fidelity.F3).model
 
 
 def score(ctx: Context, candidate: Candidate, teacher: Any, spec: CascadeSpec) -> Candidate | None:

@@ -3,7 +3,9 @@
 One optuna study per run, persisted in an RDB storage (SQLite under the run folder by default), is the
 single source of truth: rerunning the same command resumes it. A trial killed mid-way is left RUNNING
 in the storage; the next run marks it failed ("interrupted") and enqueues its parameters again, so it is
-retried and nothing finished is repeated (the result cache makes even a half-finished retry cheap).
+retried and nothing finished is repeated (the result cache makes even a half-finished retry cheap). Only a
+trial whose owner process is dead is retried (`OWNER_ATTR`), and a resumed sampler is reseeded by the
+trials already told, so it proposes no recipe of the earlier run again (`reseed`).
 
 Every recipe gets F0 and F1; `search.engine.promotion` decides, as its F1 result arrives, whether it earns F2.
 What optuna is told (user attribute `told` says which level its values come from):
@@ -29,6 +31,7 @@ from dataclasses import replace
 from enum import StrEnum
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
@@ -42,6 +45,7 @@ from search.analysis.objectives import undeployable
 from search.engine.budget import Clock
 from search.engine.budget import Sizing
 from search.engine.budget import parse_duration
+from search.engine.owner import Owner
 from search.engine.promotion import Decision
 from search.engine.promotion import Promoter
 from search.engine.promotion import PromotionKind
@@ -152,13 +156,41 @@ def seed_students(study: optuna.Study, config: SearchConfig, students: tuple[str
     return len(chosen)
 
 
-def requeue_interrupted(study: optuna.Study) -> int:
-    """Trials a killed run left RUNNING: marked failed and enqueued again with the same parameters."""
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+OWNER_ATTR = "owner"  # the process that asked a trial (search.engine.owner): only a dead owner's trial is retried
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """A new trial, marked with this process as its owner."""
+    trial = study.ask()
+    trial.set_user_attr(OWNER_ATTR, Owner.me().label())
+    return trial
+
+
+def requeue_interrupted(study: optuna.Study, log: Callable[[str], None] | None = None) -> int:
+    """Trials a killed run left RUNNING: marked failed and enqueued again with the same parameters. Only trials whose
+    owner is dead (or unrecorded: older runs) are touched; a live run's trial in a shared storage, or one whose
+    owner is on another host, is left alone."""
+    stale = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = Owner.parse(str(t.user_attrs.get(OWNER_ATTR, "")))
+        if owner is None or owner.alive() is False:
+            stale.append(t)
+        elif log is not None:
+            log(f"trial {t.number} is running in {owner.label()} (alive or on another host): left alone")
     for t in stale:
         study.tell(t.number, state=TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
     return len(stale)
+
+
+def reseed(study: optuna.Study, config: SearchConfig) -> None:
+    """A resumed study's sampler gets a seed that depends on the trials already told: restarted from the study's own
+    seed, its random generator would propose the first run's recipes again (a kill -9 after 2 of 8 trials made the
+    resumed run repeat both). A new study keeps `seed` itself, so a fresh run stays reproducible."""
+    told = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    if told:
+        seed = int(np.random.SeedSequence([config.seed, told]).generate_state(1)[0])
+        study.sampler = make_sampler(replace(config, seed=seed))
 
 
 def finished(trial: FrozenTrial) -> bool:
@@ -366,7 +398,7 @@ def asked(study: optuna.Study, space: SearchSpace, total: int,
           clock: Clock | None = None) -> Iterator[tuple[optuna.Trial, Recipe]]:
     """Trials to run until `total` count as finished or the clock is up (interrupted ones are retried first)."""
     while count_finished(study) < total and not (clock and clock.up()):
-        trial = study.ask()
+        trial = ask(study)
         yield trial, space.suggest(trial)
 
 

@@ -31,7 +31,9 @@ from search.analysis.objectives import known_metrics
 from search.analysis.objectives import parse_constraint
 from search.config import ConfigError
 from search.config import StudyConfig
+from search.config import check_profiles
 from search.config import load_study
+from search.config import trust_study
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,10 @@ class RunSpec:
 
     @classmethod
     def from_study(cls, study: str, profile: str | None, out: str, *, trials: int = 0, **options: Any) -> RunSpec:
-        """A spec for a study file (name or path) at a profile; `trials` > 0 overrides the profile's count."""
+        """A spec for a study file (name or path) at a profile; `trials` > 0 overrides the profile's count. The file
+        is the caller's own: the code its teacher names is trusted (`search.config.trust_study`)."""
         config = load_study(study, profile)
+        trust_study(config)
         if trials:
             config = replace(config, search=replace(config.search, trials=trials))
         return cls(config=config, out=out, **options)
@@ -62,6 +66,7 @@ class Plan:
 
 
 def make_plan(config: StudyConfig) -> Plan:
+    check_profiles(config.hardware.targets, config.source or "study")  # every door: file, config.json, Python
     targets = config.hardware.names
     known = known_metrics(targets)
     objectives = config.search.objectives or default_objectives(targets)

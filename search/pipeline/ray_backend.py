@@ -225,7 +225,7 @@ def _loop(study: optuna.Study, space: SearchSpace, loop: engine.Loop, workers: _
     pending: dict[Any, tuple[optuna.Trial, Recipe]] = {}
     while True:
         while len(pending) < workers.count and loop.may_ask(study, len(pending)):
-            trial = study.ask()
+            trial = engine.ask(study)
             recipe = space.suggest(trial)
             pending[workers.submit(recipe, None)] = (trial, recipe)
         if not pending:

@@ -40,6 +40,11 @@ from evaluators.data.splits import Splits
 from search.analysis.objectives import Constraint
 from search.config import StudyConfig
 from search.pipeline.context import Context
+from spaces.models.code_trust import Grants
+from spaces.models.code_trust import check_factory
+from spaces.models.code_trust import grant
+from spaces.models.code_trust import grants
+from spaces.models.user_models import factory_target
 from spaces.recipe import Recipe
 
 NODE_CACHE_ENV = "EDGE_SEARCH_NODE_CACHE"
@@ -55,6 +60,7 @@ class Shipment:
     batcher: Batcher
     teacher: nn.Module  # on the CPU; each worker moves it to `device`
     profiles: dict[str, bytes]  # a target that is a profile JSON on the driver -> that file's bytes
+    grants: Grants = Grants()  # the user's own code the driver was told to trust (spaces.models.code_trust)
 
 
 def ship(ctx: Context) -> Shipment:
@@ -62,7 +68,17 @@ def ship(ctx: Context) -> Shipment:
     profiles = {t: Path(t).read_bytes() for t in hardware.targets if t.endswith(".json")}
     key = hashlib.sha256(f"{ctx.out.resolve()}|{os.getpid()}|{time.time_ns()}".encode()).hexdigest()[:16]
     return Shipment(key, ctx.config, ctx.plan.constraints, ctx.spec.device, ctx.splits, ctx.evaluator.batcher,
-                    copy.deepcopy(ctx.evaluator.teacher).cpu(), profiles)
+                    copy.deepcopy(ctx.evaluator.teacher).cpu(), profiles, worker_grants(ctx.config))
+
+
+def worker_grants(config: StudyConfig) -> Grants:
+    """What the driver trusts, for the workers: a factory trusted through a `--code` folder is named outright, since
+    on a worker the user's package comes through Ray (`code_modules`), not from that folder."""
+    target = factory_target(config.teacher.arch)
+    if target is None:
+        return grants()
+    check_factory(target)  # trusted here already (the driver built the teacher), or this refuses
+    return replace(grants(), factories=grants().factories | {target})
 
 
 def _installed(module: ModuleType) -> bool:
@@ -74,14 +90,8 @@ def _installed(module: ModuleType) -> bool:
 def user_module(arch: str) -> str | None:
     """The top-level module of a user-named architecture (`mypkg.models:build` -> mypkg); None for the
     registry's names and the schemes this tool resolves itself (`torchvision:`)."""
-    from spaces.models.user_models import SCHEMES
-    from spaces.models.user_models import split_name
-
-    base, _ = split_name(arch)
-    scheme, _, rest = base.partition(":")
-    if not rest or scheme in SCHEMES:
-        return None
-    return scheme.split(".")[0]
+    target = factory_target(arch)
+    return None if target is None else target.split(".")[0].split(":")[0]
 
 
 def code_modules(config: StudyConfig) -> list[ModuleType | str]:
@@ -104,6 +114,7 @@ def node_cache() -> Path:
 
 def build_evaluator(shipment: Shipment, scratch: Path) -> Evaluator:
     """The worker's evaluator, from memory only: no data root, no teacher cache, no run folder."""
+    grant(also=shipment.grants)
     hardware = shipment.config.hardware
     if shipment.profiles:  # the user's calibrated boards: written here under the same file names (same metrics)
         targets = []

@@ -106,8 +106,9 @@ def search(ctx: Context, storage: str, executor: Executor, log: Log, deadline: f
            ) -> optuna.Study:
     cfg = ctx.config
     study = engine.open_study(study_name(cfg.name, cfg.profile), storage, cfg.search, ctx.plan.objectives)
-    retried = engine.requeue_interrupted(study)
+    retried = engine.requeue_interrupted(study, log)
     engine.seed_students(study, cfg.search, cfg.space.students)
+    engine.reseed(study, cfg.search)  # a resumed run's sampler must not replay the first run's recipes
     done = engine.count_finished(study)
     if done or retried:
         log(f"resuming: {done} trials finished earlier" + (f", {retried} interrupted ones retried" if retried else ""))

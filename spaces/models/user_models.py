@@ -1,11 +1,12 @@
 """Networks named by a scheme rather than registered: any torchvision classifier, or the user's own factory.
 
-A study names its teacher `torchvision:efficientnet_b0` or `mypackage.models:build_net`, with keyword
-arguments in `[teacher.kwargs]`. The name and the arguments together (`canonical_name`) are the whole
-recipe for the network: every process, a Ray worker included, rebuilds the same network from that string
-alone, and every place that builds networks by name (pruning facts, bit-width groups, students) works
-unchanged. Nothing is downloaded: torchvision models are built with `weights=None`; the trained weights
-come from the user's checkpoint.
+A study names its teacher `torchvision:efficientnet_b0` or `mypackage.models:build_net`, with keyword arguments in
+`[teacher.kwargs]`. A factory is imported only where the user opted in to their own code (`spaces.models.code_trust`): a
+name read from a bundle, a run folder or a table is data. The name and the arguments together (`canonical_name`)
+are the whole recipe for the network: every process, a Ray worker included, rebuilds the same network from that
+string alone, and every place that builds networks by name (pruning facts, bit-width groups, students) works
+unchanged. Nothing is downloaded: torchvision models are built with `weights=None`; the trained weights come from
+the user's checkpoint.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from torch import nn
 
 from spaces.models.architectures import Architecture
 from spaces.models.architectures import first_conv_for
+from spaces.models.code_trust import check_factory
+from spaces.models.code_trust import check_folder
 
 KWARGS_MARK = "{"
 
@@ -45,12 +48,14 @@ def split_name(name: str) -> tuple[str, dict[str, Any]]:
 
 
 def add_code_path(folder: str | Path | None) -> None:
-    """Make the user's own code importable (`--code DIR` / `[teacher] code`), in this process."""
+    """Make the user's own code importable (`--code DIR` / `[teacher] code`), in this process; only a folder the
+    user trusted (`spaces.models.code_trust.grant`): a folder first on the import path can replace any module."""
     if not folder:
         return
     path = str(Path(folder).resolve())
     if not Path(path).is_dir():
         raise KeyError(f"code folder {folder} does not exist; give the folder that holds your package")
+    check_folder(path)
     if path not in sys.path:
         sys.path.insert(0, path)
 
@@ -71,6 +76,7 @@ def _torchvision(model_name: str, kwargs: dict[str, Any]) -> Callable[[int, int]
 
 def _factory(target: str, kwargs: dict[str, Any]) -> Callable[[int, int], nn.Module]:
     module_name, _, attr = target.partition(":")
+    check_factory(target)  # before anything is imported: the module's own code runs on import
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -115,6 +121,14 @@ SCHEMES: dict[str, Callable[[str, dict[str, Any]], Callable[[int, int], nn.Modul
     "torchvision": _torchvision,
     "instance": _instance,
 }
+
+
+def factory_target(name: str) -> str | None:
+    """`package.module:callable` of a name that imports the user's code (its keyword arguments dropped); None for
+    registry names and the schemes this tool resolves itself (`torchvision:`, `instance:`)."""
+    base, _, _ = name.partition(KWARGS_MARK)
+    scheme, _, rest = base.partition(":")
+    return base if rest and scheme not in SCHEMES else None
 
 
 @functools.cache

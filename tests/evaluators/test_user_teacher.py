@@ -17,6 +17,7 @@ from evaluators.metrics import accuracy
 from evaluators.teacher.checkpoint import CheckpointError
 from evaluators.teacher.prepare import TeacherConfig
 from evaluators.teacher.prepare import prepare_teacher
+from spaces.models.code_trust import grant
 from tests.user_data import TinyNet
 from tests.user_data import train_quickly
 from tests.user_data import write_cifar_imagefolder
@@ -45,6 +46,8 @@ def trained(folder: Path) -> TinyNet:
 def load(data, path: Path, arch: str = ARCH, **kwargs: object):  # noqa: ANN001, ANN201
     splits, batcher = data
     config = TeacherConfig(arch=arch, checkpoint=str(path), **kwargs)
+    # the user's own code, named in Python: granted as trust_code=True grants it (spaces.models.code_trust)
+    grant(factories=(arch,), folders=(config.code,), pickles=(str(path),) if config.allow_pickle else ())
     return prepare_teacher(config, splits, batcher, SPLIT, cache_dir=path.parent / "cache")
 
 

@@ -264,11 +264,10 @@ def test_verify_names_a_corrupted_or_missing_file(bundle: tuple[Path, dict], dat
     copy = _copy(bundle[0], tmp_path)
     (copy / "model_int8.onnx").write_bytes(b"not an onnx model")
     (copy / "recipe.json").unlink()
-    problems = verify_bundle(copy, *data)
+    problems = verify_bundle(copy, *data)  # integrity fails: nothing is parsed or re-run
     assert any(p.startswith("model_int8.onnx: sha256") for p in problems), problems
-    assert any(p.startswith("model_int8.onnx: onnxruntime cannot load") for p in problems), problems
     assert any(p.startswith("recipe.json: missing") for p in problems), problems
-    assert len(problems) == 3, problems
+    assert len(problems) == 2, problems
     (copy / "manifest.json").write_text("{broken")
     assert verify_bundle(copy)[0].startswith("manifest.json: unreadable")
 
@@ -351,7 +350,8 @@ def test_zcu104_preprocessing_matches_training(bundle: tuple[Path, dict], data: 
     expected = batcher.normalize(splits.calib.images[:100])
     torch.testing.assert_close(batches[0][0], expected)
     float_net = quantize.load_model(out / "zcu104" / "model_float.pt")
-    assert {type(m).__module__.split(".")[0] for m in float_net.modules()} == {"torch"}
+    assert type(float_net).__module__ == "float_model"  # the bundle's generated definition, nothing of this tool
+    assert {type(m).__module__.split(".")[0] for m in list(float_net.modules())[1:]} == {"torch"}
     vart = _load_script(out / "zcu104" / "run_vart.py")
     config = json.loads((out / "zcu104" / "bundle.json").read_text())
     nhwc = vart.preprocess(splits.calib.images[:4].numpy(), config)
@@ -378,7 +378,8 @@ def test_sub8bit_bundle_ships_its_own_4bit_quantization(bundle4: tuple[Path, dic
     assert "INT4" in deploy["rpi"]
     readme = (out / "README.md").read_text()
     assert "4-bit layers are stored and run as 8-bit" in readme and "model_int8.onnx" in readme
-    float_net = torch.load(out / "zcu104" / "model_float.pt", weights_only=False)
+    # as zcu104/quantize.py loads it in the Vitis AI docker: the generated code, weights with weights_only=True
+    float_net = _load_script(out / "zcu104" / "quantize.py").load_model(out / "zcu104" / "model_float.pt")
     assert not any("Quant" in type(m).__name__ for m in float_net.modules())
     x = next(data[1].eval_batches(data[0].test, 16))[0]
     with torch.no_grad(), float_mode(model):

@@ -20,6 +20,7 @@ from evaluators.data.datasets import ImageSet
 from search.analysis.selection import select
 from search.api import RunOptions
 from search.api import Study
+from search.bundle.run_checkpoint import load_f3
 from search.bundle.scripts import run_cascade as runner
 from search.cascade.export import CascadeSpec
 from search.cascade.export import fit_cascade
@@ -134,8 +135,7 @@ def test_the_fit_never_reads_the_test_split(mlp_study: tuple[Path, str], mnist_r
     ctx = Study(config, RunOptions(out=str(run), data_root=str(mnist_root), cache_dir=str(cache_dir), device="cpu",
                                    progress=False)).context()
     selected = select(run, config.hardware.names, trial=None, pick="knee")
-    knee = torch.load(run / "checkpoints" / f"{selected.recipe.hash()}.pt", map_location="cpu",
-                      weights_only=False)["model"]  # the study's own checkpoint, written by this test session
+    knee = load_f3(run, selected.recipe, config.teacher.network)  # the study's own checkpoint (tensors only)
     stages = [stage_model(ctx, "knee", knee, selected.recipe), teacher_stage(ctx)]
     honest = fit_cascade(ctx, stages, CascadeSpec())
     poisoned = dataclasses.replace(ctx, splits=_poisoned(ctx.splits))

@@ -18,7 +18,8 @@ NOT_RUN_HERE = ("Vitis AI cannot run on the machine that made this bundle (no Vi
 FILES = {
     "model.pt": "the searched model as tensors only: state_dict (weights and quantizer scales), recipe, network "
                 "name, input shape, bit-widths; `search.bundle.model_file.load_model` rebuilds it with "
-                "torch.load(weights_only=True)",
+                "torch.load(weights_only=True), importing no code the file names (a network that is your own "
+                "`package.module:factory` is built only with trust_code=True)",
     "model.onnx": "fp32 ONNX of the float network (quantizers bypassed, BatchNorm folded where the recipe quantizes), "
                   "opset 17, dynamic batch",
     "model_int8.onnx": "the searched quantization: the recipe's own quantizer scales and zero points (PTQ-calibrated "
@@ -31,8 +32,10 @@ FILES = {
     "pareto.png": "the search's Pareto front",
     "calibration/": "calibration images (uint8, NCHW), labels and normalization used for quantization",
     "rpi/": "run_onnx.py (classify images, benchmark at batch 1) and its preprocess.json",
-    "zcu104/": "Vitis AI flow: model_float.pt, quantize.py, compile.sh, run_vart.py, README.md",
-    "manifest.json": "sha256 of every other file, and the versions of everything that made them",
+    "zcu104/": "Vitis AI flow: model_float.pt (state dict) with float_model.py (its network as plain torch code), "
+               "quantize.py, compile.sh, run_vart.py, README.md",
+    "manifest.json": "sha256 of every other file, and the versions of everything that made them: integrity against "
+                     "accidents (a truncated copy, an edited file), not authenticity (it is unsigned)",
 }
 
 
@@ -83,7 +86,10 @@ def bundle_readme(metrics: dict[str, Any], present: list[str]) -> str:
     lines = [f"# Deployment bundle: {metrics['model_name']}", "",
              f"Recipe `{metrics['recipe_hash']}` on {metrics['dataset']} at input "
              f"{'x'.join(map(str, metrics['input_shape']))}. Made by edge-compress-search; every file is "
-             "checksummed in manifest.json (check with `search.bundle.writer.verify_bundle`).", "",
+             "checksummed in manifest.json (check with `python -m search.export --verify DIR`). That proves "
+             "integrity against accidents (every file listed, unchanged, inside the folder, nothing added), not "
+             "who made the bundle: the manifest is unsigned, so anyone who can edit a file can rewrite its checksum. "
+             "Take bundles from people you trust.", "",
              "## Files", "", "| file | what it is |", "|---|---|"]
     lines += [f"| `{name}` | {text} |" for name, text in FILES.items() if name in present]
     lines += ["", "## Accuracy", "", *_accuracy_table(metrics), "",
@@ -122,9 +128,11 @@ def zcu104_readme(metrics: dict[str, Any]) -> str:
         "`python3 run_vart.py --benchmark 1000 --vitis-ai-version 3.0` (FPS at batch 1, one thread, only "
         "execute_async + wait timed, as the thesis measured), which appends a row with the columns of "
         "hardware_models/data/zcu104_dpu.csv to zcu104_benchmark.csv.", "",
-        "Files: `model_float.pt` is the float network as a pickled torch module (torch.nn / torchvision classes; "
-        "BatchNorm already folded when the recipe quantizes); load it with `torch.load(path, weights_only=False)`. "
-        "A module pickled by a newer torch may not load in the docker's older torch: then rebuild the network "
-        "in the docker and load `state_dict()` from it. `bundle.json` holds the input shape, normalization, "
+        "Files: `model_float.pt` is the float network's state dict (tensors only; BatchNorm already folded when "
+        "the recipe quantizes) and `float_model.py` its network as plain torch code (torch.nn layers and torch "
+        "functions, generated from a torch.fx trace and checked against the searched model when the bundle was "
+        "written); quantize.py builds it and loads the weights with `torch.load(path, weights_only=True)` (torch "
+        f">= 1.13): nothing is unpickled. {metrics['deployment'].get('zcu104_model', '')} "
+        "`bundle.json` holds the input shape, normalization, "
         f"GOPs (2 x MACs) and names that run_vart.py writes to the CSV. Input: {shape}, normalized as in "
         "../calibration/normalization.json.", ""])

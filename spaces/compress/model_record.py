@@ -1,0 +1,38 @@
+"""A compressed model as tensors and plain values: the one format of a bundle's `model.pt` and a run's F3 checkpoints.
+
+Both files travel (a bundle to a colleague, a run folder copied from a cluster), so neither holds a pickled
+module: `torch.load(weights_only=True)` reads them, and the network is rebuilt from its name, its stem, the
+state dict's shapes and the recorded bit-widths (`search.bundle.model_file.load_model`). A run's F3 checkpoint
+records the recipe's student as its network, `teacher` included: the reader knows which teacher that is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from spaces.compress.quantization import bit_widths
+from spaces.compress.quantization import is_quantized
+from spaces.models.architectures import model_stem
+from spaces.recipe import Recipe
+
+FORMAT = 2  # 1: the module was pickled beside the state dict
+
+
+def model_record(
+    model: nn.Module, recipe: Recipe, *, network: str, input_shape: tuple[int, ...], num_classes: int
+) -> dict[str, Any]:
+    """What rebuilds `model`: tensors (on the CPU), the recipe, and the plain values the rebuild reads."""
+    return {
+        "format": FORMAT,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "recipe": recipe.to_json(),
+        "recipe_hash": recipe.hash(),
+        "network": network,
+        "stem": model_stem(model),
+        "input_shape": list(input_shape),
+        "num_classes": num_classes,
+        "quantized": is_quantized(model),
+        "bit_widths": {k: list(v) for k, v in bit_widths(model).items()},
+    }
