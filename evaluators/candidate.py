@@ -54,11 +54,11 @@ from spaces.compress.apply import LATE_BUDGET_FIELDS
 from spaces.compress.apply import Budget
 from spaces.compress.apply import CompressedModel
 from spaces.compress.apply import apply
-from spaces.compress.fake_quant import float_mode
 from spaces.compress.model_record import model_record
-from spaces.compress.quantization import UNIFORM_BITS
-from spaces.compress.quantization import bit_widths
 from spaces.models.architectures import small_stems_at
+from spaces.quant.fake_quant import float_mode
+from spaces.quant.quantization import UNIFORM_BITS
+from spaces.quant.quantization import bit_widths
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
 from spaces.validated import settings

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from spaces.compress.fake_quant import ActQuantizer
-from spaces.compress.fake_quant import WeightQuantizer
 from spaces.compress.macs import count_macs
-from spaces.compress.quantization import bit_widths
+from spaces.quant.fake_quant import ActQuantizer
+from spaces.quant.fake_quant import WeightQuantizer
+from spaces.quant.quantization import bit_widths
 from spaces.recipe import INT_BITS
 
 FP32_BYTES = 4

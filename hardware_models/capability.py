@@ -33,7 +33,7 @@ from hardware_models.graph.ops import Kind
 from hardware_models.graph.trace import Layer
 
 NO_WEIGHTS = "no weight layers"  # runs_as of a network without convolutions or linear layers
-Bits = tuple[int, int]  # (weight_bits, act_bits), as spaces.compress.quantization.bit_widths gives them
+Bits = tuple[int, int]  # (weight_bits, act_bits), as spaces.quant.quantization.bit_widths gives them
 
 
 class Precision(StrEnum):
@@ -199,7 +199,7 @@ class Deployment:
 
 def deploy(capability: Capability, bits: Mapping[str, Bits], *, runtime: str, float_network: bool = False,
            network: Network | None = None) -> Deployment:
-    """`bits` (per layer, as `spaces.compress.quantization.bit_widths` gives them) on `capability` with `runtime`.
+    """`bits` (per layer, as `spaces.quant.quantization.bit_widths` gives them) on `capability` with `runtime`.
 
     `float_network`: the recipe leaves the whole network unquantized (kind `none`), which a target without
     a float datapath may re-quantize as its toolchain does. `network`, when given, is checked against the

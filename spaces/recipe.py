@@ -228,10 +228,10 @@ def _enum(type_name: Any, value: Any) -> Any:
 # --- validation: each rule returns the reason a recipe is invalid, or None ------------------------------------
 
 # The bit-widths and the prune-ratio cap are defined here, once, and imported by the code that applies them
-# (spaces.compress.fake_quant, spaces.compress.pruning, spaces.space, evaluators.cost): this module is the
+# (spaces.quant.fake_quant, spaces.compress.pruning, spaces.space, evaluators.cost): this module is the
 # lowest layer and free of torch, so every other module can import it, and validation cannot accept what the
 # code rejects.
-INT_BITS = frozenset(range(2, 9))  # integer codes, simulated by spaces.compress.fake_quant
+INT_BITS = frozenset(range(2, 9))  # integer codes, simulated by spaces.quant.fake_quant
 FLOAT_BITS = frozenset({16, 32})  # 16: fp16 rounding; 32: not quantized
 VALID_BITS = INT_BITS | FLOAT_BITS
 MAX_PRUNE_RATIO = 0.95  # never remove more than this fraction of any group: a layer with no channels cannot run

@@ -28,11 +28,11 @@ from spaces.compress import checks
 from spaces.compress.distillation import HINT_LAYERS
 from spaces.compress.distillation import default_pairs
 from spaces.compress.pruning import network_facts
-from spaces.compress.quantization import layer_groups
-from spaces.compress.quantization import quantizable_layers
 from spaces.models.architectures import create_model
 from spaces.models.architectures import get_architecture
 from spaces.models.architectures import list_architectures
+from spaces.quant.quantization import layer_groups
+from spaces.quant.quantization import quantizable_layers
 from spaces.recipe import MAX_PRUNE_RATIO
 from spaces.recipe import TEACHER
 from spaces.recipe import Allocation
@@ -52,7 +52,7 @@ from spaces.validated import settings
 
 class BitGrouping(StrEnum):
     UNIFORM = "uniform"  # one weight bit-width for the whole network
-    GROUP = "group"  # one per coarse group (`spaces.compress.quantization.layer_groups`: stem, stages, head)
+    GROUP = "group"  # one per coarse group (`spaces.quant.quantization.layer_groups`: stem, stages, head)
     LAYER = "layer"  # one per Conv2d/Linear: the most freedom, the hardest search
     # Per layer too, from two sampled numbers: a higher precision and the share of MACs that may run at it;
     # a sensitivity measure (spaces.compress.sensitivity) picks the layers. Precisions come from `layer_precisions`.

@@ -21,8 +21,8 @@ from evaluators.data.batches import Batcher
 from evaluators.data.splits import Splits
 from evaluators.training.loop import train
 from spaces.compress.apply import Budget
-from spaces.compress.quantization import calibrate
-from spaces.compress.quantization import is_quantized
+from spaces.quant.quantization import calibrate
+from spaces.quant.quantization import is_quantized
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
 

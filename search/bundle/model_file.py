@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from spaces.compress.fake_quant import attach_quantizers
 from spaces.compress.model_record import FORMAT
 from spaces.compress.model_record import model_record
 from spaces.models.architectures import Stem
 from spaces.models.architectures import create_model
 from spaces.models.code_trust import grant
+from spaces.quant.fake_quant import attach_quantizers
 from spaces.recipe import TEACHER
 from spaces.recipe import Calibration
 from spaces.recipe import Recipe

@@ -1,6 +1,6 @@
 """The recipe's own quantizers written into ONNX as QuantizeLinear/DequantizeLinear (QDQ) nodes.
 
-What the search scored is a fake-quantized PyTorch model (`spaces.compress.fake_quant`): per layer, an input
+What the search scored is a fake-quantized PyTorch model (`spaces.quant.fake_quant`): per layer, an input
 activation quantizer (per tensor, unsigned codes 0..2^b-1 with a zero point) and a weight quantizer
 (symmetric, signed, narrow range, per channel or per tensor), whose scales were set by PTQ calibration or
 trained by QAT. Re-quantizing the float network with onnxruntime would replace those scales (and the
@@ -41,9 +41,9 @@ from onnx import numpy_helper
 from torch import nn
 
 from hardware_models.estimators import host
-from spaces.compress.fake_quant import QUANT_LAYERS
-from spaces.compress.fake_quant import ActQuantizer
-from spaces.compress.fake_quant import WeightQuantizer
+from spaces.quant.fake_quant import QUANT_LAYERS
+from spaces.quant.fake_quant import ActQuantizer
+from spaces.quant.fake_quant import WeightQuantizer
 from spaces.recipe import INT_BITS
 
 OPSET = 21  # INT4/UINT4 QuantizeLinear/DequantizeLinear

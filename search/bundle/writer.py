@@ -52,9 +52,9 @@ from search.bundle.qdq import export_float
 from search.bundle.qdq import export_qdq
 from search.bundle.qdq import float_network
 from search.bundle.scripts import texts
-from spaces.compress.quantization import bit_widths
 from spaces.models.architectures import Stem
 from spaces.models.architectures import model_stem
+from spaces.quant.quantization import bit_widths
 from spaces.recipe import INT_BITS
 from spaces.recipe import TEACHER
 from spaces.recipe import PruneKind

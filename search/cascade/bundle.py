@@ -37,7 +37,7 @@ from search.cascade.fit import Fitted
 from search.cascade.fit import labels_of
 from search.cascade.fit import report_on_test
 from search.cascade.model import CascadeError
-from spaces.compress.fake_quant import float_mode
+from spaces.quant.fake_quant import float_mode
 from spaces.recipe import Recipe
 
 POLICY_FILE = "policy.json"

@@ -52,9 +52,9 @@ from search.engine.budget import describe_duration
 from search.engine.budget import parse_duration
 from search.engine.final import Candidate
 from search.engine.promotion import PromotionKind
-from spaces.compress.quantization import calibrate
-from spaces.compress.quantization import quantize_model
 from spaces.models.architectures import create_model
+from spaces.quant.quantization import calibrate
+from spaces.quant.quantization import quantize_model
 from spaces.recipe import TEACHER
 from spaces.recipe import Calibration
 from spaces.recipe import DistillKind

@@ -51,13 +51,13 @@ from spaces.compress.distillation import data_digest
 from spaces.compress.distillation import setup_distillation
 from spaces.compress.distillation import weights_digest
 from spaces.compress.macs import count_macs
-from spaces.compress.quantization import calibrate
-from spaces.compress.quantization import layer_groups
-from spaces.compress.quantization import quantizable_layers
-from spaces.compress.quantization import quantize_model
 from spaces.models.architectures import Stem
 from spaces.models.architectures import create_model
 from spaces.models.architectures import stem_of
+from spaces.quant.quantization import calibrate
+from spaces.quant.quantization import layer_groups
+from spaces.quant.quantization import quantizable_layers
+from spaces.quant.quantization import quantize_model
 from spaces.recipe import TEACHER
 from spaces.recipe import Allocation
 from spaces.recipe import PruneKind

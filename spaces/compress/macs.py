@@ -12,8 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from spaces.compress.fake_quant import float_mode
-from spaces.compress.quantization import QUANTIZABLE
+from spaces.quant.fake_quant import float_mode
+from spaces.quant.quantization import QUANTIZABLE
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:

@@ -12,9 +12,9 @@ from typing import Any
 
 from torch import nn
 
-from spaces.compress.quantization import bit_widths
-from spaces.compress.quantization import is_quantized
 from spaces.models.architectures import model_stem
+from spaces.quant.quantization import bit_widths
+from spaces.quant.quantization import is_quantized
 from spaces.recipe import Recipe
 
 FORMAT = 2  # 1: the module was pickled beside the state dict

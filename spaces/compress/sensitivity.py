@@ -40,11 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from spaces.compress.distillation import weights_digest
-from spaces.compress.fake_quant import QUANT_LAYERS
-from spaces.compress.fake_quant import Mode
-from spaces.compress.fake_quant import quantizer_mode
-from spaces.compress.quantization import calibrate
-from spaces.compress.quantization import quantize_model
+from spaces.quant.fake_quant import QUANT_LAYERS
+from spaces.quant.fake_quant import Mode
+from spaces.quant.fake_quant import quantizer_mode
+from spaces.quant.quantization import calibrate
+from spaces.quant.quantization import quantize_model
 from spaces.recipe import Allocation
 from spaces.recipe import Quantization
 

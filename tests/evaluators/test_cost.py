@@ -9,10 +9,10 @@ from torch import nn
 
 from evaluators.cost import STORAGE_RULES
 from evaluators.cost import model_cost
-from spaces.compress.quantization import quantizable_layers
-from spaces.compress.quantization import quantize_model
-from spaces.compress.quantization import resolve_bits
 from spaces.models.architectures import create_model
+from spaces.quant.quantization import quantizable_layers
+from spaces.quant.quantization import quantize_model
+from spaces.quant.quantization import resolve_bits
 from spaces.recipe import Quantization
 
 MLP_MACS = 784 * 64 + 64 * 64 + 64 * 10

@@ -29,7 +29,7 @@ from hardware_models.targets import deployment
 from search.analysis.objectives import cost_gate
 from search.config import StudyConfig
 from search.config import StudyInfo
-from spaces.compress.quantization import quantize_model
+from spaces.quant.quantization import quantize_model
 from spaces.recipe import Quantization
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe

@@ -51,10 +51,10 @@ from search.bundle.writer import verify_bundle
 from search.bundle.writer import write_bundle
 from spaces.compress.apply import Budget
 from spaces.compress.apply import apply
-from spaces.compress.fake_quant import float_mode
 from spaces.models.architectures import Stem
 from spaces.models.architectures import create_model
 from spaces.models.architectures import model_stem
+from spaces.quant.fake_quant import float_mode
 from spaces.recipe import PruneKind
 from spaces.recipe import Pruning
 from spaces.recipe import Quantization

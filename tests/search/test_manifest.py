@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from search import export
-from search.bundle.writer import manifest
 from search.bundle.manifest import sha256
 from search.bundle.writer import FLOAT_FILE
 from search.bundle.writer import QUANTIZED_FILE
 from search.bundle.writer import REQUIRED
+from search.bundle.writer import manifest
 from search.bundle.writer import verify_bundle
 
 

@@ -27,10 +27,10 @@ from search.config import build
 from spaces.compress import pruning
 from spaces.compress.apply import Budget
 from spaces.compress.apply import apply
-from spaces.compress.quantization import bit_widths
-from spaces.compress.quantization import resolve_bits
 from spaces.compress.sensitivity import resolve
 from spaces.models.architectures import create_model
+from spaces.quant.quantization import bit_widths
+from spaces.quant.quantization import resolve_bits
 from spaces.recipe import TEACHER
 from spaces.recipe import Allocation
 from spaces.recipe import DistillKind

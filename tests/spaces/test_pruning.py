@@ -23,8 +23,8 @@ from evaluators.training.loop import train
 from spaces.compress import pruning
 from spaces.compress.apply import Budget
 from spaces.compress.apply import apply
-from spaces.compress.quantization import is_quantized
 from spaces.models.architectures import create_model
+from spaces.quant.quantization import is_quantized
 from spaces.recipe import Importance
 from spaces.recipe import PruneKind
 from spaces.recipe import PruneSchedule

@@ -18,19 +18,19 @@ from evaluators.data.splits import SplitConfig
 from evaluators.metrics import accuracy
 from evaluators.training.loop import TrainConfig
 from evaluators.training.loop import train
-from spaces.compress.fake_quant import QuantConv2d
-from spaces.compress.fake_quant import QuantLinear
-from spaces.compress.fake_quant import fake_quant
-from spaces.compress.fake_quant import float_mode
-from spaces.compress.quantization import bit_widths
-from spaces.compress.quantization import calibrate
-from spaces.compress.quantization import fold_batchnorm
-from spaces.compress.quantization import layer_groups
-from spaces.compress.quantization import quantizable_layers
-from spaces.compress.quantization import quantize_model
-from spaces.compress.quantization import resolve_bits
 from spaces.models.architectures import create_model
 from spaces.models.architectures import list_architectures
+from spaces.quant.fake_quant import QuantConv2d
+from spaces.quant.fake_quant import QuantLinear
+from spaces.quant.fake_quant import fake_quant
+from spaces.quant.fake_quant import float_mode
+from spaces.quant.quantization import bit_widths
+from spaces.quant.quantization import calibrate
+from spaces.quant.quantization import fold_batchnorm
+from spaces.quant.quantization import layer_groups
+from spaces.quant.quantization import quantizable_layers
+from spaces.quant.quantization import quantize_model
+from spaces.quant.quantization import resolve_bits
 from spaces.recipe import Quantization
 
 ARCHS = list_architectures()

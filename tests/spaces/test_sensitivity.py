@@ -26,9 +26,9 @@ from spaces.compress import sensitivity
 from spaces.compress.apply import Budget
 from spaces.compress.apply import apply
 from spaces.compress.macs import count_macs
-from spaces.compress.quantization import bit_widths
-from spaces.compress.quantization import resolve_bits
 from spaces.models.architectures import create_model
+from spaces.quant.quantization import bit_widths
+from spaces.quant.quantization import resolve_bits
 from spaces.recipe import Allocation
 from spaces.recipe import Quantization
 from spaces.recipe import QuantKind

@@ -18,8 +18,8 @@ import pytest
 
 from search.config import build
 from spaces.compress import checks
-from spaces.compress.quantization import resolve_bits
 from spaces.models.architectures import create_model
+from spaces.quant.quantization import resolve_bits
 from spaces.recipe import TEACHER
 from spaces.recipe import Distillation
 from spaces.recipe import DistillKind

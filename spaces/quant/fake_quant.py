@@ -263,7 +263,7 @@ class ActQuantizer(nn.Module):
             return fp16_round(x)
         if not self.is_calibrated:
             raise RuntimeError("activation quantizer is not calibrated: call "
-                               "spaces.compress.quantization.calibrate(model, calibration batches) first")
+                               "spaces.quant.quantization.calibrate(model, calibration batches) first")
         return fake_quant(x, self.scale, self.zero_point, 0, 2**self.bits - 1)
 
     def extra_repr(self) -> str:

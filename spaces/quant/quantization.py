@@ -1,7 +1,7 @@
 """Quantization of a network as a Recipe describes it: BN folding, per-layer bit-widths, PTQ calibration.
 
 PTQ = `quantize_model` + `calibrate` on the calibration split. QAT = the same, then `evaluators.training.loop.train`
-through the straight-through estimator (the fake-quant arithmetic is in `spaces.compress.fake_quant`). Bit-widths can be
+through the straight-through estimator (the fake-quant arithmetic is in `spaces.quant.fake_quant`). Bit-widths can be
 set per layer or per coarse group (`layer_groups`): a search over 50 layers x 9 widths is hopeless, over
 5 groups it is not.
 """
@@ -16,13 +16,13 @@ import torch
 import torch.fx
 from torch import nn
 
-from spaces.compress.fake_quant import QUANT_LAYERS
-from spaces.compress.fake_quant import ActQuantizer
-from spaces.compress.fake_quant import Mode
-from spaces.compress.fake_quant import attach_quantizers
-from spaces.compress.fake_quant import check_bits
-from spaces.compress.fake_quant import float_mode
-from spaces.compress.fake_quant import quantizer_mode
+from spaces.quant.fake_quant import QUANT_LAYERS
+from spaces.quant.fake_quant import ActQuantizer
+from spaces.quant.fake_quant import Mode
+from spaces.quant.fake_quant import attach_quantizers
+from spaces.quant.fake_quant import check_bits
+from spaces.quant.fake_quant import float_mode
+from spaces.quant.fake_quant import quantizer_mode
 from spaces.recipe import VALID_BITS
 from spaces.recipe import Allocation
 from spaces.recipe import Calibration
