@@ -1,0 +1,102 @@
+"""`python -m benchmarks.dpu_networks --arch resnet18`: train the float networks the DPU-arithmetic benchmark
+(`benchmarks.dpu_arithmetic`) quantizes, with the repo's training loop, resumably.
+
+Why its own module: the benchmark needs networks trained well enough that a quantization drop means something
+(issue 27 asks for at least 80% CIFAR-10 test), and training them is hours of a shared 2-core CPU. Each network
+is trained once into `runs/dpu-arithmetic/<arch>.pt` (a state dict, never a pickled module); a killed run
+resumes from `<arch>.ckpt` at the exact step (`evaluators.training.train`). The network is built as the space
+builds it at 32 px (`spaces.architectures.create_model`: ResNet-18 with torchvision's stem, MobileNetV2 with
+its small stem), trained on the training split of `evaluators.splits` (validation and calibration carved out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from evaluators.batches import Batcher
+from evaluators.data import DataConfig
+from evaluators.data import prepare_data
+from evaluators.datasets import Dataset
+from evaluators.metrics import accuracy
+from evaluators.precision import Precision
+from evaluators.splits import Splits
+from evaluators.training import Optimizer
+from evaluators.training import Schedule
+from evaluators.training import TrainConfig
+from evaluators.training import atomic_save
+from evaluators.training import train
+from spaces.architectures import create_model
+
+RUN_DIR = Path("runs/dpu-arithmetic")
+RESOLUTION = 32
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one network is trained: measured on this CPU so that each fits a 2-hour session."""
+
+    config: TrainConfig
+    note: str
+
+
+# ResNet-18 (37 MMACs at 32 px) trains at ~270 img/s on one core, MobileNetV2 with its stride-8 stem (88 MMACs,
+# depthwise convolutions) at ~40 img/s and only in channels_last (bf16 autocast is how the loop gets that layout).
+PLANS: dict[str, Plan] = {
+    "resnet18": Plan(TrainConfig(epochs=6, batch_size=128, optimizer=Optimizer.SGD, lr=0.1, weight_decay=5e-4,
+                                 schedule=Schedule.ONECYCLE, precision=Precision.FP32),
+                     "SGD nesterov, one-cycle lr 0.1, batch 128, 6 epochs, fp32"),
+    "mobilenet_v2": Plan(TrainConfig(epochs=1, batch_size=64, optimizer=Optimizer.SGD, lr=0.1, weight_decay=4e-5,
+                                     schedule=Schedule.ONECYCLE, precision=Precision.BF16),
+                         "SGD nesterov, one-cycle lr 0.1, batch 64, 1 epoch, bf16 autocast + channels_last"),
+}
+
+
+def cifar10(data_root: str | None = None) -> tuple[Splits, Batcher]:
+    """CIFAR-10 at 32 px with the default splits (validation 5,000 and calibration 1,000 carved from training)."""
+    return prepare_data(DataConfig(dataset=Dataset.CIFAR10, resolution=RESOLUTION), data_root, allow_download=False)
+
+
+def weights_path(arch: str, run_dir: Path = RUN_DIR) -> Path:
+    return run_dir / f"{arch}.pt"
+
+
+def load_trained(arch: str, run_dir: Path = RUN_DIR) -> torch.nn.Module:
+    """The trained float network (built as the space builds it, weights from its state dict)."""
+    path = weights_path(arch, run_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; train it first: python -m benchmarks.dpu_networks --arch {arch}")
+    model = create_model(arch, resolution=RESOLUTION)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=sorted(PLANS), required=True)
+    parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
+    parser.add_argument("--data-root", default=None)
+    args = parser.parse_args(argv)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    splits, batcher = cifar10(args.data_root)
+    plan = PLANS[args.arch]
+    torch.manual_seed(plan.config.seed)
+    model = create_model(args.arch, resolution=RESOLUTION)
+    t0 = time.monotonic()
+    result = train(model, splits.train, batcher, plan.config, checkpoint=args.run_dir / f"{args.arch}.ckpt",
+                   desc=args.arch, progress=True)
+    atomic_save(model.state_dict(), weights_path(args.arch, args.run_dir))
+    val = accuracy(model, splits.val, batcher)
+    print(f"{args.arch}: {plan.note}; {result.steps} steps ({result.resumed_from} resumed) in "
+          f"{time.monotonic() - t0:.0f} s on {torch.get_num_threads()} thread(s); validation {val:.2f}% "
+          f"({len(splits.val)} images)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
