@@ -51,7 +51,7 @@ class Plan:
 PLANS: dict[str, Plan] = {
     "resnet18": Plan(TrainConfig(epochs=3, batch_size=128, optimizer=Optimizer.SGD, lr=0.1, weight_decay=5e-4,
                                  schedule=Schedule.ONECYCLE, precision=Precision.FP32),
-                     "SGD nesterov, one-cycle lr 0.1, batch 128, 500 steps (1.45 epochs), fp32", 500),
+                     "SGD nesterov, one-cycle lr 0.1, batch 128, 200 steps (0.58 epoch), fp32", 200),
     "mobilenet_v2": Plan(TrainConfig(epochs=1, batch_size=64, optimizer=Optimizer.SGD, lr=0.1, weight_decay=4e-5,
                                      schedule=Schedule.ONECYCLE, precision=Precision.BF16),
                          "SGD nesterov, one-cycle lr 0.1, batch 64, 200 steps, bf16 autocast + channels_last", 200),
