@@ -46,12 +46,26 @@ def _quant_layer(layer: nn.Module, weight_bits: int) -> nn.Module:
     weight_quant = Int8WeightPerTensorFixedPoint.let(bit_width=weight_bits)
     bias = layer.bias is not None
     if isinstance(layer, nn.Conv2d):
-        twin = QuantConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                           layer.dilation, layer.groups, bias=bias, weight_quant=weight_quant,
-                           bias_quant=Int8BiasPerTensorFixedPointInternalScaling)
+        twin = QuantConv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+            bias=bias,
+            weight_quant=weight_quant,
+            bias_quant=Int8BiasPerTensorFixedPointInternalScaling,
+        )
     else:
-        twin = QuantLinear(layer.in_features, layer.out_features, bias=bias, weight_quant=weight_quant,
-                           bias_quant=Int8BiasPerTensorFixedPointInternalScaling)
+        twin = QuantLinear(
+            layer.in_features,
+            layer.out_features,
+            bias=bias,
+            weight_quant=weight_quant,
+            bias_quant=Int8BiasPerTensorFixedPointInternalScaling,
+        )
     with torch.no_grad():
         twin.weight.copy_(layer.weight)
         if bias:
@@ -120,5 +134,6 @@ def cross_check(emulated: torch.fx.GraphModule, twin: nn.Module, images: Iterabl
     for x in images:
         same += int((emulated(x).argmax(1) == twin(x).argmax(1)).sum())
         total += len(x)
-    return CrossCheck(tensors=len(ours), same_position=len(ours) - len(differing), differing=differing, images=total,
-                      same_top1=same)
+    return CrossCheck(
+        tensors=len(ours), same_position=len(ours) - len(differing), differing=differing, images=total, same_top1=same
+    )

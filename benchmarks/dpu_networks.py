@@ -49,12 +49,32 @@ class Plan:
 # ResNet-18 (37 MMACs at 32 px) trains at ~270 img/s on one core, MobileNetV2 with its stride-8 stem (88 MMACs,
 # depthwise convolutions) at ~40 img/s and only in channels_last (bf16 autocast is how the loop gets that layout).
 PLANS: dict[str, Plan] = {
-    "resnet18": Plan(TrainConfig(epochs=3, batch_size=128, optimizer=Optimizer.SGD, lr=0.1, weight_decay=5e-4,
-                                 schedule=Schedule.ONECYCLE, precision=Precision.FP32),
-                     "SGD nesterov, one-cycle lr 0.1, batch 128, 200 steps (0.58 epoch), fp32", 200),
-    "mobilenet_v2": Plan(TrainConfig(epochs=1, batch_size=64, optimizer=Optimizer.SGD, lr=0.1, weight_decay=4e-5,
-                                     schedule=Schedule.ONECYCLE, precision=Precision.BF16),
-                         "SGD nesterov, one-cycle lr 0.1, batch 64, 200 steps, bf16 autocast + channels_last", 200),
+    "resnet18": Plan(
+        TrainConfig(
+            epochs=3,
+            batch_size=128,
+            optimizer=Optimizer.SGD,
+            lr=0.1,
+            weight_decay=5e-4,
+            schedule=Schedule.ONECYCLE,
+            precision=Precision.FP32,
+        ),
+        "SGD nesterov, one-cycle lr 0.1, batch 128, 200 steps (0.58 epoch), fp32",
+        200,
+    ),
+    "mobilenet_v2": Plan(
+        TrainConfig(
+            epochs=1,
+            batch_size=64,
+            optimizer=Optimizer.SGD,
+            lr=0.1,
+            weight_decay=4e-5,
+            schedule=Schedule.ONECYCLE,
+            precision=Precision.BF16,
+        ),
+        "SGD nesterov, one-cycle lr 0.1, batch 64, 200 steps, bf16 autocast + channels_last",
+        200,
+    ),
 }
 
 
@@ -89,13 +109,23 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(plan.config.seed)
     model = create_model(args.arch, resolution=RESOLUTION)
     t0 = time.monotonic()
-    result = train(model, splits.train, batcher, plan.config, checkpoint=args.run_dir / f"{args.arch}.ckpt",
-                   desc=args.arch, progress=True, max_steps=plan.max_steps)
+    result = train(
+        model,
+        splits.train,
+        batcher,
+        plan.config,
+        checkpoint=args.run_dir / f"{args.arch}.ckpt",
+        desc=args.arch,
+        progress=True,
+        max_steps=plan.max_steps,
+    )
     atomic_save(model.state_dict(), weights_path(args.arch, args.run_dir))
     val = accuracy(model, splits.val, batcher)
-    print(f"{args.arch}: {plan.note}; {result.steps} steps ({result.resumed_from} resumed) in "
-          f"{time.monotonic() - t0:.0f} s on {torch.get_num_threads()} thread(s); validation {val:.2f}% "
-          f"({len(splits.val)} images)")
+    print(
+        f"{args.arch}: {plan.note}; {result.steps} steps ({result.resumed_from} resumed) in "
+        f"{time.monotonic() - t0:.0f} s on {torch.get_num_threads()} thread(s); validation {val:.2f}% "
+        f"({len(splits.val)} images)"
+    )
     return 0
 
 

@@ -146,8 +146,14 @@ def capture(model: nn.Module, name: str, images: torch.Tensor, *, output: bool) 
     return found[0]
 
 
-def adaround(qmodel: nn.Module, reference: nn.Module, images: torch.Tensor, config: AdaRoundConfig | None = None,
-             *, progress: Callable[[str, float], None] | None = None) -> dict[str, float]:
+def adaround(
+    qmodel: nn.Module,
+    reference: nn.Module,
+    images: torch.Tensor,
+    config: AdaRoundConfig | None = None,
+    *,
+    progress: Callable[[str, float], None] | None = None,
+) -> dict[str, float]:
     """AdaRound every quantized Conv2d/Linear of `qmodel` in forward (registration) order, in place.
 
     `reference` is the float model `qmodel` was made from (BN folded here if needed); `images` come from the

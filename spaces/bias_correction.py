@@ -39,8 +39,10 @@ def _effective_bias(layer: nn.Module) -> torch.Tensor:
 def reference_means(reference: nn.Module, images: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
     """Per-channel mean output of each named layer of the float reference on `images`."""
     means: dict[str, torch.Tensor] = {}
-    handles = [reference.get_submodule(n).register_forward_hook(
-        lambda m, i, o, n=n: means.__setitem__(n, _channel_means(o))) for n in names]
+    handles = [
+        reference.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: means.__setitem__(n, _channel_means(o)))
+        for n in names
+    ]
     try:
         reference(images)
     finally:
@@ -50,8 +52,9 @@ def reference_means(reference: nn.Module, images: torch.Tensor, names: list[str]
 
 
 @torch.no_grad()
-def correct_biases(qmodel: nn.Module, reference: nn.Module, images: torch.Tensor, *,
-                   on_update: BiasHook | None = None) -> dict[str, float]:
+def correct_biases(
+    qmodel: nn.Module, reference: nn.Module, images: torch.Tensor, *, on_update: BiasHook | None = None
+) -> dict[str, float]:
     """Correct every Conv2d/Linear bias of `qmodel` in place; returns the mean |correction| per layer.
 
     `reference` is the float model `qmodel` was made from (BatchNorm is folded here if it is not yet).
@@ -62,8 +65,9 @@ def correct_biases(qmodel: nn.Module, reference: nn.Module, images: torch.Tensor
     names = [n for n, m in qmodel.named_modules() if isinstance(m, LAYERS)]
     missing = [n for n in names if not isinstance(dict(reference.named_modules()).get(n), LAYERS)]
     if missing:
-        raise ValueError(f"the reference has no layer named {missing[0]!r}: pass the float model the quantized one "
-                         "was made from")
+        raise ValueError(
+            f"the reference has no layer named {missing[0]!r}: pass the float model the quantized one was made from"
+        )
     target = reference_means(reference, images, names)
     applied: dict[str, float] = {}
 

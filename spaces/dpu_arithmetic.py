@@ -74,8 +74,14 @@ def fix_scale(fix_pos: torch.Tensor | int) -> torch.Tensor:
     return torch.pow(2.0, -torch.as_tensor(fix_pos, dtype=torch.float32))
 
 
-def fix_quantize(x: torch.Tensor, fix_pos: torch.Tensor | int, bits: int = 8, *, round_mode: RoundMode = RoundMode.STD,
-                 narrow: bool = False) -> torch.Tensor:
+def fix_quantize(
+    x: torch.Tensor,
+    fix_pos: torch.Tensor | int,
+    bits: int = 8,
+    *,
+    round_mode: RoundMode = RoundMode.STD,
+    narrow: bool = False,
+) -> torch.Tensor:
     """x rounded to the grid 2^-p, clamped to the codes of `bits`, back in float (fake quantization).
 
     With gradients on, rounding is straight-through and clamping stops the gradient (as `fake_quant`).
@@ -89,10 +95,15 @@ def fix_quantize(x: torch.Tensor, fix_pos: torch.Tensor | int, bits: int = 8, *,
     return rounded.clamp(qmin, qmax) * scale
 
 
-def codes(x: torch.Tensor, fix_pos: int, bits: int = 8, *, round_mode: RoundMode = RoundMode.STD,
-          narrow: bool = False) -> torch.Tensor:
+def codes(
+    x: torch.Tensor, fix_pos: int, bits: int = 8, *, round_mode: RoundMode = RoundMode.STD, narrow: bool = False
+) -> torch.Tensor:
     """The integer codes the DPU stores for x (int32 tensor)."""
-    return (fix_quantize(x.detach(), fix_pos, bits, round_mode=round_mode, narrow=narrow) / fix_scale(fix_pos)).round().int()
+    return (
+        (fix_quantize(x.detach(), fix_pos, bits, round_mode=round_mode, narrow=narrow) / fix_scale(fix_pos))
+        .round()
+        .int()
+    )
 
 
 def fix_pos_maxmin(x: torch.Tensor, bits: int = 8) -> int:
@@ -106,8 +117,14 @@ def fix_pos_maxmin(x: torch.Tensor, bits: int = 8) -> int:
     return math.floor(math.log2(1.0 / step))
 
 
-def fix_pos_diffs(x: torch.Tensor, bits: int = 8, *, scope: int = DIFFS_SCOPE, round_mode: RoundMode = RoundMode.STD,
-                  narrow: bool = False) -> int:
+def fix_pos_diffs(
+    x: torch.Tensor,
+    bits: int = 8,
+    *,
+    scope: int = DIFFS_SCOPE,
+    round_mode: RoundMode = RoundMode.STD,
+    narrow: bool = False,
+) -> int:
     """vai_q's "diffs": of the maxmin position and the next `scope - 1` finer ones, the one with least squared
     error. Finer grids round the bulk of the values better and clip the few largest; on heavy-tailed tensors the
     balance often tips one or two positions finer than maxmin."""
@@ -115,13 +132,16 @@ def fix_pos_diffs(x: torch.Tensor, bits: int = 8, *, scope: int = DIFFS_SCOPE, r
     start = fix_pos_maxmin(x, bits)
     if start == EMPTY_FIX_POS or scope <= 1:
         return start
-    errors = [float((fix_quantize(x, p, bits, round_mode=round_mode, narrow=narrow) - x).pow(2).sum())
-              for p in range(start, start + scope)]
+    errors = [
+        float((fix_quantize(x, p, bits, round_mode=round_mode, narrow=narrow) - x).pow(2).sum())
+        for p in range(start, start + scope)
+    ]
     return start + min(range(scope), key=errors.__getitem__)
 
 
-def fix_pos_for(x: torch.Tensor, bits: int, method: FixCalibration, *, round_mode: RoundMode = RoundMode.STD,
-                narrow: bool = False) -> int:
+def fix_pos_for(
+    x: torch.Tensor, bits: int, method: FixCalibration, *, round_mode: RoundMode = RoundMode.STD, narrow: bool = False
+) -> int:
     if FixCalibration(method) == FixCalibration.MAXMIN:
         return fix_pos_maxmin(x, bits)
     return fix_pos_diffs(x, bits, round_mode=round_mode, narrow=narrow)
@@ -165,8 +185,12 @@ def avgpool_factor(area: int) -> float:
     return best
 
 
-def dpu_avg_pool(x: torch.Tensor, kernel: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-                 padding: int | tuple[int, int] = 0) -> torch.Tensor:
+def dpu_avg_pool(
+    x: torch.Tensor,
+    kernel: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+) -> torch.Tensor:
     """Average pooling as the DPU computes it: the window's sum times `avgpool_factor(area)`."""
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     mean = F.avg_pool2d(x, (kh, kw), stride, padding, count_include_pad=True)
@@ -192,6 +216,7 @@ def dpu_hardswish(x: torch.Tensor) -> torch.Tensor:
 
 # --- one quantized tensor ----------------------------------------------------------------------------------------
 
+
 def _loaded(module: FixQuantizer, incompatible_keys: object) -> None:
     module.calibrated = True
 
@@ -204,11 +229,22 @@ class FixQuantizer(nn.Module):
     float through (tracing, calibration of the layers after it).
     """
 
-    def __init__(self, bits: int = 8, *, round_mode: RoundMode = RoundMode.HALF_UP, narrow: bool = False,
-                 method: FixCalibration = FixCalibration.DIFFS) -> None:
+    def __init__(
+        self,
+        bits: int = 8,
+        *,
+        round_mode: RoundMode = RoundMode.HALF_UP,
+        narrow: bool = False,
+        method: FixCalibration = FixCalibration.DIFFS,
+    ) -> None:
         super().__init__()
         code_range(bits, narrow=narrow)
-        self.bits, self.round_mode, self.narrow, self.method = bits, RoundMode(round_mode), narrow, FixCalibration(method)
+        self.bits, self.round_mode, self.narrow, self.method = (
+            bits,
+            RoundMode(round_mode),
+            narrow,
+            FixCalibration(method),
+        )
         self.register_buffer("fix_pos", torch.tensor(0, dtype=torch.int32))
         self.calibrated = False
         self.observing = False

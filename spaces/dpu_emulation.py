@@ -67,6 +67,7 @@ class DpuConfig:
 
 # --- layers ------------------------------------------------------------------------------------------------
 
+
 class DpuConv2d(nn.Conv2d):
     """A Conv2d whose weight and bias pass through fix-point quantizers (class swapped in place)."""
 
@@ -119,8 +120,11 @@ class DpuFunction(nn.Module):
 
 
 DPU_FUNCTIONS = {"hardswish": dpu_hardswish, "hardsigmoid": dpu_hardsigmoid, "leaky_relu": dpu_leaky_relu}
-DPU_MODULES: dict[type[nn.Module], str] = {nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid",
-                                           nn.LeakyReLU: "leaky_relu"}
+DPU_MODULES: dict[type[nn.Module], str] = {
+    nn.Hardswish: "hardswish",
+    nn.Hardsigmoid: "hardsigmoid",
+    nn.LeakyReLU: "leaky_relu",
+}
 
 
 def _is_global_pool(pool: nn.Module) -> bool:
@@ -151,7 +155,9 @@ class _Builder:
             if type(module) in DPU_LAYERS:
                 module.__class__ = DPU_LAYERS[type(module)]
                 c = self.config
-                module.weight_quant = FixQuantizer(c.weight_bits, round_mode=RoundMode.STD, narrow=True, method=c.method)
+                module.weight_quant = FixQuantizer(
+                    c.weight_bits, round_mode=RoundMode.STD, narrow=True, method=c.method
+                )
                 module.bias_quant = FixQuantizer(c.bias_bits, round_mode=RoundMode.STD, narrow=True, method=c.method)
             elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)) and _is_global_pool(module):
                 self.gm.set_submodule(node.target, DpuAvgPool2d(module))
@@ -164,8 +170,11 @@ class _Builder:
         module = self.module(node)
         if module is not None:
             return isinstance(module, (*DPU_LAYER_TYPES, DpuAvgPool2d, DpuFunction))
-        return node.op == "call_function" and (node.target in ADDS or node.target in CATS or node.target in (
-            dpu_global_avg_pool, F.adaptive_avg_pool2d, F.avg_pool2d))
+        return node.op == "call_function" and (
+            node.target in ADDS
+            or node.target in CATS
+            or node.target in (dpu_global_avg_pool, F.adaptive_avg_pool2d, F.avg_pool2d)
+        )
 
     def fused_activation(self, node: torch.fx.Node) -> torch.fx.Node:
         """The ReLU/ReLU6 that consumes `node` alone (the DPU requantizes after it), else `node` itself."""
@@ -179,7 +188,9 @@ class _Builder:
 
     def add_quantizer(self, after: torch.fx.Node, round_mode: RoundMode = RoundMode.HALF_UP) -> torch.fx.Node:
         name = QUANT_PREFIX + after.name
-        self.gm.add_submodule(name, FixQuantizer(self.config.act_bits, round_mode=round_mode, method=self.config.method))
+        self.gm.add_submodule(
+            name, FixQuantizer(self.config.act_bits, round_mode=round_mode, method=self.config.method)
+        )
         with self.gm.graph.inserting_after(after):
             quant = self.gm.graph.call_module(name, (after,))
         after.replace_all_uses_with(quant, delete_user_cb=lambda user: user is not quant)
@@ -204,8 +215,9 @@ class _Builder:
         self.gm.delete_all_unused_submodules()
 
     def is_quantizer(self, node: object) -> bool:
-        return isinstance(node, torch.fx.Node) and node.op == "call_module" and isinstance(self.module(node),
-                                                                                          FixQuantizer)
+        return (
+            isinstance(node, torch.fx.Node) and node.op == "call_module" and isinstance(self.module(node), FixQuantizer)
+        )
 
     def input_quantizer(self, node: torch.fx.Node) -> str | None:
         """The quantizer whose codes reach `node` through pass-through ops (max pool, flatten, dropout)."""
@@ -233,8 +245,10 @@ def emulate(model: nn.Module, config: DpuConfig | None = None) -> torch.fx.Graph
     try:
         gm = torch.fx.symbolic_trace(folded)
     except Exception as err:  # noqa: BLE001 - any tracing failure is the same problem for the user
-        raise ValueError(f"cannot trace {type(model).__name__} for the DPU emulation ({type(err).__name__}: "
-                         f"{err}); the network's forward must be traceable by torch.fx") from None
+        raise ValueError(
+            f"cannot trace {type(model).__name__} for the DPU emulation ({type(err).__name__}: "
+            f"{err}); the network's forward must be traceable by torch.fx"
+        ) from None
     builder = _Builder(gm, config)
     builder.swap_layers()
     builder.insert_quantizers()
@@ -248,6 +262,7 @@ def emulate(model: nn.Module, config: DpuConfig | None = None) -> torch.fx.Graph
 
 
 # --- calibration and inspection ----------------------------------------------------------------------------------
+
 
 def layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, DPU_LAYER_TYPES)}
@@ -263,8 +278,9 @@ def calibrate_parameters(model: nn.Module) -> None:
     for layer in layers(model).values():
         for quant, tensor in ((layer.weight_quant, layer.weight), (layer.bias_quant, layer.bias)):
             if tensor is not None:
-                quant.set_fix_pos(fix_pos_for(tensor, quant.bits, quant.method, round_mode=quant.round_mode,
-                                              narrow=quant.narrow))
+                quant.set_fix_pos(
+                    fix_pos_for(tensor, quant.bits, quant.method, round_mode=quant.round_mode, narrow=quant.narrow)
+                )
 
 
 @torch.no_grad()
@@ -300,8 +316,9 @@ def constrain_biases(model: torch.fx.GraphModule) -> None:
     for name, layer in layers(model).items():
         source = model.dpu_inputs.get(name)
         if layer.bias is not None and source is not None:
-            position = bias_fix_pos(layer.bias_quant.position(), layer.weight_quant.position(),
-                                    model.get_submodule(source).position())
+            position = bias_fix_pos(
+                layer.bias_quant.position(), layer.weight_quant.position(), model.get_submodule(source).position()
+            )
             layer.bias_quant.set_fix_pos(position)
 
 
@@ -324,6 +341,8 @@ def set_fix_positions(model: nn.Module, positions: dict[str, int]) -> None:
     quantizers.update(activation_quantizers(model))
     unknown = sorted(set(positions) - set(quantizers))
     if unknown:
-        raise KeyError(f"no quantized tensor named {', '.join(unknown[:5])}; known: {', '.join(sorted(quantizers)[:8])}...")
+        raise KeyError(
+            f"no quantized tensor named {', '.join(unknown[:5])}; known: {', '.join(sorted(quantizers)[:8])}..."
+        )
     for name, position in positions.items():
         quantizers[name].set_fix_pos(int(position))

@@ -30,8 +30,13 @@ def _depthwise(conv: nn.Conv2d) -> bool:
 
 
 def _chainable(a: nn.Module, b: nn.Module) -> bool:
-    return (isinstance(a, nn.Conv2d) and isinstance(b, nn.Conv2d) and a.out_channels == b.in_channels
-            and (a.groups == 1 or _depthwise(a)) and (b.groups == 1 or _depthwise(b)))
+    return (
+        isinstance(a, nn.Conv2d)
+        and isinstance(b, nn.Conv2d)
+        and a.out_channels == b.in_channels
+        and (a.groups == 1 or _depthwise(a))
+        and (b.groups == 1 or _depthwise(b))
+    )
 
 
 def _only_user(node: torch.fx.Node, modules: dict[str, nn.Module]) -> torch.fx.Node | None:
@@ -86,8 +91,11 @@ def equalize_pair(a: nn.Conv2d, b: nn.Conv2d) -> torch.Tensor:
 def equalize(model: nn.Module, *, iterations: int = ITERATIONS, relu6_to_relu: bool = True) -> nn.Module:
     """A BN-folded, equalized copy of `model` (the input is not modified). Data-free."""
     folded = fold_batchnorm(model).eval()
-    pairs = [(a, b, act) for a, b, act in equalization_pairs(folded)
-             if act is None or relu6_to_relu or not isinstance(folded.get_submodule(act), nn.ReLU6)]
+    pairs = [
+        (a, b, act)
+        for a, b, act in equalization_pairs(folded)
+        if act is None or relu6_to_relu or not isinstance(folded.get_submodule(act), nn.ReLU6)
+    ]
     for _, _, act in pairs:
         if act is not None and isinstance(folded.get_submodule(act), nn.ReLU6):
             folded.set_submodule(act, nn.ReLU(inplace=False))

@@ -62,8 +62,9 @@ class PtqSteps:
             raise ValueError("PtqSteps: calib_images must be >= 1 and correction_images in [1, calib_images]")
 
     def label(self) -> str:
-        names = [n for n, on in (("CLE", self.equalize), ("AdaRound", self.adaround), ("BC", self.bias_correction))
-                 if on]
+        names = [
+            n for n, on in (("CLE", self.equalize), ("AdaRound", self.adaround), ("BC", self.bias_correction)) if on
+        ]
         return " + ".join(names) or "plain"
 
 
@@ -76,8 +77,9 @@ class Quantizer:
 
 
 def _per_channel(model: nn.Module, wbits: int, abits: int, steps: PtqSteps, batches: list[torch.Tensor]) -> nn.Module:
-    quant = Quantization(kind=QuantKind.PTQ, weight_bits=wbits, act_bits=abits, per_channel=True,
-                         calibration=steps.calibration)
+    quant = Quantization(
+        kind=QuantKind.PTQ, weight_bits=wbits, act_bits=abits, per_channel=True, calibration=steps.calibration
+    )
     qmodel = quantize_model(model, quant)
     calibrate(qmodel, batches, steps.calibration)
     return qmodel
@@ -110,8 +112,16 @@ def calibration_images(splits: Splits, batcher: Batcher, images: int) -> torch.T
     return torch.cat([x for x, _ in batcher.eval_batches(subset, CALIB_BATCH)])
 
 
-def ptq(model: nn.Module, splits: Splits, batcher: Batcher, *, arithmetic: Arithmetic | str, weight_bits: int = 8,
-        act_bits: int = 8, steps: PtqSteps | None = None) -> nn.Module:
+def ptq(
+    model: nn.Module,
+    splits: Splits,
+    batcher: Batcher,
+    *,
+    arithmetic: Arithmetic | str,
+    weight_bits: int = 8,
+    act_bits: int = 8,
+    steps: PtqSteps | None = None,
+) -> nn.Module:
     """A calibrated fake-quantized copy of the float `model` under `arithmetic`, with the chosen steps applied.
     Reads `splits.calib` only; `model` is not modified."""
     steps = steps or PtqSteps()

@@ -46,8 +46,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def cifar_images(cifar_root: Path) -> torch.Tensor:
     """384 real CIFAR-10 images (the calibration split of a small split config), normalized."""
     split = SplitConfig(val_size=100, calib_size=384, train_size=64, seed=0)
-    splits, batcher = prepare_data(DataConfig(dataset=Dataset.CIFAR10, resolution=32, split=split), cifar_root,
-                                   allow_download=False)
+    splits, batcher = prepare_data(
+        DataConfig(dataset=Dataset.CIFAR10, resolution=32, split=split), cifar_root, allow_download=False
+    )
     return torch.cat([x for x, _ in batcher.eval_batches(splits.calib)])
 
 

@@ -48,8 +48,9 @@ def data(cifar_root: Path):
     """A small CIFAR-10 split whose validation and test splits are poisoned (images of the wrong shape): a step
     that read them would fail, so a passing step read the calibration split only."""
     split = SplitConfig(val_size=100, calib_size=96, train_size=128, seed=0)
-    splits, batcher = prepare_data(DataConfig(dataset=Dataset.CIFAR10, resolution=32, split=split), cifar_root,
-                                   allow_download=False)
+    splits, batcher = prepare_data(
+        DataConfig(dataset=Dataset.CIFAR10, resolution=32, split=split), cifar_root, allow_download=False
+    )
     poison = ImageSet(torch.zeros(3, 7, 5, 5, dtype=torch.uint8), torch.zeros(3, dtype=torch.long))
     images = torch.cat([x for x, _ in batcher.eval_batches(splits.calib)])
     return replace(splits, val=poison, test=poison), batcher, images
@@ -114,8 +115,9 @@ def test_adaround_beats_rounding_to_nearest_on_its_grid():
 def test_every_step_reads_the_calibration_split_only(data, arithmetic: Arithmetic):
     splits, batcher, images = data
     model = _trained_like("resnet18")
-    steps = PtqSteps(equalize=True, bias_correction=True, adaround=True, adaround_config=FEW, calib_images=96,
-                     correction_images=48)
+    steps = PtqSteps(
+        equalize=True, bias_correction=True, adaround=True, adaround_config=FEW, calib_images=96, correction_images=48
+    )
     qmodel = ptq(model, splits, batcher, arithmetic=arithmetic, weight_bits=4, steps=steps)
     with torch.no_grad():
         logits, reference = qmodel(images[:32]), model(images[:32])

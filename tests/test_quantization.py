@@ -20,10 +20,10 @@ from evaluators.training import TrainConfig
 from evaluators.training import train
 from spaces.architectures import create_model
 from spaces.architectures import list_architectures
-from spaces.fake_quant import _amax_mse_clip
-from spaces.fake_quant import _sym_error
 from spaces.fake_quant import QuantConv2d
 from spaces.fake_quant import QuantLinear
+from spaces.fake_quant import _amax_mse_clip
+from spaces.fake_quant import _sym_error
 from spaces.fake_quant import fake_quant
 from spaces.fake_quant import float_mode
 from spaces.quantization import bit_widths
