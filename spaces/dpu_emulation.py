@@ -68,24 +68,26 @@ class DpuConfig:
 # --- layers ------------------------------------------------------------------------------------------------
 
 
-class DpuConv2d(nn.Conv2d):
+class _FixParameters:
+    """The weight and bias as the DPU stores them (mixed into the layer classes)."""
+
+    weight_quant: FixQuantizer
+    bias_quant: FixQuantizer
+
+    def fixed_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.weight_quant(self.weight), None if self.bias is None else self.bias_quant(self.bias)
+
+
+class DpuConv2d(_FixParameters, nn.Conv2d):
     """A Conv2d whose weight and bias pass through fix-point quantizers (class swapped in place)."""
 
-    weight_quant: FixQuantizer
-    bias_quant: FixQuantizer
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias_quant(self.bias)
-        return self._conv_forward(x, self.weight_quant(self.weight), bias)
+        return self._conv_forward(x, *self.fixed_parameters())
 
 
-class DpuLinear(nn.Linear):
-    weight_quant: FixQuantizer
-    bias_quant: FixQuantizer
-
+class DpuLinear(_FixParameters, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias_quant(self.bias)
-        return F.linear(x, self.weight_quant(self.weight), bias)
+        return F.linear(x, *self.fixed_parameters())
 
 
 DPU_LAYERS: dict[type[nn.Module], type[nn.Module]] = {nn.Conv2d: DpuConv2d, nn.Linear: DpuLinear}
