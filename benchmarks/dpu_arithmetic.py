@@ -276,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adaround-iters", type=int, default=500)
     parser.add_argument("--qat-steps", type=int, default=300)
     parser.add_argument("--qat-lr", type=float, default=1e-4)
-    parser.add_argument("--only", choices=("all", "float", "crosscheck", "ptq", "mse", "qat"), default="all")
+    parser.add_argument(
+        "--only", nargs="+", choices=("all", "float", "crosscheck", "ptq", "mse", "adaround", "qat"), default=["all"]
+    )
     parser.add_argument("--out", type=Path, default=RUN_DIR / "results.jsonl")
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args(argv)
@@ -296,10 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         ("crosscheck", [(f"{args.arch}|cross-check|dpu vs Brevitas|maxmin", lambda: crosscheck_row(ctx))]),
         ("ptq", cheap),
         ("mse", mse_rows(ctx)),
-        ("ptq", [job for job in ptq_jobs if job not in cheap]),
+        ("adaround", [job for job in ptq_jobs if job not in cheap]),
         ("qat", qat_rows(ctx)),
     ]
-    jobs = [job for name, js in sections if args.only in ("all", name) or name == "float" for job in js]
+    jobs = [job for name, js in sections if {"all", name} & set(args.only) or name == "float" for job in js]
     done = done_rows(args.out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for key, run in jobs:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 from brevitas.graph.calibrate import calibration_mode
+from brevitas.inject.enum import FloatToIntImplType
 from brevitas.inject.enum import StatsOp
 from brevitas.nn import QuantConv2d
 from brevitas.nn import QuantIdentity
@@ -73,14 +74,20 @@ def _quant_layer(layer: nn.Module, weight_bits: int) -> nn.Module:
     return twin
 
 
-def brevitas_twin(emulated: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """The emulated network with Brevitas's fixed-point quantizers in place of ours (uncalibrated)."""
+def brevitas_twin(emulated: torch.fx.GraphModule, *, dpu_rounding: bool = False) -> torch.fx.GraphModule:
+    """The emulated network with Brevitas's fixed-point quantizers in place of ours (uncalibrated).
+
+    `dpu_rounding` rounds activations with Brevitas's `FloatToIntImplType.DPU` (its model of the DPU's rounding:
+    negative ties up, positive ties to even) instead of its default, round half to even."""
     twin = copy.deepcopy(emulated)
     weight_bits = emulated.dpu_config.weight_bits
+    act_quant = (
+        ActFixedPointMax.let(float_to_int_impl_type=FloatToIntImplType.DPU) if dpu_rounding else ActFixedPointMax
+    )
     for name, layer in layers(twin).items():
         twin.set_submodule(name, _quant_layer(layer, weight_bits))
     for name in activation_quantizers(twin):
-        setattr(twin, name, QuantIdentity(act_quant=ActFixedPointMax, return_quant_tensor=False))
+        setattr(twin, name, QuantIdentity(act_quant=act_quant, return_quant_tensor=False))
     return twin.eval()
 
 

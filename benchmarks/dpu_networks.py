@@ -15,6 +15,7 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -92,19 +93,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", choices=sorted(PLANS), required=True)
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
     parser.add_argument("--data-root", default=None)
+    parser.add_argument(
+        "--more-steps",
+        type=int,
+        default=0,
+        help="continue the trained network for this many steps of a second one-cycle (lr 0.05); the stages stack",
+    )
     args = parser.parse_args(argv)
     args.run_dir.mkdir(parents=True, exist_ok=True)
     splits, batcher = cifar10(args.data_root)
-    plan = PLANS[args.arch]
+    plan, stage = PLANS[args.arch], ""
     torch.manual_seed(plan.config.seed)
     model = create_model(args.arch, resolution=RESOLUTION)
+    if args.more_steps:
+        model = load_trained(args.arch, args.run_dir)
+        stage = f".more{args.more_steps}"
+        plan = Plan(
+            replace(plan.config, lr=0.05, seed=1),
+            f"{plan.note}, then {args.more_steps} more at lr 0.05",
+            args.more_steps,
+        )
     t0 = time.monotonic()
     result = train(
         model,
         splits.train,
         batcher,
         plan.config,
-        checkpoint=args.run_dir / f"{args.arch}.ckpt",
+        checkpoint=args.run_dir / f"{args.arch}{stage}.ckpt",
         desc=args.arch,
         progress=True,
         max_steps=plan.max_steps,
