@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", nargs="+", choices=("all", "float", "crosscheck", "ptq", "mse", "adaround", "qat"), default=["all"]
     )
+    parser.add_argument("--rows", nargs="*", default=(), help="only the rows whose key contains one of these")
     parser.add_argument("--out", type=Path, default=RUN_DIR / "results.jsonl")
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args(argv)
@@ -302,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         ("qat", qat_rows(ctx)),
     ]
     jobs = [job for name, js in sections if {"all", name} & set(args.only) or name == "float" for job in js]
+    jobs = [job for job in jobs if not args.rows or "|float|" in job[0] or any(r in job[0] for r in args.rows)]
     done = done_rows(args.out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for key, run in jobs:
