@@ -57,8 +57,8 @@ from search.analysis.intervals import Comparison
 from search.analysis.intervals import compare_accuracy
 from search.analysis.intervals import difference_interval
 from search.analysis.intervals import wilson
-from spaces.models.architectures import Stem
 from spaces.models.architectures import create_model
+from spaces.models.network import Stem
 from spaces.recipe import Recipe
 
 # The candidate small stems of each student: the ones the brief (issue 12) names.

@@ -13,6 +13,7 @@ from typing import Any
 
 from hardware_models.api import estimate as _estimate
 from hardware_models.cli import estimate_main
+from spaces.models import architectures  # noqa: F401  (registers the arch: spec scheme)
 
 
 class _CallableModule(types.ModuleType):

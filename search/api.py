@@ -10,7 +10,6 @@ and a Ray worker rebuilds the same context from the same resolved config (`searc
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import time
@@ -37,11 +36,15 @@ from evaluators.data.splits import Splits
 from evaluators.teacher.prepare import TeacherConfig
 from evaluators.teacher.prepare import build_teacher
 from evaluators.teacher.prepare import is_cached
+from search.analysis.selection import read_tables
+from search.analysis.selection import select
 from search.config import ConfigError
 from search.config import StudyConfig
 from search.config import StudyInfo
 from search.config import check_study_code
+from search.config import config_as_json
 from search.config import trust_study
+from search.delivery import export_selected
 from search.engine.budget import Sizing
 from search.engine.loop import BaselineSet
 from search.engine.loop import SearchConfig
@@ -102,10 +105,6 @@ def resolve_device(choice: str) -> torch.device:
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(choice)
-
-
-def config_as_json(config: StudyConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(config), default=lambda o: getattr(o, "value", str(o))))
 
 
 class Study:
@@ -240,8 +239,6 @@ class StudyResult:
     """What a finished study found: DataFrames read from its run folder, plus plot and export."""
 
     def __init__(self, study: Study) -> None:
-        from search.analysis.selection import read_tables
-
         self.study, self.out = study, study.out
         self.trials, self.front = read_tables(self.out)
         base = self.out / "baselines.csv"
@@ -270,8 +267,6 @@ class StudyResult:
         """Write the deployment bundle of one recipe (the knee by default): the same as `python -m search.export`.
 
         `test_images=None` measures on the images the F3 stage scored (0: the whole test split)."""
-        from search.analysis.selection import select
-        from search.export import export_selected
 
         selected = select(self.out, self.study.config.hardware.names, trial=trial, pick=pick)
         return export_selected(self.study.context(), self.out, selected, path, test_images=test_images,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import re
 import tomllib
 import typing
@@ -266,3 +267,9 @@ def check_study_code(config: StudyConfig) -> None:
         raise ConfigError(f"teacher.allow_pickle for {teacher.checkpoint} was read from a file that is data (a run "
                           "folder's config.json); unpickling can run code: give your own study file with --study, "
                           "or trust_code=True in the Python API")
+
+
+def config_as_json(config: StudyConfig) -> dict:
+    """The resolved config as plain JSON (enums by value): what a run folder's config.json and a bundle hold, read
+    back by `from_json`."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=lambda o: getattr(o, "value", str(o))))

@@ -13,27 +13,16 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
-from evaluators.candidate import Fidelity
-from evaluators.candidate import estimate_targets
 from evaluators.data.config import prepare_data
 from evaluators.data.datasets import DataError
-from search.analysis.selection import Selected
 from search.analysis.selection import SelectionError
 from search.analysis.selection import read_run
 from search.analysis.selection import select
 from search.api import RunOptions
 from search.api import Study
-from search.api import config_as_json
-from search.bundle.deploy_resolution import DeployResolution
-from search.bundle.deploy_resolution import adapt
 from search.bundle.model_file import BundleModelError
-from search.bundle.run_checkpoint import checkpoint_path
-from search.bundle.run_checkpoint import load_f3
 from search.bundle.writer import FALLBACK_FILE
 from search.bundle.writer import verify_bundle
-from search.bundle.writer import write_bundle
 from search.cascade.bundle import is_cascade_bundle
 from search.cascade.bundle import verify_cascade
 from search.cascade.export import CascadeSpec
@@ -43,13 +32,13 @@ from search.cascade.model import CascadeError
 from search.config import ConfigError
 from search.config import StudyConfig
 from search.config import check_study_code
+from search.config import config_as_json
 from search.config import from_json
 from search.config import load_study
 from search.config import trust_study
-from search.pipeline.context import Context
-from search.report.plots import pareto_plot
+from search.delivery import export_selected
+from search.delivery import load_model
 from spaces.models.code_trust import grant
-from spaces.recipe import TEACHER
 
 EXIT_USAGE, EXIT_FAILED = 2, 1
 
@@ -103,15 +92,6 @@ def cascade_spec(args: argparse.Namespace) -> CascadeSpec:
                        later=tuple(s.strip() for s in args.cascade_stages.split(",") if s.strip()))
 
 
-def load_model(selected: Selected, run: Path, ctx: Context) -> torch.nn.Module:
-    model = load_f3(run, selected.recipe, ctx.config.teacher.network)  # tensors + recipe, never a pickled module
-    if model is not None:
-        print(f"model: F3 checkpoint {checkpoint_path(run, selected.recipe)}", flush=True)
-        return model
-    print("model: no F3 checkpoint for this recipe; rebuilding it at F3 (the search's final budget)", flush=True)
-    return ctx.evaluator.build(selected.recipe, Fidelity.F3).model
-
-
 def run_config(args: argparse.Namespace) -> StudyConfig:
     """The study's config: from `--study` (the user's own file: the code it names is trusted), else the resolved
     `config.json` the run wrote (data: its factory is imported only with `--code DIR`)."""
@@ -161,61 +141,6 @@ def export(args: argparse.Namespace) -> int:
     export_selected(study.context(), run, selected, args.out, test_images=args.test_images,
                     requantize=args.requantize)
     return 0
-
-
-def export_selected(ctx: Context, run: Path, selected: Selected, out: str | Path | None, *,
-                    test_images: int | None = None, requantize: bool = False) -> Path:
-    """Write the bundle of `selected` (a recipe of the study at `run`) and return its folder.
-
-    By default the test images are those F3 scored, so metrics.json sets the recipe's F3 test accuracy
-    beside what each exported file measures on the very same images."""
-    config = ctx.config
-    print(f"exporting {selected.how}: {selected.recipe.to_json()}", flush=True)
-    model = load_model(selected, run, ctx).eval()
-    batcher = ctx.evaluator.batcher
-    resolution = DeployResolution.of(batcher.resolution, config.hardware.deploy_resolution)
-    searched = selected.metrics.get("f3_test_accuracy")
-    searched = searched if isinstance(searched, (int, float)) and searched == searched else None
-    adapted: dict = {"note": resolution.note()}
-    if resolution.proxy:
-        steps = config.hardware.deploy_finetune_steps
-        print(f"{resolution.note()}: fine-tuning {steps} steps at {resolution.deployed}px", flush=True)
-        result = adapt(model, selected.recipe, ctx.splits, resolution, steps, device=ctx.evaluator.device)
-        model, batcher = result.model, result.batcher
-        adapted = {**result.record, "searched_f3_test_at_proxy_resolution": searched}
-        searched = None  # the F3 number is for the proxy size: the bundle's own accuracy is measured below
-    shape = (ctx.splits.info.channels, batcher.resolution, batcher.resolution)
-    predicted = estimate_targets(model, selected.recipe, shape, config.hardware)
-    out = Path(out or run / "bundles" / selected.recipe.hash())
-    out.mkdir(parents=True, exist_ok=True)
-    png = out.parent / f".{out.name}-pareto.png"
-    _plot(run, config, selected, png)
-    extra = {"study": config.name, "profile": config.profile, "study_source": config.source, "selected": selected.how,
-             "trial": selected.trial, "study_config": config_as_json(config), "resolution": adapted,
-             "predicted_input_shape": list(shape),
-             "search_metrics": {k: v for k, v in selected.metrics.items() if k[:3] in ("f1_", "f2_", "f3_")}}
-    network = config.teacher.network if selected.recipe.student == TEACHER else selected.recipe.student
-    metrics = write_bundle(model, selected.recipe, ctx.splits, batcher, out, predicted=predicted,
-                           network=network, searched_accuracy=searched,
-                           extra_metrics=json.loads(json.dumps(extra, default=str)), pareto_png=png,
-                           test_images=config.fidelity.f3.test_images if test_images is None else test_images,
-                           requantize=requantize)
-    png.unlink(missing_ok=True)
-    print(f"bundle written to {out}", flush=True)
-    print(json.dumps(metrics.get("accuracy", {}), indent=1))
-    return out
-
-
-def _plot(run: Path, config, selected: Selected, png: Path) -> None:  # noqa: ANN001 - a StudyConfig
-    import pandas as pd
-
-    trials, front = read_run(run)
-    base = pd.read_csv(run / "baselines.csv") if (run / "baselines.csv").stat().st_size > 1 else pd.DataFrame()
-    m = selected.metrics
-    point = {"accuracy": m.get("f3_test_accuracy", m.get("f2_accuracy")),
-             **{f"latency_{t}": m.get(f"f3_latency_{t}", m.get(f"f2_latency_{t}")) for t in config.hardware.names}}
-    pareto_plot(png, trials, front, base, config.hardware.names, title=f"{config.name}: {selected.how}",
-                highlight={k: float(v) for k, v in point.items() if v is not None and v == v})
 
 
 def verify(args: argparse.Namespace) -> int:

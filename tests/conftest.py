@@ -15,6 +15,7 @@ sys.path.insert(0, str(REPO))
 from evaluators.data.datasets import Dataset  # noqa: E402
 from evaluators.data.datasets import candidate_roots  # noqa: E402
 from evaluators.data.datasets import find_layout  # noqa: E402
+from spaces.models import code_trust  # noqa: E402
 from tests.cli_helpers import search_cli  # noqa: E402
 from tests.cli_helpers import study_args  # noqa: E402
 
@@ -39,6 +40,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         # at once (a second `ray.init()` could join the first's cluster).
         group = "ray" if item.get_closest_marker("ray") else item.module.__name__ if item.module else item.nodeid
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.fixture(autouse=True)
+def _own_code_grants(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grant to run the user's own code (`trust_code=True`, `--code`) lasts for the process that was given it;
+    under xdist one worker runs many test modules, so each test starts from the grants it found and leaves none."""
+    monkeypatch.setattr(code_trust, "_granted", code_trust.grants())
 
 
 def _root_with(dataset: Dataset) -> Path:

@@ -38,10 +38,10 @@ from evaluators.training.loop import warn
 from evaluators.training.precision import Precision
 from evaluators.training.precision import resolved
 from spaces.compress.distillation import weights_digest
-from spaces.models.architectures import Stem
 from spaces.models.architectures import create_model
 from spaces.models.architectures import list_architectures
 from spaces.models.architectures import stem_of
+from spaces.models.network import Stem
 from spaces.models.user_models import add_code_path
 from spaces.models.user_models import canonical_name
 from spaces.validated import ConfigError

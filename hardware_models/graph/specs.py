@@ -7,7 +7,6 @@ strings, so a measurement row and a command line resolve to exactly the same mod
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 from collections.abc import Callable
 from importlib import resources
@@ -156,24 +155,6 @@ def _thesis(argument: str) -> nn.Module:
     for name, (cin, cout) in entry["layers"].items():
         _resize_layer(model, name, int(cin), int(cout))
     return model
-
-
-@register_scheme("arch")
-def _arch(argument: str) -> nn.Module:
-    """The project's own students, from `spaces.models.architectures` (imported only when this scheme is used), by
-    registry name only (a spec comes from a file: it never imports code): `arch:NAME` with torchvision's stem,
-    `arch:NAME@STEM` with the one named (`cifar`: its small stem, or a small stem's own name, which is what bundles
-    write), whatever the input size."""
-    try:
-        architectures = importlib.import_module("spaces.models.architectures")
-    except ImportError as error:
-        raise RuntimeError(f"spec 'arch:{argument}' needs spaces.models.architectures, which cannot be imported "
-                           f"({error}); use a torchvision: or thesis: spec instead") from error
-    name, _, stem = argument.partition("@")
-    if name not in architectures.ARCHITECTURES:  # a table's spec is data: registry names only, never an import
-        raise KeyError(f"spec 'arch:{argument}': {name!r} is not a registered network; known: "
-                       f"{', '.join(sorted(architectures.ARCHITECTURES))}; or torchvision:NAME, onnx:FILE")
-    return architectures.create_model(name, num_classes=10, stem=stem or "imagenet")
 
 
 @register_scheme("onnx")

@@ -20,9 +20,9 @@ from torch import nn
 
 from spaces.compress.model_record import FORMAT
 from spaces.compress.model_record import model_record
-from spaces.models.architectures import Stem
 from spaces.models.architectures import create_model
 from spaces.models.code_trust import grant
+from spaces.models.network import Stem
 from spaces.quant.fake_quant import attach_quantizers
 from spaces.recipe import TEACHER
 from spaces.recipe import Calibration

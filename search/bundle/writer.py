@@ -52,8 +52,8 @@ from search.bundle.qdq import export_float
 from search.bundle.qdq import export_qdq
 from search.bundle.qdq import float_network
 from search.bundle.scripts import texts
-from spaces.models.architectures import Stem
-from spaces.models.architectures import model_stem
+from spaces.models.network import Stem
+from spaces.models.network import model_stem
 from spaces.quant.quantization import bit_widths
 from spaces.recipe import INT_BITS
 from spaces.recipe import TEACHER

@@ -51,9 +51,9 @@ from spaces.compress.distillation import data_digest
 from spaces.compress.distillation import setup_distillation
 from spaces.compress.distillation import weights_digest
 from spaces.compress.macs import count_macs
-from spaces.models.architectures import Stem
 from spaces.models.architectures import create_model
 from spaces.models.architectures import stem_of
+from spaces.models.network import Stem
 from spaces.quant.quantization import calibrate
 from spaces.quant.quantization import layer_groups
 from spaces.quant.quantization import quantizable_layers

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from spaces.models.architectures import model_stem
+from spaces.models.network import model_stem
 from spaces.quant.quantization import bit_widths
 from spaces.quant.quantization import is_quantized
 from spaces.recipe import Recipe

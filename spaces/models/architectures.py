@@ -15,88 +15,20 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
 
 import torchvision
 from torch import nn
 
 from hardware_models.graph.networks import attach_thesis_head
 from hardware_models.graph.networks import hidden_head
+from hardware_models.graph.specs import register_scheme
 from hardware_models.registry import register_once
-
-Builder = Callable[[int, int], nn.Module]
-StemEdit = Callable[[nn.Module], None]  # turns a freshly built network's ImageNet stem into the small one, in place
-
-
-class Stem(StrEnum):
-    """The kind of stem a rule picks; a built network records the exact one (`model_stem`: "imagenet" or the
-    name of a `SMALL_STEMS` edit), so that a later change of a rule cannot change what a saved network was."""
-
-    IMAGENET = "imagenet"  # torchvision's, as published: what every network without a StemRule is built with
-    CIFAR = "cifar"  # the architecture's small-input stem (the first downsampling removed)
-
-
-# Below this many pixels torchvision's 32x downsampling leaves a single cell for the last stage (at 64 px it
-# leaves 2x2): the stems of the thesis's 224 px networks stop making sense there.
-SMALL_INPUT_BELOW = 64
-# The attribute a network built with a small stem carries; absent means torchvision's stem (every network
-# built before stems existed, and every network without a StemRule).
-STEM_ATTRIBUTE = "compress_stem"
-
-
-@dataclass(frozen=True)
-class StemRule:
-    """The small-input stem a network has (a `SMALL_STEMS` name), and the resolution below which it is used."""
-
-    small: str
-    below: int = SMALL_INPUT_BELOW
-
-    def __post_init__(self) -> None:
-        if self.small not in SMALL_STEMS:
-            raise KeyError(f"unknown small stem {self.small!r}; known: {', '.join(sorted(SMALL_STEMS))}")
-        if self.below < 1:
-            raise ValueError(f"StemRule.below must be a resolution >= 1, got {self.below}")
-
-    def stem_for(self, resolution: int) -> Stem:
-        return Stem.CIFAR if resolution < self.below else Stem.IMAGENET
-
-
-@dataclass(frozen=True)
-class Architecture:
-    name: str
-    builder: Builder
-    description: str
-    # The input size the network was designed for; CIFAR-10 at 32 and the thesis's 224 both work for CNNs.
-    default_resolution: int
-    # Fixed-input networks (the MLP) only accept exactly this resolution.
-    fixed_resolution: bool = False
-    # None: one stem at every resolution (the teacher, user and torchvision: networks, the MLP, small_cnn).
-    stem_rule: StemRule | None = None
-
-    def stem_for(self, resolution: int | None = None) -> str:
-        """The stem this network is built with for `resolution`-px inputs (None: its default resolution):
-        "imagenet" or the name of its small stem."""
-        if self.stem_rule is None:
-            return Stem.IMAGENET.value
-        kind = self.stem_rule.stem_for(self.default_resolution if resolution is None else resolution)
-        return self.stem_rule.small if kind == Stem.CIFAR else Stem.IMAGENET.value
-
-    def build(self, num_classes: int, in_channels: int, stem: str) -> nn.Module:
-        """`stem`: "imagenet", "cifar" (this architecture's small stem) or the name of any `SMALL_STEMS` edit."""
-        model = self.builder(num_classes, in_channels)
-        if stem == Stem.IMAGENET:
-            return model
-        if stem == Stem.CIFAR:
-            if self.stem_rule is None:
-                raise ValueError(f"architecture {self.name!r} has no cifar stem; it has only its own")
-            stem = self.stem_rule.small
-        if stem not in SMALL_STEMS:
-            raise KeyError(f"unknown stem {stem!r}; known: imagenet, cifar, {', '.join(sorted(SMALL_STEMS))}")
-        SMALL_STEMS[stem](model)  # edits keep each layer's input channels: greyscale stems stay greyscale
-        setattr(model, STEM_ATTRIBUTE, stem)  # travels with copies and pickles: bundles record it
-        return model
-
+from spaces.models import user_models
+from spaces.models.network import Architecture
+from spaces.models.network import Builder
+from spaces.models.network import Stem
+from spaces.models.network import StemRule
+from spaces.models.network import first_conv_for
 
 ARCHITECTURES: dict[str, Architecture] = {}
 
@@ -118,9 +50,7 @@ def get_architecture(name: str) -> Architecture:
     if name in ARCHITECTURES:
         return ARCHITECTURES[name]
     if ":" in name:
-        from spaces.models.user_models import resolve  # lazily: imports the user's code only when asked for
-
-        return resolve(name)
+        return user_models.resolve(name)  # imports the user's code only when asked for, and only where trusted
     raise KeyError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}, "
                    "torchvision:<model name> or package.module:factory")
 
@@ -159,66 +89,6 @@ def small_stems_at(resolution: int) -> dict[str, str]:
     every network keeps torchvision's stem)."""
     return {name: arch.stem_for(resolution) for name, arch in sorted(ARCHITECTURES.items())
             if arch.stem_for(resolution) != Stem.IMAGENET}
-
-
-def model_stem(model: nn.Module) -> str:
-    """The stem a built network has: what `create_model` recorded on it, "imagenet" when nothing was."""
-    return str(getattr(model, STEM_ATTRIBUTE, Stem.IMAGENET.value))
-
-
-def first_conv_for(model: nn.Module, in_channels: int) -> nn.Module:
-    """Swap the stem convolution for one taking `in_channels` (MNIST is greyscale)."""
-    if in_channels == 3:
-        return model
-    for parent in model.modules():
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.Conv2d):
-                setattr(parent, child_name, nn.Conv2d(in_channels, child.out_channels, child.kernel_size,
-                                                      child.stride, child.padding, bias=child.bias is not None))
-                return model
-    raise ValueError(f"{type(model).__name__} has no convolution to adapt to {in_channels} channels")
-
-
-SMALL_STEMS: dict[str, StemEdit] = {}
-
-
-def small_stem(name: str) -> Callable[[StemEdit], StemEdit]:
-    """Register a named small-input stem edit (the benchmark measures every one; a StemRule uses one)."""
-    def decorate(edit: StemEdit) -> StemEdit:
-        register_once(SMALL_STEMS, name, edit, "small stem")
-        return edit
-
-    return decorate
-
-
-@small_stem("resnet_3x3")
-def resnet_3x3(model: nn.Module) -> None:
-    """He et al. (2016, sec. 4.2)'s CIFAR ResNet stem: conv1 3x3 stride 1, no max-pool (total stride 8, not 32)."""
-    conv = model.conv1
-    model.conv1 = nn.Conv2d(conv.in_channels, conv.out_channels, 3, stride=1, padding=1, bias=False)
-    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # torchvision's own init
-    model.maxpool = nn.Identity()
-
-
-@small_stem("mobilenet_v2_conv")
-def mobilenet_v2_conv(model: nn.Module) -> None:
-    """The first convolution at stride 1 (total stride 16: a 2x2 last stage at 32 px)."""
-    model.features[0][0].stride = (1, 1)
-
-
-@small_stem("mobilenet_v2_conv_block")
-def mobilenet_v2_conv_block(model: nn.Module) -> None:
-    """The first convolution and the first strided inverted residual (16->24) at stride 1 (total stride 8), as
-    in the CIFAR MobileNetV2s of kuangliu/pytorch-cifar."""
-    mobilenet_v2_conv(model)
-    model.features[2].conv[1][0].stride = (1, 1)  # its depthwise 3x3
-
-
-@small_stem("squeezenet_conv_pool")
-def squeezenet_conv_pool(model: nn.Module) -> None:
-    """The first convolution at stride 1 and no first max-pool (total stride 8); the later pools stay."""
-    model.features[0].stride = (1, 1)
-    model.features[2] = nn.Identity()
 
 
 def _thesis(base: str, hidden: list[int]) -> Builder:
@@ -276,3 +146,17 @@ def _small_cnn(num_classes: int, in_channels: int) -> nn.Module:
         *_conv_bn(32, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(64, num_classes),
     )
+
+
+@register_scheme("arch")
+def _arch_spec(argument: str) -> nn.Module:
+    """`arch:NAME` for the hardware models' spec strings: a network of this registry with torchvision's stem,
+    `arch:NAME@STEM` with the one named (`cifar`: its small stem, or a small stem's own name, which is what bundles
+    write), whatever the input size. Registry names only: a spec comes from a file, so it never imports code.
+    Registered here, so `hardware_models` needs no import of the project's networks: importing this module (the
+    commands that read measurement tables do) makes the scheme known."""
+    name, _, stem = argument.partition("@")
+    if name not in ARCHITECTURES:
+        raise KeyError(f"spec 'arch:{argument}': {name!r} is not a registered network; known: "
+                       f"{', '.join(sorted(ARCHITECTURES))}; or torchvision:NAME, onnx:FILE")
+    return create_model(name, num_classes=10, stem=stem or "imagenet")

@@ -24,10 +24,10 @@ from typing import Any
 import torchvision
 from torch import nn
 
-from spaces.models.architectures import Architecture
-from spaces.models.architectures import first_conv_for
 from spaces.models.code_trust import check_factory
 from spaces.models.code_trust import check_folder
+from spaces.models.network import Architecture
+from spaces.models.network import first_conv_for
 
 KWARGS_MARK = "{"
 

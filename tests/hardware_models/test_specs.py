@@ -13,6 +13,7 @@ from hardware_models import build_network
 from hardware_models import list_schemes
 from hardware_models.graph.executed import extract
 from hardware_models.graph.specs import thesis_architectures
+from spaces.models import architectures  # noqa: F401  (registers the arch: spec scheme)
 from hardware_models.graph.zoo import parse_nb201
 
 torch.set_num_threads(1)

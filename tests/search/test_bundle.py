@@ -51,9 +51,9 @@ from search.bundle.writer import verify_bundle
 from search.bundle.writer import write_bundle
 from spaces.compress.apply import Budget
 from spaces.compress.apply import apply
-from spaces.models.architectures import Stem
 from spaces.models.architectures import create_model
-from spaces.models.architectures import model_stem
+from spaces.models.network import Stem
+from spaces.models.network import model_stem
 from spaces.quant.fake_quant import float_mode
 from spaces.recipe import PruneKind
 from spaces.recipe import Pruning

@@ -25,7 +25,6 @@ from hardware_models.calibration import fit as calibrate
 from search import export
 from search.api import RunOptions
 from search.api import Study
-from search.api import config_as_json
 from search.bundle.float_model import write_float_model
 from search.bundle.model_file import BundleModelError
 from search.bundle.model_file import load_model
@@ -33,6 +32,7 @@ from search.bundle.model_file import save_model
 from search.bundle.run_checkpoint import load_f3
 from search.config import ConfigError
 from search.config import check_study_code
+from search.config import config_as_json
 from search.config import from_json
 from search.config import load_study
 from spaces.models.architectures import create_model

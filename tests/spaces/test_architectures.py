@@ -9,15 +9,15 @@ from torch import nn
 
 from benchmarks.stems import CANDIDATES
 from benchmarks.stems import last_feature_map
-from spaces.models.architectures import SMALL_INPUT_BELOW
-from spaces.models.architectures import Stem
-from spaces.models.architectures import StemRule
 from spaces.models.architectures import create_model
 from spaces.models.architectures import get_architecture
 from spaces.models.architectures import list_architectures
-from spaces.models.architectures import model_stem
 from spaces.models.architectures import small_stems_at
 from spaces.models.architectures import stem_of
+from spaces.models.network import SMALL_INPUT_BELOW
+from spaces.models.network import Stem
+from spaces.models.network import StemRule
+from spaces.models.network import model_stem
 
 
 @pytest.mark.parametrize("name", list_architectures())

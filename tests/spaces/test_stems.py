@@ -35,9 +35,9 @@ from spaces.compress.apply import Budget
 from spaces.compress.apply import Context
 from spaces.compress.apply import _student_path
 from spaces.models.architectures import ARCHITECTURES
-from spaces.models.architectures import SMALL_STEMS
-from spaces.models.architectures import StemRule
 from spaces.models.architectures import create_model
+from spaces.models.network import SMALL_STEMS
+from spaces.models.network import StemRule
 from spaces.recipe import Recipe
 
 
