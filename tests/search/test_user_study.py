@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from spaces.models import code_trust
 from tests.user_data import TinyNet
 from tests.user_data import train_quickly
 from tests.user_data import write_cifar_imagefolder
@@ -157,9 +158,11 @@ def test_every_command_of_the_readme_section_runs(workspace: Path, tmp_path: Pat
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("EDGE_SEARCH_CACHE", str(workspace / "cache"))
     monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    fresh = code_trust.grants()
     for line in readme_block("commands").strip().splitlines():
         argv = shlex.split(line)
         assert argv[:2] == [".venv/bin/python", "-m"], line
+        monkeypatch.setattr(code_trust, "_granted", fresh)  # each command is its own process: no grant carries over
         assert importlib.import_module(argv[2]).main(argv[3:]) == 0, line
 
     run, bundle = tmp_path / "runs" / "acme", tmp_path / "acme_bundle"
