@@ -160,7 +160,7 @@ def check_profile(path: str | Path) -> None:
         text = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
         why = (text.splitlines() or [type(error).__name__])[0][:200]
         raise ValueError(f"profile {path} cannot be used ({why}); regenerate it with python -m "
-                         "hardware_models.calibration.fit --out PATH") from None
+                         "hardware_models.calibrate --out PATH") from None
     if not (math.isfinite(latency) and latency > 0 and math.isfinite(energy) and energy >= 0):
         raise ValueError(f"profile {path} predicts latency {latency} ms, energy {energy} mJ for a small network; "
                          "regenerate it with python -m hardware_models.calibrate --out PATH")

@@ -90,7 +90,7 @@ def latency_interval(latency_ms: float, calibration: Mapping[str, Any], group: s
     if not summary:
         q, level = math.log(2.0), LEVEL
         note = ("this profile carries no calibration residuals (recalibrate with python -m "
-                "hardware_models.calibration.fit): the interval is a nominal factor of 2 either way")
+                "hardware_models.calibrate): the interval is a nominal factor of 2 either way")
     else:
         level = float(summary["level"])
         known = summary["log_halfwidth"]

@@ -84,7 +84,7 @@ def test_benchmark_rows_calibrate_a_profile_that_a_study_predicts_with(tmp_path:
 
     profile_path = tmp_path / "profiles" / "my_pi.json"
     profile_path.parent.mkdir()
-    report = _run(["-m", "hardware_models.calibration.fit", "--target", "rpi4", "--measurements", str(csv_path),
+    report = _run(["-m", "hardware_models.calibrate", "--target", "rpi4", "--measurements", str(csv_path),
                    "--out", str(profile_path)], cwd=Path(__file__).resolve().parents[2])
     assert "skipped" not in report  # every row, pruned ones included, was rebuilt from its ONNX file
     profile = json.loads(profile_path.read_text())

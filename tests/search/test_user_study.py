@@ -88,6 +88,9 @@ def workspace(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
     model = make_net()
     torch.save(train_quickly(model, work / "images", 32, steps=40).state_dict(), work / "acme.pt")
+    sys.path.remove(str(work / "code"))  # the user's commands import their package from where they stand
+    for name in [m for m in sys.modules if m == "acme_vision" or m.startswith("acme_vision.")]:
+        del sys.modules[name]
     (work / "my_study.toml").write_text(textwrap.dedent('''
         [study]
         name = "acme"
@@ -151,6 +154,7 @@ def test_every_command_of_the_readme_section_runs(workspace: Path, tmp_path: Pat
     import importlib
     import shlex
     import shutil
+    import sys
 
     for name in ("images", "code", "acme.pt"):
         (shutil.copytree if (workspace / name).is_dir() else shutil.copy)(workspace / name, tmp_path / name)
@@ -163,6 +167,8 @@ def test_every_command_of_the_readme_section_runs(workspace: Path, tmp_path: Pat
         argv = shlex.split(line)
         assert argv[:2] == [".venv/bin/python", "-m"], line
         monkeypatch.setattr(code_trust, "_granted", fresh)  # each command is its own process: no grant carries over
+        for name in [m for m in sys.modules if m == "acme_vision" or m.startswith("acme_vision.")]:
+            monkeypatch.delitem(sys.modules, name)  # nor a module it imported
         assert importlib.import_module(argv[2]).main(argv[3:]) == 0, line
 
     run, bundle = tmp_path / "runs" / "acme", tmp_path / "acme_bundle"
