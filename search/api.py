@@ -36,7 +36,7 @@ from evaluators.splits import SplitConfig
 from evaluators.splits import Splits
 from evaluators.teacher import TeacherConfig
 from evaluators.teacher import build_teacher
-from evaluators.teacher import is_cached
+from evaluators.teacher import cache_status
 from search.budget import Sizing
 from search.config import ConfigError
 from search.config import StudyConfig
@@ -159,8 +159,8 @@ class Study:
         self.data = self.data or prepare_data(cfg.data, o.data_root, allow_download=o.allow_download,
                                               cache_dir=cache)
         splits, batcher = self.data
-        given = self.teacher is not None or bool(cfg.teacher.checkpoint) or is_cached(
-            cfg.teacher, splits, batcher, cfg.data.split, cache_dir=cache, device=self.device)
+        given = self.teacher is not None or bool(cfg.teacher.checkpoint) or cache_status(
+            cfg.teacher, splits, batcher, cfg.data.split, cache_dir=cache).epochs >= cfg.teacher.train.epochs
         network = copy_of(self.teacher) if self.teacher is not None else \
             lambda: build_teacher(cfg.teacher, splits.info.num_classes, splits.info.channels, batcher.resolution)
         self.config = sized(cfg, self.out, splits, batcher, network, teacher_ready=given, device=self.device,

@@ -21,6 +21,7 @@ from evaluators.candidate import FidelityConfig
 from evaluators.candidate import HardwareConfig
 from evaluators.data import DataConfig
 from evaluators.data import resolve_root
+from evaluators.imagenet_init import INIT_NAMES
 from evaluators.teacher import TeacherConfig
 from search.engine import BaselineSet
 from search.engine import SearchConfig
@@ -187,8 +188,8 @@ def load_study(study: str, profile: str | None = None) -> StudyConfig:
 def with_paths_from(config: StudyConfig, base: Path) -> StudyConfig:
     """Relative file paths of the config made absolute against `base` (a profile JSON named as a target too)."""
     teacher = config.teacher
-    paths = {k: str((base / v).resolve()) for k in ("checkpoint", "code")
-             if (v := getattr(teacher, k)) and not Path(v).is_absolute()}
+    paths = {k: str((base / v).resolve()) for k in ("checkpoint", "code", "init")
+             if (v := getattr(teacher, k)) and not Path(v).is_absolute() and v not in INIT_NAMES}
     targets = tuple(str((base / t).resolve()) if t.endswith(".json") else t for t in config.hardware.targets)
     missing = [t for t in targets if t.endswith(".json") and not Path(t).is_file()]
     if missing:

@@ -552,6 +552,15 @@ def _teacher_steps(config: TrainConfig, network: Callable[[], nn.Module], splits
                        4) for key, c in runs.items()}
 
 
+def fastest_teacher_step(config: TrainConfig, network: Callable[[], nn.Module], splits: Splits, batcher: Batcher,
+                         device: torch.device) -> tuple[str, float]:
+    """The teacher's arithmetic (bf16 or fp32 where `auto` may choose, else "") and its seconds per step, the
+    faster where both were timed."""
+    steps = _teacher_steps(config, network, splits, batcher, device, teacher_choices(config, device))
+    fastest = min(steps, key=steps.__getitem__)
+    return fastest, steps[fastest]
+
+
 def _eval_batches(config: StudyConfig, splits: Splits, batcher: Batcher, device: torch.device
                   ) -> list[torch.Tensor]:
     """A warm-up batch and a timed one of the evaluation batch size (at most EVAL_TIMED images: a fake-quantized
