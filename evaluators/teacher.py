@@ -7,7 +7,9 @@ on purpose, for hours if wanted).
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from dataclasses import dataclass
@@ -33,6 +35,9 @@ from evaluators.precision import Precision
 from evaluators.splits import SplitConfig
 from evaluators.splits import Splits
 from evaluators.teacher_cache import CACHE_ENV
+from evaluators.teacher_cache import META
+from evaluators.teacher_cache import PINNED
+from evaluators.teacher_cache import WEIGHTS
 from evaluators.teacher_cache import CorruptEntry
 from evaluators.teacher_cache import Entry
 from evaluators.teacher_cache import Match
@@ -137,6 +142,7 @@ class CacheStatus:
     continued_from: int = 0  # epochs the entry of the study's init has (0: a new entry would start from scratch)
     busy: bool = False  # the strongest entry is being trained by another process: used as it is, not trained
     folder: str = ""
+    sha256: str = ""  # of the strongest entry's best weights
 
     def ready_for(self, epochs: int) -> bool:
         """No training is needed for a plan that gives the teacher `epochs`."""
@@ -151,7 +157,7 @@ def cache_status(config: TeacherConfig, splits: Splits, batcher: Batcher, split:
     own = _own_entry(config, match, cache_dir)
     return CacheStatus(epochs=best.epochs if best else 0, val_accuracy=best.val_accuracy if best else 0.0,
                        continued_from=own.epochs if own else 0, busy=bool(best and best.busy),
-                       folder=str(best.folder) if best else "")
+                       folder=str(best.folder) if best else "", sha256=best.meta.get("sha256", "") if best else "")
 
 
 def _own_entry(config: TeacherConfig, match: Match, cache_dir: Path | None) -> Entry | None:
@@ -186,6 +192,45 @@ def prepare_teacher(config: TeacherConfig, splits: Splits, batcher: Batcher, spl
     continue_training(job, config.train, wanted, log)
     trained = strongest(match, cache_dir)
     return _loaded(trained, config, info.num_classes, info.channels, batcher.resolution, fresh=True)
+
+
+def pin(teacher: Teacher) -> dict[str, Any]:
+    """Keep the weights a run uses, so that every later command on the run (resume, export, benchmarks) loads this
+    very teacher even after its entry has been trained further: a hard link `pinned/<sha>.pt` beside `teacher.pt`
+    (a copy where links are not possible). Returns what the run records (`baseline.json`'s `teacher_pin`)."""
+    sha = teacher.metrics.get("sha256", "")
+    weights = teacher.folder / WEIGHTS
+    if not sha or not weights.is_file():
+        return {}
+    pinned = teacher.folder / PINNED / f"{sha[:16]}.pt"
+    if not pinned.is_file():
+        pinned.parent.mkdir(exist_ok=True)
+        tmp = pinned.with_suffix(f".tmp{os.getpid()}")
+        try:
+            os.link(weights, tmp)
+        except OSError:
+            shutil.copyfile(weights, tmp)
+        if file_digest(tmp, "sha256") != sha:  # teacher.pt was replaced meanwhile: keep the loaded network's
+            torch.save({k: v.detach().cpu().contiguous() for k, v in teacher.model.state_dict().items()}, tmp)
+        tmp.replace(pinned)
+    kept = ("val_accuracy", "test_accuracy", "val_images", "test_images", "best_epoch", "epochs", "init")
+    return {"folder": str(teacher.folder), "sha256": sha, "weights": str(pinned),
+            "metrics": {k: teacher.metrics[k] for k in kept if k in teacher.metrics}}
+
+
+def pinned_teacher(config: TeacherConfig, splits: Splits, batcher: Batcher, pinned: dict[str, Any]) -> Teacher:
+    """The teacher a run used (`pin`), whatever its cache entry holds now; a missing file is a one-line error."""
+    info, path = splits.info, Path(pinned["weights"])
+    if not path.is_file():
+        raise ConfigError(f"this run's teacher {path} is no longer in the teacher cache; rerun the study with "
+                          "--fresh to use the cached teacher there is now")
+    model = build_teacher(config, info.num_classes, info.channels, batcher.resolution)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    entry = Path(pinned["folder"]) / META
+    meta = json.loads(entry.read_text()) if entry.is_file() else {}
+    if meta.get("sha256") != pinned["sha256"]:  # the entry has moved on: this run's numbers are in its baseline
+        meta = {**meta, **pinned.get("metrics", {})}
+    return Teacher(model.eval(), meta | {"sha256": pinned["sha256"]}, Path(pinned["folder"]), from_cache=True)
 
 
 def _loaded(entry: Entry, config: TeacherConfig, num_classes: int, in_channels: int, resolution: int,

@@ -216,6 +216,19 @@ def _after_epoch(
     return meta
 
 
+def schedule_of(meta: dict[str, Any]) -> str:
+    """The segments that trained a cached teacher, in words: `epochs 1-8: sgd lr 0.1 onecycle, label smoothing 0.1,
+    augment, bf16; ...` (empty for a teacher from outside)."""
+    parts = []
+    for seg in meta.get("segments", []):
+        t = seg["train"]
+        parts.append(f"epochs {seg['first'] + 1}-{seg['first'] + seg['epochs']}: {t['optimizer']} lr {t['lr']} "
+                     f"{t['schedule']}, batch {t['batch_size']}, label smoothing {t['label_smoothing']}, "
+                     f"{'augmented' if t['augment'] else 'no augmentation'}, {seg['precision']}")
+    init = meta.get("init", "scratch")
+    return "; ".join(parts) + (f" (from {init})" if parts and init != "scratch" else "")
+
+
 def plot_curve(meta: dict[str, Any], path: Path) -> None:
     """Validation accuracy per epoch, with the CPU-hours spent on the top axis' labels and segment starts marked."""
     curve = meta["curve"]

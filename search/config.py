@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import tomllib
 import typing
 from dataclasses import field
@@ -204,6 +205,17 @@ def with_paths_from(config: StudyConfig, base: Path) -> StudyConfig:
 def from_json(raw: dict, where: str) -> StudyConfig:
     """A resolved config written by a run (`config.json`) read back, validated like a study file."""
     return build(StudyConfig, raw, where)
+
+
+def config_of_run(run: Path, study: str | None, profile: str | None) -> StudyConfig:
+    """The config a command acting on a run must use: the run's own `config.json` (sized by its plan: the teacher,
+    the budgets and the search it really had), else the study file at its profile (a run not started yet)."""
+    path = run / "config.json"
+    if path.is_file():
+        return from_json(json.loads(path.read_text()), str(path))
+    if study is None:
+        raise ConfigError(f"{run} holds no config.json of a run; give --study (or run the study first)")
+    return load_study(study, profile)
 
 
 def validate_all_profiles(study: str) -> list[StudyConfig]:

@@ -345,10 +345,27 @@ class Loop:
     trials: int
     promoter: Promoter
     clock: Clock
+    # Seconds a recipe's trial is priced at on this machine (its own network's F1 and F2, and its student's training
+    # where no trial trained it yet: `search.sizing.TrialPrices`); None: no price, the clock alone decides.
+    price: Callable[[Recipe], float] | None = None
 
     def may_ask(self, study: optuna.Study, running: int = 0) -> bool:
         """Another trial may start: the count is not reached (running trials included) and time is left."""
         return count_finished(study) + running < self.trials and not self.clock.up()
+
+    def too_late(self, recipe: Recipe) -> str:
+        """Why the trial of `recipe` must not start (its price is more than the clock has left), or ""."""
+        left = self.clock.left()
+        if left is None or self.price is None:
+            return ""
+        cost = self.price(recipe)
+        return f"not started: priced at {cost:.0f} s, {left:.0f} s left on the search's clock" if cost > left else ""
+
+    def skip(self, study: optuna.Study, trial: optuna.Trial, recipe: Recipe, reason: str) -> None:
+        """Tell a trial that was asked but must not run (`too_late`): pruned, with its reason."""
+        trial.set_user_attr("recipe", recipe.to_json())
+        trial.set_user_attr("reason", reason)
+        study.tell(trial, state=TrialState.PRUNED)
 
     def told(self, study: optuna.Study, trial: optuna.Trial, recipe: Recipe, outcome: Outcome,
              progress: Progress) -> None:
@@ -367,6 +384,11 @@ def asked(study: optuna.Study, space: SearchSpace, total: int,
 
 def run_local(study: optuna.Study, space: SearchSpace, evaluator: Evaluator, loop: Loop, progress: Progress) -> None:
     for trial, recipe in asked(study, space, loop.trials, loop.clock):
+        late = loop.too_late(recipe)
+        if late:  # the search ends here: a trial that cannot finish would overrun the budget
+            loop.skip(study, trial, recipe, late)
+            progress.log(f"search stops: trial {trial.number} ({describe(recipe)}) {late}")
+            return
         outcome = judge(first_rung(evaluator, recipe, loop.constraints), loop.promoter, loop.objectives)
         if outcome.awaits_f2:
             outcome = second_rung(evaluator, recipe, outcome)

@@ -31,6 +31,7 @@ from search.cascade_export import cascade_of
 from search.cascade_export import export_cascade
 from search.config import ConfigError
 from search.config import StudyConfig
+from search.config import config_of_run
 from search.config import from_json
 from search.config import load_study
 from search.context import Context
@@ -103,13 +104,14 @@ def load_model(selected: Selected, run: Path, ctx: Context) -> torch.nn.Module:
 
 
 def run_config(args: argparse.Namespace) -> StudyConfig:
-    """The study's config: from `--study` (a file), else the resolved `config.json` the run wrote."""
-    if args.study:
-        return load_study(args.study, args.profile)
-    if args.run and (Path(args.run) / "config.json").is_file():
-        path = Path(args.run) / "config.json"
-        return from_json(json.loads(path.read_text()), str(path))
-    raise ConfigError("--study is required (or --run DIR of a finished study, or --verify DIR)")
+    """The run's config: its own `config.json` (the teacher and budgets its plan sized: never the profile's unsized
+    values, which would name another teacher and train it), found by `--run` or by `--study` and `--profile`."""
+    if args.run:
+        return config_of_run(Path(args.run), args.study, args.profile)
+    if not args.study:
+        raise ConfigError("--study is required (or --run DIR of a finished study, or --verify DIR)")
+    config = load_study(args.study, args.profile)
+    return config_of_run(Path("runs") / config.name / config.profile, args.study, args.profile)
 
 
 def export(args: argparse.Namespace) -> int:
@@ -119,7 +121,7 @@ def export(args: argparse.Namespace) -> int:
     selected = select(run, config.hardware.names, trial=args.trial, pick=args.pick)
     spec = cascade_spec(args) if args.cascade else cascade_of(selected)
     study = Study(config, RunOptions(out=str(run), data_root=args.data_root, cache_dir=args.cache_dir,
-                                     device="cpu", progress=False))
+                                     device="cpu", progress=True))
     if spec is not None:
         ctx = study.context()
         out = Path(args.out or run / "bundles" / f"cascade-{selected.recipe.hash()}")
