@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from evaluators.checkpoint import check_outputs
 from evaluators.checkpoint import load_into
 from evaluators.checkpoint import read_checkpoint
 from evaluators.datasets import file_digest
+from evaluators.imagenet_init import SCRATCH
 from evaluators.imagenet_init import resolve_init
 from evaluators.metrics import accuracy
 from evaluators.metrics import model_summary
@@ -45,6 +47,7 @@ from evaluators.teacher_cache import default_cache_dir
 from evaluators.teacher_cache import digest
 from evaluators.teacher_cache import discard
 from evaluators.teacher_cache import entries
+from evaluators.teacher_cache import read_entry
 from evaluators.teacher_cache import strongest
 from evaluators.teacher_training import Job
 from evaluators.teacher_training import continue_training
@@ -59,6 +62,7 @@ from spaces.validated import settings
 
 __all__ = ["CACHE_ENV", "default_cache_dir"]
 Log = Callable[[str], None]
+BUSY_RETRIES = 5
 
 
 def _teacher_training() -> TrainConfig:
@@ -153,11 +157,21 @@ def cache_status(config: TeacherConfig, splits: Splits, batcher: Batcher, split:
                  cache_dir: Path | None = None) -> CacheStatus:
     """The cache's state for `config`'s teacher (nothing is created or trained)."""
     match = teacher_match(config, splits, batcher, split)
-    best = strongest(match, cache_dir)
+    best = usable(config, match, cache_dir)
     own = _own_entry(config, match, cache_dir)
     return CacheStatus(epochs=best.epochs if best else 0, val_accuracy=best.val_accuracy if best else 0.0,
                        continued_from=own.epochs if own else 0, busy=bool(best and best.busy),
                        folder=str(best.folder) if best else "", sha256=best.meta.get("sha256", "") if best else "")
+
+
+def usable(config: TeacherConfig, match: Match, cache_dir: Path | None) -> Entry | None:
+    """The strongest entry `config` may use: any of the study's when it starts from scratch (a teacher trained from
+    pretrained weights is still the study's teacher), else one that started from the weights it names."""
+    init = resolve_init(config.init, config.network)
+    if init.key == SCRATCH:
+        return strongest(match, cache_dir)
+    return max((e for e in entries(match, cache_dir) if e.meta.get("init") == init.key),
+               key=lambda e: (e.val_accuracy, e.epochs), default=None)
 
 
 def _own_entry(config: TeacherConfig, match: Match, cache_dir: Path | None) -> Entry | None:
@@ -177,7 +191,7 @@ def prepare_teacher(config: TeacherConfig, splits: Splits, batcher: Batcher, spl
         return user_teacher(config, splits, batcher, split, cache_dir=cache_dir, device=device)
     match = teacher_match(config, splits, batcher, split)
     info, wanted = splits.info, config.train.epochs
-    best = strongest(match, cache_dir)
+    best = usable(config, match, cache_dir)
     if best is not None and (best.epochs >= wanted or best.busy):
         ready = _loaded(best, config, info.num_classes, info.channels, batcher.resolution)
         if ready is not None:
@@ -190,7 +204,7 @@ def prepare_teacher(config: TeacherConfig, splits: Splits, batcher: Batcher, spl
     log(f"teacher {config.network}: training epochs {have + 1}-{wanted} into {job.folder} "
         f"({'continuing its ' + str(have) + ' epochs' if have else 'from ' + init.source + ' weights'})")
     continue_training(job, config.train, wanted, log)
-    trained = strongest(match, cache_dir)
+    trained = usable(config, match, cache_dir)
     return _loaded(trained, config, info.num_classes, info.channels, batcher.resolution, fresh=True)
 
 
@@ -228,21 +242,31 @@ def pinned_teacher(config: TeacherConfig, splits: Splits, batcher: Batcher, pinn
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     entry = Path(pinned["folder"]) / META
     meta = json.loads(entry.read_text()) if entry.is_file() else {}
-    if meta.get("sha256") != pinned["sha256"]:  # the entry has moved on: this run's numbers are in its baseline
-        meta = {**meta, **pinned.get("metrics", {})}
+    if meta.get("sha256") != pinned["sha256"]:  # the entry has moved on: this run's numbers are in its pin
+        kept = pinned.get("metrics", {})
+        epochs = int(kept.get("epochs", 0))
+        meta = {**meta, **kept, "curve": [p for p in meta.get("curve", []) if p["epoch"] <= epochs],
+                "segments": [s for s in meta.get("segments", []) if s["first"] < epochs]}
     return Teacher(model.eval(), meta | {"sha256": pinned["sha256"]}, Path(pinned["folder"]), from_cache=True)
 
 
 def _loaded(entry: Entry, config: TeacherConfig, num_classes: int, in_channels: int, resolution: int,
             fresh: bool = False) -> Teacher | None:
-    """The entry's best network; a damaged entry is discarded (None: it will be trained again)."""
+    """The entry's best network; a damaged entry is discarded (None: it will be trained again). An entry being
+    trained by another process is read again instead: it replaces `teacher.pt`, then its record, a moment apart."""
     model = build_teacher(config, num_classes, in_channels, resolution)
-    try:
-        entry.load(model)
-    except CorruptEntry as err:
-        discard(entry, str(err))
-        return None
-    return Teacher(model.eval(), entry.meta, entry.folder, from_cache=not fresh)
+    for _ in range(BUSY_RETRIES):
+        try:
+            entry.load(model)
+            return Teacher(model.eval(), entry.meta, entry.folder, from_cache=not fresh)
+        except CorruptEntry as err:
+            if not entry.busy:
+                discard(entry, str(err))
+                return None
+            time.sleep(1.0)
+            entry = read_entry(entry.folder) or entry
+    raise ConfigError(f"the teacher in {entry.folder} is being trained by another process and could not be read; "
+                      "rerun in a moment")
 
 
 def _measured_folder(cache_dir: Path | None, config: TeacherConfig, dataset: str, key: str) -> Path:

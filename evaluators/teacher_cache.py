@@ -41,6 +41,7 @@ from spaces.architectures import stem_of
 CACHE_ENV = "EDGE_SEARCH_CACHE"
 META, WEIGHTS, CURVE = "teacher.json", "teacher.pt", "curve.png"
 STATE, SEGMENT, LOCK = "state.pt", "segment.json", "lock"  # while a segment trains
+START = "segment_start.pt"  # the weights a continuing segment starts from (the best moves on while it trains)
 PINNED = "pinned"  # best weights that runs used, kept after the entry moved on (`evaluators.teacher.pin`)
 
 

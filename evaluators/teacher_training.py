@@ -14,6 +14,7 @@ being trained further: a segment that ends below the best leaves the best in pla
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -39,6 +40,7 @@ from evaluators.splits import Splits
 from evaluators.teacher_cache import CURVE
 from evaluators.teacher_cache import META
 from evaluators.teacher_cache import SEGMENT
+from evaluators.teacher_cache import START
 from evaluators.teacher_cache import STATE
 from evaluators.teacher_cache import WEIGHTS
 from evaluators.teacher_cache import Entry
@@ -104,6 +106,9 @@ def continue_training(job: Job, config: TrainConfig, total_epochs: int, log: Log
                 return entry
             precision = resolved(config.precision, job.device).value
             segment = Segment(have, total_epochs - have, asdict(replace(config, epochs=total_epochs - have)), precision)
+            if have:  # the weights it starts from, kept: the best will move on while it trains
+                shutil.copyfile(folder / WEIGHTS, folder / f"{START}.tmp")
+                (folder / f"{START}.tmp").replace(folder / START)
             atomic_write_bytes(folder / SEGMENT, json.dumps(asdict(segment), default=str).encode())
         else:
             log(
@@ -111,8 +116,8 @@ def continue_training(job: Job, config: TrainConfig, total_epochs: int, log: Log
                 f"{segment.first + segment.epochs})"
             )
         _run(job, segment, entry, log)
-        (folder / STATE).unlink(missing_ok=True)
-        (folder / SEGMENT).unlink(missing_ok=True)
+        for name in (STATE, SEGMENT, START):
+            (folder / name).unlink(missing_ok=True)
         return read_entry(folder)
 
 
@@ -131,6 +136,8 @@ def _run(job: Job, segment: Segment, entry: Entry | None, log: Log) -> None:
         copied = load_init(model, job.init)
         if copied:
             log(f"initial weights: {copied} tensors from {job.init.path}")
+    elif (job.folder / START).is_file():  # resumed without a checkpoint: from where the segment began
+        model.load_state_dict(torch.load(job.folder / START, map_location="cpu", weights_only=True))
     else:
         entry.load(model)
     meta = entry.meta if entry is not None else _new_meta(job, model)

@@ -22,6 +22,7 @@ from typing import Protocol
 import optuna
 
 from evaluators.candidate import Fidelity
+from evaluators.teacher_training import schedule_of
 from search import cascade_study
 from search import engine
 from search import final
@@ -283,6 +284,9 @@ def run_study(ctx: Context, storage: str, backend: Backend, log: Log,
                                                 ctx.config.hardware.deploy_resolution).note(),
               "teacher val accuracy %": ctx.teacher.metrics["val_accuracy"],
               "teacher test accuracy %": ctx.teacher.metrics["test_accuracy"],
+              **({"teacher epochs": ctx.teacher.metrics["epochs"],
+                  "teacher best epoch (by validation)": ctx.teacher.metrics.get("best_epoch"),
+                  "teacher schedule": schedule_of(ctx.teacher.metrics)} if "epochs" in ctx.teacher.metrics else {}),
               "search and final stage seconds (this run)": round(time.monotonic() - t0, 1),
               **({"split size notes": notes} if notes else {})}
     summary = write_outputs(ctx, study, front_, base, header, log)

@@ -164,21 +164,17 @@ def train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM saves the checkpoint as Ctrl-C does
     try:
         return train_teacher(args)
-    except (ConfigError, DataError, TeacherBusy, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: the teacher's progress is saved; rerun the same command to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except (ConfigError, DataError, TeacherBusy, ValueError) as err:  # a one-line error the user can act on
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":
