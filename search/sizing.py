@@ -236,7 +236,8 @@ class RunPlan:
         return [f"  shares: teacher {e['teacher'] / total:.0%} ({why_teacher}); baselines "
                 f"{self.baseline_stage / total:.0%} ({why_base}); search {e['search'] / total:.0%} (at least "
                 f"{self.shares.search:.0%}: its clock gets what the rest leaves); front's final stage "
-                f"{(e['final'] - self.baseline_stage) / total:.0%} (F3 and cascades for up to the front's recipes)"]
+                f"{(e['final'] - self.baseline_stage) / total:.0%} (F3, and a cascade where the study makes them, "
+                f"for up to {self.counts.final or self.profile.final} front recipes)"]
 
     @classmethod
     def from_json(cls, raw: dict) -> RunPlan:

@@ -218,3 +218,23 @@ def test_the_readme_run_then_export_commands_train_no_second_teacher(mnist_root:
     [meta] = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "teachers").glob("*/teacher.json")]
     assert meta["epochs"] == 1 and len(meta["segments"]) == 1  # the one teacher the run trained, not trained again
     assert list((tmp_path / "runs" / "mlp_mnist" / "smoke" / "bundles").glob("*/manifest.json"))
+    # the same command again, from scratch: the teacher and the baselines come from the cache, the search gets it all
+    again = typed("search.run", "--study", "mlp_mnist", "--profile", "smoke", "--budget", "20s", "--no-progress",
+                  "--fresh")
+    assert again.returncode == 0, again.stderr
+    second = json.loads((tmp_path / "runs" / "mlp_mnist" / "smoke" / "plan.json").read_text())
+    assert second["teacher_ready"] and second["baselines_cached"] and second["baseline_stage"] == 0
+    assert "12 of 12 results cached beside the teacher" in again.stdout
+    assert "baselines 0% (cached for this teacher and these counts)" in again.stdout
+
+
+def test_an_entry_of_an_older_cache_format_is_ignored_with_one_line(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    match = Match(network="mlp", dataset="mnist", resolution=28, data="d", split=SPLIT)
+    old = tmp_path / "teachers" / "mlp-mnist-0123456789abcdef"
+    old.mkdir(parents=True)
+    (old / "teacher.json").write_text(json.dumps({"val_accuracy": 99.0, "sha256": "x"}))  # format 1 had no field
+    (old / "teacher.pt").write_bytes(b"old")
+    assert strongest(match, tmp_path) is None
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cache format 1" in err and str(old) in err and "ignored" in err
