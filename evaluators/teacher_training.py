@@ -55,6 +55,7 @@ from evaluators.training import train
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402 - after choosing the file-only backend
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 Log = Callable[[str], None]
 
@@ -244,6 +245,7 @@ def plot_curve(meta: dict[str, Any], path: Path) -> None:
     for s in meta["segments"][1:]:
         ax.axvline(s["first"] + 0.5, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"validation accuracy % ({meta.get('val_images', '?')} images)")
     ax.set_title(
         f"{meta['arch']} on {meta['dataset']} at {meta['resolution']} px: best {meta['val_accuracy']:.2f}% "

@@ -11,8 +11,9 @@ What optuna is told (user attribute `told` says which level its values come from
 - `f1`: not promoted; COMPLETE with its F1 values, marked `f1_only`, and ranked behind every F2 trial (`tell`).
 - `f0`: rejected at F0 by a cost constraint; COMPLETE but infeasible, told with its F0 costs, a worst-case
   accuracy and its constraint values, so that the sampler learns where the boundary lies (`tell`).
-PRUNED: a target cannot run the recipe at all (`search.objectives.undeployable`, reason stored). FAIL: an
-exception such as a diverging loss, or an F2 accuracy at chance level ("collapsed"; reason stored, metrics
+PRUNED: a target cannot run the recipe at all (`search.objectives.undeployable`, reason stored), or the trial was not
+started because its own price was more than the search's clock had left (`Loop.too_late`: the search ends there).
+FAIL: an exception such as a diverging loss, or an F2 accuracy at chance level ("collapsed"; reason stored, metrics
 kept). Only `f2` trials reach the front and the final stage. The study goes on after every one of them.
 """
 
@@ -346,7 +347,7 @@ class Loop:
     promoter: Promoter
     clock: Clock
     # Seconds a recipe's trial is priced at on this machine (its own network's F1 and F2, and its student's training
-    # where no trial trained it yet: `search.sizing.TrialPrices`); None: no price, the clock alone decides.
+    # where no trial trained it yet: `search.trial_prices`); None: no price, the clock alone decides.
     price: Callable[[Recipe], float] | None = None
 
     def may_ask(self, study: optuna.Study, running: int = 0) -> bool:

@@ -541,13 +541,23 @@ def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_r
     epoch_s = work.teacher_epoch_steps * times.teacher_step + work.teacher_eval_images * times.eval_image
     most = max(low.teacher_epochs, min(math.floor(shares.teacher * budget / max(epoch_s, 1e-9)),
                                        MAX_GROWTH * profile.teacher_epochs))
-    # concessions, in order, until the search has its share: steps (inside `_fit`), teacher epochs, front F3 count
-    candidates = [_fit(config, _with_front(price, final), budget, e, teacher_ready, cache, baselines_at, shares, low,
-                       epoch_s) for final in range(profile.final, low.final - 1, -1)
-                  for e in range(most, low.teacher_epochs - 1, -1)]
-    fits = [f for f in candidates
-            if f.search_share >= shares.search and (f.k >= 1 or f.epochs <= profile.teacher_epochs)]
-    chosen = fits[0] if fits else max(candidates, key=lambda f: (f.search_share, f.epochs))
+    def choose(epochs: range, cached: CacheStatus | None) -> tuple[_Fit, bool]:
+        """Concessions, in order, until the search has its share: steps (inside `_fit`), teacher epochs, front F3
+        count. Returns the plan and whether it met the rules."""
+        candidates = [_fit(config, _with_front(price, final), budget, e, teacher_ready, cached, baselines_at, shares,
+                           low, epoch_s) for final in range(profile.final, low.final - 1, -1) for e in epochs]
+        fits = [f for f in candidates
+                if f.search_share >= shares.search and (f.k >= 1 or f.epochs <= profile.teacher_epochs)]
+        return (fits[0], True) if fits else (max(candidates, key=lambda f: (f.search_share, f.epochs)), False)
+
+    # The teacher's epochs are those a teacher trained from scratch would get here; the cache then saves what it
+    # has of them. So the plan of a second run on the same machine asks for the epochs the first one trained (its
+    # teacher and baselines come from the cache), and a plan trains a cached teacher further only where a fresh
+    # teacher would have had more epochs (a larger budget, a faster machine).
+    chosen, met = choose(range(most, low.teacher_epochs - 1, -1), None)
+    if cache is not None and not teacher_ready:
+        chosen, met = choose(range(chosen.epochs, chosen.epochs - 1, -1), cache)
+    fits = [chosen] if met else []
     notes = list(chosen.notes)
     if chosen.epochs < most and not chosen.ready:
         notes.append(f"teacher epochs cut from {most} to {chosen.epochs}: the search keeps at least "
