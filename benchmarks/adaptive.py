@@ -37,8 +37,7 @@ from search.cascade.export import stage_model
 from search.cascade.export import teacher_stage
 from search.cascade.fit import labels_of
 from search.cascade.study import f3_model
-from search.config import from_json
-from search.config import load_study
+from search.config import config_of_run
 from search.engine.final import Candidate
 from spaces.recipe import Recipe
 
@@ -135,10 +134,9 @@ def host_latency(bundle: Path, pixels: Any) -> dict[str, dict[str, float]]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run = Path(args.run or Path("runs") / args.study / args.profile)
-    config = from_json(json.loads((run / "config.json").read_text()), str(run / "config.json")) \
-        if args.run else load_study(args.study, args.profile)
+    config = config_of_run(run, args.study, args.profile)  # the run's sized config: its teacher and budgets
     ctx = Study(config, RunOptions(out=str(run), data_root=args.data_root, cache_dir=args.cache_dir, device="cpu",
-                                   progress=False)).context()
+                                   progress=True)).context()
     stages, fitted = best_cascade(ctx, run, args.within)
     out = Path(args.out or tempfile.mkdtemp(prefix="adaptive-"))
     targets = config.hardware.names

@@ -35,7 +35,9 @@ from evaluators.data.splits import SplitConfig
 from evaluators.data.splits import Splits
 from evaluators.teacher.prepare import TeacherConfig
 from evaluators.teacher.prepare import build_teacher
-from evaluators.teacher.prepare import is_cached
+from evaluators.teacher.prepare import cache_status
+from evaluators.teacher.prepare import pin
+from evaluators.teacher.training import schedule_of
 from search.analysis.selection import read_tables
 from search.analysis.selection import select
 from search.config import ConfigError
@@ -48,10 +50,13 @@ from search.delivery import export_selected
 from search.engine.budget import Sizing
 from search.engine.loop import BaselineSet
 from search.engine.loop import SearchConfig
+from search.pipeline.baseline_cache import pinned_counts
+from search.pipeline.context import BASELINE_FILE
 from search.pipeline.context import Context
 from search.pipeline.context import RunSpec
 from search.pipeline.context import load_context
 from search.pipeline.context import make_plan
+from search.pipeline.context import pinned
 from search.pipeline.context import size_notes
 from search.pipeline.run_lock import RunLock
 from search.pipeline.study import Backend
@@ -170,12 +175,13 @@ class Study:
         self.data = self.data or prepare_data(cfg.data, o.data_root, allow_download=o.allow_download,
                                               cache_dir=cache)
         splits, batcher = self.data
-        given = self.teacher is not None or bool(cfg.teacher.checkpoint) or is_cached(
-            cfg.teacher, splits, batcher, cfg.data.split, cache_dir=cache, device=self.device)
+        given = self.teacher is not None or bool(cfg.teacher.checkpoint) or pinned(self.out) is not None
+        status = None if given else cache_status(cfg.teacher, splits, batcher, cfg.data.split, cache_dir=cache)
         network = copy_of(self.teacher) if self.teacher is not None else \
             lambda: build_teacher(cfg.teacher, splits.info.num_classes, splits.info.channels, batcher.resolution)
         self.config = sized(cfg, self.out, splits, batcher, network, teacher_ready=given, device=self.device,
-                            log=self.log)
+                            log=self.log, cache=status,
+                            baselines_at=pinned_counts(cfg, status, batcher.resolution) if status else None)
 
     def optimize(self) -> StudyResult:
         """Search, final stage and every output file; returns the result (resumes a stored study)."""
@@ -216,7 +222,8 @@ def start_fresh(out: Path, storage: str | None, name: str) -> None:
             optuna.delete_study(study_name=name, storage=storage)
     for folder in ("results", "checkpoints"):
         shutil.rmtree(out / folder, ignore_errors=True)
-    (out / PLAN_FILE).unlink(missing_ok=True)
+    for name in (PLAN_FILE, BASELINE_FILE):  # a fresh run uses the strongest cached teacher there is now
+        (out / name).unlink(missing_ok=True)
 
 
 def write_baseline(ctx: Context, out: Path, log: Log, t0: float) -> dict:
@@ -227,10 +234,15 @@ def write_baseline(ctx: Context, out: Path, log: Log, t0: float) -> dict:
     log(f"  accuracy: validation {m['val_accuracy']:.2f}% ({len(ctx.splits.val)} images), test "
         f"{m['test_accuracy']:.2f}% ({len(ctx.splits.test)} images)")
     log(f"  params {m['params']:,}  MACs {m['macs']:,}  size {m['size_bytes_fp32'] / 2**20:.2f} MiB (fp32)")
+    if "curve" in m:
+        log(f"  trained {m['epochs']} epochs ({schedule_of(m)}); the best by validation is epoch {m['best_epoch']}, "
+            f"{m['cpu_seconds'] / 3600:.2f} CPU-h in all")
     baseline = {"study": config.name, "profile": config.profile, "teacher": m, "size_notes": size_notes(ctx),
-                "teacher_cache": str(teacher.folder), "wall_seconds": round(time.monotonic() - t0, 1)}
+                "teacher_cache": str(teacher.folder), "wall_seconds": round(time.monotonic() - t0, 1),
+                "teacher_schedule": schedule_of(m), "teacher_epochs": m.get("epochs"),
+                "teacher_pin": pinned(out) or (pin(teacher) if ctx.teacher_trained else {})}
     (out / "config.json").write_text(json.dumps(config_as_json(config), indent=2))
-    (out / "baseline.json").write_text(json.dumps(baseline, indent=2))
+    (out / BASELINE_FILE).write_text(json.dumps(baseline, indent=2))
     log(f"wrote {out / 'baseline.json'} in {baseline['wall_seconds']:.0f} s")
     return baseline
 

@@ -23,6 +23,7 @@ from evaluators.candidate import FidelityConfig
 from evaluators.candidate import HardwareConfig
 from evaluators.data.config import DataConfig
 from evaluators.data.config import resolve_root
+from evaluators.teacher.imagenet_init import INIT_NAMES
 from evaluators.teacher.prepare import TeacherConfig
 from hardware_models.api import check_profile
 from search.engine.loop import BaselineSet
@@ -211,8 +212,8 @@ def load_study(study: str, profile: str | None = None) -> StudyConfig:
 def with_paths_from(config: StudyConfig, base: Path) -> StudyConfig:
     """Relative file paths of the config made absolute against `base` (a profile JSON named as a target too)."""
     teacher = config.teacher
-    paths = {k: str((base / v).resolve()) for k in ("checkpoint", "code")
-             if (v := getattr(teacher, k)) and not Path(v).is_absolute()}
+    paths = {k: str((base / v).resolve()) for k in ("checkpoint", "code", "init")
+             if (v := getattr(teacher, k)) and not Path(v).is_absolute() and v not in INIT_NAMES}
     targets = tuple(str((base / t).resolve()) if t.endswith(".json") else t for t in config.hardware.targets)
     missing = [t for t in targets if t.endswith(".json") and not Path(t).is_file()]
     if missing:
@@ -239,6 +240,23 @@ def check_profiles(targets: typing.Iterable[str], where: str) -> None:
 def from_json(raw: dict, where: str) -> StudyConfig:
     """A resolved config written by a run (`config.json`) read back, validated like a study file."""
     return build(StudyConfig, raw, where)
+
+
+def config_of_run(run: Path, study: str | None, profile: str | None) -> StudyConfig:
+    """The config a command acting on a run must use: the run's own `config.json` (sized by its plan: the teacher,
+    the budgets and the search it really had), else the study file at its profile (a run not started yet)."""
+    path = run / "config.json"
+    if path.is_file():
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{path}: unreadable ({str(error).splitlines()[0]}); re-run the study") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: not a JSON object; re-run the study")
+        return from_json(raw, str(path))
+    if study is None:
+        raise ConfigError(f"{run} holds no config.json of a run; give --study (or run the study first)")
+    return load_study(study, profile)
 
 
 def validate_all_profiles(study: str) -> list[StudyConfig]:

@@ -33,6 +33,7 @@ from search.config import ConfigError
 from search.config import StudyConfig
 from search.config import check_study_code
 from search.config import config_as_json
+from search.config import config_of_run
 from search.config import from_json
 from search.config import load_study
 from search.config import trust_study
@@ -93,17 +94,17 @@ def cascade_spec(args: argparse.Namespace) -> CascadeSpec:
 
 
 def run_config(args: argparse.Namespace) -> StudyConfig:
-    """The study's config: from `--study` (the user's own file: the code it names is trusted), else the resolved
-    `config.json` the run wrote (data: its factory is imported only with `--code DIR`)."""
+    """The run's config: its own `config.json` (the teacher and budgets its plan sized: never the profile's unsized
+    values, which would name another teacher and train it), found by `--run` or by `--study` and `--profile`. That
+    file is data: the code it names is imported only with `--code DIR`, or when `--study` names the user's own file."""
     grant(folders=(args.code,) if args.code else ())
-    if args.study:
-        config = load_study(args.study, args.profile)
-        trust_study(config)
-    elif args.run and (Path(args.run) / "config.json").is_file():
-        path = Path(args.run) / "config.json"
-        config = from_json(json_object(path), str(path))
-    else:
+    if not (args.run or args.study):
         raise ConfigError("--study is required (or --run DIR of a finished study, or --verify DIR)")
+    study = load_study(args.study, args.profile) if args.study else None
+    if study is not None:
+        trust_study(study)
+    run = Path(args.run) if args.run else Path("runs") / study.name / study.profile
+    config = config_of_run(run, args.study, args.profile)
     if args.code:
         config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher,
                                                                          code=str(Path(args.code).resolve())))
@@ -129,7 +130,7 @@ def export(args: argparse.Namespace) -> int:
     selected = select(run, config.hardware.names, trial=args.trial, pick=args.pick)
     spec = cascade_spec(args) if args.cascade else cascade_of(selected)
     study = Study(config, RunOptions(out=str(run), data_root=args.data_root, cache_dir=args.cache_dir,
-                                     device="cpu", progress=False))
+                                     device="cpu", progress=True))
     if spec is not None:
         ctx = study.context()
         out = Path(args.out or run / "bundles" / f"cascade-{selected.recipe.hash()}")

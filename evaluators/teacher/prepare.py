@@ -1,16 +1,17 @@
-"""The teacher: trained by the tool when missing, cached under a hash of everything that determines it.
-
-The cache folder holds `checkpoint.pt` while training (a rerun continues from it), then `teacher.pt`
-and `teacher.json` (its sha256, its accuracy on validation and test, its cost). A teacher whose file no
-longer matches its recorded checksum is retrained with a warning rather than silently trusted.
+"""The teacher: the user's checkpoint, else the strongest cached teacher for the study, trained further or from
+scratch only when the run's plan asks for more epochs than the cache has (`evaluators.teacher.cache` says how
+teachers are found, `evaluators.teacher.training` how they are trained; `python -m search.teacher` trains one
+on purpose, for hours if wanted).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import re
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
@@ -22,33 +23,46 @@ import torch
 from torch import nn
 
 from evaluators.data.batches import Batcher
+from evaluators.data.cache_format import CACHE_FORMAT
+from evaluators.data.cache_format import FORMAT_KEY
 from evaluators.data.datasets import file_digest
-from evaluators.data.files import atomic_save
-from evaluators.data.files import default_cache_dir
 from evaluators.data.splits import SplitConfig
 from evaluators.data.splits import Splits
 from evaluators.metrics import accuracy
 from evaluators.metrics import model_summary
+from evaluators.teacher.cache import CACHE_ENV
+from evaluators.teacher.cache import META
+from evaluators.teacher.cache import PINNED
+from evaluators.teacher.cache import WEIGHTS
+from evaluators.teacher.cache import CorruptEntry
+from evaluators.teacher.cache import Entry
+from evaluators.teacher.cache import Match
+from evaluators.teacher.cache import default_cache_dir
+from evaluators.teacher.cache import digest
+from evaluators.teacher.cache import discard
+from evaluators.teacher.cache import entries
+from evaluators.teacher.cache import read_entry
+from evaluators.teacher.cache import strongest
 from evaluators.teacher.checkpoint import check_outputs
 from evaluators.teacher.checkpoint import load_into
 from evaluators.teacher.checkpoint import read_checkpoint
+from evaluators.teacher.imagenet_init import SCRATCH
+from evaluators.teacher.imagenet_init import resolve_init
+from evaluators.teacher.training import Job
+from evaluators.teacher.training import continue_training
 from evaluators.training.loop import TrainConfig
-from evaluators.training.loop import train
-from evaluators.training.loop import warn
 from evaluators.training.precision import Precision
-from evaluators.training.precision import resolved
 from spaces.compress.distillation import weights_digest
 from spaces.models.architectures import create_model
 from spaces.models.architectures import list_architectures
-from spaces.models.architectures import stem_of
-from spaces.models.network import Stem
 from spaces.models.user_models import add_code_path
 from spaces.models.user_models import canonical_name
 from spaces.validated import ConfigError
 from spaces.validated import settings
 
-# Bumped whenever a change to training code would make an old cached teacher a different network.
-TEACHER_FORMAT = 1
+__all__ = ["CACHE_ENV", "default_cache_dir"]
+Log = Callable[[str], None]
+BUSY_RETRIES = 5
 
 
 def _teacher_training() -> TrainConfig:
@@ -75,6 +89,9 @@ class TeacherConfig:
     # a schedule tuned for many epochs can be the wrong one for a single pass, which never sees an image twice
     # (augmentation only makes the task harder) and needs an optimizer that learns fast from the first step.
     single_pass: tuple[tuple[str, Any], ...] = field(default=(), metadata={"table": True})
+    # What a new teacher starts from (`evaluators.teacher.imagenet_init`): "scratch", "imagenet" (torchvision's
+    # weights from the torch hub cache; an error when missing), "imagenet_if_present", or the path of a weights file.
+    init: str = "scratch"
 
     def __post_init__(self) -> None:
         if ":" not in self.arch and self.arch not in list_architectures():
@@ -105,22 +122,6 @@ class TeacherConfig:
         """The name every process rebuilds this network from (arguments included)."""
         return canonical_name(self.arch, self.kwargs)
 
-    def key_fields(self) -> dict[str, Any]:
-        """The fields a trained teacher's cache key depends on; fields left at their default are omitted, so
-        caches made before they existed stay valid."""
-        fields = asdict(self) | {"train": self.train.key_fields()}
-        del fields["single_pass"]  # a rule for the plan, not the network: its effect is in `train`
-        return {k: v for k, v in fields.items() if k not in ("kwargs", "checkpoint", "code", "allow_pickle") or v}
-
-    def as_trained_on(self, device: torch.device | str) -> TeacherConfig:
-        """The config with `train.precision` replaced by what it means on `device` (bf16 or fp32), for the cache
-        key: `auto` trains a different network on a CPU with bf16 units than on one without. Where the result is
-        what this tool did before the setting existed (bf16 on CUDA, fp32 on a CPU), the key keeps its old form,
-        so teachers cached then stay valid."""
-        effective = resolved(self.train.precision, device)
-        keyed = Precision.GPU_BF16 if effective == resolved(Precision.GPU_BF16, device) else effective
-        return replace(self, train=replace(self.train, precision=keyed))
-
 
 @dataclass(frozen=True)
 class Teacher:
@@ -130,87 +131,148 @@ class Teacher:
     from_cache: bool
 
 
-def teacher_key(config: TeacherConfig, split: SplitConfig, resolution: int, data_fingerprint: str) -> str:
-    fields = {"format": TEACHER_FORMAT, "teacher": config.key_fields(), "split": asdict(split),
-              "resolution": resolution, "data": data_fingerprint}
-    stem = stem_of(config.network, resolution)
-    if stem != Stem.IMAGENET:  # a student used as teacher; teachers cached with torchvision's stem keep their keys
-        fields["stem"] = stem
-    blob = json.dumps(fields, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def teacher_match(config: TeacherConfig, splits: Splits, batcher: Batcher, split: SplitConfig) -> Match:
+    return Match(network=config.network, dataset=splits.info.name.value, resolution=batcher.resolution,
+                 data=splits.fingerprint, split=split)
 
 
-def _load_cached(folder: Path, model: nn.Module) -> dict | None:
-    meta_path, weights = folder / "teacher.json", folder / "teacher.pt"
-    if not (meta_path.exists() and weights.exists()):
-        return None
-    try:
-        meta = json.loads(meta_path.read_text())
-        if file_digest(weights, "sha256") != meta["sha256"]:
-            raise ValueError("checksum mismatch")
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except Exception as err:  # noqa: BLE001 - any damage means the cache cannot be trusted
-        warn(f"cached teacher in {folder} is corrupt ({err}); retraining it")
-        weights.unlink(missing_ok=True)
-        meta_path.unlink(missing_ok=True)
-        return None
-    return meta
+@dataclass(frozen=True)
+class CacheStatus:
+    """What the cache holds for a study's teacher, for a run's plan: the strongest entry's epochs and accuracy, and
+    the epochs of the entry that training would continue (the one that starts from the study's `init`)."""
+
+    epochs: int = 0  # of the strongest entry (0: none)
+    val_accuracy: float = 0.0
+    continued_from: int = 0  # epochs the entry of the study's init has (0: a new entry would start from scratch)
+    busy: bool = False  # the strongest entry is being trained by another process: used as it is, not trained
+    folder: str = ""
+    sha256: str = ""  # of the strongest entry's best weights
+
+    def ready_for(self, epochs: int) -> bool:
+        """No training is needed for a plan that gives the teacher `epochs`."""
+        return self.epochs > 0 and (self.epochs >= epochs or self.busy)
+
+
+def cache_status(config: TeacherConfig, splits: Splits, batcher: Batcher, split: SplitConfig, *,
+                 cache_dir: Path | None = None) -> CacheStatus:
+    """The cache's state for `config`'s teacher (nothing is created or trained)."""
+    match = teacher_match(config, splits, batcher, split)
+    best = usable(config, match, cache_dir)
+    own = _own_entry(config, match, cache_dir)
+    return CacheStatus(epochs=best.epochs if best else 0, val_accuracy=best.val_accuracy if best else 0.0,
+                       continued_from=own.epochs if own else 0, busy=bool(best and best.busy),
+                       folder=str(best.folder) if best else "", sha256=best.meta.get("sha256", "") if best else "")
+
+
+def usable(config: TeacherConfig, match: Match, cache_dir: Path | None) -> Entry | None:
+    """The strongest entry `config` may use: any of the study's when it starts from scratch (a teacher trained from
+    pretrained weights is still the study's teacher), else one that started from the weights it names."""
+    init = resolve_init(config.init, config.network)
+    if init.key == SCRATCH:
+        return strongest(match, cache_dir)
+    return max((e for e in entries(match, cache_dir) if e.meta.get("init") == init.key),
+               key=lambda e: (e.val_accuracy, e.epochs), default=None)
+
+
+def _own_entry(config: TeacherConfig, match: Match, cache_dir: Path | None) -> Entry | None:
+    """The entry a training of `config` continues: the one that started from its `init`."""
+    init = resolve_init(config.init, config.network)
+    folder = match.folder(cache_dir, init.key)
+    return next((e for e in entries(match, cache_dir) if e.folder == folder), None)
 
 
 def prepare_teacher(config: TeacherConfig, splits: Splits, batcher: Batcher, split: SplitConfig, *,
-                    cache_dir: Path | None = None, device: torch.device | str = "cpu",
-                    progress: bool = True) -> Teacher:
-    """Return the trained teacher: the user's checkpoint (never trained), else from the cache when a verified
-    copy exists, otherwise by training it."""
+                    cache_dir: Path | None = None, device: torch.device | str = "cpu", progress: bool = True,
+                    log: Log = print) -> Teacher:
+    """The trained teacher: the user's checkpoint (never trained); else the strongest cached one when it has at
+    least `config.train.epochs` epochs (or is being trained elsewhere); else the entry of `config.init` trained
+    further, or from its initial weights, up to that many epochs (said before, with a progress bar)."""
     if config.checkpoint:
         return user_teacher(config, splits, batcher, split, cache_dir=cache_dir, device=device)
-    info = splits.info
-    key, folder = _trained_location(config, splits, batcher, split, cache_dir, device)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.train.seed)  # the initial weights are part of what the key promises
+    match = teacher_match(config, splits, batcher, split)
+    info, wanted = splits.info, config.train.epochs
+    best = usable(config, match, cache_dir)
+    if best is not None and (best.epochs >= wanted or best.busy):
+        ready = _loaded(best, config, info.num_classes, info.channels, batcher.resolution)
+        if ready is not None:
+            return ready
+    init = resolve_init(config.init, config.network)
+    job = Job(build=lambda: build_teacher(config, info.num_classes, info.channels, batcher.resolution), match=match,
+              init=init, splits=splits, batcher=batcher, cache_dir=cache_dir, device=device, progress=progress)
+    own = _own_entry(config, match, cache_dir)
+    have = own.epochs if own is not None else 0
+    log(f"teacher {config.network}: training epochs {have + 1}-{wanted} into {job.folder} "
+        f"({'continuing its ' + str(have) + ' epochs' if have else 'from ' + init.source + ' weights'})")
+    continue_training(job, config.train, wanted, log)
+    trained = usable(config, match, cache_dir)
+    return _loaded(trained, config, info.num_classes, info.channels, batcher.resolution, fresh=True)
+
+
+def pin(teacher: Teacher) -> dict[str, Any]:
+    """Keep the weights a run uses, so that every later command on the run (resume, export, benchmarks) loads this
+    very teacher even after its entry has been trained further: a hard link `pinned/<sha>.pt` beside `teacher.pt`
+    (a copy where links are not possible). Returns what the run records (`baseline.json`'s `teacher_pin`)."""
+    sha = teacher.metrics.get("sha256", "")
+    weights = teacher.folder / WEIGHTS
+    if not sha or not weights.is_file():
+        return {}
+    pinned = teacher.folder / PINNED / f"{sha[:16]}.pt"
+    if not pinned.is_file():
+        pinned.parent.mkdir(exist_ok=True)
+        tmp = pinned.with_suffix(f".tmp{os.getpid()}")
+        try:
+            os.link(weights, tmp)
+        except OSError:
+            shutil.copyfile(weights, tmp)
+        if file_digest(tmp, "sha256") != sha:  # teacher.pt was replaced meanwhile: keep the loaded network's
+            torch.save({k: v.detach().cpu().contiguous() for k, v in teacher.model.state_dict().items()}, tmp)
+        tmp.replace(pinned)
+    kept = ("val_accuracy", "test_accuracy", "val_images", "test_images", "best_epoch", "epochs", "init")
+    return {"folder": str(teacher.folder), "sha256": sha, "weights": str(pinned),
+            "metrics": {k: teacher.metrics[k] for k in kept if k in teacher.metrics}}
+
+
+def pinned_teacher(config: TeacherConfig, splits: Splits, batcher: Batcher, pinned: dict[str, Any]) -> Teacher:
+    """The teacher a run used (`pin`), whatever its cache entry holds now; a missing file is a one-line error."""
+    info, path = splits.info, Path(pinned["weights"])
+    if not path.is_file():
+        raise ConfigError(f"this run's teacher {path} is no longer in the teacher cache; rerun the study with "
+                          "--fresh to use the cached teacher there is now")
     model = build_teacher(config, info.num_classes, info.channels, batcher.resolution)
-    meta = _load_cached(folder, model)
-    if meta is not None:
-        return Teacher(model, meta, folder, from_cache=True)
-    t0 = time.monotonic()
-    result = train(model, splits.train, batcher, config.train, device=device, checkpoint=folder / "checkpoint.pt",
-                   desc=f"teacher {config.arch}", progress=progress)
-    meta = _measure(model, config, splits, batcher, device) | {
-        "key": key, "train_seconds_this_run": round(time.monotonic() - t0, 1), "resumed_from_step": result.resumed_from,
-        "train_precision": resolved(config.train.precision, device).value,
-        "train_steps": result.steps, "split": asdict(split)}
-    model.cpu()
-    atomic_save(model.state_dict(), folder / "teacher.pt")
-    meta["sha256"] = file_digest(folder / "teacher.pt", "sha256")
-    (folder / "teacher.json").write_text(json.dumps(meta, indent=2))
-    (folder / "checkpoint.pt").unlink(missing_ok=True)
-    return Teacher(model, meta, folder, from_cache=False)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    entry = Path(pinned["folder"]) / META
+    meta = json.loads(entry.read_text()) if entry.is_file() else {}
+    if meta.get("sha256") != pinned["sha256"]:  # the entry has moved on: this run's numbers are in its pin
+        kept = pinned.get("metrics", {})
+        epochs = int(kept.get("epochs", 0))
+        meta = {**meta, **kept, "curve": [p for p in meta.get("curve", []) if p["epoch"] <= epochs],
+                "segments": [s for s in meta.get("segments", []) if s["first"] < epochs]}
+    return Teacher(model.eval(), meta | {"sha256": pinned["sha256"]}, Path(pinned["folder"]), from_cache=True)
 
 
-def _folder(cache_dir: Path | None, config: TeacherConfig, dataset: str, key: str) -> Path:
-    folder = _folder_path(cache_dir, config, dataset, key)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+def _loaded(entry: Entry, config: TeacherConfig, num_classes: int, in_channels: int, resolution: int,
+            fresh: bool = False) -> Teacher | None:
+    """The entry's best network; a damaged entry is discarded (None: it will be trained again). An entry being
+    trained by another process is read again instead: it replaces `teacher.pt`, then its record, a moment apart."""
+    model = build_teacher(config, num_classes, in_channels, resolution)
+    for _ in range(BUSY_RETRIES):
+        try:
+            entry.load(model)
+            return Teacher(model.eval(), entry.meta, entry.folder, from_cache=not fresh)
+        except CorruptEntry as err:
+            if not entry.busy:
+                discard(entry, str(err))
+                return None
+            time.sleep(1.0)
+            entry = read_entry(entry.folder) or entry
+    raise ConfigError(f"the teacher in {entry.folder} is being trained by another process and could not be read; "
+                      "rerun in a moment")
 
 
-def _folder_path(cache_dir: Path | None, config: TeacherConfig, dataset: str, key: str) -> Path:
+def _measured_folder(cache_dir: Path | None, config: TeacherConfig, dataset: str, key: str) -> Path:
+    """Where a teacher from outside keeps its measurements (apart from trained teachers: nothing there is trained)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.arch.partition("@")[0])  # no process-local instance id
-    return Path(cache_dir or default_cache_dir()) / "teachers" / f"{safe}-{dataset}-{key}"
-
-
-def _trained_location(config: TeacherConfig, splits: Splits, batcher: Batcher, split: SplitConfig,
-                      cache_dir: Path | None, device: torch.device | str) -> tuple[str, Path]:
-    """The cache key and folder of the teacher this config trains on `device` (the folder is not created)."""
-    key = teacher_key(config.as_trained_on(device), split, batcher.resolution, splits.fingerprint)
-    return key, _folder_path(cache_dir, config, splits.info.name.value, key)
-
-
-def is_cached(config: TeacherConfig, splits: Splits, batcher: Batcher, split: SplitConfig, *,
-              cache_dir: Path | None = None, device: torch.device | str = "cpu") -> bool:
-    """Whether `prepare_teacher` would find this teacher trained in the cache (its files present; the checksum
-    is verified when it is loaded). Nothing is created."""
-    _, folder = _trained_location(config, splits, batcher, split, cache_dir, device)
-    return (folder / "teacher.json").is_file() and (folder / "teacher.pt").is_file()
+    return Path(cache_dir or default_cache_dir()) / "measured" / f"{safe}-{dataset}-{key}"
 
 
 def build_teacher(config: TeacherConfig, num_classes: int, in_channels: int, resolution: int) -> nn.Module:
@@ -246,11 +308,11 @@ def user_teacher(config: TeacherConfig, splits: Splits, batcher: Batcher, split:
     load_into(model, state, path=path, arch=config.network, num_classes=info.num_classes, in_channels=info.channels)
     check_outputs(model, path=path, num_classes=info.num_classes, in_channels=info.channels,
                   resolution=batcher.resolution)
-    digest = file_digest(path, "sha256")
-    keyed = replace(config, checkpoint=digest, code="", train=TrainConfig())
-    key = teacher_key(keyed, split, batcher.resolution, splits.fingerprint)
-    folder = _folder(cache_dir, config, info.name.value, key)
-    return _measured_once(model, config, splits, batcher, device, folder, identity={"checkpoint_sha256": digest},
+    weights = file_digest(path, "sha256")
+    key = digest({FORMAT_KEY: CACHE_FORMAT, "checkpoint": weights, "split": asdict(split),
+                  "resolution": batcher.resolution, "data": splits.fingerprint})
+    folder = _measured_folder(cache_dir, config, info.name.value, key)
+    return _measured_once(model, config, splits, batcher, device, folder, identity={"checkpoint_sha256": weights},
                           extra={"key": key, "checkpoint": str(path), "split": asdict(split)})
 
 
@@ -260,8 +322,8 @@ def given_teacher(model: nn.Module, config: TeacherConfig, splits: Splits, batch
     info = splits.info
     check_outputs(model, path=Path("<the teacher model>"), num_classes=info.num_classes, in_channels=info.channels,
                   resolution=batcher.resolution)
-    key = hashlib.sha256(f"{splits.fingerprint}:{weights_digest(model)}".encode()).hexdigest()[:16]
-    folder = _folder(cache_dir, config, info.name.value, key)
+    key = digest({FORMAT_KEY: CACHE_FORMAT, "weights": weights_digest(model), "data": splits.fingerprint})
+    folder = _measured_folder(cache_dir, config, info.name.value, key)
     return _measured_once(model, config, splits, batcher, device, folder, identity={"key": key},
                           extra={"given_in_memory": True})
 
@@ -271,6 +333,7 @@ def _measured_once(model: nn.Module, config: TeacherConfig, splits: Splits, batc
                    extra: dict[str, Any]) -> Teacher:
     """A trained teacher that came from outside (a checkpoint, or memory) is never trained, only measured: its
     `teacher.json` in `folder` is reused while it records the same `identity`, else measured and written."""
+    folder.mkdir(parents=True, exist_ok=True)
     meta_path = folder / "teacher.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())

@@ -28,6 +28,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from evaluators.data.batches import Batcher
+from evaluators.data.cache_format import CACHE_FORMAT
+from evaluators.data.cache_format import FORMAT_KEY
 from evaluators.data.datasets import ImageSet
 from evaluators.data.files import atomic_save
 from evaluators.training import precision as numerics
@@ -66,12 +68,9 @@ class TrainConfig:
     precision: Precision = Precision.GPU_BF16
 
     def key_fields(self) -> dict:
-        """The fields as a cache key sees them: `precision` at its default is left out, so checkpoints, cached
-        results and teachers made before the field existed keep their keys."""
-        fields = asdict(self)
-        if self.precision == Precision.GPU_BF16:
-            del fields["precision"]
-        return fields
+        """The fields as a cache key sees them, with the cache format (`evaluators.data.cache_format`): a new format
+        retrains what an old one cached."""
+        return asdict(self) | {FORMAT_KEY: CACHE_FORMAT}
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.key_fields(), sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -141,10 +140,12 @@ def cross_entropy_loss(label_smoothing: float) -> LossFn:
 
 
 def _restore(state: TrainState, checkpoint: Path | None, tag: str) -> int:
+    """The step `checkpoint` resumes at (its states loaded into `state`), or 0. The file holds tensors and plain
+    values only (`TrainState.state_dict`), so it is read with `weights_only=True`: nothing in it can run code."""
     if checkpoint is None or not checkpoint.exists():
         return 0
     try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - a damaged checkpoint only costs the progress it held
         warn(f"checkpoint {checkpoint} is unreadable ({type(err).__name__}); starting over")
         return 0
@@ -169,11 +170,14 @@ def accelerated(device: torch.device | str, precision: Precision = Precision.GPU
 def train(model: nn.Module, data: ImageSet, batcher: Batcher, config: TrainConfig, *,
           device: torch.device | str = "cpu", checkpoint: Path | None = None, desc: str = "train",
           loss_fn: LossFn | None = None, checkpoint_every_s: float = 60.0, max_steps: int | None = None,
-          extra_params: list[nn.Parameter] | None = None, progress: bool = True) -> TrainResult:
+          extra_params: list[nn.Parameter] | None = None, progress: bool = True,
+          on_epoch: Callable[[int], None] | None = None) -> TrainResult:
     """Train `model` in place for `config.epochs` epochs (or `max_steps`), resuming from `checkpoint`.
 
     `extra_params` are trained alongside the model (distillation adapters live outside the student). A
     training split smaller than one batch (a user's small dataset) trains on batches of the whole split.
+    `on_epoch(n)` runs after the n-th epoch's last step, before that epoch's checkpoint: a run killed while it
+    runs resumes from the checkpoint before, so the epoch's last steps and `on_epoch(n)` run again.
     """
     if 0 < len(data) < config.batch_size:
         config = replace(config, batch_size=len(data))
@@ -193,9 +197,10 @@ def train(model: nn.Module, data: ImageSet, batcher: Batcher, config: TrainConfi
     loss_value = math.nan
     bar = tqdm(total=total, initial=start, desc=desc, unit="step", disable=not progress,
                dynamic_ncols=True, mininterval=1.0)
+    in_hook = False
     try:
-        model.train()
         while state.step < total:
+            model.train()
             epoch, offset = divmod(state.step, steps_per_epoch)
             for x, y in batcher.train_batches(data, config.batch_size, seed=config.seed, epoch=epoch,
                                               start_step=offset, augment=config.augment, device=device):
@@ -212,16 +217,21 @@ def train(model: nn.Module, data: ImageSet, batcher: Batcher, config: TrainConfi
                 loss_value = loss.item()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.3f}", epoch=f"{epoch + 1}/{math.ceil(total / steps_per_epoch)}")
-                if checkpoint is not None and time.monotonic() - last_save > checkpoint_every_s:
+                epoch_done = state.step % steps_per_epoch == 0  # saved after `on_epoch`, below
+                if checkpoint is not None and not epoch_done and time.monotonic() - last_save > checkpoint_every_s:
                     atomic_save(state.state_dict(tag), checkpoint)
                     last_save = time.monotonic()
                 if state.step >= total:
                     break
+            if on_epoch is not None and state.step % steps_per_epoch == 0:
+                in_hook = True
+                on_epoch(state.step // steps_per_epoch)
+                in_hook = False
             if checkpoint is not None:
                 atomic_save(state.state_dict(tag), checkpoint)
                 last_save = time.monotonic()
     except KeyboardInterrupt:
-        if checkpoint is not None:
+        if checkpoint is not None and not in_hook:  # mid-hook: the checkpoint before makes the hook run again
             atomic_save(state.state_dict(tag), checkpoint)
             tqdm.write(f"interrupted at step {state.step}/{total}; checkpoint saved", file=sys.stderr)
         raise

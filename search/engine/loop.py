@@ -13,8 +13,10 @@ What optuna is told (user attribute `told` says which level its values come from
 - `f1`: not promoted; COMPLETE with its F1 values, marked `f1_only`, and ranked behind every F2 trial (`tell`).
 - `f0`: rejected at F0 by a cost constraint; COMPLETE but infeasible, told with its F0 costs, a worst-case
   accuracy and its constraint values, so that the sampler learns where the boundary lies (`tell`).
-PRUNED: a target cannot run the recipe at all (`search.analysis.objectives.undeployable`, reason stored). FAIL: an
-exception such as a diverging loss, or an F2 accuracy at chance level ("collapsed"; reason stored, metrics
+PRUNED: a target cannot run the recipe at all (`search.analysis.objectives.undeployable`, reason stored), or the trial
+was not started because its own price was more than the search's clock had left (`Loop.too_late`: the
+search ends there).
+FAIL: an exception such as a diverging loss, or an F2 accuracy at chance level ("collapsed"; reason stored, metrics
 kept). Only `f2` trials reach the front and the final stage. The study goes on after every one of them.
 """
 
@@ -382,10 +384,27 @@ class Loop:
     trials: int
     promoter: Promoter
     clock: Clock
+    # Seconds a recipe's trial is priced at on this machine (its own network's F1 and F2, and its student's training
+    # where no trial trained it yet: `search.sizing.trial_prices`); None: no price, the clock alone decides.
+    price: Callable[[Recipe], float] | None = None
 
     def may_ask(self, study: optuna.Study, running: int = 0) -> bool:
         """Another trial may start: the count is not reached (running trials included) and time is left."""
         return count_finished(study) + running < self.trials and not self.clock.up()
+
+    def too_late(self, recipe: Recipe) -> str:
+        """Why the trial of `recipe` must not start (its price is more than the clock has left), or ""."""
+        left = self.clock.left()
+        if left is None or self.price is None:
+            return ""
+        cost = self.price(recipe)
+        return f"not started: priced at {cost:.0f} s, {left:.0f} s left on the search's clock" if cost > left else ""
+
+    def skip(self, study: optuna.Study, trial: optuna.Trial, recipe: Recipe, reason: str) -> None:
+        """Tell a trial that was asked but must not run (`too_late`): pruned, with its reason."""
+        trial.set_user_attr("recipe", recipe.to_json())
+        trial.set_user_attr("reason", reason)
+        study.tell(trial, state=TrialState.PRUNED)
 
     def told(self, study: optuna.Study, trial: optuna.Trial, recipe: Recipe, outcome: Outcome,
              progress: Progress) -> None:
@@ -404,6 +423,11 @@ def asked(study: optuna.Study, space: SearchSpace, total: int,
 
 def run_local(study: optuna.Study, space: SearchSpace, evaluator: Evaluator, loop: Loop, progress: Progress) -> None:
     for trial, recipe in asked(study, space, loop.trials, loop.clock):
+        late = loop.too_late(recipe)
+        if late:  # the search ends here: a trial that cannot finish would overrun the budget
+            loop.skip(study, trial, recipe, late)
+            progress.log(f"search stops: trial {trial.number} ({describe(recipe)}) {late}")
+            return
         outcome = judge(first_rung(evaluator, recipe, loop.constraints), loop.promoter, loop.objectives)
         if outcome.awaits_f2:
             outcome = second_rung(evaluator, recipe, outcome)

@@ -9,6 +9,7 @@ ships them what it loaded (`search.pipeline.shipment`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from evaluators.data.config import prepare_data
 from evaluators.data.splits import Splits
 from evaluators.teacher.prepare import Teacher
 from evaluators.teacher.prepare import given_teacher
+from evaluators.teacher.prepare import pinned_teacher
 from evaluators.teacher.prepare import prepare_teacher
 from search.analysis.objectives import Constraint
 from search.analysis.objectives import default_objectives
@@ -34,6 +36,11 @@ from search.config import StudyConfig
 from search.config import check_profiles
 from search.config import load_study
 from search.config import trust_study
+from search.engine import final
+from search.pipeline.baseline_cache import SharedResults
+from search.pipeline.baseline_cache import shared_folder
+
+BASELINE_FILE = "baseline.json"
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ class Context:
     splits: Splits
     teacher: Teacher
     evaluator: Evaluator
+    teacher_trained: bool = True  # from the teacher cache (not the user's checkpoint, nor given in memory)
 
     @property
     def out(self) -> Path:
@@ -106,17 +114,35 @@ def load_context(spec: RunSpec, *, teacher: nn.Module | None = None, data: tuple
     splits, batcher = data or prepare_data(config.data, spec.data_root, allow_download=spec.allow_download,
                                            cache_dir=cache)
     device = torch.device(spec.device)
-    if teacher is None:
+    out = Path(spec.out)
+    pin = pinned(out)
+    if teacher is not None:
+        trained = given_teacher(teacher, config.teacher, splits, batcher, cache, device)
+    elif pin and not config.teacher.checkpoint:  # the run's own teacher, however far its cache entry has moved on
+        trained = pinned_teacher(config.teacher, splits, batcher, pin)
+    else:
         trained = prepare_teacher(config.teacher, splits, batcher, config.data.split, cache_dir=cache, device=device,
                                   progress=spec.progress)
-    else:
-        trained = given_teacher(teacher, config.teacher, splits, batcher, cache, device)
-    out = Path(spec.out)
+    from_cache = teacher is None and not config.teacher.checkpoint
+    recipes = {c.recipe.hash() for c in final.baselines(config.search.baselines, config.teacher.arch)}
+    store = SharedResults(ResultStore(out / "results"),
+                          shared_folder(trained.folder, trained.metrics.get("sha256", "")) if from_cache else None,
+                          recipes)
     evaluator = Evaluator(teacher=trained.model.to(device).eval(), splits=splits, batcher=batcher,
-                          fidelity=config.fidelity, hardware=config.hardware, store=ResultStore(out / "results"),
+                          fidelity=config.fidelity, hardware=config.hardware, store=store,
                           cache_dir=cache or trained.folder.parent.parent, checkpoints=out / "checkpoints",
                           device=device)
-    return Context(spec, config, plan, splits, trained, evaluator)
+    return Context(spec, config, plan, splits, trained, evaluator, teacher_trained=from_cache)
+
+
+def pinned(out: Path) -> dict[str, Any] | None:
+    """The teacher a run folder's earlier run used (`evaluators.teacher.prepare.pin`, kept in its baseline.json), if
+    any."""
+    try:
+        pin = json.loads((out / BASELINE_FILE).read_text()).get("teacher_pin")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return pin or None
 
 
 def size_notes(ctx: Context) -> list[str]:

@@ -224,9 +224,16 @@ def _loop(study: optuna.Study, space: SearchSpace, loop: engine.Loop, workers: _
 
     pending: dict[Any, tuple[optuna.Trial, Recipe]] = {}
     while True:
-        while len(pending) < workers.count and loop.may_ask(study, len(pending)):
+        stopped = False
+        while not stopped and len(pending) < workers.count and loop.may_ask(study, len(pending)):
             trial = engine.ask(study)
             recipe = space.suggest(trial)
+            late = loop.too_late(recipe)
+            if late:  # no more trials: one that cannot finish would overrun the budget
+                loop.skip(study, trial, recipe, late)
+                loop.clock.limit = loop.clock.spent()
+                stopped = True
+                continue
             pending[workers.submit(recipe, None)] = (trial, recipe)
         if not pending:
             return

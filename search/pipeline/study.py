@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from contextlib import nullcontext
 from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -25,7 +26,10 @@ from search.engine import loop as engine
 from search.engine.budget import Clock
 from search.engine.budget import describe_duration
 from search.engine.promotion import PromotionKind
+from search.pipeline.baseline_cache import record_counts
 from search.pipeline.context import Context
+from search.sizing import plan as sizing
+from search.sizing.trial_prices import trial_prices
 from spaces.recipe import Recipe
 from spaces.recipe import describe
 from spaces.space import SearchSpace
@@ -113,8 +117,10 @@ def search(ctx: Context, storage: str, executor: Executor, log: Log, deadline: f
     if done or retried:
         log(f"resuming: {done} trials finished earlier" + (f", {retried} interrupted ones retried" if retried else ""))
     limit = search_limit(study, cfg.search.budget_seconds, deadline, log)
+    sized_plan = sizing.sized_by(ctx.out, cfg)
     loop = engine.Loop(ctx.plan.objectives, ctx.plan.constraints, cfg.search.trials,
-                       engine.make_promoter(study, cfg.search, ctx.plan.objectives), Clock.of_study(study, limit))
+                       engine.make_promoter(study, cfg.search, ctx.plan.objectives), Clock.of_study(study, limit),
+                       price=trial_prices(sized_plan, cfg, ctx.splits, study) if sized_plan else None)
     plan = search_plan(ctx, loop, baselines_done=deadline is not None)
     study.set_user_attr("plan", plan)  # report.md records it
     log(f"plan: {plan}")
@@ -161,8 +167,16 @@ def score_baselines(ctx: Context, executor: Executor, log: Log) -> list[final.Ca
     once they are done, the time they really took is known, so the search's clock is set against only the part of
     the final stage still to come (`sizing.RunPlan.search_seconds`)."""
     base = final.baselines(ctx.config.search.baselines, ctx.config.teacher.arch)
-    log(f"baselines: F1, F2 and F3 for {len(base)} {ctx.config.search.baselines.value} recipes")
-    return run_jobs([(b, ALL_LEVELS) for b in base], executor, log, "baseline")
+    shared = getattr(ctx.evaluator.store, "shared", None)
+    cached = sum(ctx.evaluator.cached(b.recipe, level) is not None for b in base for level in ALL_LEVELS)
+    log(f"baselines: F1, F2 and F3 for {len(base)} {ctx.config.search.baselines.value} recipes"
+        + (f" ({cached} of {3 * len(base)} results cached beside the teacher)" if cached else ""))
+    scored = run_jobs([(b, ALL_LEVELS) for b in base], executor, log, "baseline")
+    plan = sizing.sized_by(ctx.out, ctx.config)
+    if plan is not None and shared is not None and len(scored) == len(base):
+        # a later run's plan can keep these step counts, and reuse these results
+        record_counts(shared.folder, replace(plan.counts, teacher_epochs=0, trials=0, final=0))
+    return scored
 
 
 def finalise(ctx: Context, study: optuna.Study, executor: Executor, log: Log,

@@ -9,6 +9,7 @@ from typing import Any
 
 import optuna
 
+from evaluators.teacher.training import schedule_of
 from search.bundle.deploy_resolution import DeployResolution
 from search.cascade import study as cascade_study
 from search.engine import final
@@ -42,6 +43,9 @@ def header(ctx: Context, finished: Finished) -> dict[str, Any]:
                                                 ctx.config.hardware.deploy_resolution).note(),
               "teacher val accuracy %": ctx.teacher.metrics["val_accuracy"],
               "teacher test accuracy %": ctx.teacher.metrics["test_accuracy"],
+              **({"teacher epochs": ctx.teacher.metrics["epochs"],
+                  "teacher best epoch (by validation)": ctx.teacher.metrics.get("best_epoch"),
+                  "teacher schedule": schedule_of(ctx.teacher.metrics)} if "epochs" in ctx.teacher.metrics else {}),
               "search and final stage seconds (this run)": finished.seconds,
               **({"split size notes": notes} if notes else {})}
     return header

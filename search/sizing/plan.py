@@ -37,9 +37,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from evaluators.candidate import FidelityConfig
 from evaluators.candidate import LevelConfig
 from evaluators.data.batches import Batcher
 from evaluators.data.splits import Splits
+from evaluators.teacher.prepare import CacheStatus
 from evaluators.training.loop import Schedule
 from evaluators.training.loop import TrainConfig
 from evaluators.training.loop import train
@@ -52,6 +54,8 @@ from search.engine.budget import describe_duration
 from search.engine.budget import parse_duration
 from search.engine.final import Candidate
 from search.engine.promotion import PromotionKind
+from search.sizing.recipe_work import recipe_unscored
+from search.sizing.recipe_work import searched_unscored
 from spaces.models.architectures import create_model
 from spaces.quant.quantization import calibrate
 from spaces.quant.quantization import quantize_model
@@ -80,14 +84,15 @@ JOB_OVERHEAD_S = 0.5
 
 @dataclass(frozen=True)
 class Shares:
-    """The budget's share for the teacher's training. The search and the final stage (F3 and baselines) share the
-    rest in the proportion the profile's own counts give them: both shrink by one factor (`plan_run`)."""
+    """The most of the budget the teacher's training may take, and the least the search keeps (`plan_run`).
+
+    Why a guaranteed share: without one the final stage's floor (11 baselines scored on the whole test split) and
+    the teacher took the hour, and the `cpu` run of issue 30 searched for 2 minutes. At 30% on a 2-core Xeon the
+    fresh run still searches about 18 minutes; with the teacher and baselines cached the search takes what the
+    front's final stage leaves."""
 
     teacher: float = 0.35
-
-    def without_teacher(self) -> Shares:
-        """A teacher that needs no training (the user's, or one in the cache) leaves everything to the rest."""
-        return Shares(teacher=0.0)
+    search: float = 0.30
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,12 @@ class StepTimes:
     # (docs/results/sizing/README.md).
     teacher_precision: str = ""
     teacher_steps: dict[str, float] = field(default_factory=dict)  # seconds per step in each arithmetic timed
+    # Seconds per QAT fine-tune step of the teacher's network (8-bit fake quantization; 0: not timed, priced as a
+    # float step). QAT steps cost more than float ones, which left the baselines' QAT recipes under-priced.
+    qat_step: float = 0.0
+
+    def qat_ratio(self) -> float:
+        return self.qat_step / self.finetune_step if self.qat_step and self.finetune_step else 1.0
 
     def student(self, arch: str) -> float:
         """Seconds per training step of `arch` (a plan from before students were timed: the fine-tune step)."""
@@ -121,6 +132,7 @@ class Counts:
     student_steps: int  # at the level that trains students longest (F3); the other levels in proportion
     f2_steps: int
     f3_steps: int
+    final: int = 0  # front recipes given F3 (and a cascade); 0: the profile's `final_max`
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,10 @@ class RunPlan:
     # Seconds of the final stage that wait for the front (F3 of its recipes, their students, the cascades); the
     # rest, the baselines, run before the search (0: a plan from before, the whole final stage waits).
     front_stage: float = 0.0
+    baseline_stage: float = 0.0  # seconds of the baselines (0: cached for the teacher at these counts)
+    teacher_from: int = 0  # epochs of the cached entry the teacher's training continues (0: a new teacher)
+    teacher_cached: int = 0  # epochs of the strongest cached teacher when the plan was made
+    baselines_cached: bool = False  # the baselines' results are in the cache for this teacher and these counts
 
     @property
     def search_budget(self) -> str:
@@ -161,53 +177,85 @@ class RunPlan:
         wherever it is read back (config.json, a Ray worker)."""
         c, fid = self.counts, config.fidelity
         precision = Precision(self.times.teacher_precision or config.teacher.train.precision)
-        if self.teacher_ready:
-            teacher = config.teacher
+        if self.teacher_ready:  # the user's (or one given in memory), or the cache's as it is: never trained here
+            teacher = config.teacher if not self.teacher_cached else config.teacher.for_epochs(
+                min(self.teacher_cached, config.teacher.train.epochs))
         else:
             teacher = config.teacher.for_epochs(c.teacher_epochs)
             teacher = replace(teacher, train=replace(teacher.train, precision=precision))
-        scale = c.student_steps / max(self.profile.student_steps, 1)
-        f2 = _with_steps(fid.f2, c.f2_steps, scale, c.f2_steps / max(self.profile.f2_steps, 1))
-        f3 = _with_steps(fid.f3, c.f3_steps, scale, c.f3_steps / max(self.profile.f3_steps, 1))
-        f1 = _with_steps(fid.f1, fid.f1.budget.finetune_steps, scale, c.f2_steps / max(self.profile.f2_steps, 1))
-        return replace(config, teacher=teacher, fidelity=replace(fid, f1=f1, f2=f2, f3=f3),
+        return replace(config, teacher=teacher, fidelity=sized_fidelity(fid, c, self.profile),
                        search=replace(config.search, trials=max(c.trials, self.trial_cap), budget=self.search_budget,
-                                      sizing=Sizing.OFF))
+                                      sizing=Sizing.OFF, final_max=c.final or config.search.final_max))
 
     def describe(self) -> str:
         """The plan as one block of lines, printed before the run and kept in report.md."""
         c, p, t, s, e = self.counts, self.profile, self.times, self.shares, self.estimate
-        teacher = "ready (the user's, or the profile's from the cache): no training" if self.teacher_ready else \
-            f"{c.teacher_epochs} epochs (profile {p.teacher_epochs}), about {describe_duration(e['teacher'])}"
         students = ", ".join(f"{a} {v:.3f}" for a, v in sorted(t.student_step.items()))
         timed = ", ".join(f"{k} {v:.3f}" for k, v in sorted(t.teacher_steps.items()))
         arithmetic = f" in {t.teacher_precision} ({timed} s/step timed)" if t.teacher_precision else ""
         return "\n".join([
-            f"run plan for a budget of {self.budget} (teacher's share {s.teacher:.0%}; the search and the final "
-            f"stage share the rest as the profile does):",
+            f"run plan for a budget of {self.budget} (the teacher at most {s.teacher:.0%}, the search at least "
+            f"{s.search:.0%}):",
+            *self.share_lines(),
             f"  measured here: teacher {t.teacher_step:.3f} s/step, fine-tune {t.finetune_step:.3f} s/step, "
             f"evaluation {1000 * t.eval_image:.3f} ms/image, plus {JOB_OVERHEAD_S} s per evaluation job",
             *([f"  student steps (s): {students}"] if students else []),
-            f"  teacher: {teacher}{arithmetic if not self.teacher_ready else ''}",
+            f"  teacher: {self.teacher_line()}{arithmetic if not self.teacher_ready else ''}",
             f"  search: about {c.trials} trials (profile {p.trials}; at most {max(c.trials, self.trial_cap)}) within "
             f"{self.search_budget}, moved by what the run really spends before it; F2 "
             f"{c.f2_steps} fine-tune steps (profile {p.f2_steps}), students up to {c.student_steps} steps "
             f"(profile {p.student_steps}), about {describe_duration(e['search'])}",
             f"  final stage: F3 {c.f3_steps} fine-tune steps (profile {p.f3_steps}), about "
-            f"{describe_duration(e['final'])}",
+            f"{describe_duration(e['final'])}"
+            + (f", of which the baselines {describe_duration(self.baseline_stage)}" if self.baseline_stage else
+               " (the baselines' results are cached for this teacher and these counts)" if self.baselines_cached
+               else ""),
             f"  estimated total {describe_duration(sum(e.values()))}",
             *(f"  note: {n}" for n in self.notes)])
 
     def as_json(self) -> dict:
         return asdict(self)
 
+    def teacher_line(self) -> str:
+        c, p, e = self.counts, self.profile, self.estimate
+        if self.teacher_ready:
+            return "ready (the user's, or the strongest in the cache" + (
+                f", {self.teacher_cached} epochs" if self.teacher_cached else "") + "): no training"
+        start = f" continuing the cached {self.teacher_from}" if self.teacher_from else ""
+        return f"{c.teacher_epochs} epochs{start} (profile {p.teacher_epochs}), about {describe_duration(e['teacher'])}"
+
+    def share_lines(self) -> list[str]:
+        """The shares the plan chose, each with its reason."""
+        e = self.estimate
+        total = max(sum(e.values()), 1e-9)
+        why_teacher = "no training" if self.teacher_ready else (
+            f"{self.counts.teacher_epochs - self.teacher_from} epochs to train, at most {self.shares.teacher:.0%}")
+        why_base = "cached for this teacher and these counts" if self.baselines_cached else \
+            "scored before the search, at the plan's step counts"
+        return [f"  shares: teacher {e['teacher'] / total:.0%} ({why_teacher}); baselines "
+                f"{self.baseline_stage / total:.0%} ({why_base}); search {e['search'] / total:.0%} (at least "
+                f"{self.shares.search:.0%}: its clock gets what the rest leaves); front's final stage "
+                f"{(e['final'] - self.baseline_stage) / total:.0%} (F3, and a cascade where the study makes them, "
+                f"for up to {self.counts.final or self.profile.final} front recipes)"]
+
     @classmethod
     def from_json(cls, raw: dict) -> RunPlan:
-        shares = Shares(teacher=raw["shares"]["teacher"])  # older plans also stored search and final shares
-        return cls(budget=raw["budget"], shares=shares, times=StepTimes(**raw["times"]),
-                   counts=Counts(**raw["counts"]), profile=Counts(**raw["profile"]),
-                   teacher_ready=raw["teacher_ready"], estimate=dict(raw["estimate"]), notes=tuple(raw["notes"]),
-                   trial_cap=int(raw.get("trial_cap", 0)), front_stage=float(raw.get("front_stage", 0.0)))
+        """A plan read back; a plan.json written by an older version raises KeyError or TypeError (sized again)."""
+        if "baseline_stage" not in raw:
+            raise KeyError("plan.json was written by an older version")
+        return cls(**{k: v for k, v in raw.items() if k not in ("shares", "times", "counts", "profile", "notes")},
+                   shares=Shares(**raw["shares"]), times=StepTimes(**raw["times"]), counts=Counts(**raw["counts"]),
+                   profile=Counts(**raw["profile"]), notes=tuple(raw["notes"]))
+
+
+def sized_fidelity(fid: FidelityConfig, c: Counts, profile: Counts) -> FidelityConfig:
+    """The profile's levels with the plan's step counts (the other levels' student and recovery steps in
+    proportion)."""
+    scale = c.student_steps / max(profile.student_steps, 1)
+    f2 = _with_steps(fid.f2, c.f2_steps, scale, c.f2_steps / max(profile.f2_steps, 1))
+    f3 = _with_steps(fid.f3, c.f3_steps, scale, c.f3_steps / max(profile.f3_steps, 1))
+    f1 = _with_steps(fid.f1, fid.f1.budget.finetune_steps, scale, c.f2_steps / max(profile.f2_steps, 1))
+    return replace(fid, f1=f1, f2=f2, f3=f3)
 
 
 def _with_steps(level: LevelConfig, finetune: int, student_scale: float, recovery_scale: float) -> LevelConfig:
@@ -231,19 +279,22 @@ class Minimums:
     f2_steps: int = 10
     f3_steps: int = 20
     student_steps: int = 50
+    final: int = 2  # front recipes given F3: the knee and the most accurate
 
     def of(self, profile: Counts, population: int) -> Counts:
         return Counts(teacher_epochs=min(self.teacher_epochs, profile.teacher_epochs),
                       trials=min(population, profile.trials), student_steps=min(self.student_steps,
                                                                                 profile.student_steps),
-                      f2_steps=min(self.f2_steps, profile.f2_steps), f3_steps=min(self.f3_steps, profile.f3_steps))
+                      f2_steps=min(self.f2_steps, profile.f2_steps), f3_steps=min(self.f3_steps, profile.f3_steps),
+                      final=min(self.final, profile.final))
 
 
 def profile_counts(config: StudyConfig) -> Counts:
     f = config.fidelity
     return Counts(teacher_epochs=config.teacher.train.epochs, trials=config.search.trials,
                   student_steps=max(f.f1.budget.student_steps, f.f2.budget.student_steps, f.f3.budget.student_steps),
-                  f2_steps=f.f2.budget.finetune_steps, f3_steps=f.f3.budget.finetune_steps)
+                  f2_steps=f.f2.budget.finetune_steps, f3_steps=f.f3.budget.finetune_steps,
+                  final=config.search.final_max)
 
 
 @dataclass(frozen=True)
@@ -286,6 +337,13 @@ class Workload:
     # nothing at any level), and the share of the space's (pruning, quantization) kinds that do.
     baseline_finetunes: tuple[bool, ...] = ()
     searched_finetunes: float = 1.0
+    # The images each baseline, and a searched recipe on average, evaluates besides its scored ones, per level
+    # (`search.sizing.recipe_work`; empty: every recipe as if it calibrated and scored every pruning candidate), and
+    # which baselines (the space's share of recipes) fine-tune with QAT.
+    baseline_unscored: tuple[dict[str, int], ...] = ()
+    searched_unscored: dict[str, float] = field(default_factory=dict)
+    baseline_qat: tuple[bool, ...] = ()
+    searched_qat: float = 0.0
 
     def student_steps(self, level: str, top: int) -> int:
         """`level`'s student steps when the longest level (F3) gets `top`."""
@@ -336,7 +394,12 @@ def workload(config: StudyConfig, splits: Splits, baselines: list[Candidate]) ->
                     searched_quantized=sum(k != QuantKind.NONE for k in space.quant_kinds) / len(space.quant_kinds),
                     baseline_finetunes=tuple(finetunes(r.recipe.prune.kind, r.recipe.quant.kind) for r in baselines),
                     searched_finetunes=sum(finetunes(p, q) for p in space.prune_kinds for q in space.quant_kinds) /
-                    max(len(space.prune_kinds) * len(space.quant_kinds), 1))
+                    max(len(space.prune_kinds) * len(space.quant_kinds), 1),
+                    baseline_unscored=tuple({n: recipe_unscored(r.recipe, getattr(fid, n).budget)
+                                             for n in ("f1", "f2", "f3")} for r in baselines),
+                    searched_unscored={n: searched_unscored(space, getattr(fid, n).budget) for n in ("f1", "f2", "f3")},
+                    baseline_qat=tuple(r.recipe.quant.kind == QuantKind.QAT for r in baselines),
+                    searched_qat=sum(k == QuantKind.QAT for k in space.quant_kinds) / len(space.quant_kinds))
 
 
 @dataclass(frozen=True)
@@ -358,33 +421,43 @@ class Price:
         return measured if measured is not None else self.speed(network) * self.times.eval_image
 
     def level(self, name: str, steps: int, network: str = TEACHER, recoveries: float | None = None,
-              quantized: bool = False, trains: float = 1.0) -> float:
+              quantized: bool = False, trains: float = 1.0, unscored: float | None = None, qat: float = 0.0) -> float:
         """One evaluation job at `name` with `steps` fine-tune steps, on `network`, with `recoveries` recovery phases
         (None: a searched recipe's mean); recovery shrinks with the fine-tuning (`RunPlan.apply`). The scored images
         run on the finished recipe (fake-quantized when `quantized`), the others on the float network. `trains`:
-        whether (or the share of recipes for which) the fine-tune steps run at all (`finetunes`)."""
+        whether (or the share of recipes for which) the fine-tune steps run at all (`finetunes`); `qat`: whether (or
+        the share for which) they are QAT steps; `unscored`: the images evaluated besides the scored ones (None: all
+        of the level's)."""
         w = self.work
         phases = w.searched_recoveries if recoveries is None else recoveries
         profile = w.finetune_levels.get(name, 0)
         recovery = phases * w.recovery_steps[name] * (steps / profile if profile else 1.0)
         scored = w.scored_images.get(name, 0)
-        return (JOB_OVERHEAD_S + trains * self.speed(network) * (steps + recovery) * self.times.finetune_step
-                + scored * self.eval_image(network, quantized)
-                + (w.level_images[name] - scored) * self.eval_image(network, False))
+        unscored = w.level_images[name] - scored if unscored is None else unscored
+        step = self.times.finetune_step * (1 + qat * (self.times.qat_ratio() - 1))
+        return (JOB_OVERHEAD_S + trains * self.speed(network) * (steps + recovery) * step
+                + scored * self.eval_image(network, quantized) + unscored * self.eval_image(network, False))
 
     @property
     def searched_networks(self) -> tuple[str, ...]:
         return self.work.space_networks or (TEACHER,)
 
-    def searched_level(self, name: str, steps: int) -> float:
-        """A level of a recipe the search picks: the mean over the space's networks and quantization kinds."""
-        q, t = self.work.searched_quantized, self.work.searched_finetunes
-        return sum(q * self.level(name, steps, n, quantized=True, trains=t) + (1 - q) * self.level(name, steps, n,
-                                                                                                     trains=t)
-                   for n in self.searched_networks) / len(self.searched_networks)
+    def searched_level(self, name: str, steps: int, networks: tuple[str, ...] | None = None) -> float:
+        """A level of a recipe the search picks: the mean over the space's networks (or `networks`) and its kinds."""
+        w = self.work
+        q, t, u = w.searched_quantized, w.searched_finetunes, w.searched_unscored.get(name)
+        qat = w.searched_qat / q if q else 0.0
+        nets = networks or self.searched_networks
+        return sum(q * self.level(name, steps, n, quantized=True, trains=t, unscored=u, qat=qat)
+                   + (1 - q) * self.level(name, steps, n, trains=t, unscored=u) for n in nets) / len(nets)
 
     def trial(self, f2: int) -> float:
         return self.searched_level("f1", 0) + self.work.promoted * self.searched_level("f2", f2)
+
+    def network_trial(self, network: str, f2: int) -> float:
+        """The most a trial on `network` costs when its student is trained already: F1, and F2 should it be
+        promoted (the engine starts no trial that this says cannot finish before the search's clock)."""
+        return self.searched_level("f1", 0, (network,)) + self.searched_level("f2", f2, (network,))
 
     def student_step(self, pair: tuple[str, str]) -> float:
         arch, kind = pair
@@ -423,14 +496,19 @@ class Price:
     def final(self, f2: int, f3: int, top: int = 0) -> float:
         """The final stage: F3 for the front, F1, F2 and F3 for every baseline (each on its own network), the
         students these train, and the cascades."""
+        return self.front_stage(f3, top) + self.baselines(f2, f3, top)
+
+    def baselines(self, f2: int, f3: int, top: int) -> float:
+        """F1, F2 and F3 for every baseline, each on its own network, and the students only they train."""
         w = self.work
-        baselines = w.baseline_networks or (TEACHER,) * w.baseline_jobs
-        phases = w.baseline_recoveries or (0,) * len(baselines)
-        quantized = w.baseline_quantized or (False,) * len(baselines)
-        trains = w.baseline_finetunes or (True,) * len(baselines)
-        return w.final_jobs * self.searched_level("f3", f3) + self.final_students(top) + self.cascade_stage() + sum(
-            self.level("f3", f3, n, r, q, t) + self.level("f1", 0, n, r, q, t) + self.level("f2", f2, n, r, q, t)
-            for n, r, q, t in zip(baselines, phases, quantized, trains, strict=True))
+        nets = w.baseline_networks or (TEACHER,) * w.baseline_jobs
+        n = len(nets)
+        rows = zip(nets, w.baseline_recoveries or (0,) * n, w.baseline_quantized or (False,) * n,
+                   w.baseline_finetunes or (True,) * n, w.baseline_unscored or ({},) * n,
+                   w.baseline_qat or (False,) * n, strict=True)
+        return self.final_students(top, w.baseline_students) + sum(
+            self.level(name, s, net, r, q, t, u.get(name), float(qat))
+            for net, r, q, t, u, qat in rows for name, s in (("f1", 0), ("f2", f2), ("f3", f3)))
 
     def front_stage(self, f3: int, top: int) -> float:
         """The part of the final stage that waits for the search's front: F3 for its recipes, the students they
@@ -446,85 +524,143 @@ class Price:
         return self.search(counts) + self.final(counts.f2_steps, counts.f3_steps, counts.student_steps)
 
 
-def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_ready: bool,
-             shares: Shares = Shares(), minimums: Minimums = Minimums()) -> RunPlan:
-    """Share the budget out: the teacher's epochs within its share; then, when the profile's search and final stage
-    do not fit what is left, every step count and the trial count shrink by one factor (the largest that fits,
-    never below `Minimums`); then the trials fill what is left."""
+def plan_run(config: StudyConfig, times: StepTimes, work: Workload, *, teacher_ready: bool = False,
+             cache: CacheStatus | None = None, baselines_at: Counts | None = None, shares: Shares = Shares(),
+             minimums: Minimums = Minimums()) -> RunPlan:
+    """Share the budget out (`Shares`). The search keeps at least its share: the final stage's steps (baselines and
+    the front's F3) and the trials shrink by one factor k (trials by sqrt(k)) until they fit beside it, never below
+    `Minimums`; then the teacher's epochs are cut, never below one. The teacher gets at most its share, and more
+    than the profile's epochs only while everything else has the profile's counts. A teacher in the cache with
+    enough epochs costs nothing (`cache`; `teacher_ready`: the user's own), one with fewer is trained further, and
+    baselines cached for that teacher at some step counts (`baselines_at`) cost nothing when the plan keeps those
+    counts. Then the trials fill what is left."""
     budget = float(config.search.budget_seconds or 0.0)
     profile, price = profile_counts(config), Price(times, work)
     low = minimums.of(profile, config.search.population)
-    shares = shares.without_teacher() if teacher_ready else shares
-    notes: list[str] = []
-    epoch_s = work.teacher_epoch_steps * times.teacher_step
-    epochs = 0 if teacher_ready else _clamp(math.floor(shares.teacher * budget / max(epoch_s, 1e-9)),
-                                            low.teacher_epochs, MAX_GROWTH * profile.teacher_epochs, "teacher epochs",
-                                            notes)
-    teacher_eval_s = 0 if teacher_ready else work.teacher_eval_images * times.eval_image
+    epoch_s = work.teacher_epoch_steps * times.teacher_step + work.teacher_eval_images * times.eval_image
+    most = max(low.teacher_epochs, min(math.floor(shares.teacher * budget / max(epoch_s, 1e-9)),
+                                       MAX_GROWTH * profile.teacher_epochs))
+    def choose(epochs: range, cached: CacheStatus | None) -> tuple[_Fit, bool]:
+        """Concessions, in order, until the search has its share: steps (inside `_fit`), teacher epochs, front F3
+        count. Returns the plan and whether it met the rules."""
+        candidates = [_fit(config, _with_front(price, final), budget, e, teacher_ready, cached, baselines_at, shares,
+                           low, epoch_s) for final in range(profile.final, low.final - 1, -1) for e in epochs]
+        fits = [f for f in candidates
+                if f.search_share >= shares.search and (f.k >= 1 or f.epochs <= profile.teacher_epochs)]
+        return (fits[0], True) if fits else (max(candidates, key=lambda f: (f.search_share, f.epochs)), False)
+
+    # The teacher's epochs are those a teacher trained from scratch would get here; the cache then saves what it
+    # has of them. So the plan of a second run on the same machine asks for the epochs the first one trained (its
+    # teacher and baselines come from the cache), and a plan trains a cached teacher further only where a fresh
+    # teacher would have had more epochs (a larger budget, a faster machine).
+    chosen, met = choose(range(most, low.teacher_epochs - 1, -1), None)
+    if cache is not None and not teacher_ready:
+        chosen, met = choose(range(chosen.epochs, chosen.epochs - 1, -1), cache)
+    fits = [chosen] if met else []
+    notes = list(chosen.notes)
+    if chosen.epochs < most and not chosen.ready:
+        notes.append(f"teacher epochs cut from {most} to {chosen.epochs}: the search keeps at least "
+                     f"{shares.search:.0%} of the budget")
+    if chosen.counts.final < profile.final:
+        notes.append(f"F3 (and a cascade) for {chosen.counts.final} front recipes instead of {profile.final}: the "
+                     f"search keeps at least {shares.search:.0%} of the budget")
+    if not fits:
+        notes.append(f"the search gets {chosen.search_share:.0%} of the budget, less than its {shares.search:.0%}: "
+                     "the minimum final stage and teacher leave no more")
+    if chosen.epochs == 1 and config.teacher.single_pass and not chosen.ready and not chosen.start:
+        changed = ", ".join(f"{key} {value}" for key, value in config.teacher.single_pass)
+        notes.append(f"one teacher epoch: it trains with teacher.single_pass's settings ({changed})")
+    if sum(chosen.estimate.values()) > budget * 1.05:
+        notes.append(f"the budget is too small for the minimum plan: it needs about "
+                     f"{describe_duration(sum(chosen.estimate.values()))}, more than {config.search.budget}")
+    return RunPlan(budget=config.search.budget, shares=shares, times=times, counts=chosen.counts, profile=profile,
+                   teacher_ready=chosen.ready, estimate=chosen.estimate, notes=tuple(notes),
+                   trial_cap=max(chosen.cap, chosen.counts.trials), front_stage=chosen.front,
+                   baseline_stage=chosen.baselines, teacher_from=chosen.start,
+                   teacher_cached=cache.epochs if cache is not None else 0, baselines_cached=chosen.baselines_cached)
+
+
+@dataclass(frozen=True)
+class _Fit:
+    epochs: int
+    ready: bool
+    start: int  # epochs the trained entry starts from
+    k: float
+    counts: Counts
+    estimate: dict[str, float]
+    front: float
+    baselines: float
+    cap: int
+    baselines_cached: bool
+    notes: tuple[str, ...]
+
+    @property
+    def search_share(self) -> float:
+        total = sum(self.estimate.values())
+        return self.estimate["search"] / total if total else 0.0
+
+
+def _with_front(price: Price, final: int) -> Price:
+    """`price` with `final` front recipes given F3 (and a cascade each, where the study makes cascades)."""
+    w = price.work
+    return replace(price, work=replace(w, final_jobs=min(final, w.final_jobs), cascades=min(final, w.cascades),
+                                       front_students=w.front_students[:final]))
+
+
+def _fit(config: StudyConfig, price: Price, budget: float, epochs: int, given: bool, cache: CacheStatus | None,
+         baselines_at: Counts | None, shares: Shares, low: Counts, epoch_s: float) -> _Fit:
+    """The plan with the teacher at `epochs`: the largest step factor k whose final stage leaves the search its
+    share, and the trials that fill the rest."""
+    profile = profile_counts(config)
+    ready = given or (cache is not None and cache.ready_for(epochs))
+    start = 0 if ready or cache is None else cache.continued_from
+    teacher_s = 0.0 if ready else (epochs - start) * epoch_s
+    room = budget - teacher_s
+    pinned = baselines_at if ready and baselines_at is not None else None
+    front = price.work.final_jobs
 
     def at(k: float) -> Counts:
-        # Trials shrink by the square root: a trial that is not promoted costs one F1 evaluation, and a search of
-        # a handful of trials says little however long each recipe trains.
-        return Counts(teacher_epochs=epochs, trials=max(low.trials, round(profile.trials * math.sqrt(k))),
+        if pinned is not None:  # the cached baselines' step counts, or they would be scored again
+            return replace(pinned, teacher_epochs=0, trials=max(low.trials, round(profile.trials * math.sqrt(k))),
+                           final=front)
+        return Counts(teacher_epochs=0 if ready else epochs, final=front,
+                      trials=max(low.trials, round(profile.trials * math.sqrt(k))),
                       student_steps=max(low.student_steps, round(profile.student_steps * k)),
                       f2_steps=max(low.f2_steps, round(profile.f2_steps * k)),
                       f3_steps=max(low.f3_steps, round(profile.f3_steps * k)))
 
-    # The baselines' final stage has a floor (each is scored on the whole test split however short its training):
-    # when even the minimum search and final stage do not fit beside the teacher's share, the teacher gives way
-    # (never below its minimum), since its epochs are the one count that shrinks without dropping a comparison.
-    floor_s = price.after_teacher(at(0.0))
-    if epochs > low.teacher_epochs and epochs * epoch_s + teacher_eval_s + floor_s > budget:
-        fits = max(low.teacher_epochs, math.floor((budget - teacher_eval_s - floor_s) / max(epoch_s, 1e-9)))
-        if fits < epochs:
-            notes.append(f"teacher epochs cut from {epochs} to {fits}: the minimum search and final stage need "
-                         f"{describe_duration(floor_s)} of the rest")
-            epochs = fits
-    teacher_s = epochs * epoch_s + teacher_eval_s
-    room = budget - teacher_s
+    def final(c: Counts) -> float:
+        front = price.front_stage(c.f3_steps, c.student_steps)
+        return front if pinned is not None else front + price.baselines(c.f2_steps, c.f3_steps, c.student_steps)
 
-    k = 1.0
-    if price.after_teacher(at(1.0)) > room:
+    def needs(k: float) -> float:
+        c = at(k)
+        return final(c) + max(shares.search * budget, price.search(c))
+
+    k, notes = 1.0, []
+    if pinned is None and needs(1.0) > room:
         lo, hi = 0.0, 1.0
         for _ in range(30):
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if price.after_teacher(at(mid)) <= room else (lo, mid)
+            lo, hi = (mid, hi) if needs(mid) <= room else (lo, mid)
         k = lo
-        notes.append(f"steps and trials at {k:.0%} of the profile's (trials at {math.sqrt(k):.0%}): the largest "
-                     "share that fits")
+        notes.append(f"steps at {k:.0%} of the profile's (trials at {math.sqrt(k):.0%} before filling): the largest "
+                     "share that leaves the search its time")
     counts = at(k)
-    for what, name in (("student steps", "student_steps"), ("F2 steps", "f2_steps"), ("F3 steps", "f3_steps")):
-        if round(getattr(profile, name) * k) < getattr(low, name):
-            notes.append(f"{what} kept at the minimum {getattr(low, name)} (the shared factor would give "
-                         f"{round(getattr(profile, name) * k)})")
-    final_s = price.final(counts.f2_steps, counts.f3_steps, counts.student_steps)
-    fill = math.floor((room - final_s - price.search_students(counts.student_steps)) /
-                      max(price.trial(counts.f2_steps), 1e-9))
+    final_s = final(counts)
     cap = MAX_GROWTH * profile.trials
     if config.search.max_trials:
         cap = min(cap, config.search.max_trials)
-    counts = replace(counts, trials=_clamp(fill, min(low.trials, cap), cap, "trials", notes))
+    fill = math.floor((room - final_s - price.search_students(counts.student_steps)) /
+                      max(price.trial(counts.f2_steps), 1e-9))
+    counts = replace(counts, trials=min(max(fill, min(low.trials, cap)), cap))
     if config.search.max_trials and fill > config.search.max_trials:
         notes.append(f"trials capped at {config.search.max_trials} (--trials / [search] max_trials)")
-    if epochs == 1 and config.teacher.single_pass:
-        changed = ", ".join(f"{key} {value}" for key, value in config.teacher.single_pass)
-        notes.append(f"one teacher epoch: it trains with teacher.single_pass's settings ({changed})")
-    search_s = max(room - final_s, price.search(counts))
+    search_s = max(room - final_s, price.search(counts), 0.0)
+    baselines_s = 0.0 if pinned is not None else price.baselines(counts.f2_steps, counts.f3_steps, counts.student_steps)
     estimate = {"teacher": round(teacher_s, 1), "search": round(search_s, 1), "final": round(final_s, 1)}
-    front_s = round(price.front_stage(counts.f3_steps, counts.student_steps), 1)
-    if sum(estimate.values()) > budget * 1.05:
-        notes.append(f"the budget is too small for the minimum plan: it needs about "
-                     f"{describe_duration(sum(estimate.values()))}, more than {config.search.budget}")
-    return RunPlan(budget=config.search.budget, shares=shares, times=times, counts=counts, profile=profile,
-                   teacher_ready=teacher_ready, estimate=estimate, notes=tuple(notes),
-                   trial_cap=max(cap, counts.trials), front_stage=front_s)
-
-
-def _clamp(value: int, low: int, high: int, what: str, notes: list[str]) -> int:
-    if value < low:
-        notes.append(f"{what} kept at the minimum {low} (the budget's share would give {max(value, 0)})")
-        return low
-    return min(value, high)
+    return _Fit(epochs, ready, start, k, counts, estimate, round(final_s - baselines_s, 1), round(baselines_s, 1), cap,
+                pinned is not None, tuple(notes))
 
 
 def _timed_steps(model: nn.Module, splits: Splits, batcher: Batcher, config: TrainConfig,
@@ -549,6 +685,15 @@ def _teacher_steps(config: TrainConfig, network: Callable[[], nn.Module], splits
     runs = {str(p): replace(config, precision=p) for p in choices} or {"": config}
     return {key: round(_timed_steps(network(), splits, batcher, c, device, TEACHER_WARM_STEPS, TEACHER_TIMED_STEPS),
                        4) for key, c in runs.items()}
+
+
+def fastest_teacher_step(config: TrainConfig, network: Callable[[], nn.Module], splits: Splits, batcher: Batcher,
+                         device: torch.device) -> tuple[str, float]:
+    """The teacher's arithmetic (bf16 or fp32 where `auto` may choose, else "") and its seconds per step, the
+    faster where both were timed."""
+    steps = _teacher_steps(config, network, splits, batcher, device, teacher_choices(config, device))
+    fastest = min(steps, key=steps.__getitem__)
+    return fastest, steps[fastest]
 
 
 def _eval_batches(config: StudyConfig, splits: Splits, batcher: Batcher, device: torch.device
@@ -577,11 +722,16 @@ def measure(config: StudyConfig, network: Callable[[], nn.Module], splits: Split
                            teacher_choices(config.teacher.train, device))
     fastest = min(steps, key=steps.__getitem__)
     model = network()
-    finetune_step = _timed_steps(model, splits, batcher, config.fidelity.f2.budget.finetune_train, device)
-    eval_image = _eval_seconds(model, _eval_batches(config, splits, batcher, device))
+    finetune = config.fidelity.f2.budget.finetune_train
+    finetune_step = _timed_steps(model, splits, batcher, finetune, device)
+    batches = _eval_batches(config, splits, batcher, device)
+    eval_image = _eval_seconds(model, batches)
+    qat = quantize_model(network(), Quantization(kind=QuantKind.QAT))
+    calibrate(qat, batches[:1], Calibration.MINMAX)
     return StepTimes(teacher_step=steps[fastest], finetune_step=round(finetune_step, 4),
                      eval_image=round(eval_image, 6), teacher_precision=fastest,
-                     teacher_steps=steps if fastest else {})
+                     teacher_steps=steps if fastest else {},
+                     qat_step=round(_timed_steps(qat, splits, batcher, finetune, device), 4))
 
 
 def measure_evaluation(config: StudyConfig, networks: dict[str, Callable[[], nn.Module]], splits: Splits,
@@ -628,8 +778,12 @@ def copy_of(model: nn.Module) -> Callable[[], nn.Module]:
 
 
 def read_plan(out: Path) -> RunPlan | None:
+    """The run folder's plan (None: none, or one written by an older version, which is sized again)."""
     path = out / PLAN_FILE
-    return RunPlan.from_json(json.loads(path.read_text())) if path.is_file() else None
+    try:
+        return RunPlan.from_json(json.loads(path.read_text())) if path.is_file() else None
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def sized_by(out: Path, config: StudyConfig) -> RunPlan | None:
@@ -650,9 +804,11 @@ def append_report(report: Path, plan: RunPlan) -> None:
 
 
 def sized(config: StudyConfig, out: Path, splits: Splits, batcher: Batcher, network: Callable[[], nn.Module], *,
-          teacher_ready: bool, device: torch.device, log: Callable[[str], None]) -> StudyConfig:
+          teacher_ready: bool, device: torch.device, log: Callable[[str], None], cache: CacheStatus | None = None,
+          baselines_at: Counts | None = None) -> StudyConfig:
     """`config` sized to its budget: by the run folder's plan.json when it was made for the same budget (a resumed
-    run keeps its plan), else by a new plan from step times measured now, which is written there."""
+    run keeps its plan), else by a new plan from step times measured now, which is written there. `cache`: the
+    teacher cache's state; `baselines_at`: the step counts the baselines are cached at for its strongest teacher."""
     plan = read_plan(out)
     if plan is not None and plan.budget == config.search.budget:
         log(f"run plan kept from {out / PLAN_FILE}")
@@ -666,8 +822,9 @@ def sized(config: StudyConfig, out: Path, splits: Splits, batcher: Batcher, netw
         floats, quants = measure_evaluation(config, {TEACHER: network, **students}, splits, batcher, device)
         times = replace(times, student_step=measure_students(config, students, splits, batcher, device),
                         eval_float=floats, eval_quant=quants)
-        plan = plan_run(config, times, work, teacher_ready=teacher_ready)
+        plan = plan_run(config, times, work, teacher_ready=teacher_ready, cache=cache, baselines_at=baselines_at)
         write_plan(out, plan)
         log(f"measured step times in {time.monotonic() - t0:.0f} s")
     log(plan.describe())
     return plan.apply(config)
+

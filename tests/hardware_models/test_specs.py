@@ -13,8 +13,8 @@ from hardware_models import build_network
 from hardware_models import list_schemes
 from hardware_models.graph.executed import extract
 from hardware_models.graph.specs import thesis_architectures
-from spaces.models import architectures  # noqa: F401  (registers the arch: spec scheme)
 from hardware_models.graph.zoo import parse_nb201
+from spaces.models import architectures  # registers the arch: spec scheme
 
 torch.set_num_threads(1)
 
@@ -95,7 +95,6 @@ def test_nb201_parse() -> None:
 
 
 def test_arch_scheme_builds_project_students() -> None:
-    architectures = pytest.importorskip("spaces.models.architectures")
     name = architectures.list_architectures()[0]
     model = build_network(f"arch:{name}", device="meta")
     assert isinstance(model, nn.Module)

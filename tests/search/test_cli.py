@@ -82,17 +82,18 @@ def test_sigterm_mid_training_then_rerun_continues(mnist_root: Path, tmp_path: P
                             text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     deadline = time.monotonic() + 300
     # The first epoch's checkpoint means training is under way, with 5 epochs still to go.
-    while not list((tmp_path / "cache").glob("teachers/*/checkpoint.pt")) and time.monotonic() < deadline:
+    while not list((tmp_path / "cache").glob("teachers/*/state.pt")) and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "rerun the same command to continue" in err
-    assert list((tmp_path / "cache").glob("teachers/*/checkpoint.pt"))
+    assert list((tmp_path / "cache").glob("teachers/*/state.pt"))
 
     result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr
+    assert "resuming the unfinished segment" in result.stdout
     teacher = json.loads((tmp_path / "out" / "baseline.json").read_text())["teacher"]
-    assert 0 < teacher["resumed_from_step"] < teacher["train_steps"]
-    assert not list((tmp_path / "cache").glob("teachers/*/checkpoint.pt"))
+    assert teacher["epochs"] == 6 and [s["first"] for s in teacher["segments"]] == [0]  # continued, not restarted
+    assert not list((tmp_path / "cache").glob("teachers/*/state.pt"))

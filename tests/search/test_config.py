@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from evaluators.data.datasets import Dataset
+from evaluators.teacher.cache import Match
 from evaluators.training.loop import Optimizer
 from search.config import ConfigError
 from search.config import available_studies
@@ -39,11 +40,10 @@ def test_profiles_override_the_base_and_configs_are_frozen() -> None:
 
 def test_the_race_profile_shares_the_smoke_teacher() -> None:
     """`race` (benchmarks.search_engine part e) times the search alone: its teacher is smoke's cached one."""
-    from evaluators.teacher.prepare import teacher_key
-
     race, smoke = load_study("resnet50_cifar10", "race"), load_study("resnet50_cifar10", "smoke")
-    keys = {teacher_key(c.teacher.as_trained_on("cpu"), c.data.split, c.data.resolution, "data") for c in (race, smoke)}
-    assert len(keys) == 1
+    keys = {Match(network=c.teacher.network, dataset=c.data.dataset.value, resolution=c.data.resolution, data="data",
+                  split=c.data.split).key for c in (race, smoke)}
+    assert len(keys) == 1 and race.teacher == smoke.teacher
     assert race.search.sizing.value == "off" and "mobilenet_v2" not in race.space.students
 
 
@@ -69,7 +69,7 @@ def _write(tmp_path: Path, text: str) -> str:
 @pytest.mark.parametrize(("edit", "pattern"), [
     ("[teacher]\narch = \"resnet18\"\nepochs = 3",
      r"study\.toml \(profile smoke\)\.teacher: unknown key 'epochs'; allowed keys: allow_pickle, arch, checkpoint, "
-     r"code, kwargs, single_pass, train"),
+     r"code, init, kwargs, single_pass, train"),
     ("[teacher.single_pass]\nepochs = 2",
      r"study\.toml \(profile smoke\)\.teacher: teacher\.single_pass: 'epochs' is not a training setting it can "
      r"change; use augment, batch_size, label_smoothing, lr, momentum, optimizer, "
