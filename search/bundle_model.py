@@ -7,7 +7,9 @@ channel counts the state dict holds (what pruning left), with the stem it was tr
 because the bundle's input size need not be the training size the registry's rule picked it for; files without
 it predate small stems and have torchvision's), with BatchNorms that were folded and residual blocks
 that were removed turned into `nn.Identity`, and the recipe's fake quantizers attached at the recorded
-bit-widths; then the state dict (weights, trained or calibrated scales) is loaded strictly.
+bit-widths, with the quantization scheme's quantizers between layers (`quant_scheme`, placed from the rebuilt
+network as the search placed them); then the state dict (weights, trained or calibrated scales) is loaded
+strictly.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from torch import nn
 from spaces.architectures import Stem
 from spaces.architectures import create_model
 from spaces.architectures import model_stem
-from spaces.fake_quant import attach_quantizers
+from spaces.quant_scheme import DEFAULT_SCHEME
+from spaces.quantization import attach_layer_quantizers
 from spaces.quantization import bit_widths
 from spaces.quantization import is_quantized
 from spaces.recipe import Calibration
 from spaces.recipe import Recipe
 
-FORMAT = 2  # 1: the module was pickled beside the state dict
+FORMAT = 3  # 1: the module was pickled beside the state dict; 2: no quantizers between layers
 
 
 class BundleModelError(RuntimeError):
@@ -35,8 +38,10 @@ class BundleModelError(RuntimeError):
 
 
 def save_model(path: Path, model: nn.Module, recipe: Recipe, *, network: str, input_shape: tuple[int, ...],
-               num_classes: int, dataset: str, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+               num_classes: int, dataset: str, mean: tuple[float, ...], std: tuple[float, ...],
+               quant_scheme: str = DEFAULT_SCHEME) -> None:
     torch.save({"format": FORMAT, "state_dict": model.state_dict(), "recipe": recipe.to_json(),
+                "quant_scheme": quant_scheme,
                 "recipe_hash": recipe.hash(), "network": network, "stem": model_stem(model),
                 "input_shape": list(input_shape),
                 "num_classes": num_classes, "dataset": dataset, "mean": list(mean), "std": list(std),
@@ -52,6 +57,9 @@ def read_model_file(path: Path) -> dict[str, Any]:
     except Exception as error:  # noqa: BLE001 - torch raises several types for a file it cannot read safely
         raise BundleModelError(f"{path}: not a tensors-only bundle model ({type(error).__name__}); bundles written "
                                "before format 2 pickled the module: re-export them with search.export") from None
+    if isinstance(saved, dict) and saved.get("format") == 2:
+        raise BundleModelError(f"{path}: a format-2 bundle model (no quantizers between layers: its int8 file ran "
+                               f"mostly in float); re-export it with search.export (format {FORMAT})")
     if not isinstance(saved, dict) or saved.get("format") != FORMAT or "state_dict" not in saved:
         raise BundleModelError(f"{path}: not a format-{FORMAT} bundle model; re-export it with search.export")
     return saved
@@ -71,10 +79,13 @@ def load_model(path: Path) -> tuple[nn.Module, Recipe]:
     _drop_absent(net, state)
     for name, module in list(net.named_modules()):
         _reshape(net, name, module, state)
-    for name, (wbits, abits) in saved["bit_widths"].items():
-        if (wbits, abits) != (32, 32):
-            attach_quantizers(net.get_submodule(name), wbits, abits, per_channel=recipe.quant.per_channel,
-                              method=Calibration(recipe.quant.calibration))
+    bits = {name: (int(w), int(a)) for name, (w, a) in saved["bit_widths"].items()}
+    try:
+        attach_layer_quantizers(net, bits, per_channel=recipe.quant.per_channel,
+                                method=Calibration(recipe.quant.calibration),
+                                scheme=str(saved.get("quant_scheme", DEFAULT_SCHEME)))
+    except KeyError as error:
+        raise BundleModelError(f"{path}: {error.args[0]}") from None
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as error:
