@@ -177,6 +177,16 @@ def layer_kernels(case: Case) -> dict[int, str]:
     return kernels
 
 
+def _conversion(layer: Layer, kernels: Mapping[int, str]) -> tuple[tuple, ...]:
+    """A layer with weights whose input arrives at another precision first converts it: DequantizeLinear in front
+    of a float layer behind an int8 one, QuantizeLinear in front of an int8 layer behind a float one. One fp32
+    elementwise pass over the input (read and write), as onnxruntime runs the Q/DQ nodes it could not fuse."""
+    if layer.kind not in _WEIGHTED or not layer.inputs or kernels[layer.index] == kernels[layer.inputs[0]]:
+        return ()
+    elements = 2.0 * layer.in_elements
+    return ((CLASSES.index("eltwise"), "fp32", elements, elements, 0.0, f"{layer.name}:convert"),)
+
+
 class ArmModel(CostModel):
     family = "arm"
 
@@ -211,13 +221,15 @@ class ArmModel(CostModel):
             c = _class_of(layer, layers)
             if c is None:
                 continue
-            cls.append(c)
-            prec.append(PRECISIONS.index(kernels[layer.index]))
-            work.append(_work(layer, c))
-            act.append(layer.in_elements + layer.out_elements)
-            weights.append(layer.weights)
-            names.append(layer.name)
-            kinds.append(CLASSES[c])
+            for row in ((c, kernels[layer.index], _work(layer, c), layer.in_elements + layer.out_elements,
+                         layer.weights, layer.name), *_conversion(layer, kernels)):
+                cls.append(row[0])
+                prec.append(PRECISIONS.index(row[1]))
+                work.append(row[2])
+                act.append(row[3])
+                weights.append(row[4])
+                names.append(row[5])
+                kinds.append(CLASSES[row[0]])
         precision = case.precision if case.precision in PRECISIONS else "fp32"
         return LayerTable(
             columns={"cls": np.array(cls, int), "work": np.array(work, float), "act": np.array(act, float),

@@ -6,8 +6,9 @@ holds one scale per tensor: two layers reading one tensor read the same codes. `
 that on the PyTorch model, from a torch.fx trace of each module (blocks are traced on their own, so an Add
 inside a torchvision block, which is no module, is found as the block's output):
 
-- every quantized layer of the scheme's `output_layers` gets an `out_quant` (8 bits); a ReLU/ReLU6 that
-  alone consumes it (through a folded BatchNorm's Identity) is absorbed into it;
+- every quantized layer of the scheme's `output_layers` gets an `out_quant` (8 bits), except the one whose
+  output is the network's (the logits stay float); a ReLU/ReLU6 that alone consumes it (through a folded
+  BatchNorm's Identity) is absorbed into it;
 - every block a `BlockRule` matches gets an `out_quant` on its output (a forward hook: the Add is not a module);
 - a layer whose input is already on a grid of the same width (a producer's `out_quant`, through max-pool,
   flatten, identity or a ReLU that cannot change it) has its `act_quant` tied to that grid.
@@ -124,7 +125,7 @@ class _Placer:
             sub = module.get_submodule(node.target)
             path = prefix + node.target
             if isinstance(sub, QUANT_LAYERS):
-                return self._layer(node, module, sub, path, first, grids)
+                return self._layer(node, module, sub, path, first, grids, top=not prefix)
             if self.scheme.is_block(sub):
                 return self._block(sub, path, grid)
             if isinstance(sub, self.scheme.grid_preserving):
@@ -144,7 +145,7 @@ class _Placer:
         return None
 
     def _layer(self, node: torch.fx.Node, module: nn.Module, layer: nn.Module, path: str,
-               first: torch.fx.Node | None, grids: dict[torch.fx.Node, Grid | None]) -> Grid | None:
+               first: torch.fx.Node | None, grids: dict[torch.fx.Node, Grid | None], *, top: bool) -> Grid | None:
         aq = layer.act_quant
         grid = grids.get(first) if first is not None else None
         if grid is not None and grid.owner.bits == aq.bits and aq.bits in INT_BITS:
@@ -153,7 +154,8 @@ class _Placer:
         elif first is not None and aq.bits in INT_BITS:
             grids[first] = Grid(aq)  # one scale per tensor: a later reader of this tensor ties to this one
             self.names[id(aq)] = f"{path}.act_quant"
-        if not (isinstance(layer, self.scheme.output_layers) and integer_layer(layer)):
+        if not (isinstance(layer, self.scheme.output_layers) and integer_layer(layer)) or \
+                (top and _is_network_output(node)):
             return None
         activation = _absorbable(node, module, self.scheme)
         out = self._add_output(layer, path, activation)
@@ -192,6 +194,20 @@ class _Placer:
                 self._add_output(layer, prefix + name, "")
                 self.placement.outputs.append(prefix + name)
         return None
+
+
+def _is_network_output(node: torch.fx.Node) -> bool:
+    """Whether a top-level node's value is the network's output, through shape-only operations."""
+    current = node
+    while len(current.users) == 1:
+        user = next(iter(current.users))
+        if user.op == "output":
+            return True
+        if not (user.op == "call_function" and user.target in _SHAPE_FUNCTIONS
+                or user.op == "call_method" and user.target in _SHAPE_METHODS):
+            return False
+        current = user
+    return False
 
 
 def _through_activation(grid: Grid | None, activation: str | None) -> Grid | None:

@@ -11,7 +11,8 @@ A `QuantScheme` is that placement, as data, plus the arithmetic of the activatio
 
 - `output_layers`: layer types whose output gets its own quantizer (a requantization at every conv output);
   an activation that alone consumes it (ReLU, ReLU6) is folded into the quantizer's range, as onnxruntime's
-  quantizer and Vitis AI both do;
+  quantizer and Vitis AI both do. The network's own output (the logits) stays float: onnxruntime's QGemm
+  writes float when nothing quantizes its output;
 - `blocks`: residual/concat blocks whose output (the Add or Concat, after its activation) gets one;
 - `grid_preserving`: modules through which a quantized tensor stays on its grid (max-pool, flatten,
   dropout, identity): a consumer behind them reads the producer's codes, so its input quantizer is *tied* to
@@ -119,7 +120,7 @@ register_scheme(QuantScheme(
     description="onnxruntime's QDQ placement (its own quantizer's): per-tensor asymmetric uint8 activations with "
                 "a zero point, requantized at every Conv output and at residual Adds and Concats; per-channel or "
                 "per-tensor symmetric int8 weights; int32 biases at scale s_input * s_weight",
-    output_layers=(nn.Conv2d,),
+    output_layers=(nn.Conv2d, nn.Linear),
     blocks=TORCHVISION_BLOCKS,
     grid_preserving=GRID_PRESERVING,
     absorbed={nn.ReLU: "relu", nn.ReLU6: "relu6"},
