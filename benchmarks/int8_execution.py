@@ -64,8 +64,13 @@ from spaces.recipe import Quantization
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
 
-STUDIES = {"resnet50": Dataset.CIFAR10, "resnet18": Dataset.CIFAR10, "mobilenet_v2": Dataset.CIFAR10,
-           "squeezenet1_1": Dataset.CIFAR10, "mlp": Dataset.MNIST}
+STUDIES = {
+    "resnet50": Dataset.CIFAR10,
+    "resnet18": Dataset.CIFAR10,
+    "mobilenet_v2": Dataset.CIFAR10,
+    "squeezenet1_1": Dataset.CIFAR10,
+    "mlp": Dataset.MNIST,
+}
 STUDY_SIZE = {Dataset.CIFAR10: 32, Dataset.MNIST: 28}
 FIXED_SIZE = ("mlp",)
 MIXED_BITS = (4, 6, 8)
@@ -139,8 +144,9 @@ def recipe_of(name: str, model: torch.nn.Module) -> Recipe:
     return Recipe(quant=Quantization(kind=QuantKind.PTQ, layer_bits=bits), label="mixed 4/6/8")
 
 
-def measure(net: str, recipe_name: str, size: int, model: torch.nn.Module, splits: Splits, images: int,
-            budget_s: float) -> Row:
+def measure(
+    net: str, recipe_name: str, size: int, model: torch.nn.Module, splits: Splits, images: int, budget_s: float
+) -> Row:
     batcher = Batcher(splits.info, size)
     recipe = recipe_of(recipe_name, model)
     qmodel = apply(recipe, model, splits, batcher, Budget(calib_images=64 if size > 64 else 256)).model.eval()
@@ -160,28 +166,43 @@ def measure(net: str, recipe_name: str, size: int, model: torch.nn.Module, split
         data = splits.val.first(images)
         onnx_top1 = onnx_predictions(int8, data, batcher)
     agreement = compare(onnx_top1, torch_predictions(qmodel, data, batcher), data.labels.numpy())
-    return Row(net=net, recipe=recipe.label, size=size, layers=len(quantized),
-               integer_layers=sum(ran.get(n) == "int8" for n in quantized),
-               kernels={k: v for k, v in graph.ops.items() if k in ("QLinearConv", "QGemm", "QLinearAdd",
-                                                                    "QLinearConcat", "Conv", "Gemm")},
-               fp32_ms={k: v[0] for k, v in timings.items()}, int8_ms={k: v[1] for k, v in timings.items()},
-               int4_ms=int4, images=agreement.images, agree=agreement.agree,
-               int8_accuracy=round(100 * agreement.correct / agreement.images, 2),
-               pytorch_accuracy=round(100 * agreement.reference_correct / agreement.images, 2))
+    return Row(
+        net=net,
+        recipe=recipe.label,
+        size=size,
+        layers=len(quantized),
+        integer_layers=sum(ran.get(n) == "int8" for n in quantized),
+        kernels={
+            k: v
+            for k, v in graph.ops.items()
+            if k in ("QLinearConv", "QGemm", "QLinearAdd", "QLinearConcat", "Conv", "Gemm")
+        },
+        fp32_ms={k: v[0] for k, v in timings.items()},
+        int8_ms={k: v[1] for k, v in timings.items()},
+        int4_ms=int4,
+        images=agreement.images,
+        agree=agreement.agree,
+        int8_accuracy=round(100 * agreement.correct / agreement.images, 2),
+        pytorch_accuracy=round(100 * agreement.reference_correct / agreement.images, 2),
+    )
 
 
 def table(rows: list[Row]) -> list[str]:
-    head = ["| network | recipe | input | int8 kernels / quantized Conv+Gemm | fp32 ms | int8 ms | speed-up | "
-            "fp32 / int8 ms (ALL) | INT4-weight ms | agreement | int8 / searched acc. (val) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    head = [
+        "| network | recipe | input | int8 kernels / quantized Conv+Gemm | fp32 ms | int8 ms | speed-up | "
+        "fp32 / int8 ms (ALL) | INT4-weight ms | agreement | int8 / searched acc. (val) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     lines = []
     for r in rows:
         ext_f, ext_q = r.fp32_ms["extended"], r.int8_ms["extended"]
-        lines.append(f"| {r.net} | {r.recipe} | {r.size} | {r.integer_layers} / {r.layers} ({100 * r.share:.0f}%) | "
-                     f"{_ms(ext_f)} | {_ms(ext_q)} | {ext_f / ext_q:.2f}x | {_ms(r.fp32_ms['all'])} / "
-                     f"{_ms(r.int8_ms['all'])} | {'' if r.int4_ms is None else _ms(r.int4_ms)} | "
-                     f"{r.agree}/{r.images} ({100 * r.agree / r.images:.1f}%) | {r.int8_accuracy:.1f} / "
-                     f"{r.pytorch_accuracy:.1f} |")
+        lines.append(
+            f"| {r.net} | {r.recipe} | {r.size} | {r.integer_layers} / {r.layers} ({100 * r.share:.0f}%) | "
+            f"{_ms(ext_f)} | {_ms(ext_q)} | {ext_f / ext_q:.2f}x | {_ms(r.fp32_ms['all'])} / "
+            f"{_ms(r.int8_ms['all'])} | {'' if r.int4_ms is None else _ms(r.int4_ms)} | "
+            f"{r.agree}/{r.images} ({100 * r.agree / r.images:.1f}%) | {r.int8_accuracy:.1f} / "
+            f"{r.pytorch_accuracy:.1f} |"
+        )
     return head + lines
 
 
@@ -191,8 +212,13 @@ def _ms(value: float) -> str:
 
 def _commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parents[1])
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parents[1],
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -201,18 +227,29 @@ def _commit() -> str:
 def report(rows: list[Row], args: argparse.Namespace) -> str:
     command = "python -m benchmarks.int8_execution " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k not in ("out", "work", "data_root"))
-    return "\n".join([
-        "# int8 execution of the bundle's files (onnxruntime, one thread)", "",
-        f"Command: `{command}`  ", f"Commit: `{_commit()}`, onnxruntime {ort.__version__}  ",
-        f"CPU: {cpu_name()} (2 cores, shared with other jobs while measuring: absolute times are pessimistic; the fp32 "
-        "and int8 files were timed alternately in one process, so their ratio is the robust number)", "",
-        "Latency: median ms per image, batch 1, 1 thread, ORT_ENABLE_EXTENDED unless marked ALL. int8 kernels: the "
-        "recipe's quantized Conv/Gemm layers that onnxruntime's optimized graph runs as QLinearConv/QGemm. "
-        "Agreement: top-1 of model_int8.onnx against the searched fake-quantized PyTorch model on the first "
-        f"{args.images} (study size) / {args.images_224} (224 px) validation images (carved from the training "
-        f"split); the networks were trained {args.steps} steps at the study's size only, so accuracies at 224 px "
-        "are low and say nothing about the recipes.", "", *table(rows), ""])
+        for k, v in vars(args).items()
+        if k not in ("out", "work", "data_root")
+    )
+    return "\n".join(
+        [
+            "# int8 execution of the bundle's files (onnxruntime, one thread)",
+            "",
+            f"Command: `{command}`  ",
+            f"Commit: `{_commit()}`, onnxruntime {ort.__version__}  ",
+            f"CPU: {cpu_name()} (2 cores, shared with other jobs while measuring: absolute times are pessimistic; "
+            "the fp32 and int8 files were timed alternately in one process, so their ratio is the robust number)",
+            "",
+            "Latency: median ms per image, batch 1, 1 thread, ORT_ENABLE_EXTENDED unless marked ALL. int8 kernels: the "
+            "recipe's quantized Conv/Gemm layers that onnxruntime's optimized graph runs as QLinearConv/QGemm. "
+            "Agreement: top-1 of model_int8.onnx against the searched fake-quantized PyTorch model on the first "
+            f"{args.images} (study size) / {args.images_224} (224 px) validation images (carved from the training "
+            f"split); the networks were trained {args.steps} steps at the study's size only, so accuracies at 224 px "
+            "are low and say nothing about the recipes.",
+            "",
+            *table(rows),
+            "",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,14 +269,18 @@ def main(argv: list[str] | None = None) -> int:
     for net in args.nets:
         dataset = STUDIES[net]
         split = SplitConfig(val_size=2000, calib_size=512, train_size=20000, seed=0)
-        splits, batcher = prepare_data(DataConfig(dataset=dataset, resolution=STUDY_SIZE[dataset], split=split),
-                                       Path(args.data_root), allow_download=False)
+        splits, batcher = prepare_data(
+            DataConfig(dataset=dataset, resolution=STUDY_SIZE[dataset], split=split),
+            Path(args.data_root),
+            allow_download=False,
+        )
         weights = trained(net, splits, batcher, args.steps, work).state_dict()
         for size in (STUDY_SIZE[dataset],) if net in FIXED_SIZE else (STUDY_SIZE[dataset], 224):
             # The network as the registry builds it for this input size (torchvision's stem at 224: the small stems
             # only change strides, so the weights trained at the study's size load into it).
-            model = create_model(net, num_classes=splits.info.num_classes, in_channels=splits.info.channels,
-                                 resolution=size)
+            model = create_model(
+                net, num_classes=splits.info.num_classes, in_channels=splits.info.channels, resolution=size
+            )
             model.load_state_dict(weights)
             model.eval()
             for recipe in ("int8", "mixed"):
@@ -248,13 +289,17 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(Row(**json.loads(cached.read_text())))
                     continue
                 t0 = time.monotonic()
-                row = measure(net, recipe, size, model, splits, args.images if size < 64 else args.images_224,
-                              args.budget_s)
+                row = measure(
+                    net, recipe, size, model, splits, args.images if size < 64 else args.images_224, args.budget_s
+                )
                 cached.write_text(json.dumps(asdict(row)))
                 rows.append(row)
-                print(f"{net} {recipe} {size}px: {row.integer_layers}/{row.layers} int8, fp32 "
-                      f"{row.fp32_ms['extended']} ms, int8 {row.int8_ms['extended']} ms, agreement {row.agree}/"
-                      f"{row.images} ({time.monotonic() - t0:.0f} s)", flush=True)
+                print(
+                    f"{net} {recipe} {size}px: {row.integer_layers}/{row.layers} int8, fp32 "
+                    f"{row.fp32_ms['extended']} ms, int8 {row.int8_ms['extended']} ms, agreement {row.agree}/"
+                    f"{row.images} ({time.monotonic() - t0:.0f} s)",
+                    flush=True,
+                )
     text = report(rows, args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

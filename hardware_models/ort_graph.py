@@ -18,12 +18,28 @@ from pathlib import Path
 
 import onnx
 
-INTEGER_KERNELS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger",
-                             "MatMulIntegerToFloat", "DynamicQuantizeMatMul"})
+INTEGER_KERNELS = frozenset(
+    {
+        "QLinearConv",
+        "QGemm",
+        "QLinearMatMul",
+        "ConvInteger",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+    }
+)
 FLOAT_KERNELS = frozenset({"Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul", "NhwcFusedConv"})
 # Where the weight is among an operator's inputs (QLinearConv: x, x_scale, x_zero_point, w, ...).
-WEIGHT_INPUT = {"QLinearConv": 3, "QGemm": 3, "QLinearMatMul": 3, "ConvInteger": 1, "MatMulInteger": 1,
-                "MatMulIntegerToFloat": 1, "DynamicQuantizeMatMul": 1}
+WEIGHT_INPUT = {
+    "QLinearConv": 3,
+    "QGemm": 3,
+    "QLinearMatMul": 3,
+    "ConvInteger": 1,
+    "MatMulInteger": 1,
+    "MatMulIntegerToFloat": 1,
+    "DynamicQuantizeMatMul": 1,
+}
 # Nodes a weight passes through before it reaches its operator in a not-fused graph.
 WEIGHT_PATH = frozenset({"DequantizeLinear", "Cast", "Transpose", "Identity"})
 
@@ -60,7 +76,7 @@ def scope_layer(node_name: str) -> str:
     current, previous = "", ""
     for part in parts:  # a child of a container is written `container.child` after the container's own segment
         if previous and part.startswith(previous + "."):
-            current += part[len(previous):]
+            current += part[len(previous) :]
         else:
             current = f"{current}.{part}" if current else part
         previous = part
@@ -71,9 +87,11 @@ def optimized_model(path: Path, level: str = "extended") -> onnx.ModelProto:
     """The graph onnxruntime (CPU, one thread) executes for the ONNX file at `path`."""
     import onnxruntime as ort
 
-    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    levels = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
     if level not in levels:
         raise ValueError(f"optimization level {level!r}: use one of {', '.join(levels)}")
     with tempfile.TemporaryDirectory(prefix="ort_graph_") as tmp:

@@ -54,23 +54,33 @@ class Agreement:
         return reference_percent - width, reference_percent + width
 
     def summary(self) -> dict[str, float | int]:
-        return {"images": self.images, "agree": self.agree, "share": round(self.share, 6),
-                "disagreements": self.disagreements, "minimum": MIN_AGREEMENT}
+        return {
+            "images": self.images,
+            "agree": self.agree,
+            "share": round(self.share, 6),
+            "disagreements": self.disagreements,
+            "minimum": MIN_AGREEMENT,
+        }
 
 
 def compare(predicted: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> Agreement:
     if not predicted.shape == reference.shape == labels.shape:
         raise ValueError(f"predictions {predicted.shape}, reference {reference.shape}, labels {labels.shape} differ")
-    return Agreement(images=int(labels.size), agree=int((predicted == reference).sum()),
-                     correct=int((predicted == labels).sum()), reference_correct=int((reference == labels).sum()))
+    return Agreement(
+        images=int(labels.size),
+        agree=int((predicted == reference).sum()),
+        correct=int((predicted == labels).sum()),
+        reference_correct=int((reference == labels).sum()),
+    )
 
 
 @torch.no_grad()
 def torch_predictions(model: nn.Module, data: ImageSet, batcher: Batcher) -> np.ndarray:
     """Top-1 classes of a PyTorch model on `data` (eval mode, CPU), in order."""
     model.eval()
-    return np.concatenate([model(x).argmax(1).numpy() for x, _ in batcher.eval_batches(data, EVAL_BATCH)]
-                          or [np.zeros(0, np.int64)])
+    return np.concatenate(
+        [model(x).argmax(1).numpy() for x, _ in batcher.eval_batches(data, EVAL_BATCH)] or [np.zeros(0, np.int64)]
+    )
 
 
 def problems(name: str, agreement: Agreement, reference_percent: float, where: str) -> list[str]:
@@ -78,12 +88,16 @@ def problems(name: str, agreement: Agreement, reference_percent: float, where: s
     found = []
     percent = 100.0 * agreement.correct / max(agreement.images, 1)
     if agreement.share < MIN_AGREEMENT:
-        found.append(f"{name}: its top-1 agrees with the searched model's on {agreement.agree} of {agreement.images} "
-                     f"{where} ({100 * agreement.share:.2f}%, at least {100 * MIN_AGREEMENT:.0f}% required; it scored "
-                     f"{percent:.2f}%, the searched model scored {reference_percent:.2f}%)")
+        found.append(
+            f"{name}: its top-1 agrees with the searched model's on {agreement.agree} of {agreement.images} "
+            f"{where} ({100 * agreement.share:.2f}%, at least {100 * MIN_AGREEMENT:.0f}% required; it scored "
+            f"{percent:.2f}%, the searched model scored {reference_percent:.2f}%)"
+        )
     low, high = agreement.interval(reference_percent)
     if not low - ROUNDING <= percent <= high + ROUNDING:
-        found.append(f"{name}: {percent:.2f}% on {where}, the searched model scored {reference_percent:.2f}%: further "
-                     f"apart than its {agreement.disagreements} differing predictions can explain ([{low:.2f}, "
-                     f"{high:.2f}]%)")
+        found.append(
+            f"{name}: {percent:.2f}% on {where}, the searched model scored {reference_percent:.2f}%: further "
+            f"apart than its {agreement.disagreements} differing predictions can explain ([{low:.2f}, "
+            f"{high:.2f}]%)"
+        )
     return found

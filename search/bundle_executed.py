@@ -17,18 +17,31 @@ from hardware_models.ort_graph import INTEGER_KERNELS
 from hardware_models.ort_graph import executed
 from search.qdq import QdqExport
 
-KERNELS_SHOWN = (*sorted(INTEGER_KERNELS), "QLinearAdd", "QLinearConcat", "QLinearGlobalAveragePool", "Conv",
-                 "FusedConv", "Gemm", "MatMul", "DequantizeLinear", "QuantizeLinear")
+KERNELS_SHOWN = (
+    *sorted(INTEGER_KERNELS),
+    "QLinearAdd",
+    "QLinearConcat",
+    "QLinearGlobalAveragePool",
+    "Conv",
+    "FusedConv",
+    "Gemm",
+    "MatMul",
+    "DequantizeLinear",
+    "QuantizeLinear",
+)
 
 
 def onnxruntime_targets(predicted: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """The predicted targets whose runtime is onnxruntime (the Pi runner's, and the measured host)."""
-    return [t for t, p in predicted.items() if str(p.get("runtime", "onnxruntime" if t == "host" else ""))
-            .startswith("onnxruntime") and "runs_as_layers" in p]
+    return [
+        t
+        for t, p in predicted.items()
+        if str(p.get("runtime", "onnxruntime" if t == "host" else "")).startswith("onnxruntime")
+        and "runs_as_layers" in p
+    ]
 
 
-def executed_section(path: Path, predicted: Mapping[str, Mapping[str, Any]], qdq: QdqExport | None
-                     ) -> dict[str, Any]:
+def executed_section(path: Path, predicted: Mapping[str, Mapping[str, Any]], qdq: QdqExport | None) -> dict[str, Any]:
     """`onnxruntime_executes`: per layer the precision onnxruntime runs `path` at, its int8 share, the kernel
     counts, and per onnxruntime target whether the search priced every layer at that precision."""
     import onnxruntime as ort
@@ -38,13 +51,21 @@ def executed_section(path: Path, predicted: Mapping[str, Mapping[str, Any]], qdq
         known |= set(target.get("runs_as_layers", {}))
     graph = executed(path)
     layers = dict(sorted(graph.layers(known).items()))
-    mismatches = {t: sorted(n for n, p in predicted[t]["runs_as_layers"].items() if layers.get(n) != p)
-                  for t in onnxruntime_targets(predicted)}
+    mismatches = {
+        t: sorted(n for n, p in predicted[t]["runs_as_layers"].items() if layers.get(n) != p)
+        for t in onnxruntime_targets(predicted)
+    }
     share = sum(p == "int8" for p in layers.values()) / len(layers) if layers else None
-    return {"onnxruntime_executes": {
-        "file": path.name, "optimization": "ORT_ENABLE_EXTENDED (the portable fusions; what runs on ARM too)",
-        "threads": 1, "onnxruntime": ort.__version__, "layers": layers,
-        "int8_share": None if share is None else round(share, 4),
-        "kernels": {k: graph.ops[k] for k in KERNELS_SHOWN if graph.ops.get(k)},
-        "priced_as_executed": {t: not m for t, m in mismatches.items()},
-        "mismatched_layers": {t: m for t, m in mismatches.items() if m}}}
+    return {
+        "onnxruntime_executes": {
+            "file": path.name,
+            "optimization": "ORT_ENABLE_EXTENDED (the portable fusions; what runs on ARM too)",
+            "threads": 1,
+            "onnxruntime": ort.__version__,
+            "layers": layers,
+            "int8_share": None if share is None else round(share, 4),
+            "kernels": {k: graph.ops[k] for k in KERNELS_SHOWN if graph.ops.get(k)},
+            "priced_as_executed": {t: not m for t, m in mismatches.items()},
+            "mismatched_layers": {t: m for t, m in mismatches.items() if m},
+        }
+    }

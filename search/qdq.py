@@ -60,9 +60,11 @@ OPSET, INT4_OPSET = 17, 21  # INT4 initializers need opset 21
 INT4_BITS = 4
 WEIGHT_CONTAINERS = ("int8", "int4")
 CLIP_SUFFIX = "_bits_Clip"  # the Clip of a sub-8-bit activation quantizer (kept by simplify)
-CONTAINER_WHY = ("sub-8-bit codes in int8 containers run on onnxruntime's int8 kernels (QLinearConv/QGemm); ONNX "
-                 "INT4 weights have no integer kernel in onnxruntime 1.31 and are dequantized to float on every "
-                 "call (benchmarks.int8_execution: docs/results/int8-execution)")
+CONTAINER_WHY = (
+    "sub-8-bit codes in int8 containers run on onnxruntime's int8 kernels (QLinearConv/QGemm); ONNX "
+    "INT4 weights have no integer kernel in onnxruntime 1.31 and are dequantized to float on every "
+    "call (benchmarks.int8_execution: docs/results/int8-execution)"
+)
 
 
 class QdqError(RuntimeError):
@@ -95,12 +97,17 @@ class QdqExport:
         return tuple(layer.name for layer in self.layers if layer.kind in ("int8_container", "int4", "fp16"))
 
     def summary(self) -> dict[str, object]:
-        return {"file": self.path.name, "opset": INT4_OPSET if self.weight_container == "int4" else OPSET,
-                "layers": self.kinds(), "simulated_layers": list(self.simulated),
-                "per_layer": {layer.name: layer.kind for layer in self.layers},
-                "weight_container": self.weight_container,
-                "weight_container_why": CONTAINER_WHY if self.weight_container == "int8" else
-                "INT4 weights as asked: stored at half the bytes, dequantized to float by onnxruntime"}
+        return {
+            "file": self.path.name,
+            "opset": INT4_OPSET if self.weight_container == "int4" else OPSET,
+            "layers": self.kinds(),
+            "simulated_layers": list(self.simulated),
+            "per_layer": {layer.name: layer.kind for layer in self.layers},
+            "weight_container": self.weight_container,
+            "weight_container_why": CONTAINER_WHY
+            if self.weight_container == "int8"
+            else "INT4 weights as asked: stored at half the bytes, dequantized to float by onnxruntime",
+        }
 
 
 def encoding_of(weight_bits: int, act_bits: int, weight_container: str = "int8") -> str:
@@ -142,17 +149,32 @@ def export_qdq(model: nn.Module, shape: tuple[int, ...], path: Path, *, weight_c
     net = copy.deepcopy(model).cpu().eval()
     host.require_real_weights(net)
     quantizers = _name_quantizers(net)
-    encodings = tuple(LayerEncoding(name, encoding_of(m.weight_quant.bits, m.act_quant.bits, weight_container),
-                                    m.weight_quant.bits, m.act_quant.bits)
-                      for name, m in net.named_modules() if isinstance(m, QUANT_LAYERS))
+    encodings = tuple(
+        LayerEncoding(
+            name,
+            encoding_of(m.weight_quant.bits, m.act_quant.bits, weight_container),
+            m.weight_quant.bits,
+            m.act_quant.bits,
+        )
+        for name, m in net.named_modules()
+        if isinstance(m, QUANT_LAYERS)
+    )
     with tempfile.TemporaryDirectory(prefix="qdq_") as tmp:
         marked = Path(tmp) / "marked.onnx"
         with warnings.catch_warnings(), torch.no_grad(), quantizer_mode(net, Mode.EXPORT):
             warnings.simplefilter("ignore")
-            torch.onnx.export(net, (torch.zeros((1, *shape)),), str(marked), input_names=["input"],
-                              output_names=["output"], opset_version=OPSET, do_constant_folding=False, dynamo=False,
-                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                              custom_opsets={MARK_DOMAIN: 1})
+            torch.onnx.export(
+                net,
+                (torch.zeros((1, *shape)),),
+                str(marked),
+                input_names=["input"],
+                output_names=["output"],
+                opset_version=OPSET,
+                do_constant_folding=False,
+                dynamo=False,
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                custom_opsets={MARK_DOMAIN: 1},
+            )
         proto = onnx.load(str(marked))
     _replace_markers(proto, quantizers, {e.name: e.kind for e in encodings})
     simplify(proto, keep=frozenset(n.name for n in proto.graph.node if n.name.endswith(CLIP_SUFFIX)))
@@ -238,8 +260,11 @@ def _weight_nodes(graph: onnx.GraphProto, node: onnx.NodeProto, layer: nn.Module
     zero_name = _const(graph, f"{base}_zero_point", np.zeros(scale.shape if per_channel else (), np.int8), dtype)
     codes_name = _const(graph, f"{base}_quantized", codes, dtype)
     attrs = {"axis": 0} if per_channel else {}
-    return [helper.make_node("DequantizeLinear", [codes_name, scale_name, zero_name], [out],
-                             name=f"{base}_DequantizeLinear", **attrs)]
+    return [
+        helper.make_node(
+            "DequantizeLinear", [codes_name, scale_name, zero_name], [out], name=f"{base}_DequantizeLinear", **attrs
+        )
+    ]
 
 
 def _bias_nodes(graph: onnx.GraphProto, node: onnx.NodeProto, layer: nn.Module) -> list[onnx.NodeProto]:
@@ -256,12 +281,20 @@ def _bias_nodes(graph: onnx.GraphProto, node: onnx.NodeProto, layer: nn.Module) 
     zero_name = _const(graph, f"{base}_zero_point", np.zeros(scale.shape if per_channel else (), np.int32))
     codes_name = _const(graph, f"{base}_quantized", codes)
     attrs = {"axis": 0} if per_channel else {}
-    return [helper.make_node("DequantizeLinear", [codes_name, scale_name, zero_name], [node.output[0]],
-                             name=f"{base}_DequantizeLinear", **attrs)]
+    return [
+        helper.make_node(
+            "DequantizeLinear",
+            [codes_name, scale_name, zero_name],
+            [node.output[0]],
+            name=f"{base}_DequantizeLinear",
+            **attrs,
+        )
+    ]
 
 
-def _act_nodes(graph: onnx.GraphProto, node: onnx.NodeProto, quantizer: ActQuantizer,
-               made: set[str]) -> list[onnx.NodeProto]:
+def _act_nodes(
+    graph: onnx.GraphProto, node: onnx.NodeProto, quantizer: ActQuantizer, made: set[str]
+) -> list[onnx.NodeProto]:
     """[the absorbed activation ->] [Clip to b bits ->] QuantizeLinear -> DequantizeLinear, or the fp16 Casts."""
     name = node.attribute[0].s.decode()
     source, out = node.input[0], node.output[0]
@@ -270,9 +303,11 @@ def _act_nodes(graph: onnx.GraphProto, node: onnx.NodeProto, quantizer: ActQuant
         nodes.append(_activation_node(graph, quantizer.activation, source, f"{name}.{quantizer.activation}", made))
         source = nodes[-1].output[0]
     if quantizer.bits == 16:
-        return [*nodes,
-                helper.make_node("Cast", [source], [f"{name}_fp16"], to=TensorProto.FLOAT16, name=f"{name}_c16"),
-                helper.make_node("Cast", [f"{name}_fp16"], [out], to=TensorProto.FLOAT, name=f"{name}_c32")]
+        return [
+            *nodes,
+            helper.make_node("Cast", [source], [f"{name}_fp16"], to=TensorProto.FLOAT16, name=f"{name}_c16"),
+            helper.make_node("Cast", [f"{name}_fp16"], [out], to=TensorProto.FLOAT, name=f"{name}_c32"),
+        ]
     owner = quantizer.source
     if not owner.is_calibrated:
         raise QdqError(f"quantizer {name}: not calibrated")
@@ -284,17 +319,20 @@ def _act_nodes(graph: onnx.GraphProto, node: onnx.NodeProto, quantizer: ActQuant
         made.add(base)
     if quantizer.bits < 8:  # an 8-bit container: clip in float so that codes stay inside 0..2^b-1
         low = _const(graph, f"{name}.clip_low", np.array((0 - zero_point) * scale, dtype=np.float32))
-        high = _const(graph, f"{name}.clip_high", np.array((2**quantizer.bits - 1 - zero_point) * scale,
-                                                           dtype=np.float32))
+        high = _const(
+            graph, f"{name}.clip_high", np.array((2**quantizer.bits - 1 - zero_point) * scale, dtype=np.float32)
+        )
         nodes.append(helper.make_node("Clip", [source, low, high], [f"{name}_clipped"], name=name + CLIP_SUFFIX))
         source = f"{name}_clipped"
     inputs = [f"{base}.scale", f"{base}.zero_point"]
-    return [*nodes, helper.make_node("QuantizeLinear", [source, *inputs], [f"{name}_quantized"], name=f"{name}_Q"),
-            helper.make_node("DequantizeLinear", [f"{name}_quantized", *inputs], [out], name=f"{name}_DQ")]
+    return [
+        *nodes,
+        helper.make_node("QuantizeLinear", [source, *inputs], [f"{name}_quantized"], name=f"{name}_Q"),
+        helper.make_node("DequantizeLinear", [f"{name}_quantized", *inputs], [out], name=f"{name}_DQ"),
+    ]
 
 
-def _activation_node(graph: onnx.GraphProto, activation: str, source: str, name: str,
-                     made: set[str]) -> onnx.NodeProto:
+def _activation_node(graph: onnx.GraphProto, activation: str, source: str, name: str, made: set[str]) -> onnx.NodeProto:
     if activation == "relu":
         return helper.make_node("Relu", [source], [f"{name}_out"], name=name)
     if "relu6.bounds" not in made:

@@ -40,13 +40,17 @@ class QParams:
 
     @property
     def low(self) -> float:
-        return min(float(np.float32(qmin(self.dtype) - z) * np.float32(s)) for s, z in zip(self.scale, self.zero_point,
-                                                                                         strict=True))
+        return min(
+            float(np.float32(qmin(self.dtype) - z) * np.float32(s))
+            for s, z in zip(self.scale, self.zero_point, strict=True)
+        )
 
     @property
     def high(self) -> float:
-        return max(float(np.float32(qmax(self.dtype) - z) * np.float32(s)) for s, z in zip(self.scale, self.zero_point,
-                                                                                          strict=True))
+        return max(
+            float(np.float32(qmax(self.dtype) - z) * np.float32(s))
+            for s, z in zip(self.scale, self.zero_point, strict=True)
+        )
 
 
 def qmin(dtype: int) -> int:
@@ -57,8 +61,15 @@ def qmax(dtype: int) -> int:
     return int(np.iinfo(helper.tensor_dtype_to_np_dtype(dtype)).max) if dtype in _INTS else 0
 
 
-_INTS = frozenset({onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.INT32, onnx.TensorProto.UINT16,
-                   onnx.TensorProto.INT16})
+_INTS = frozenset(
+    {
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.INT32,
+        onnx.TensorProto.UINT16,
+        onnx.TensorProto.INT16,
+    }
+)
 
 
 class Graph:
@@ -97,8 +108,12 @@ class Graph:
         if scale is None or zero is None:
             return None
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-        return QParams(tuple(scale.astype(np.float32).flatten().tolist()), tuple(zero.flatten().tolist()),
-                       helper.np_dtype_to_tensor_dtype(zero.dtype), axis if scale.size > 1 else 1)
+        return QParams(
+            tuple(scale.astype(np.float32).flatten().tolist()),
+            tuple(zero.flatten().tolist()),
+            helper.np_dtype_to_tensor_dtype(zero.dtype),
+            axis if scale.size > 1 else 1,
+        )
 
     def rename_uses(self, old: str, new: str) -> None:
         """Every reader of `old` reads `new` instead (graph outputs keep their name: they are skipped)."""
@@ -114,10 +129,8 @@ class Graph:
     def add_pair(self, source: str, like_q: onnx.NodeProto, like_dq: onnx.NodeProto, index: int) -> str:
         """Insert Q -> DQ with `like_q`'s parameters on `source` at node position `index`; returns the DQ output."""
         q_out, dq_out = self.fresh(source + "_q"), self.fresh(source + "_dq")
-        q = helper.make_node("QuantizeLinear", [source, *like_q.input[1:]], [q_out], name=q_out,
-                             **_attrs(like_q))
-        dq = helper.make_node("DequantizeLinear", [q_out, *like_dq.input[1:]], [dq_out], name=dq_out,
-                              **_attrs(like_dq))
+        q = helper.make_node("QuantizeLinear", [source, *like_q.input[1:]], [q_out], name=q_out, **_attrs(like_q))
+        dq = helper.make_node("DequantizeLinear", [q_out, *like_dq.input[1:]], [dq_out], name=dq_out, **_attrs(like_dq))
         self.graph.node.insert(index, dq)
         self.graph.node.insert(index, q)
         return dq_out
@@ -136,8 +149,14 @@ def simplify(model: onnx.ModelProto, keep: frozenset[str] = frozenset(), max_rou
     matches the int32 bias, so the convolution behind it falls back to float."""
     graph = Graph(model)
     for _ in range(max_rounds):
-        changed = any([_drop_activations(graph, keep), _drop_identity_requantize(graph), _copy_across_shape_ops(graph),
-                       _merge_duplicates(graph)])
+        changed = any(
+            [
+                _drop_activations(graph, keep),
+                _drop_identity_requantize(graph),
+                _copy_across_shape_ops(graph),
+                _merge_duplicates(graph),
+            ]
+        )
         _remove_dead(graph)
         if not changed:
             break
@@ -168,8 +187,13 @@ def _drop_activations(graph: Graph, keep: frozenset[str]) -> bool:
             continue
         before = graph.producer(node.input[0])
         readers = graph.consumers(node.output[0])
-        if before is not None and before.op_type == "DequantizeLinear" and (p := graph.params(before)) and \
-                _inside(p, bounds) and not graph.is_output(node.output[0]):
+        if (
+            before is not None
+            and before.op_type == "DequantizeLinear"
+            and (p := graph.params(before))
+            and _inside(p, bounds)
+            and not graph.is_output(node.output[0])
+        ):
             graph.rename_uses(node.output[0], node.input[0])
             changed = True
             continue
@@ -216,8 +240,13 @@ def _copy_across_shape_ops(graph: Graph) -> bool:
                 changed = True
             continue
         quantizers = [r for r in readers if r.op_type == "QuantizeLinear"]
-        if readers and len(quantizers) == len(readers) and len({graph.params(q) for q in quantizers}) == 1 \
-                and graph.params(quantizers[0]) is not None and not graph.is_output(node.output[0]):
+        if (
+            readers
+            and len(quantizers) == len(readers)
+            and len({graph.params(q) for q in quantizers}) == 1
+            and graph.params(quantizers[0]) is not None
+            and not graph.is_output(node.output[0])
+        ):
             dq = next((r for r in graph.consumers(quantizers[0].output[0]) if r.op_type == "DequantizeLinear"), None)
             if dq is not None:
                 position = list(graph.graph.node).index(node)

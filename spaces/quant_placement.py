@@ -77,13 +77,17 @@ class _Tracer(torch.fx.Tracer):
         self.scheme = scheme
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (isinstance(m, (*QUANT_LAYERS, ActQuantizer, WeightQuantizer)) or self.scheme.is_block(m)
-                or super().is_leaf_module(m, module_qualified_name))
+        return (
+            isinstance(m, (*QUANT_LAYERS, ActQuantizer, WeightQuantizer))
+            or self.scheme.is_block(m)
+            or super().is_leaf_module(m, module_qualified_name)
+        )
 
 
 def integer_layer(module: nn.Module) -> bool:
-    return isinstance(module, QUANT_LAYERS) and module.weight_quant.bits in INT_BITS and \
-        module.act_quant.bits in INT_BITS
+    return (
+        isinstance(module, QUANT_LAYERS) and module.weight_quant.bits in INT_BITS and module.act_quant.bits in INT_BITS
+    )
 
 
 def place_quantizers(model: nn.Module, scheme: QuantScheme) -> Placement:
@@ -117,8 +121,9 @@ class _Placer:
                 grids[node] = self._visit(node, module, prefix, grids)
         return None
 
-    def _visit(self, node: torch.fx.Node, module: nn.Module, prefix: str,
-               grids: dict[torch.fx.Node, Grid | None]) -> Grid | None:
+    def _visit(
+        self, node: torch.fx.Node, module: nn.Module, prefix: str, grids: dict[torch.fx.Node, Grid | None]
+    ) -> Grid | None:
         first = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
         grid = grids.get(first) if first is not None else None
         if node.op == "call_module":
@@ -135,17 +140,26 @@ class _Placer:
         if node.op == "call_function":
             if node.target in _SHAPE_FUNCTIONS:
                 return grid
-            return _through_activation(grid, _RELU_FUNCTIONS.get(node.target)) if node.target in _RELU_FUNCTIONS \
-                else None
+            return (
+                _through_activation(grid, _RELU_FUNCTIONS.get(node.target)) if node.target in _RELU_FUNCTIONS else None
+            )
         if node.op == "call_method":
             if node.target in _SHAPE_METHODS:
                 return grid
-            return _through_activation(grid, _RELU_METHODS.get(node.target)) if node.target in _RELU_METHODS \
-                else None
+            return _through_activation(grid, _RELU_METHODS.get(node.target)) if node.target in _RELU_METHODS else None
         return None
 
-    def _layer(self, node: torch.fx.Node, module: nn.Module, layer: nn.Module, path: str,
-               first: torch.fx.Node | None, grids: dict[torch.fx.Node, Grid | None], *, top: bool) -> Grid | None:
+    def _layer(
+        self,
+        node: torch.fx.Node,
+        module: nn.Module,
+        layer: nn.Module,
+        path: str,
+        first: torch.fx.Node | None,
+        grids: dict[torch.fx.Node, Grid | None],
+        *,
+        top: bool,
+    ) -> Grid | None:
         aq = layer.act_quant
         grid = grids.get(first) if first is not None else None
         if grid is not None and grid.owner.bits == aq.bits and aq.bits in INT_BITS:
@@ -154,8 +168,9 @@ class _Placer:
         elif first is not None and aq.bits in INT_BITS:
             grids[first] = Grid(aq)  # one scale per tensor: a later reader of this tensor ties to this one
             self.names[id(aq)] = f"{path}.act_quant"
-        if not (isinstance(layer, self.scheme.output_layers) and integer_layer(layer)) or \
-                (top and _is_network_output(node)):
+        if not (isinstance(layer, self.scheme.output_layers) and integer_layer(layer)) or (
+            top and _is_network_output(node)
+        ):
             return None
         activation = _absorbable(node, module, self.scheme)
         out = self._add_output(layer, path, activation)
@@ -203,8 +218,12 @@ def _is_network_output(node: torch.fx.Node) -> bool:
         user = next(iter(current.users))
         if user.op == "output":
             return True
-        if not (user.op == "call_function" and user.target in _SHAPE_FUNCTIONS
-                or user.op == "call_method" and user.target in _SHAPE_METHODS):
+        if not (
+            user.op == "call_function"
+            and user.target in _SHAPE_FUNCTIONS
+            or user.op == "call_method"
+            and user.target in _SHAPE_METHODS
+        ):
             return False
         current = user
     return False
@@ -233,4 +252,3 @@ def _absorbable(node: torch.fx.Node, module: nn.Module, scheme: QuantScheme) -> 
             return _RELU_FUNCTIONS[user.target]
         return ""
     return ""
-

@@ -89,39 +89,44 @@ SCHEMES: dict[str, QuantScheme] = {}
 
 
 def register_scheme(scheme: QuantScheme) -> QuantScheme:
+    """Add a scheme under its name (once); `quantize_model(..., scheme=name)` and bundles then find it."""
     register_once(SCHEMES, scheme.name, scheme, "quantization scheme")
     return scheme
 
 
 def get_scheme(name: str) -> QuantScheme:
-    try:
-        return SCHEMES[name]
-    except KeyError:
-        raise KeyError(f"unknown quantization scheme {name!r}; known: {', '.join(sorted(SCHEMES))}") from None
-
-
-def list_schemes() -> list[str]:
-    return sorted(SCHEMES)
+    """The registered scheme `name`; the KeyError lists the known ones (a bundle may name one this install lacks)."""
+    if name not in SCHEMES:
+        raise KeyError(f"unknown quantization scheme {name!r}; known: {', '.join(sorted(SCHEMES))}")
+    return SCHEMES[name]
 
 
 _RESIDUAL = "torchvision adds the shortcut, then applies ReLU: QLinearAdd needs the sum quantized"
 TORCHVISION_BLOCKS = (
     BlockRule(block=tv_resnet.BasicBlock, non_negative=True, why=_RESIDUAL),
     BlockRule(block=tv_resnet.Bottleneck, non_negative=True, why=_RESIDUAL),
-    BlockRule(block=tv_mobilenet.InvertedResidual, applies=lambda block: bool(block.use_res_connect),
-              why="x + conv(x) when stride 1 and equal channels (a linear bottleneck: the sum may be negative)"),
-    BlockRule(block=tv_squeezenet.Fire, non_negative=True,
-              why="Concat of the two expand branches, each after its ReLU: QLinearConcat"),
+    BlockRule(
+        block=tv_mobilenet.InvertedResidual,
+        applies=lambda block: bool(block.use_res_connect),
+        why="x + conv(x) when stride 1 and equal channels (a linear bottleneck: the sum may be negative)",
+    ),
+    BlockRule(
+        block=tv_squeezenet.Fire,
+        non_negative=True,
+        why="Concat of the two expand branches, each after its ReLU: QLinearConcat",
+    ),
 )
 GRID_PRESERVING = (nn.MaxPool2d, nn.Identity, nn.Flatten, nn.Dropout)
 
-register_scheme(QuantScheme(
-    name="onnxruntime",
-    description="onnxruntime's QDQ placement (its own quantizer's): per-tensor asymmetric uint8 activations with "
-                "a zero point, requantized at every Conv output and at residual Adds and Concats; per-channel or "
-                "per-tensor symmetric int8 weights; int32 biases at scale s_input * s_weight",
-    output_layers=(nn.Conv2d, nn.Linear),
-    blocks=TORCHVISION_BLOCKS,
-    grid_preserving=GRID_PRESERVING,
-    absorbed={nn.ReLU: "relu", nn.ReLU6: "relu6"},
-))
+register_scheme(
+    QuantScheme(
+        name="onnxruntime",
+        description="onnxruntime's QDQ placement (its own quantizer's): per-tensor asymmetric uint8 activations with "
+        "a zero point, requantized at every Conv output and at residual Adds and Concats; per-channel or "
+        "per-tensor symmetric int8 weights; int32 biases at scale s_input * s_weight",
+        output_layers=(nn.Conv2d, nn.Linear),
+        blocks=TORCHVISION_BLOCKS,
+        grid_preserving=GRID_PRESERVING,
+        absorbed={nn.ReLU: "relu", nn.ReLU6: "relu6"},
+    )
+)

@@ -33,7 +33,7 @@ def _predictions(images: int, differ: int, correct_file: int, correct_searched: 
     right = np.flatnonzero(searched == labels)
     fixed = wrong[:gain] if gain > 0 else right[:-gain] if gain < 0 else wrong[:0]
     predicted[fixed] = labels[fixed] if gain > 0 else (labels[fixed] + 1) % 3
-    neutral = wrong[max(gain, 0): max(gain, 0) + differ - len(fixed)]
+    neutral = wrong[max(gain, 0) : max(gain, 0) + differ - len(fixed)]
     predicted[neutral] = (labels[neutral] + 2) % 3
     return labels, searched, predicted
 
@@ -64,8 +64,7 @@ def test_an_accuracy_the_differences_cannot_explain_fails() -> None:
 
 
 @pytest.mark.slow
-def test_a_user_imagefolder_study_with_300_test_images_exports_and_verifies(cifar_root: Path,
-                                                                            tmp_path: Path) -> None:
+def test_a_user_imagefolder_study_with_300_test_images_exports_and_verifies(cifar_root: Path, tmp_path: Path) -> None:
     """The issue's user: 3 CIFAR-10 classes as an ImageFolder (100 test images each), their own network, a tiny
     PTQ/QAT search, the knee exported and verified from the command line."""
     import search
@@ -81,12 +80,24 @@ def test_a_user_imagefolder_study_with_300_test_images_exports_and_verifies(cifa
     root = write_cifar_imagefolder(tmp_path / "images", cifar_root, per_class=100, test_per_class=100)
     model = train_quickly(TinyNet(width=8), root, 32, steps=40)
     tiny = Budget(finetune_steps=8, calib_images=64, bn_images=32, score_images=16, max_candidates=1)
-    fidelity = FidelityConfig(f1=LevelConfig(val_images=60, budget=tiny), f2=LevelConfig(val_images=60, budget=tiny),
-                              f3=LevelConfig(val_images=0, budget=tiny))
+    fidelity = FidelityConfig(
+        f1=LevelConfig(val_images=60, budget=tiny),
+        f2=LevelConfig(val_images=60, budget=tiny),
+        f3=LevelConfig(val_images=0, budget=tiny),
+    )
     space = SpaceConfig(prune_kinds=("none",), quant_kinds=("ptq", "qat"), bit_choices=(4, 6, 8))
-    result = search.compress(teacher=model, data=root, resolution=32, targets=["rpi4"], trials=3, fidelity=fidelity,
-                             space=space, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
-                             progress=False)
+    result = search.compress(
+        teacher=model,
+        data=root,
+        resolution=32,
+        targets=["rpi4"],
+        trials=3,
+        fidelity=fidelity,
+        space=space,
+        out=str(tmp_path / "run"),
+        cache_dir=str(tmp_path / "cache"),
+        progress=False,
+    )
     bundle = result.export(tmp_path / "bundle")
     metrics = json.loads((bundle / "metrics.json").read_text())
     acc = metrics["accuracy"]

@@ -33,8 +33,15 @@ from spaces.recipe import QuantKind
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-NETWORKS = {"resnet18": (3, 32), "resnet50": (3, 32), "mobilenet_v2": (3, 32), "squeezenet1_0": (3, 32),
-            "squeezenet1_1": (3, 32), "mlp": (1, 28), "small_cnn": (1, 28)}
+NETWORKS = {
+    "resnet18": (3, 32),
+    "resnet50": (3, 32),
+    "mobilenet_v2": (3, 32),
+    "squeezenet1_0": (3, 32),
+    "squeezenet1_1": (3, 32),
+    "mlp": (1, 28),
+    "small_cnn": (1, 28),
+}
 # Cycled over a network's groups: int8, sub-8-bit weights, sub-8-bit activations, fp16, fp32, 2-bit weights.
 MIXED = ((8, 8), (4, 8), (6, 4), (16, 16), (32, 32), (2, 8))
 
@@ -114,8 +121,11 @@ def test_a_consumer_reads_its_producers_codes(tmp_path: Path) -> None:
     assert qmodel.get_submodule("layer1.0.conv1").out_quant.activation == "relu"
     assert float(qmodel.get_submodule("layer1.0.conv1").out_quant.zero_point) == 0.0
     assert qmodel.get_submodule("layer2.0.downsample.0").act_quant.owner is qmodel.get_submodule("layer1.1").out_quant
-    own = [n for n, m in qmodel.named_modules() if isinstance(m, ActQuantizer) and m.owner is None
-           and n.endswith("act_quant")]
+    own = [
+        n
+        for n, m in qmodel.named_modules()
+        if isinstance(m, ActQuantizer) and m.owner is None and n.endswith("act_quant")
+    ]
     assert own == ["conv1.act_quant", "fc.0.act_quant"]  # the network's input, and the global average pool's output
     assert qmodel.get_submodule("fc.2").act_quant.owner is qmodel.get_submodule("fc.0").out_quant
     assert "out_quant" not in qmodel.get_submodule("fc.2")._modules  # the logits stay float (QGemm writes float)
@@ -136,9 +146,12 @@ def test_a_float_layer_between_int8_layers_pays_its_conversions() -> None:
     model = create_model("small_cnn", num_classes=10, in_channels=1).eval()
     layers = list(bit_widths(model))
     mixed = {name: 8 for name in layers} | {layers[1]: 32}
-    latency = {name: hardware_models.estimate(model, (1, 224, 224), "rpi4", precision=spec, runtime="onnxruntime",
-                                              per_layer=True)
-               for name, spec in (("int8", "int8"), ("fp32", "fp32"), ("mixed", mixed))}
+    latency = {
+        name: hardware_models.estimate(
+            model, (1, 224, 224), "rpi4", precision=spec, runtime="onnxruntime", per_layer=True
+        )
+        for name, spec in (("int8", "int8"), ("fp32", "fp32"), ("mixed", mixed))
+    }
     assert latency["int8"]["latency_ms"] < latency["fp32"]["latency_ms"] < latency["mixed"]["latency_ms"]
     rows = [row["name"] for row in latency["mixed"]["per_layer"]]
     assert f"{layers[1]}:convert" in rows and f"{layers[2]}:convert" in rows  # DQ in front, Q behind
