@@ -253,6 +253,8 @@ class ActQuantizer(nn.Module):
 
     ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "relu": torch.relu, "relu6": lambda x: torch.clamp(x, 0.0, 6.0)}
+    activation = ""  # class defaults: a quantizer pickled before these attributes existed reads them here
+    owner: ActQuantizer | None = None
 
     def __init__(self, bits: int, activation: str = "") -> None:
         super().__init__()
