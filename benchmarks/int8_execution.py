@@ -74,6 +74,7 @@ STUDIES = {
 STUDY_SIZE = {Dataset.CIFAR10: 32, Dataset.MNIST: 28}
 FIXED_SIZE = ("mlp",)
 MIXED_BITS = (4, 6, 8)
+NOTES = "## Notes"  # a section below the generated table, written by hand, kept when the table is regenerated
 LEVELS = {"extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
 
 
@@ -301,8 +302,10 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     text = report(rows, args)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    kept = out.read_text().partition(NOTES)[2] if out.exists() and NOTES in out.read_text() else ""
+    out.write_text(text + (f"\n{NOTES}{kept}" if kept else ""))
     print(text)
     return 0
 

@@ -46,13 +46,13 @@ from torch import nn
 
 from hardware_models import host
 from search.qdq_graph import simplify
-from spaces.fake_quant import BIAS_BOUND
-from spaces.fake_quant import MARK_DOMAIN
 from spaces.fake_quant import QUANT_LAYERS
 from spaces.fake_quant import ActQuantizer
 from spaces.fake_quant import Mode
 from spaces.fake_quant import WeightQuantizer
 from spaces.fake_quant import quantizer_mode
+from spaces.quant_marks import BIAS_BOUND
+from spaces.quant_marks import MARK_DOMAIN
 from spaces.quant_placement import quantize_block_output
 from spaces.recipe import INT_BITS
 

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spaces.quant_marks import BIAS_BOUND
+from spaces.quant_marks import export_mark
 from spaces.recipe import INT_BITS
 from spaces.recipe import VALID_BITS
 from spaces.recipe import Calibration
@@ -52,31 +54,6 @@ class Mode(StrEnum):
     EXPORT = "export"  # quantize, and mark the quantizer in an ONNX export (search.qdq)
 
 
-MARK_DOMAIN = "ecs"  # the custom ONNX domain of the export markers
-BIAS_BOUND = 2**31 - 256  # int32 bias codes saturate here (the largest float32 below 2^31, so both sides agree)
-
-
-class ExportMark(torch.autograd.Function):
-    """One quantizer in an ONNX export: `ecs::<kind>(x)` named `name`.
-
-    The trace needs shapes only, and the quantizer's own buffers cannot be read inside a traced Function, so the
-    forward passes `x` through; `search.qdq` writes the quantizer's arithmetic in place of the marker."""
-
-    @staticmethod
-    def forward(ctx: object, x: torch.Tensor, kind: str, name: str) -> torch.Tensor:  # noqa: ARG004
-        return x.clone()
-
-    @staticmethod
-    def symbolic(g: object, x: object, kind: str, name: str) -> object:
-        out = g.op(f"{MARK_DOMAIN}::{kind}", x, name_s=name)  # type: ignore[attr-defined]
-        out.setType(x.type())  # type: ignore[attr-defined]
-        return out
-
-
-def export_mark(x: torch.Tensor, kind: str, name: str) -> torch.Tensor:
-    if not name:
-        raise RuntimeError(f"an {kind} quantizer has no export name: search.qdq names them before exporting")
-    return ExportMark.apply(x, kind, name)
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
