@@ -158,3 +158,26 @@ def test_a_float_layer_between_int8_layers_pays_its_conversions() -> None:
     layers_only = latency["mixed"]["latency_ms"] - sum(converted.values())
     assert latency["int8"]["latency_ms"] < layers_only < latency["fp32"]["latency_ms"]
     assert not any(row["name"].endswith(":convert") for row in latency["int8"]["per_layer"])
+
+
+def test_the_bundle_names_a_layer_priced_as_int8_that_runs_in_float(tmp_path: Path) -> None:
+    """metrics.json's `onnxruntime_executes` compares the priced precision with onnxruntime's graph of the file."""
+    from search.bundle_executed import executed_section
+
+    qmodel, shape, _ = _quantized("small_cnn", _mixed("small_cnn"))
+    exported = export_qdq(qmodel, shape, tmp_path / "model_int8.onnx")
+    bits = bit_widths(qmodel)
+    priced = layer_precisions(deployment("rpi4", bits, runtime="onnxruntime"))["runs_as_layers"]
+    section = executed_section(exported.path, {"rpi4": {"runtime": "onnxruntime", "runs_as_layers": priced}}, exported)[
+        "onnxruntime_executes"
+    ]
+    assert section["priced_as_executed"] == {"rpi4": True} and section["layers"] == priced
+    float_layer = next(name for name, p in priced.items() if p == "fp32")
+    wrong = {**priced, float_layer: "int8"}  # a front member priced as int8 where onnxruntime runs float
+    section = executed_section(
+        exported.path,
+        {"rpi4": {"runtime": "onnxruntime", "runs_as_layers": wrong}, "zcu104": {"runs_as_layers": wrong}},
+        exported,
+    )["onnxruntime_executes"]
+    assert section["priced_as_executed"] == {"rpi4": False}  # the DPU's runtime is not onnxruntime: not compared
+    assert section["mismatched_layers"] == {"rpi4": [float_layer]}
