@@ -6,8 +6,9 @@ Conventions (the numbers a deployment toolchain would use, simulated with ordina
 - Input activations: per tensor, asymmetric affine (unsigned codes 0..2^b-1 with a zero point, like
   PyTorch's quint8). The range always contains 0; on non-negative inputs (after ReLU) the zero point is 0,
   so this *is* the unsigned scheme there and no code is wasted on negatives that never occur.
-- Biases of integer layers are rounded to int32 at scale s_w * s_a, as the integer kernels store them
-  (onnxruntime's QLinearConv/QGemm add them to the int32 accumulator).
+- Biases of integer layers are rounded to int32 at scale s_w * s_a, and a layer whose input and weights are both
+  integer codes convolves the codes themselves (exact sums) and scales once, as onnxruntime's QLinearConv/QGemm
+  do: the fake-quantized model then computes the integer kernels' outputs, not a float approximation of them.
 - 16 bits means fp16 rounding (`.half().float()`), 32 bits means no quantization.
 - Rounding uses the straight-through estimator `x + (round(x) - x).detach()`: gradients pass the rounding
   unchanged and stop where the clamp saturates, and the expression exports to ONNX as Round/Sub/Add.
@@ -338,17 +339,37 @@ class ActQuantizer(nn.Module):
 
 # --- quantized layers --------------------------------------------------------------------------------------
 
-def integer_bias(layer: nn.Module) -> torch.Tensor | None:
-    """The bias an integer kernel adds: int32 codes at scale s_act * s_weight (fp32 where the layer is not integer).
+def _integer(layer: nn.Module) -> bool:
+    aq, wq = layer.act_quant, layer.weight_quant
+    return aq.bits in INT_BITS and wq.bits in INT_BITS
 
-    Rounded like the weights (straight-through), so QAT trains the bias the kernel will add."""
-    bias, wq, aq = layer.bias, layer.weight_quant, layer.act_quant
-    if bias is None or wq.mode not in (Mode.QUANTIZE, Mode.EXPORT) or wq.bits not in INT_BITS or \
-            aq.bits not in INT_BITS or aq.mode not in (Mode.QUANTIZE, Mode.EXPORT):
+
+def integer_bias(layer: nn.Module) -> torch.Tensor | None:
+    """The bias an integer kernel adds: int32 codes at scale s_act * s_weight (fp32 where the layer is not integer)."""
+    bias, wq = layer.bias, layer.weight_quant
+    if bias is None or not _integer(layer) or layer.act_quant.mode != Mode.EXPORT:
         return bias
-    if wq.mode == Mode.EXPORT:
-        return export_mark(bias, "Bias", getattr(wq, "export_name", ""))
-    return fake_quant(bias, (aq.source.scale * wq.scale.flatten()).clamp_min(1e-30), 0.0, -BIAS_BOUND, BIAS_BOUND)
+    return export_mark(bias, "Bias", getattr(wq, "export_name", ""))
+
+
+def _forward(layer: nn.Module, x: torch.Tensor, op: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """The layer's arithmetic as an integer kernel computes it, where input and weights are integer codes.
+
+    onnxruntime's QLinearConv/QGemm sum int32 products exactly, add the int32 bias, and scale once. Summing the
+    dequantized floats instead rounds after each addition, in an order the float library picks, and moves about
+    one output in a thousand across a rounding boundary of the next quantizer. So the codes themselves are
+    convolved (exact in fp32 while partial sums stay below 2^24, which products of 8-bit codes do but for
+    pathological layers) and the result is scaled by s_act * s_weight. Rounding is straight-through, so QAT
+    trains through it as through the float form."""
+    aq, wq = layer.act_quant, layer.weight_quant
+    xq, w = aq(x), wq(layer.weight)
+    if not (_integer(layer) and aq.mode == wq.mode == Mode.QUANTIZE):
+        return op(xq, w, integer_bias(layer))
+    step = aq.source.scale * wq.scale.flatten()
+    bias = None if layer.bias is None else \
+        torch.clamp(round_ste(layer.bias / step.clamp_min(1e-30)), -BIAS_BOUND, BIAS_BOUND)
+    y = op(round_ste(xq / aq.source.scale), round_ste(w / wq.scale), bias)
+    return y * step.view(1, -1, *[1] * (y.dim() - 2))
 
 
 def _output(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
@@ -364,8 +385,7 @@ class QuantConv2d(nn.Conv2d):
     act_quant: ActQuantizer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._conv_forward(self.act_quant(x), self.weight_quant(self.weight), integer_bias(self))
-        return _output(self, y)
+        return _output(self, _forward(self, x, self._conv_forward))
 
 
 class QuantLinear(nn.Linear):
@@ -375,7 +395,7 @@ class QuantLinear(nn.Linear):
     act_quant: ActQuantizer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _output(self, F.linear(self.act_quant(x), self.weight_quant(self.weight), integer_bias(self)))
+        return _output(self, _forward(self, x, F.linear))
 
 
 QUANT_CLASSES: dict[type[nn.Module], type[nn.Module]] = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}

@@ -6,9 +6,9 @@ holds one scale per tensor: two layers reading one tensor read the same codes. `
 that on the PyTorch model, from a torch.fx trace of each module (blocks are traced on their own, so an Add
 inside a torchvision block, which is no module, is found as the block's output):
 
-- every quantized layer of the scheme's `output_layers` gets an `out_quant` (8 bits), except the one whose
-  output is the network's (the logits stay float); a ReLU/ReLU6 that alone consumes it (through a folded
-  BatchNorm's Identity) is absorbed into it;
+- every quantized layer of the scheme's `output_layers` gets an `out_quant` (8 bits), except one of its
+  `float_outputs` types whose output is the network's (the logits stay float); a ReLU/ReLU6 that alone
+  consumes it (through a folded BatchNorm's Identity) is absorbed into it;
 - every block a `BlockRule` matches gets an `out_quant` on its output (a forward hook: the Add is not a module);
 - a layer whose input is already on a grid of the same width (a producer's `out_quant`, through max-pool,
   flatten, identity or a ReLU that cannot change it) has its `act_quant` tied to that grid.
@@ -169,7 +169,7 @@ class _Placer:
             grids[first] = Grid(aq)  # one scale per tensor: a later reader of this tensor ties to this one
             self.names[id(aq)] = f"{path}.act_quant"
         if not (isinstance(layer, self.scheme.output_layers) and integer_layer(layer)) or (
-            top and _is_network_output(node)
+            top and isinstance(layer, self.scheme.float_outputs) and _is_network_output(node)
         ):
             return None
         activation = _absorbable(node, module, self.scheme)

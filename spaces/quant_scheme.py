@@ -11,8 +11,10 @@ A `QuantScheme` is that placement, as data, plus the arithmetic of the activatio
 
 - `output_layers`: layer types whose output gets its own quantizer (a requantization at every conv output);
   an activation that alone consumes it (ReLU, ReLU6) is folded into the quantizer's range, as onnxruntime's
-  quantizer and Vitis AI both do. The network's own output (the logits) stays float: onnxruntime's QGemm
-  writes float when nothing quantizes its output;
+  quantizer and Vitis AI both do;
+- `float_outputs`: of those, the types whose integer kernel can also write float (onnxruntime's QGemm): where
+  one produces the network's output (the logits), it stays float; a Conv there is still requantized, since
+  QLinearConv cannot write float;
 - `blocks`: residual/concat blocks whose output (the Add or Concat, after its activation) gets one;
 - `grid_preserving`: modules through which a quantized tensor stays on its grid (max-pool, flatten,
   dropout, identity): a consumer behind them reads the producer's codes, so its input quantizer is *tied* to
@@ -66,6 +68,7 @@ class QuantScheme:
     name: str
     description: str
     output_layers: tuple[type[nn.Module], ...]
+    float_outputs: tuple[type[nn.Module], ...]
     blocks: tuple[BlockRule, ...]
     grid_preserving: tuple[type[nn.Module], ...]
     absorbed: dict[type[nn.Module], str] = field(default_factory=dict)  # activation module -> quantizer activation
@@ -125,6 +128,7 @@ register_scheme(
         "a zero point, requantized at every Conv output and at residual Adds and Concats; per-channel or "
         "per-tensor symmetric int8 weights; int32 biases at scale s_input * s_weight",
         output_layers=(nn.Conv2d, nn.Linear),
+        float_outputs=(nn.Linear,),
         blocks=TORCHVISION_BLOCKS,
         grid_preserving=GRID_PRESERVING,
         absorbed={nn.ReLU: "relu", nn.ReLU6: "relu6"},
