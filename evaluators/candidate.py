@@ -39,6 +39,8 @@ from evaluators.data.batches import Batcher
 from evaluators.data.files import atomic_save
 from evaluators.data.files import atomic_write_bytes
 from evaluators.data.splits import Splits
+from evaluators.metric_names import PerTarget
+from evaluators.metric_names import per_target
 from evaluators.metrics import accuracy
 from evaluators.metrics import collapse_reason
 from hardware_models import estimate
@@ -47,6 +49,7 @@ from hardware_models import get_target
 from hardware_models import list_targets
 from hardware_models import resolve_profile
 from hardware_models.capability import Deployment
+from hardware_models.capability import Precision
 from hardware_models.profiles import builtin_profile_path
 from hardware_models.targets import TARGETS
 from hardware_models.targets import deployment
@@ -180,8 +183,9 @@ def _file_digest(path: str, mtime_ns: int) -> str:
 
 
 # Bumped when the way a recipe is costed changes, so that cached results made under the old rules are not reused:
-# 2 = costed at the precision each target executes, with deployable_/runs_as_ per target.
-COST_RULES = 2
+# 2 = costed at the precision each target executes, with deployable_/runs_as_ per target; 3 = the fake-quantized
+# model requantizes where onnxruntime does (spaces.quant.scheme), int8_share_ per target, Q/DQ conversions costed.
+COST_RULES = 3
 
 
 def level_fingerprint(level: LevelConfig, hardware: HardwareConfig, resolution: int | None = None) -> str:
@@ -308,7 +312,7 @@ def estimate_targets(model: nn.Module, recipe: Recipe, shape: tuple[int, int, in
     out: dict[str, dict[str, Any]] = {}
     for name, target in zip(hardware.names, hardware.targets, strict=True):
         plan = plans[target]
-        common = {"runs_as": plan.runs_as, "deployment_notes": list(plan.notes)}
+        common = {"runs_as": plan.runs_as, "deployment_notes": list(plan.notes), **layer_precisions(plan)}
         if not plan.deployable:
             out[name] = {"target": name, "deployable": False, "reason": plan.reason, "latency_ms": None,
                          "energy_mj": None, **common}
@@ -321,9 +325,22 @@ def estimate_targets(model: nn.Module, recipe: Recipe, shape: tuple[int, int, in
     return out
 
 
+def layer_precisions(plan: Deployment) -> dict[str, Any]:
+    """`runs_as_layers` (what each Conv/Linear executes at on the target) and `int8_share` (the share of them that
+    run as int8: 1.0 where every layer does; None for a network without such layers or a target that refuses it).
+
+    For onnxruntime targets this is the precision onnxruntime's own optimized graph of the exported bundle gives
+    each layer: tests/search/test_int8_execution.py proves the rule equal to it over the space's networks and widths."""
+    layers = {name: Precision.INT8.value if bits <= 8 else Precision.FP32.value if bits == 32 else
+              Precision.FP16.value for name, bits in plan.precision_map().items()}
+    share = sum(p == Precision.INT8.value for p in layers.values()) / len(layers) if layers else None
+    return {"runs_as_layers": layers, "int8_share": None if share is None else round(share, 4)}
+
+
 def hardware_metrics(model: nn.Module, recipe: Recipe, shape: tuple[int, int, int],
                      hardware: HardwareConfig) -> dict[str, Any]:
-    """latency_<target> (ms), energy_<target> (mJ), deployable_<target> and runs_as_<target> per target, with the
+    """latency_<target> (ms), energy_<target> (mJ), deployable_<target>, runs_as_<target> and int8_share_<target> (the
+    share of Conv/Linear layers the target runs as int8) per target, with the
     upper ends of the 90% prediction intervals (`_high`, for constraints written `... @ p90`; energy scales
     with latency at the board's modelled power). A target that cannot run the recipe gets NaN latency and
     energy: the search rejects such a recipe at F0 (`search.analysis.objectives.cost_gate`), so no front member claims
@@ -339,6 +356,8 @@ def hardware_metrics(model: nn.Module, recipe: Recipe, shape: tuple[int, int, in
             out[f"energy_{target}_high"] = float(result["energy_mj"]) * result["latency_ms_high"] / result["latency_ms"]
         out[f"deployable_{target}"] = deployable
         out[f"runs_as_{target}"] = result.get("runs_as", "") if deployable else ""
+        share = result.get("int8_share")
+        out[per_target(PerTarget.INT8_SHARE, target)] = float(share) if deployable and share is not None else math.nan
         if not deployable:
             out[f"not_deployable_{target}"] = result.get("reason") or f"{target} cannot run this recipe"
     return out

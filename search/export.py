@@ -40,6 +40,7 @@ from search.config import trust_study
 from search.delivery import export_selected
 from search.delivery import load_model
 from spaces.models.code_trust import grant
+from spaces.models.user_models import add_code_path
 
 EXIT_USAGE, EXIT_FAILED = 2, 1
 
@@ -60,8 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--verify", default=None, metavar="DIR",
                    help="re-check a bundle: checksums, then each ONNX file's accuracy on the test split")
     p.add_argument("--code", default=None, metavar="DIR",
-                   help="folder holding your own package, when the run's config.json names your "
-                        "'package.module:factory' (a name read from a run folder is imported only then)")
+                   help="folder holding your own package, when the run's config.json (or, with --verify, the bundle's "
+                        "model.pt) names your 'package.module:factory' (a name read from a file is imported only then)")
     p.add_argument("--data-root", default=None, help="dataset folder (default: as search.run finds it)")
     p.add_argument("--cache-dir", default=None, help="teacher cache (default: as search.run)")
     p.add_argument("--test-images", type=int, default=None,
@@ -145,6 +146,10 @@ def export(args: argparse.Namespace) -> int:
 
 
 def verify(args: argparse.Namespace) -> int:
+    """Integrity, then each file's accuracy and the deployed file's agreement with model.pt's network, which is
+    rebuilt: a bundle whose network is the user's own `package.module:factory` needs `--code DIR` for that."""
+    grant(folders=(args.code,) if args.code else ())
+    add_code_path(args.code)
     folder = Path(args.verify)
     metrics_path = folder / "metrics.json"
     if not folder.is_dir() or not (folder / "manifest.json").is_file():
@@ -163,7 +168,7 @@ def verify(args: argparse.Namespace) -> int:
         return _report(folder, verify_cascade(folder, splits), "the cascade runner reproduces its accuracy and "
                        "escalation rate within 0.5 points of metrics.json and of the searched cascade")
     return _report(folder, verify_bundle(folder, splits, batcher), "every ONNX file reproduces its test accuracy and "
-                   "the deployed one is within 0.5 points of the searched model")
+                   "the deployed one agrees with the searched model on at least 99% of the test predictions")
 
 
 def _report(folder: Path, problems: list[str], what: str) -> int:

@@ -7,8 +7,9 @@ checkpoints are the same format). The network is rebuilt from its architecture n
 reshaped to the channel counts the state dict holds (what pruning left), with the stem it was trained with (`stem`,
 recorded because the bundle's input size need not be the training size the registry's rule picked it for; files
 without it predate small stems and have torchvision's), with BatchNorms that were folded and residual blocks that
-were removed turned into `nn.Identity`, and the recipe's fake quantizers attached at the recorded bit-widths; then
-the state dict (weights, trained or calibrated scales) is loaded strictly."""
+were removed turned into `nn.Identity`, and the recipe's fake quantizers attached at the recorded bit-widths, with
+the quantization scheme's quantizers between layers (`quant_scheme`, placed from the rebuilt network as the search
+placed them); then the state dict (weights, trained or calibrated scales) is loaded strictly."""
 
 from __future__ import annotations
 
@@ -23,12 +24,14 @@ from spaces.compress.model_record import model_record
 from spaces.models.architectures import create_model
 from spaces.models.code_trust import grant
 from spaces.models.network import Stem
-from spaces.quant.fake_quant import attach_quantizers
+from spaces.quant.quantization import attach_layer_quantizers
+from spaces.quant.scheme import DEFAULT_SCHEME
 from spaces.recipe import TEACHER
 from spaces.recipe import Calibration
 from spaces.recipe import Recipe
 
 STALE = "bundles written before format 2 pickled the module: re-export them with search.export"
+OUTDATED = "re-export it with search.export"
 
 
 class BundleModelError(RuntimeError):
@@ -36,32 +39,38 @@ class BundleModelError(RuntimeError):
 
 
 def save_model(path: Path, model: nn.Module, recipe: Recipe, *, network: str, input_shape: tuple[int, ...],
-               num_classes: int, dataset: str, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-    torch.save({**model_record(model, recipe, network=network, input_shape=input_shape, num_classes=num_classes),
+               num_classes: int, dataset: str, mean: tuple[float, ...], std: tuple[float, ...],
+               quant_scheme: str = DEFAULT_SCHEME) -> None:
+    torch.save({**model_record(model, recipe, network=network, input_shape=input_shape, num_classes=num_classes,
+                               quant_scheme=quant_scheme),
                 "dataset": dataset, "mean": list(mean), "std": list(std)}, path)
 
 
-def read_model_file(path: Path, stale: str = STALE) -> dict[str, Any]:
-    """The tensors and plain values of a model file; `stale` says what to do with a file in an older format."""
+def read_model_file(path: Path, stale: str = STALE, outdated: str = OUTDATED) -> dict[str, Any]:
+    """The tensors and plain values of a model file; `stale` says what to do with a file that pickled its module,
+    `outdated` with a format-2 file (written before the quantizers between layers)."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise BundleModelError(f"{path}: no such file; give the model.pt of a bundle") from None
     except Exception as error:  # noqa: BLE001 - torch raises several types for a file it cannot read safely
         raise BundleModelError(f"{path}: not a tensors-only model file ({type(error).__name__}); {stale}") from None
+    if isinstance(saved, dict) and saved.get("format") == 2:
+        raise BundleModelError(f"{path}: a format-2 model file (no quantizers between layers: its int8 file ran "
+                               f"mostly in float); {outdated} (format {FORMAT})")
     if not isinstance(saved, dict) or saved.get("format") != FORMAT or "state_dict" not in saved:
         raise BundleModelError(f"{path}: not a format-{FORMAT} model file; {stale}")
     return saved
 
 
 def load_model(path: Path, *, teacher: str | None = None, trust_code: bool = False,
-               stale: str = STALE) -> tuple[nn.Module, Recipe]:
+               stale: str = STALE, outdated: str = OUTDATED) -> tuple[nn.Module, Recipe]:
     """The model of a bundle or a run's F3 checkpoint (eval mode) and its recipe, from tensors only.
 
     `teacher` is the network a file's `teacher` stands for (a run's checkpoints record the recipe's student);
     `trust_code=True` lets the file's network be the caller's own `package.module:factory`
     (spaces.models.code_trust)."""
-    saved = read_model_file(path, stale)
+    saved = read_model_file(path, stale, outdated)
     recipe = Recipe.from_json(saved["recipe"])
     state: dict[str, torch.Tensor] = saved["state_dict"]
     network = str(saved["network"])
@@ -77,10 +86,13 @@ def load_model(path: Path, *, teacher: str | None = None, trust_code: bool = Fal
     _drop_absent(net, state)
     for name, module in list(net.named_modules()):
         _reshape(net, name, module, state)
-    for name, (wbits, abits) in saved["bit_widths"].items():
-        if (wbits, abits) != (32, 32):
-            attach_quantizers(net.get_submodule(name), wbits, abits, per_channel=recipe.quant.per_channel,
-                              method=Calibration(recipe.quant.calibration))
+    bits = {name: (int(w), int(a)) for name, (w, a) in saved["bit_widths"].items()}
+    try:
+        attach_layer_quantizers(net, bits, per_channel=recipe.quant.per_channel,
+                                method=Calibration(recipe.quant.calibration),
+                                scheme=str(saved.get("quant_scheme", DEFAULT_SCHEME)))
+    except KeyError as error:
+        raise BundleModelError(f"{path}: {error.args[0]}") from None
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as error:

@@ -15,10 +15,13 @@ from search.bundle.model_file import BundleModelError
 from search.bundle.model_file import load_model
 from spaces.recipe import Recipe
 
+REBUILD = (
+    "re-run the study with this version (search.run --fresh), or delete the run's checkpoints/ and re-export "
+    "(search.export then rebuilds the recipe at F3)"
+)
 STALE = (
     "an F3 checkpoint of a run made before checkpoints held tensors only (it pickles the module, which is never "
-    "unpickled): re-run the study with this version (search.run --fresh), or delete the run's checkpoints/ and "
-    "re-export (search.export then rebuilds the recipe at F3)"
+    f"unpickled): {REBUILD}"
 )
 
 
@@ -32,7 +35,7 @@ def load_f3(run: Path, recipe: Recipe, teacher: str) -> nn.Module | None:
     path = checkpoint_path(run, recipe)
     if not path.exists():
         return None
-    model, saved = load_model(path, teacher=teacher, stale=STALE)
+    model, saved = load_model(path, teacher=teacher, stale=STALE, outdated=REBUILD)
     if saved.hash() != recipe.hash():
         raise BundleModelError(
             f"{path} holds recipe {saved.hash()}, not {recipe.hash()}; delete it and re-export "

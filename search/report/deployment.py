@@ -2,7 +2,8 @@
 
 Whether a recipe deploys on a target, and at what precision it runs there, is a property of the recipe's
 structure and bit-widths, not of a fidelity level: trials.csv and pareto.csv carry it once per target, as
-`deployable_<target>` and `runs_as_<target>` (and `not_deployable_<target>`, the reason, when refused),
+`deployable_<target>`, `runs_as_<target>` and `int8_share_<target>` (the share of its Conv/Linear layers the target
+runs as int8) (and `not_deployable_<target>`, the reason, when refused),
 from the highest level the recipe reached. The numbers come from `hardware_models.capability` through
 `evaluators.candidate.hardware_metrics`.
 """
@@ -13,13 +14,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from evaluators.metric_names import PerTarget
 from hardware_models.targets import capability
 from search.engine.final import Candidate
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
 from spaces.recipe import describe
 
-PREFIXES = ("deployable_", "runs_as_", "not_deployable_")
+PREFIXES = tuple(
+    f"{kind.value}_"
+    for kind in (PerTarget.DEPLOYABLE, PerTarget.RUNS_AS, PerTarget.NOT_DEPLOYABLE, PerTarget.INT8_SHARE)
+)
 LEVELS = ("f3", "f2", "f1")  # highest first
 PACKED_STORAGE = frozenset({"packed", "packed_sparse"})
 

@@ -15,19 +15,28 @@ from torch import nn
 from spaces.models.network import model_stem
 from spaces.quant.quantization import bit_widths
 from spaces.quant.quantization import is_quantized
+from spaces.quant.scheme import DEFAULT_SCHEME
 from spaces.recipe import Recipe
 
-FORMAT = 2  # 1: the module was pickled beside the state dict
+FORMAT = 3  # 1: the module was pickled beside the state dict; 2: no quantizers between layers
 
 
 def model_record(
-    model: nn.Module, recipe: Recipe, *, network: str, input_shape: tuple[int, ...], num_classes: int
+    model: nn.Module,
+    recipe: Recipe,
+    *,
+    network: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    quant_scheme: str = DEFAULT_SCHEME,
 ) -> dict[str, Any]:
-    """What rebuilds `model`: tensors (on the CPU), the recipe, and the plain values the rebuild reads."""
+    """What rebuilds `model`: tensors (on the CPU), the recipe, and the plain values the rebuild reads
+    (`quant_scheme`: the scheme whose quantizers between layers the model carries, `spaces.quant.scheme`)."""
     return {
         "format": FORMAT,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "recipe": recipe.to_json(),
+        "quant_scheme": quant_scheme,
         "recipe_hash": recipe.hash(),
         "network": network,
         "stem": model_stem(model),

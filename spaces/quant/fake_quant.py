@@ -6,14 +6,22 @@ Conventions (the numbers a deployment toolchain would use, simulated with ordina
 - Input activations: per tensor, asymmetric affine (unsigned codes 0..2^b-1 with a zero point, like
   PyTorch's quint8). The range always contains 0; on non-negative inputs (after ReLU) the zero point is 0,
   so this *is* the unsigned scheme there and no code is wasted on negatives that never occur.
-- Biases stay fp32 (a real int kernel keeps them as int32 at scale s_w*s_a: the difference is negligible).
+- Biases of integer layers are rounded to int32 at scale s_w * s_a, and a layer whose input and weights are both
+  integer codes convolves the codes themselves (exact sums) and scales once, as onnxruntime's QLinearConv/QGemm
+  do: the fake-quantized model then computes the integer kernels' outputs, not a float approximation of them.
 - 16 bits means fp16 rounding (`.half().float()`), 32 bits means no quantization.
 - Rounding uses the straight-through estimator `x + (round(x) - x).detach()`: gradients pass the rounding
   unchanged and stop where the clamp saturates, and the expression exports to ONNX as Round/Sub/Add.
 
 Quantized layers are `nn.Conv2d` / `nn.Linear` *subclasses* swapped in place (same module names, same
 weight/bias parameters): pruning, cost counting and the hardware models keep recognising them, and a
-layer's name in the quantized model is its name in the original.
+layer's name in the quantized model is its name in the original. Where a runtime requantizes between layers
+(`spaces.quant.scheme`), a layer also gets an `out_quant` and a consumer's `act_quant` may be *tied* to its
+producer's quantizer: the tensor is already on that grid, so the consumer reads the same codes.
+
+`Mode.EXPORT` makes every quantizer emit a marker node (`ecs::Act`, `ecs::Weight`, `ecs::Bias`, named after
+the quantizer) when the model is exported to ONNX; `search.bundle.qdq` replaces each by the runtime's
+QuantizeLinear/DequantizeLinear nodes with that quantizer's own parameters.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spaces.quant.marks import BIAS_BOUND
+from spaces.quant.marks import export_mark
 from spaces.recipe import INT_BITS
 from spaces.recipe import VALID_BITS
 from spaces.recipe import Calibration
@@ -46,6 +56,9 @@ class Mode(StrEnum):
     QUANTIZE = "quantize"  # normal operation
     OBSERVE = "observe"  # calibration: pass through in float, record statistics
     BYPASS = "bypass"  # pass through in float (shape tracing, cost counting)
+    EXPORT = "export"  # quantize, and mark the quantizer in an ONNX export (search.bundle.qdq)
+
+
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -191,8 +204,13 @@ class WeightQuantizer(nn.Module):
         self.scale.copy_((amax / self.qmax).view_as(self.scale))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.mode != Mode.QUANTIZE or self.bits == 32:
+        if self.mode not in (Mode.QUANTIZE, Mode.EXPORT) or self.bits == 32:
             return weight
+        if self.mode == Mode.EXPORT:
+            return export_mark(weight, "Weight", getattr(self, "export_name", ""))
+        return self._quantize(weight)
+
+    def _quantize(self, weight: torch.Tensor) -> torch.Tensor:
         if self.bits == 16:
             return fp16_round(weight)
         if self.training:
@@ -210,15 +228,30 @@ def _sync_after_load(module: ActQuantizer, incompatible_keys: object) -> None:
 
 
 class ActQuantizer(nn.Module):
-    """Per-tensor asymmetric fake quantization of a layer's input, with ranges set by `calibrate`.
+    """Per-tensor asymmetric fake quantization of a tensor, with ranges set by `calibrate`.
 
     The range stays fixed during QAT (the weights adapt to it). An integer quantizer that was never
     calibrated refuses to run: silently running with a made-up scale would produce plausible garbage.
+
+    `activation` (a key of ACTIVATIONS) is an activation the quantizer absorbs: it observes and quantizes the
+    activation's output, so the activation module that follows is a no-op on its codes (a zero point of 0
+    clamps what ReLU would), as runtimes fold it. A quantizer `tie`d to another reads a tensor already on
+    that quantizer's grid: it re-applies the owner's parameters (an identity on those codes) and is never
+    calibrated itself.
     """
 
-    def __init__(self, bits: int) -> None:
+    ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "relu": torch.relu, "relu6": lambda x: torch.clamp(x, 0.0, 6.0)}
+    activation = ""  # class defaults: a quantizer pickled before these attributes existed reads them here
+    owner: ActQuantizer | None = None
+
+    def __init__(self, bits: int, activation: str = "") -> None:
         super().__init__()
         self.bits = check_bits(bits)
+        if activation and activation not in self.ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; known: {sorted(self.ACTIVATIONS)}")
+        self.activation = activation
+        self.owner: ActQuantizer | None = None  # set by tie(); a plain attribute, not a submodule
         self.mode = Mode.QUANTIZE
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0.0))
@@ -231,6 +264,17 @@ class ActQuantizer(nn.Module):
 
     def sync_flag(self) -> None:
         self.is_calibrated = bool(self.calibrated)
+
+    def tie(self, owner: ActQuantizer) -> None:
+        """Read `owner`'s codes: same bits required (a narrower consumer requantizes with its own scale)."""
+        if owner.bits != self.bits or owner is self:
+            raise ValueError(f"cannot tie a {self.bits}-bit quantizer to a {owner.bits}-bit one (or to itself)")
+        object.__setattr__(self, "owner", owner)  # not registered: the owner belongs to its own layer
+
+    @property
+    def source(self) -> ActQuantizer:
+        """The quantizer whose parameters this one applies: its owner when tied, else itself."""
+        return self.owner.source if self.owner is not None else self
 
     def reset_stats(self) -> None:
         self.lo, self.hi = math.inf, -math.inf
@@ -253,6 +297,9 @@ class ActQuantizer(nn.Module):
 
     @torch.no_grad()
     def finish_calibration(self, method: Calibration) -> None:
+        if self.owner is not None:  # tied: the owner's range, copied so the state dict says what runs
+            self.reset_stats()
+            return
         if self.bits in INT_BITS:
             if not self.samples:
                 raise RuntimeError("activation quantizer saw no data during calibration")
@@ -264,33 +311,92 @@ class ActQuantizer(nn.Module):
             self.is_calibrated = True
         self.reset_stats()
 
+    @torch.no_grad()
+    def copy_owner(self) -> None:
+        """Mirror the owner's parameters into this tied quantizer's buffers (after calibration or loading)."""
+        if self.owner is not None:
+            source = self.source
+            self.scale.copy_(source.scale)
+            self.zero_point.copy_(source.zero_point)
+            self.calibrated.copy_(source.calibrated)
+            self.sync_flag()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == Mode.OBSERVE:
-            self.observe(x)
-            return x
         if self.mode == Mode.BYPASS or self.bits == 32:
             return x
+        if self.mode == Mode.OBSERVE:
+            if self.owner is None:
+                self.observe(self.ACTIVATIONS[self.activation](x) if self.activation else x)
+            return x
+        if self.mode == Mode.EXPORT:
+            return export_mark(x, "Act", getattr(self, "export_name", ""))
+        return self._quantize(x)
+
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation:
+            x = self.ACTIVATIONS[self.activation](x)
         if self.bits == 16:
             return fp16_round(x)
-        if not self.is_calibrated:
+        source = self.source
+        if not source.is_calibrated:
             raise RuntimeError("activation quantizer is not calibrated: call "
                                "spaces.quant.quantization.calibrate(model, calibration batches) first")
-        return fake_quant(x, self.scale, self.zero_point, 0, 2**self.bits - 1)
+        return fake_quant(x, source.scale, source.zero_point, 0, 2**self.bits - 1)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}"
+        tied = ", tied" if self.owner is not None else ""
+        return f"bits={self.bits}" + (f", activation={self.activation}" if self.activation else "") + tied
 
 
 # --- quantized layers --------------------------------------------------------------------------------------
 
+def _integer(layer: nn.Module) -> bool:
+    aq, wq = layer.act_quant, layer.weight_quant
+    return aq.bits in INT_BITS and wq.bits in INT_BITS
+
+
+def integer_bias(layer: nn.Module) -> torch.Tensor | None:
+    """The bias an integer kernel adds: int32 codes at scale s_act * s_weight (fp32 where the layer is not integer)."""
+    bias, wq = layer.bias, layer.weight_quant
+    if bias is None or not _integer(layer) or layer.act_quant.mode != Mode.EXPORT:
+        return bias
+    return export_mark(bias, "Bias", getattr(wq, "export_name", ""))
+
+
+def _forward(layer: nn.Module, x: torch.Tensor, op: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """The layer's arithmetic as an integer kernel computes it, where input and weights are integer codes.
+
+    onnxruntime's QLinearConv/QGemm sum int32 products exactly, add the int32 bias, and scale once. Summing the
+    dequantized floats instead rounds after each addition, in an order the float library picks, and moves about
+    one output in a thousand across a rounding boundary of the next quantizer. So the codes themselves are
+    convolved (exact in fp32 while partial sums stay below 2^24, which products of 8-bit codes do but for
+    pathological layers) and the result is scaled by s_act * s_weight. Rounding is straight-through, so QAT
+    trains through it as through the float form."""
+    aq, wq = layer.act_quant, layer.weight_quant
+    xq, w = aq(x), wq(layer.weight)
+    if not (_integer(layer) and aq.mode == wq.mode == Mode.QUANTIZE):
+        return op(xq, w, integer_bias(layer))
+    step = aq.source.scale * wq.scale.flatten()
+    bias = None if layer.bias is None else \
+        torch.clamp(round_ste(layer.bias / step.clamp_min(1e-30)), -BIAS_BOUND, BIAS_BOUND)
+    y = op(round_ste(xq / aq.source.scale), round_ste(w / wq.scale), bias)
+    return y * step.view(1, -1, *[1] * (y.dim() - 2))
+
+
+def _output(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    out_quant = layer._modules.get("out_quant")
+    return y if out_quant is None else out_quant(y)
+
+
 class QuantConv2d(nn.Conv2d):
-    """A Conv2d whose input and weight pass through fake quantizers (created by `attach_quantizers`)."""
+    """A Conv2d whose input and weight pass through fake quantizers (created by `attach_quantizers`), and its
+    output too where the scheme requantizes there (`out_quant`, placed by `spaces.quant.placement`)."""
 
     weight_quant: WeightQuantizer
     act_quant: ActQuantizer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.act_quant(x), self.weight_quant(self.weight), self.bias)
+        return _output(self, _forward(self, x, self._conv_forward))
 
 
 class QuantLinear(nn.Linear):
@@ -300,14 +406,15 @@ class QuantLinear(nn.Linear):
     act_quant: ActQuantizer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.act_quant(x), self.weight_quant(self.weight), self.bias)
+        return _output(self, _forward(self, x, F.linear))
 
 
 QUANT_CLASSES: dict[type[nn.Module], type[nn.Module]] = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
 QUANT_LAYERS = tuple(QUANT_CLASSES.values())
 
 
-def attach_quantizers(layer: nn.Module, wbits: int, abits: int, *, per_channel: bool, method: Calibration) -> None:
+def attach_quantizers(layer: nn.Module, wbits: int, abits: int, *, per_channel: bool, method: Calibration,
+                      make_act: Callable[[int], ActQuantizer] = ActQuantizer) -> None:
     """Turn a plain Conv2d/Linear into its quantized subclass in place (weights and hooks are kept).
 
     Swapping the class rather than building a new module keeps the very same Parameter objects, so an
@@ -319,7 +426,7 @@ def attach_quantizers(layer: nn.Module, wbits: int, abits: int, *, per_channel: 
                         f"{', '.join(c.__name__ for c in QUANT_CLASSES)}")
     layer.__class__ = cls
     layer.weight_quant = WeightQuantizer(layer.weight, wbits, per_channel=per_channel, method=method)
-    layer.act_quant = ActQuantizer(abits)
+    layer.act_quant = make_act(abits)
 
 
 def quantizers(model: nn.Module) -> Iterator[WeightQuantizer | ActQuantizer]:

@@ -23,13 +23,17 @@ from spaces.quant.fake_quant import attach_quantizers
 from spaces.quant.fake_quant import check_bits
 from spaces.quant.fake_quant import float_mode
 from spaces.quant.fake_quant import quantizer_mode
+from spaces.quant.placement import place_quantizers
+from spaces.quant.scheme import DEFAULT_SCHEME
+from spaces.quant.scheme import get_scheme
 from spaces.recipe import VALID_BITS
 from spaces.recipe import Allocation
 from spaces.recipe import Calibration
 from spaces.recipe import Quantization
 from spaces.recipe import QuantKind
 
-__all__ = ["QUANTIZABLE", "VALID_BITS", "bit_widths", "calibrate", "float_mode", "fold_batchnorm",
+__all__ = ["QUANTIZABLE", "VALID_BITS", "attach_layer_quantizers", "bit_widths", "calibrate", "float_mode",
+           "fold_batchnorm",
            "is_quantized", "layer_groups", "quantizable_layers", "quantize_model", "resolve_bits"]
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
@@ -201,11 +205,13 @@ def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, QUANT_LAYERS) for m in model.modules())
 
 
-def quantize_model(model: nn.Module, quant: Quantization) -> nn.Module:
+def quantize_model(model: nn.Module, quant: Quantization, scheme: str = DEFAULT_SCHEME) -> nn.Module:
     """A fake-quantized copy (BN folded first when `quant.fold_bn`); kind none returns `model` itself.
 
-    Layers resolved to 32/32 stay plain modules. Integer activation quantizers must be calibrated before
-    the model runs (`calibrate`); weight scales are set here already (weights need no data).
+    Layers resolved to 32/32 stay plain modules. `scheme` (`spaces.quant.scheme`) adds the quantizers the
+    runtime puts between layers (conv outputs, residual adds, concats), so the model computes what that runtime
+    will. Integer activation quantizers must be calibrated before the model runs (`calibrate`); weight scales are
+    set here already (weights need no data).
     """
     if QuantKind(quant.kind) == QuantKind.NONE:
         return model
@@ -213,11 +219,24 @@ def quantize_model(model: nn.Module, quant: Quantization) -> nn.Module:
         raise ValueError("model is already quantized; quantize the float model")
     bits = resolve_bits(model, quant)
     qmodel = fold_batchnorm(model) if quant.fold_bn else copy.deepcopy(model)
+    attach_layer_quantizers(qmodel, bits, per_channel=quant.per_channel, method=Calibration(quant.calibration),
+                            scheme=scheme)
+    return qmodel
+
+
+def attach_layer_quantizers(model: nn.Module, bits: dict[str, Bits], *, per_channel: bool, method: Calibration,
+                            scheme: str = DEFAULT_SCHEME) -> None:
+    """Quantizers of every layer not at 32/32, then `scheme`'s between layers (in place; uncalibrated).
+
+    What `quantize_model` does after folding, and what a bundle's model.pt loader repeats on the rebuilt
+    network before loading the saved scales (the placement depends on the network and the bits only)."""
+    chosen = get_scheme(scheme)
     for name, (wbits, abits) in bits.items():
         if (wbits, abits) != (32, 32):
-            attach_quantizers(qmodel.get_submodule(name), wbits, abits, per_channel=quant.per_channel,
-                              method=Calibration(quant.calibration))
-    return qmodel
+            attach_quantizers(model.get_submodule(name), wbits, abits, per_channel=per_channel, method=method,
+                              make_act=chosen.make_quantizer)
+    if any(pair != (32, 32) for pair in bits.values()):
+        place_quantizers(model, chosen)
 
 
 def calibrate(model: nn.Module, batches: Iterable[torch.Tensor | tuple[torch.Tensor, ...]],
@@ -240,10 +259,14 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor | tuple[torch.Ten
             seen += 1
     if seen == 0:
         raise ValueError("calibrate() got no batches")
-    for name, layer in model.named_modules():
-        if isinstance(layer, QUANT_LAYERS):
-            _finish(name, layer.act_quant, method)
-            layer.weight_quant.calibrate(layer.weight, method)
+    for name, module in model.named_modules():
+        if isinstance(module, ActQuantizer):
+            _finish(name, module, method)
+        if isinstance(module, QUANT_LAYERS):
+            module.weight_quant.calibrate(module.weight, method)
+    for module in model.modules():
+        if isinstance(module, ActQuantizer):
+            module.copy_owner()
     model.train(was_training)
 
 
@@ -251,7 +274,7 @@ def _finish(name: str, quantizer: ActQuantizer, method: Calibration) -> None:
     try:
         quantizer.finish_calibration(method)
     except RuntimeError as err:
-        raise RuntimeError(f"layer {name}: {err} (is it used in forward?)") from None
+        raise RuntimeError(f"layer {name.removesuffix('.act_quant')}: {err} (is it used in forward?)") from None
 
 
 def bit_widths(model: nn.Module) -> dict[str, Bits]:

@@ -117,15 +117,20 @@ def test_arm_threads_precision_and_clock() -> None:
 
 @pytest.mark.parametrize("target", ["rpi4", "rpi5"])
 def test_arm_costs_each_layer_at_its_own_precision(target: str) -> None:
-    """A mixed int8/fp32 map (what sensitivity allocation produces) lies strictly between all-int8 and all-fp32,
-    and moving one more layer to fp32 never makes it faster."""
+    """A mixed int8/fp32 map (what sensitivity allocation produces): its layers, each costed at its own precision,
+    lie strictly between all-int8 and all-fp32, and moving one more layer to fp32 never makes it faster. On top come
+    the Quantize/Dequantize passes where the precision changes (issue 26: a float layer costs as float plus the
+    conversions around it), one per change: every other layer in fp32 converts at almost every layer, which
+    onnxruntime's int8 (priced with its fp32 fit: no Pi measurement) does not win back."""
     model = build_network("torchvision:resnet18", device="meta")
     shape = (3, 224, 224)
     layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     int8, fp32 = (estimate(model, shape, target, precision=p)["latency_ms"] for p in ("int8", "fp32"))
     stem_fp32 = estimate(model, shape, target, precision={"*": "int8", layers[0]: 32})
-    half = estimate(model, shape, target, precision={"*": "int8", **dict.fromkeys(layers[::2], 32)})
-    assert int8 < stem_fp32["latency_ms"] < half["latency_ms"] < fp32
+    half = estimate(model, shape, target, precision={"*": "int8", **dict.fromkeys(layers[::2], 32)}, per_layer=True)
+    converted = [row["latency_ms"] for row in half["per_layer"] if row["name"].endswith(":convert")]
+    assert int8 < stem_fp32["latency_ms"] < half["latency_ms"]
+    assert int8 < half["latency_ms"] - sum(converted) < fp32 and len(converted) >= len(layers) // 2
     assert half["precision"] == "int8/fp32" and any("each layer is costed with its own" in a
                                                     for a in half["assumptions"])
     assert estimate(model, shape, target, precision=dict.fromkeys(layers, 8))["latency_ms"] == int8

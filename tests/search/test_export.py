@@ -43,6 +43,10 @@ def test_knee_is_exported_and_verifies(knee_bundle: tuple[Path, Path], mnist_roo
     assert acc["searched_f3_test"] == pytest.approx(knee["f3_test_accuracy"], abs=0.01)
     deployed = {"model_int8.onnx": "onnx_int8", "model.onnx": "onnx_fp32"}[metrics["deployed_file"]]
     assert abs(acc[deployed] - knee["f3_test_accuracy"]) <= 0.5
+    assert acc["agreement_with_pytorch"][deployed]["share"] >= 0.99  # the same predictions, image by image
+    if deployed == "onnx_int8":  # what onnxruntime executes is what the search priced, layer by layer
+        executes = metrics["deployment"]["onnxruntime_executes"]
+        assert executes["int8_share"] == 1.0 and executes["priced_as_executed"] == {"rpi4": True}, executes
     assert set(metrics["predicted"]) == {"zcu104", "rpi4"}
     for name in ("model.pt", "model.onnx", metrics["deployed_file"], "manifest.json", "pareto.png", "rpi/run_onnx.py"):
         assert (out / name).exists(), name

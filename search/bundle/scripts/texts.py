@@ -23,8 +23,9 @@ FILES = {
     "model.onnx": "fp32 ONNX of the float network (quantizers bypassed, BatchNorm folded where the recipe quantizes), "
                   "opset 17, dynamic batch",
     "model_int8.onnx": "the searched quantization: the recipe's own quantizer scales and zero points (PTQ-calibrated "
-                       "or QAT-trained) as QDQ nodes, opset 21; 4-bit weights as INT4, other widths labelled in "
-                       "metrics.json",
+                       "or QAT-trained) as QDQ nodes, opset 17, placed where onnxruntime runs integer kernels "
+                       "(every Conv/Gemm, residual Add, Concat); sub-8-bit codes in int8 containers, each layer "
+                       "labelled in metrics.json, with what onnxruntime executes",
     "model_int8_requantized.onnx": "FALLBACK, not the searched model: onnxruntime's static quantizer re-calibrating "
                                    "model.onnx on calibration/",
     "recipe.json": "the recipe (spaces.recipe.Recipe.from_json reads it back)",
