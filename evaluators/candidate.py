@@ -39,7 +39,10 @@ from evaluators.data.batches import Batcher
 from evaluators.data.files import atomic_save
 from evaluators.data.files import atomic_write_bytes
 from evaluators.data.splits import Splits
+from evaluators.metric_names import Bound
 from evaluators.metric_names import PerTarget
+from evaluators.metric_names import energy
+from evaluators.metric_names import latency
 from evaluators.metric_names import per_target
 from evaluators.metrics import accuracy
 from evaluators.metrics import collapse_reason
@@ -348,18 +351,20 @@ def hardware_metrics(model: nn.Module, recipe: Recipe, shape: tuple[int, int, in
     out: dict[str, Any] = {}
     for target, result in estimate_targets(model, recipe, shape, hardware).items():
         deployable = bool(result.get("deployable", True)) and result.get("latency_ms") is not None
-        out[f"latency_{target}"] = float(result["latency_ms"]) if deployable else math.nan
-        out[f"energy_{target}"] = float(result["energy_mj"]) if deployable else math.nan
-        out[f"latency_{target}_high"] = float(result.get("latency_ms_high") or result["latency_ms"]) \
-            if deployable else math.nan
+        lat, lat_high = latency(target), latency(target, Bound.HIGH)
+        out[lat] = float(result["latency_ms"]) if deployable else math.nan
+        out[energy(target)] = float(result["energy_mj"]) if deployable else math.nan
+        out[lat_high] = float(result.get("latency_ms_high") or result["latency_ms"]) if deployable else math.nan
         if deployable and result.get("latency_ms_high") and result["latency_ms"]:
-            out[f"energy_{target}_high"] = float(result["energy_mj"]) * result["latency_ms_high"] / result["latency_ms"]
-        out[f"deployable_{target}"] = deployable
-        out[f"runs_as_{target}"] = result.get("runs_as", "") if deployable else ""
+            out[energy(target, Bound.HIGH)] = (float(result["energy_mj"]) * result["latency_ms_high"]
+                                               / result["latency_ms"])
+        out[per_target(PerTarget.DEPLOYABLE, target)] = deployable
+        out[per_target(PerTarget.RUNS_AS, target)] = result.get("runs_as", "") if deployable else ""
         share = result.get("int8_share")
         out[per_target(PerTarget.INT8_SHARE, target)] = float(share) if deployable and share is not None else math.nan
         if not deployable:
-            out[f"not_deployable_{target}"] = result.get("reason") or f"{target} cannot run this recipe"
+            why = result.get("reason") or f"{target} cannot run this recipe"
+            out[per_target(PerTarget.NOT_DEPLOYABLE, target)] = why
     return out
 
 

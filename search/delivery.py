@@ -13,6 +13,8 @@ import torch
 
 from evaluators.candidate import Fidelity
 from evaluators.candidate import estimate_targets
+from evaluators.metric_names import column
+from evaluators.metric_names import latency
 from search.analysis.selection import Selected
 from search.analysis.selection import read_run
 from search.bundle.deploy_resolution import DeployResolution
@@ -84,6 +86,7 @@ def _plot(run: Path, config: StudyConfig, selected: Selected, png: Path) -> None
     base = pd.read_csv(run / "baselines.csv") if (run / "baselines.csv").stat().st_size > 1 else pd.DataFrame()
     m = selected.metrics
     point = {"accuracy": m.get("f3_test_accuracy", m.get("f2_accuracy")),
-             **{f"latency_{t}": m.get(f"f3_latency_{t}", m.get(f"f2_latency_{t}")) for t in config.hardware.names}}
+             **{latency(t): m.get(column("f3", latency(t)), m.get(column("f2", latency(t))))
+                for t in config.hardware.names}}
     pareto_plot(png, trials, front, base, config.hardware.names, title=f"{config.name}: {selected.how}",
                 highlight={k: float(v) for k, v in point.items() if v is not None and v == v})
