@@ -190,4 +190,3 @@ def test_a_study_without_a_dpu_target_gets_no_dpu_file(data, trained, tmp_path: 
         test_images=50,
     )
     assert "dpu" not in metrics and not (tmp_path / "b" / DPU_FILE).exists()
-
