@@ -21,8 +21,6 @@ codes differ, by one code.
 from __future__ import annotations
 
 import copy
-import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,15 +30,16 @@ from onnx import helper
 from onnx import numpy_helper
 from torch import nn
 
+from search.bundle.qdq import OPSET
+from search.bundle.qdq import export_marked
+from search.bundle.qdq import replace_marks
 from search.bundle.qdq_graph import simplify
 from spaces.quant.dpu_arithmetic import FixQuantizer
 from spaces.quant.dpu_arithmetic import codes
 from spaces.quant.dpu_emulation import activation_quantizers
 from spaces.quant.dpu_emulation import layers
-from spaces.quant.marks import MARK_DOMAIN
 from spaces.quant.marks import export_mark
 
-OPSET = 17
 ACT, WEIGHT, BIAS = "FixAct", "FixWeight", "FixBias"
 MAX_BITS = 8  # the codes are stored as int8
 
@@ -76,23 +75,7 @@ def export_dpu(emulated: torch.fx.GraphModule, shape: tuple[int, ...], path: Pat
     """Write the calibrated emulated model `emulated` as QDQ ONNX (batch dynamic) with power-of-two scales."""
     positions = _positions(emulated)
     net = _marked(emulated)
-    with tempfile.TemporaryDirectory(prefix="dpu_") as tmp:
-        marked = Path(tmp) / "marked.onnx"
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                net,
-                (torch.zeros((1, *shape)),),
-                str(marked),
-                input_names=["input"],
-                output_names=["output"],
-                opset_version=OPSET,
-                do_constant_folding=False,
-                dynamo=False,
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                custom_opsets={MARK_DOMAIN: 1},
-            )
-        proto = onnx.load(str(marked))
+    proto = export_marked(net, shape)
     _replace_markers(proto, emulated, positions)
     simplify(proto)
     del proto.opset_import[:]
@@ -138,38 +121,31 @@ def _replace_markers(
     proto: onnx.ModelProto, emulated: torch.fx.GraphModule, positions: dict[str, tuple[int, int]]
 ) -> None:
     graph, made = proto.graph, set()
-    nodes = list(graph.node)
-    del graph.node[:]
-    for node in nodes:
-        if node.domain != MARK_DOMAIN:
-            graph.node.append(node)
-            continue
-        name = helper.get_attribute_value(node.attribute[0]).decode()
+
+    def nodes_for(node: onnx.NodeProto, name: str) -> list[onnx.NodeProto]:
         if name not in positions:
             raise DpuExportError(f"the export marks an unknown quantizer {name!r}")
         bits, position = positions[name]
-        params = _scale(graph, made, name, position)
-        out = node.output[0]
+        params, out = _scale(graph, made, name, position), node.output[0]
         if node.op_type == ACT:
-            graph.node.extend(
-                [
-                    helper.make_node("QuantizeLinear", [node.input[0], *params], [f"{out}_q"], name=f"{out}_Q"),
-                    helper.make_node("DequantizeLinear", [f"{out}_q", *params], [out], name=f"{out}_DQ"),
-                ]
-            )
-            continue
+            return [
+                helper.make_node("QuantizeLinear", [node.input[0], *params], [f"{out}_q"], name=f"{out}_Q"),
+                helper.make_node("DequantizeLinear", [f"{out}_q", *params], [out], name=f"{out}_DQ"),
+            ]
         kind = "weight" if node.op_type == WEIGHT else "bias"
         layer = emulated.get_submodule(name.rsplit(".", 1)[0])
-        tensor = getattr(layer, kind).detach().cpu()
         quantizer = getattr(layer, f"{kind}_quant")
-        stored = codes(tensor, position, bits, round_mode=quantizer.round_mode, narrow=quantizer.narrow)
-        graph.initializer.append(numpy_helper.from_array(stored.numpy().astype(np.int8), f"{name}_quantized"))
-        graph.node.append(
-            helper.make_node("DequantizeLinear", [f"{name}_quantized", *params], [out], name=f"{name}_DequantizeLinear")
+        stored = codes(
+            getattr(layer, kind).detach().cpu(),
+            position,
+            bits,
+            round_mode=quantizer.round_mode,
+            narrow=quantizer.narrow,
         )
-    for opset in list(proto.opset_import):
-        if opset.domain == MARK_DOMAIN:
-            proto.opset_import.remove(opset)
+        graph.initializer.append(numpy_helper.from_array(stored.numpy().astype(np.int8), f"{name}_quantized"))
+        return [helper.make_node("DequantizeLinear", [f"{name}_quantized", *params], [out], name=f"{name}_DQ")]
+
+    replace_marks(proto, nodes_for)
 
 
 def qdq_scales(path: Path) -> dict[str, float]:
