@@ -5,6 +5,7 @@ Real parts: MNIST's small CNN trained briefly, the DPU emulation calibrated on t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -190,3 +191,28 @@ def test_a_study_without_a_dpu_target_gets_no_dpu_file(data, trained, tmp_path: 
         test_images=50,
     )
     assert "dpu" not in metrics and not (tmp_path / "b" / DPU_FILE).exists()
+
+
+def test_quantize_py_writes_the_searched_positions_where_vai_q_names_match(bundle, tmp_path: Path) -> None:
+    """The hand-off script's name matching, on a quant_info.json laid out as vai_q_pytorch 3.x writes it (names of
+    the form `Net::layer.weight` and `Net::Net/ReLU[layer]/input.N`); vai_q itself cannot run here."""
+    out, _ = bundle
+    spec = importlib.util.spec_from_file_location("quantize_handoff", out / "zcu104" / "quantize.py")
+    quantize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quantize)
+    searched = json.loads((out / POSITIONS_FILE).read_text())
+    weight = sorted(searched["param"])[0]
+    activation, after = next((n, a) for n, a in searched["after"].items() if a != ["<input>"])
+    vai = {
+        "param": {f"FloatNet::{weight}": [8, 0], "FloatNet::unrelated.weight": [8, 0]},
+        "output": {f"FloatNet::FloatNet/Layer[{after[0]}]/input.3": [8, 0]},
+        "input": {},
+    }
+    info = tmp_path / "quant_info.json"
+    info.write_text(json.dumps(vai))
+    replaced, total = quantize.apply_positions(info, searched)
+    written = json.loads(info.read_text())
+    assert replaced == 2 and total == len(read_positions(out / POSITIONS_FILE))
+    assert written["param"][f"FloatNet::{weight}"] == searched["param"][weight]
+    assert written["output"][f"FloatNet::FloatNet/Layer[{after[0]}]/input.3"] == searched["output"][activation]
+    assert written["param"]["FloatNet::unrelated.weight"] == [8, 0]  # not the searched model's: left to vai_q
