@@ -167,8 +167,9 @@ def verify(args: argparse.Namespace) -> int:
     if is_cascade_bundle(folder):
         return _report(folder, verify_cascade(folder, splits), "the cascade runner reproduces its accuracy and "
                        "escalation rate within 0.5 points of metrics.json and of the searched cascade")
+    dpu = " (model_dpu.onnx: with the emulated DPU model and its recorded fix positions)" if metrics.get("dpu") else ""
     return _report(folder, verify_bundle(folder, splits, batcher), "every ONNX file reproduces its test accuracy and "
-                   "the deployed one agrees with the searched model on at least 99% of the test predictions")
+                   f"the deployed one agrees with the searched model on at least 99% of the test predictions{dpu}")
 
 
 def _report(folder: Path, problems: list[str], what: str) -> int:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,9 +160,25 @@ def export_qdq(model: nn.Module, shape: tuple[int, ...], path: Path, *, weight_c
         for name, m in net.named_modules()
         if isinstance(m, QUANT_LAYERS)
     )
+    with quantizer_mode(net, Mode.EXPORT):
+        proto = export_marked(net, shape)
+    _replace_markers(proto, quantizers, {e.name: e.kind for e in encodings})
+    simplify(proto, keep=frozenset(n.name for n in proto.graph.node if n.name.endswith(CLIP_SUFFIX)))
+    del proto.opset_import[:]
+    proto.opset_import.append(helper.make_opsetid("", OPSET))
+    if weight_container == "int4":
+        proto = onnx.version_converter.convert_version(proto, INT4_OPSET)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return QdqExport(Path(path), encodings, weight_container)
+
+
+def export_marked(net: nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
+    """The traced ONNX export (opset 17, batch dynamic) of a network whose quantizers emit marker nodes
+    (`spaces.quant.marks`), for the caller to replace by each quantizer's own parameters."""
     with tempfile.TemporaryDirectory(prefix="qdq_") as tmp:
         marked = Path(tmp) / "marked.onnx"
-        with warnings.catch_warnings(), torch.no_grad(), quantizer_mode(net, Mode.EXPORT):
+        with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 net,
@@ -175,16 +192,7 @@ def export_qdq(model: nn.Module, shape: tuple[int, ...], path: Path, *, weight_c
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
                 custom_opsets={MARK_DOMAIN: 1},
             )
-        proto = onnx.load(str(marked))
-    _replace_markers(proto, quantizers, {e.name: e.kind for e in encodings})
-    simplify(proto, keep=frozenset(n.name for n in proto.graph.node if n.name.endswith(CLIP_SUFFIX)))
-    del proto.opset_import[:]
-    proto.opset_import.append(helper.make_opsetid("", OPSET))
-    if weight_container == "int4":
-        proto = onnx.version_converter.convert_version(proto, INT4_OPSET)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
-    return QdqExport(Path(path), encodings, weight_container)
+        return onnx.load(str(marked))
 
 
 def _name_quantizers(net: nn.Module) -> dict[str, nn.Module]:
@@ -200,32 +208,41 @@ def _name_quantizers(net: nn.Module) -> dict[str, nn.Module]:
     return named
 
 
-def _replace_markers(proto: onnx.ModelProto, quantizers: dict[str, nn.Module], kinds: dict[str, str]) -> None:
+def replace_marks(proto: onnx.ModelProto, nodes_for: Callable[[onnx.NodeProto, str], list[onnx.NodeProto]]) -> None:
+    """Each marker node replaced, in place, by what `nodes_for(marker, quantizer name)` returns; the marker domain
+    is dropped from the opsets."""
     graph = proto.graph
-    made: set[str] = set()
-    weight_of: dict[str, str] = {}
     nodes = list(graph.node)
     del graph.node[:]
     for node in nodes:
         if node.domain != MARK_DOMAIN:
             graph.node.append(node)
             continue
-        name = helper.get_attribute_value(node.attribute[0]).decode()
+        graph.node.extend(nodes_for(node, helper.get_attribute_value(node.attribute[0]).decode()))
+    for opset in list(proto.opset_import):
+        if opset.domain == MARK_DOMAIN:
+            proto.opset_import.remove(opset)
+
+
+def _replace_markers(proto: onnx.ModelProto, quantizers: dict[str, nn.Module], kinds: dict[str, str]) -> None:
+    graph = proto.graph
+    made: set[str] = set()
+    weight_of: dict[str, str] = {}
+
+    def nodes_for(node: onnx.NodeProto, name: str) -> list[onnx.NodeProto]:
         module = quantizers.get(name)
         if module is None:
             raise QdqError(f"the export marks an unknown quantizer {name!r}")
         if node.op_type == "Act":
-            graph.node.extend(_act_nodes(graph, node, module, made))
-        elif node.op_type == "Weight":
-            graph.node.extend(_weight_nodes(graph, node, module, kinds[name]))
+            return _act_nodes(graph, node, module, made)
+        if node.op_type == "Weight":
             weight_of[node.output[0]] = name
-        elif node.op_type == "Bias":
-            graph.node.extend(_bias_nodes(graph, node, module))
-        else:
-            raise QdqError(f"unknown export marker {node.op_type} for {name}")
-    for opset in list(proto.opset_import):
-        if opset.domain == MARK_DOMAIN:
-            proto.opset_import.remove(opset)
+            return _weight_nodes(graph, node, module, kinds[name])
+        if node.op_type == "Bias":
+            return _bias_nodes(graph, node, module)
+        raise QdqError(f"unknown export marker {node.op_type} for {name}")
+
+    replace_marks(proto, nodes_for)
     for node in graph.node:  # each quantized Conv/Gemm named after its layer: onnxruntime keeps the name when it fuses
         if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in weight_of:
             node.name = weight_of[node.input[1]]

@@ -37,6 +37,11 @@ from search.bundle.agreement import compare
 from search.bundle.agreement import problems as agreement_problems
 from search.bundle.agreement import top1_percent
 from search.bundle.agreement import torch_predictions
+from search.bundle.dpu_handoff import check_dpu
+from search.bundle.dpu_handoff import dpu_listed
+from search.bundle.dpu_handoff import dpu_metrics
+from search.bundle.dpu_handoff import targets_dpu
+from search.bundle.dpu_handoff import write_dpu
 from search.bundle.executed import executed_section
 from search.bundle.float_model import float_model_note
 from search.bundle.float_model import write_float_model
@@ -84,7 +89,7 @@ VERSIONED = ("torch", "torchvision", "onnx", "onnxruntime", "numpy", "torch-prun
 # The keys write_bundle measures; extra_metrics may add others but not overwrite these.
 METRICS_KEYS = ("bundle_format", "model_name", "recipe_hash", "recipe", "dataset", "input_shape", "num_classes",
                 "data_fingerprint", "accuracy", "calibration", "size", "host_latency_ms", "predicted", "deployment",
-                "spec", "deployed_file", "quantization")
+                "spec", "deployed_file", "quantization", "dpu")
 LATENCY_RUNS, LATENCY_WARMUP, LATENCY_BUDGET_S = 200, 20, 3.0
 
 
@@ -126,12 +131,16 @@ def write_bundle(model: nn.Module, recipe: Recipe, splits: Splits, batcher: Batc
     unwritten = write_float_model(float_net, shape, out / "zcu104")  # state dict + generated code, no pickle
     export_float(float_net, shape, out / FLOAT_FILE)
     qdq = export_qdq(model, shape, out / QUANTIZED_FILE) if has_integer_layers(model) else None
+    # a DPU target: what the DPU computes, calibrated on the same calibration images (search.bundle.dpu_handoff)
+    emulated = write_dpu(float_net, splits, batcher, out, calib_images) if targets_dpu(predicted) else None
     if requantize:
         quantize_int8(out / FLOAT_FILE, out / FALLBACK_FILE, calib, batcher)
     _write_calibration(out / "calibration", calib, splits.info, shape)
     metrics = _metrics(out, model, float_net, recipe, splits, batcher, test, len(calib), predicted, extra_metrics,
                        qdq, searched_accuracy)
     metrics["deployment"]["zcu104_model"] = float_model_note(unwritten)
+    if emulated is not None:
+        metrics["dpu"] = dpu_metrics(out, emulated, test, batcher)
     _write_json(out / "metrics.json", metrics)
     (out / "recipe.json").write_text(json.dumps(json.loads(recipe.to_json()), indent=2, sort_keys=True) + "\n")
     if pareto_png is not None:
@@ -154,7 +163,7 @@ def verify_bundle(out_dir: Path, splits: Splits | None = None, batcher: Batcher 
     """
     out = Path(out_dir)
     problems = check_manifest(out, REQUIRED, FORMAT)  # containment, unlisted files, checksums: before any parsing
-    problems = problems or check_deployed(out)
+    problems = problems or check_deployed(out) or dpu_listed(out)
     if splits is not None and not problems:
         problems += _check_accuracy(out, splits, batcher, tolerance)
     return problems
@@ -396,6 +405,9 @@ def _check_accuracy(out: Path, splits: Splits, batcher: Batcher | None, toleranc
         if name == deployed:
             problems += _check_agreement(out, name, predicted, data, batcher, searched, f"the first {count} {split} "
                                          "images")
+    if isinstance(metrics.get("dpu"), dict):
+        problems += check_dpu(out, data, batcher, f"the first {count} {split} images",
+                              float(metrics["dpu"].get("onnx_dpu", -1)), tolerance)
     return problems
 
 

@@ -199,7 +199,7 @@ def dpu_avg_pool(
 
 def dpu_global_avg_pool(x: torch.Tensor) -> torch.Tensor:
     """Global average pooling (AdaptiveAvgPool2d(1)) with the DPU's factor for the map's area."""
-    return dpu_avg_pool(x, (x.shape[-2], x.shape[-1]))
+    return dpu_avg_pool(x, (int(x.shape[-2]), int(x.shape[-1])))  # ints: an ONNX trace sees a fixed map size
 
 
 def dpu_leaky_relu(x: torch.Tensor) -> torch.Tensor:

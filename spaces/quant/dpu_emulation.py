@@ -179,10 +179,14 @@ class _Builder:
         )
 
     def fused_activation(self, node: torch.fx.Node) -> torch.fx.Node:
-        """The ReLU/ReLU6 that consumes `node` alone (the DPU requantizes after it), else `node` itself."""
+        """The ReLU/ReLU6 that consumes `node` alone (the DPU requantizes after it), else `node` itself. A folded
+        BatchNorm's `nn.Identity` between them is looked through, as vai_q fuses conv + BN + ReLU."""
         while len(node.users) == 1:
             user = next(iter(node.users))
             module = self.module(user)
+            if isinstance(module, nn.Identity):
+                node = user
+                continue
             if not (isinstance(module, RELUS) or (user.op == "call_function" and user.target in RELU_FUNCTIONS)):
                 break
             node = user

@@ -9,6 +9,13 @@ Run inside the Vitis AI PyTorch docker (conda env `vitis-ai-pytorch`), from this
 Calibration uses only the bundle's calibration images (carved from the training images, never the test
 split), normalized exactly as during training. The DPU computes in INT8 only, so whatever bit-widths the
 recipe simulated, the network is quantized to 8 bits here.
+
+The searched quantization (fix_positions.json, written by search.export): its calibration settings
+(equalization, bias correction, fast finetune) are passed to vai_q before it parses the model, and after
+`--mode calib` the searched fix positions replace vai_q's own in quantize_result/quant_info.json wherever a
+name matches (weights and biases by parameter name, activations by the layer they follow); `--mode test` then
+reads that file. `--vai-positions` keeps vai_q's own calibration instead. Not executed where the bundle was
+made (no Vitis AI there): written against vai_q_pytorch 3.x's quant_info.json layout.
 """
 
 from __future__ import annotations
@@ -36,7 +43,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, default=HERE / "quantize_result")
     parser.add_argument("--batch-size", type=int, default=32, help="calibration batch size (test mode uses 1)")
     parser.add_argument("--target", default=TARGET)
+    parser.add_argument("--positions", type=Path, default=HERE / "fix_positions.json",
+                        help="the searched fix positions and calibration settings (absent: vai_q's defaults)")
+    parser.add_argument("--vai-positions", action="store_true", help="keep vai_q's own fix positions")
     return parser.parse_args(argv)
+
+
+def load_searched(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def apply_settings(settings: dict) -> None:
+    """The searched PTQ's steps as vai_q options (set before torch_quantizer parses the model)."""
+    from nndct_shared.utils import option_util
+
+    option_util.set_option_value("nndct_equalization", bool(settings["equalization"]))
+    option_util.set_option_value("nndct_param_corr", bool(settings["bias_correction"]))
+
+
+def _vai_key(keys: list[str], name: str, after: list[str] | None) -> str | None:
+    """The one vai_q quant_info key for a searched tensor: a parameter by its name after '::', an activation by
+    the layer it follows ('[layer]' in vai_q's node names); None when there is not exactly one."""
+    if after is None:
+        found = [k for k in keys if k.split("::")[-1] == name]
+    else:
+        found = [k for k in keys if any(f"[{layer}]" in k for layer in after)]
+    return found[0] if len(found) == 1 else None
+
+
+def apply_positions(quant_info: Path, searched: dict) -> tuple[int, int]:
+    """Write the searched fix positions into vai_q's quant_info.json; returns (replaced, searched tensors)."""
+    with open(quant_info, encoding="utf-8") as f:
+        info = json.load(f)
+    replaced = total = 0
+    for section in ("param", "output", "input"):
+        table = info.get(section, {})
+        for name, pair in searched.get(section, {}).items():
+            total += 1
+            key = _vai_key(list(table), name, None if section == "param" else searched["after"].get(name))
+            if key is not None:
+                table[key] = [int(pair[0]), int(pair[1])]
+                replaced += 1
+    with open(quant_info, "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2)
+    return replaced, total
 
 
 def load_model(path: Path) -> torch.nn.Module:
@@ -101,14 +154,26 @@ def run(model: torch.nn.Module, batches) -> float:  # noqa: ANN001
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    searched = None if args.vai_positions else load_searched(args.positions)
+    if searched is not None:
+        apply_settings(searched["settings"])
     model = load_model(args.model)
     batch = args.batch_size if args.mode == "calib" else 1
     example = next(calibration_batches(args.calibration, batch))[0]
     quantizer = make_quantizer(args.mode, model, example, args)
+    fast_finetune = searched is not None and searched["settings"]["fast_finetune"]
+    if fast_finetune and args.mode == "calib":
+        quantizer.fast_finetune(run, (quantizer.quant_model, calibration_batches(args.calibration, batch)))
+    elif fast_finetune:
+        quantizer.load_ft_param()
     accuracy = run(quantizer.quant_model, calibration_batches(args.calibration, batch))
     print(f"INT8 accuracy on the calibration images (not a test split): {accuracy:.2f}%")
     if args.mode == "calib":
         quantizer.export_quant_config()
+        if searched is not None:
+            replaced, total = apply_positions(args.output_dir / "quant_info.json", searched)
+            print(f"searched fix positions written for {replaced} of {total} tensors into quant_info.json "
+                  "(the others keep vai_q's calibration)")
         return 0
     quantizer.export_xmodel(output_dir=str(args.output_dir), deploy_check=False)
     exported = sorted(args.output_dir.glob("*_int.xmodel"))

@@ -28,6 +28,9 @@ FILES = {
                        "labelled in metrics.json, with what onnxruntime executes",
     "model_int8_requantized.onnx": "FALLBACK, not the searched model: onnxruntime's static quantizer re-calibrating "
                                    "model.onnx on calibration/",
+    "model_dpu.onnx": "what the ZCU104's DPU computes: the float network under the DPU's arithmetic (BN folded, "
+                      "signed int8, one power-of-two scale per tensor, fix positions calibrated on calibration/) as "
+                      "QDQ ONNX, opset 17; onnxruntime runs it anywhere (metrics.json `dpu`)",
     "recipe.json": "the recipe (spaces.recipe.Recipe.from_json reads it back)",
     "metrics.json": "accuracies (naming the split), host latency, predicted latency/energy per target",
     "pareto.png": "the search's Pareto front",
@@ -65,6 +68,10 @@ def _accuracy_table(metrics: dict[str, Any]) -> list[str]:
              f"`{metrics['deployed_file']}`:", "", "| model | file | accuracy |", "|---|---|---|"]
     lines += [f"| {text} | `{file}` | {_acc(acc[key])} |" for text, key, file in rows
               if acc.get(key) is not None]
+    dpu = metrics.get("dpu")
+    if dpu:
+        lines += [f"| what the ZCU104's DPU computes, PyTorch emulation | - | {_acc(dpu['emulated_pytorch'])} |",
+                  f"| what the ZCU104's DPU computes, onnxruntime | `{dpu['file']}` | {_acc(dpu['onnx_dpu'])} |"]
     return lines
 
 
@@ -111,6 +118,39 @@ def bundle_readme(metrics: dict[str, Any], present: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _dpu_section(metrics: dict[str, Any]) -> list[str]:
+    """What the bundle carries of the searched DPU quantization, and which parts were executed where it was made."""
+    dpu = metrics.get("dpu")
+    if not dpu:
+        return []
+    agree, settings = dpu["agreement_with_emulated"], dpu["calibration"]
+    steps = ", ".join(f"{k.replace('_', ' ')} {'on' if settings[k] else 'off'}"
+                      for k in ("equalization", "bias_correction", "fast_finetune"))
+    return [
+        "## The searched quantization", "",
+        f"`fix_positions.json` holds the fix position (power-of-two scale 2^-p) of each of the "
+        f"{dpu['fix_positions']['tensors']} quantized tensors, calibrated by the DPU emulation on "
+        f"{settings['calib_images']} images of the **calib** split (../calibration/, never test images) with "
+        f"vai_q's `{settings['method']}` method, laid out as vai_q_pytorch's quant_info.json (`param`, `output`, "
+        "`input`: name -> [bits, fix position]) under the names of float_model.py, each activation with the layer "
+        f"it follows (`after`). Calibration settings of the searched PTQ: {steps}; quantize.py passes them to vai_q "
+        "(options nndct_equalization and nndct_param_corr, quantizer.fast_finetune) and, after `--mode calib`, "
+        "writes the searched positions into quantize_result/quant_info.json wherever a name matches, printing how "
+        "many did (`--vai-positions` keeps vai_q's own).", "",
+        "## What was checked by execution, and what only by construction", "",
+        f"- **Executed where the bundle was made**: ../{dpu['file']} (the DPU's arithmetic as QDQ ONNX, every scale "
+        f"a power of two) ran in onnxruntime on the first {dpu['images']} test images: {dpu['onnx_dpu']:.2f}%; the "
+        f"emulated DPU model in PyTorch scored {dpu['emulated_pytorch']:.2f}%, and the two agree on "
+        f"{agree['agree']} of {agree['images']} top-1 predictions. ONNX rounds halves to even where the DPU rounds "
+        "them up, which accounts for rare differences (metrics.json `dpu`). `python -m search.export --verify` "
+        "re-runs this check from model.pt and fix_positions.json.",
+        "- **By construction only (not executed: no Vitis AI, no board)**: that vai_q_pytorch accepts "
+        "fix_positions.json's names and settings, that vai_q's own graph (its BN folding, its fusions, its "
+        "requantization points) matches the emulation's, what the compiler (compile.sh) does with the model, and "
+        "what VART computes on the ZCU104. The DPU emulation itself follows vai_q's documented arithmetic "
+        "(docs/guides/dpu-arithmetic.md); it is not a run of the DPU.", ""]
+
+
 def zcu104_readme(metrics: dict[str, Any]) -> str:
     shape = "x".join(map(str, metrics["input_shape"]))
     return "\n".join([
@@ -136,4 +176,4 @@ def zcu104_readme(metrics: dict[str, Any]) -> str:
         f">= 1.13): nothing is unpickled. {metrics['deployment'].get('zcu104_model', '')} "
         "`bundle.json` holds the input shape, normalization, "
         f"GOPs (2 x MACs) and names that run_vart.py writes to the CSV. Input: {shape}, normalized as in "
-        "../calibration/normalization.json.", ""])
+        "../calibration/normalization.json.", "", *_dpu_section(metrics)])
