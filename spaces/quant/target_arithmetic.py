@@ -43,8 +43,9 @@ def float_copy(model: nn.Module) -> nn.Module:
     return plain.eval()
 
 
-def target_model(model: nn.Module, arithmetic: Arithmetic | str, splits: Splits, batcher: Batcher, *,
-                 calib_images: int) -> nn.Module:
+def target_model(
+    model: nn.Module, arithmetic: Arithmetic | str, splits: Splits, batcher: Batcher, *, calib_images: int
+) -> nn.Module:
     """`model` (the search's per-channel build of a recipe) as a target of `arithmetic` computes it: itself under
     the per-channel arithmetic, its float network re-quantized by the DPU's under `dpu` (fix positions from the
     first `calib_images` of the calibration split; nothing else is read)."""
@@ -53,5 +54,12 @@ def target_model(model: nn.Module, arithmetic: Arithmetic | str, splits: Splits,
         return model
     steps = PtqSteps(calib_images=calib_images, correction_images=min(calib_images, PtqSteps().correction_images))
     with torch.no_grad():
-        return ptq(float_copy(model).cpu(), splits, batcher, arithmetic=arithmetic, weight_bits=DPU_BITS,
-                   act_bits=DPU_BITS, steps=steps)
+        return ptq(
+            float_copy(model).cpu(),
+            splits,
+            batcher,
+            arithmetic=arithmetic,
+            weight_bits=DPU_BITS,
+            act_bits=DPU_BITS,
+            steps=steps,
+        )

@@ -48,9 +48,14 @@ def data(tmp_path_factory: pytest.TempPathFactory):
 
 def _evaluator(data, tmp_path: Path, targets: tuple[str, ...], **hardware) -> Evaluator:
     splits, batcher, teacher = data
-    return Evaluator(teacher=teacher, splits=splits, batcher=batcher,
-                     fidelity=FidelityConfig(f1=LEVEL, f2=LEVEL, f3=LEVEL),
-                     hardware=HardwareConfig(targets=targets, **hardware), store=ResultStore(tmp_path / "r"))
+    return Evaluator(
+        teacher=teacher,
+        splits=splits,
+        batcher=batcher,
+        fidelity=FidelityConfig(f1=LEVEL, f2=LEVEL, f3=LEVEL),
+        hardware=HardwareConfig(targets=targets, **hardware),
+        store=ResultStore(tmp_path / "r"),
+    )
 
 
 def test_targets_declare_their_arithmetic() -> None:
@@ -61,8 +66,8 @@ def test_targets_declare_their_arithmetic() -> None:
 
 
 def test_two_arithmetics_give_two_accuracies_at_f2_and_f3(data, tmp_path: Path) -> None:
-    """2-bit per-channel weights and activations against the DPU's 8-bit re-quantization of the same float network: the columns
-    differ; the Pi's repeats `accuracy`; F3 adds the test split's."""
+    """2-bit per-channel weights and activations against the DPU's 8-bit re-quantization of the same float
+    network: the columns differ; the Pi's repeats `accuracy`; F3 adds the test split's."""
     evaluator = _evaluator(data, tmp_path, ("zcu104", "rpi4"))
     f2 = evaluator.evaluate(W2, Fidelity.F2)
     assert f2["accuracy_rpi4"] == f2["accuracy"]
@@ -77,13 +82,18 @@ def test_two_arithmetics_give_two_accuracies_at_f2_and_f3(data, tmp_path: Path) 
 def test_one_target_or_one_arithmetic_keeps_one_accuracy(data, tmp_path: Path) -> None:
     for targets in (("rpi4",), ("zcu104",)):
         metrics = _evaluator(data, tmp_path / targets[0], targets).evaluate(W2, Fidelity.F2)
-        assert not [k for k in metrics if k.startswith("accuracy_") and k not in ("accuracy_drop", "accuracy_images",
-                                                                                   "accuracy_split")]
+        assert not [
+            k
+            for k in metrics
+            if k.startswith("accuracy_") and k not in ("accuracy_drop", "accuracy_images", "accuracy_split")
+        ]
 
 
 def test_fingerprint_changes_only_where_accuracies_are_added() -> None:
-    two, off = HardwareConfig(targets=("zcu104", "rpi4")), HardwareConfig(targets=("zcu104", "rpi4"),
-                                                                           accuracy_per_arithmetic=False)
+    two, off = (
+        HardwareConfig(targets=("zcu104", "rpi4")),
+        HardwareConfig(targets=("zcu104", "rpi4"), accuracy_per_arithmetic=False),
+    )
     one, one_off = HardwareConfig(targets=("rpi4",)), HardwareConfig(targets=("rpi4",), accuracy_per_arithmetic=False)
     assert level_fingerprint(LEVEL, two) != level_fingerprint(LEVEL, off)
     assert level_fingerprint(LEVEL, one) == level_fingerprint(LEVEL, one_off)
