@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from search.analysis.intervals import Accuracy
@@ -18,6 +19,8 @@ from search.analysis.objectives import parse_constraint
 from search.analysis.objectives import parse_pick
 from search.analysis.reference import ReferenceBox
 from search.analysis.reference import knee
+from search.analysis.selection import SelectionError
+from search.analysis.selection import by_rule
 from search.config import load_study
 from search.engine.final import Candidate
 from search.engine.final import front
@@ -95,3 +98,13 @@ def test_a_baseline_is_dominated_through_the_dpu_accuracy() -> None:
     assert judge(baseline, [better], OBJECTIVES).outcome == Outcome.DOMINATED
     worse_on_dpu = candidate("searched", 93.0, 80.0, (1.0, 10.0, 0.5))
     assert judge(baseline, [worse_on_dpu], OBJECTIVES).outcome == Outcome.NOT_DOMINATED
+
+
+def test_export_picks_by_the_dpu_accuracy_where_the_front_has_it() -> None:
+    front = pd.DataFrame({"f3_accuracy": [95.0, 93.0], "f3_accuracy_zcu104": [80.0, 92.0],
+                          "f3_latency_zcu104": [1.0, 1.0], "source": ["a", "b"], "knee": [False, True],
+                          "recipe_json": [Recipe(label=n).to_json() for n in "ab"]})
+    assert by_rule(front, "max accuracy_zcu104 with latency_zcu104 <= 5", TARGETS).metrics["source"] == "b"
+    assert by_rule(front, "max accuracy with latency_zcu104 <= 5", TARGETS).metrics["source"] == "a"
+    with pytest.raises(SelectionError, match="unknown metric 'accuracy_zcu104'"):
+        by_rule(front.drop(columns="f3_accuracy_zcu104"), "max accuracy_zcu104", TARGETS)
