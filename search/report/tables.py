@@ -256,10 +256,10 @@ def hypervolume_lines(summary: Summary, plot: str | None) -> list[str]:
     lines = ["## Hypervolume (normalised to the study's reference box)", "",
              f"- every feasible trial at F2 (validation): {summary.hypervolume_f2:.4g}; the front recipes at F3 "
              f"(test): {summary.hypervolume_f3:.4g}",
-             f"- box: accuracy from chance ({test['accuracy'][0]:.2f}%) to the teacher's accuracy "
+             f"- box: every accuracy from chance ({test['accuracy'][0]:.2f}%) to the teacher's accuracy "
              f"({test['accuracy'][1]:.2f}% test, {val['accuracy'][1]:.2f}% validation); "
              "each cost from 0 to the unmodified teacher's modelled cost (the costlier of fp32 and 8-bit PTQ): "
-             + ", ".join(f"{o} {v[1]:.4g}" for o, v in test.items() if o != "accuracy"),
+             + ", ".join(f"{o} {v[1]:.4g}" for o, v in test.items() if not names.is_accuracy(o)),
              "- 1 would be a free model as accurate as the teacher; fixed by the study, so runs compare.", ""]
     if summary.cost_fractions:
         lines[-1:-1] = ["- the cheapest front member's cost as a fraction of the teacher's (a volume is a product: an "

@@ -98,8 +98,9 @@ def verdict_lines(verdicts: list[Verdict]) -> list[str]:
     lines = ["## Baselines against the front (F3: test accuracy with 95% intervals, modelled costs)", "",
              f"Dominated by the front: {len(count[Outcome.DOMINATED])} of {len(verdicts)} "
              f"({', '.join(v.baseline for v in count[Outcome.DOMINATED]) or 'none'}). A front member dominates a "
-             "baseline only when its test accuracy is higher beyond the 95% interval of the difference (Newcombe) "
-             "and none of its costs is more than 2% worse; smaller differences read \"ties\".", ""]
+             "baseline only when a test accuracy (each target arithmetic's, where the study scores several) is "
+             "higher beyond the 95% interval of the difference (Newcombe), none is lower beyond it, and none of its "
+             "costs is more than 2% worse; smaller differences read \"ties\".", ""]
     lines += [f"- {o.value}: {len(count[o])}" for o in Outcome if o != Outcome.DOMINATED and count[o]]
     lines += ["", "| baseline | outcome | decided by | test accuracy difference, 95% interval (points) |",
               "|---|---|---|---|"]

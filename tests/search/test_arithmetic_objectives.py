@@ -38,9 +38,17 @@ COSTS = {"latency_zcu104": 1.0, "latency_rpi4": 20.0, "size_mb": 1.0}
 
 def candidate(name: str, pc: float, dpu: float, costs: tuple[float, float, float], images: int = 10_000) -> Candidate:
     """The same numbers at every level, validation and test alike."""
-    metrics = {"accuracy": pc, "accuracy_images": images, "test_accuracy": pc, "test_accuracy_images": images,
-               "accuracy_zcu104": dpu, "accuracy_zcu104_images": images, "test_accuracy_zcu104": dpu,
-               "test_accuracy_zcu104_images": images, **dict(zip(OBJECTIVES[2:], costs, strict=True))}
+    metrics = {
+        "accuracy": pc,
+        "accuracy_images": images,
+        "test_accuracy": pc,
+        "test_accuracy_images": images,
+        "accuracy_zcu104": dpu,
+        "accuracy_zcu104_images": images,
+        "test_accuracy_zcu104": dpu,
+        "test_accuracy_zcu104_images": images,
+        **dict(zip(OBJECTIVES[2:], costs, strict=True)),
+    }
     return Candidate(Recipe(label=name), name, {"f1": metrics, "f2": metrics, "f3": metrics})
 
 
@@ -77,7 +85,8 @@ def test_a_recipe_best_on_one_arithmetic_stays_on_the_front() -> None:
     kept = front([pc_best, dpu_best, worse], OBJECTIVES)
     assert {c.source for c in kept} == {"4-bit per-channel", "8-bit"}
     assert [c.source for c in front([pc_best, dpu_best, worse], OBJECTIVES[:1] + OBJECTIVES[2:])] == [
-        "4-bit per-channel"]  # one accuracy would drop the recipe the DPU runs best
+        "4-bit per-channel"
+    ]  # one accuracy would drop the recipe the DPU runs best
 
 
 def test_the_knee_weighs_both_accuracies() -> None:
@@ -101,9 +110,16 @@ def test_a_baseline_is_dominated_through_the_dpu_accuracy() -> None:
 
 
 def test_export_picks_by_the_dpu_accuracy_where_the_front_has_it() -> None:
-    front = pd.DataFrame({"f3_accuracy": [95.0, 93.0], "f3_accuracy_zcu104": [80.0, 92.0],
-                          "f3_latency_zcu104": [1.0, 1.0], "source": ["a", "b"], "knee": [False, True],
-                          "recipe_json": [Recipe(label=n).to_json() for n in "ab"]})
+    front = pd.DataFrame(
+        {
+            "f3_accuracy": [95.0, 93.0],
+            "f3_accuracy_zcu104": [80.0, 92.0],
+            "f3_latency_zcu104": [1.0, 1.0],
+            "source": ["a", "b"],
+            "knee": [False, True],
+            "recipe_json": [Recipe(label=n).to_json() for n in "ab"],
+        }
+    )
     assert by_rule(front, "max accuracy_zcu104 with latency_zcu104 <= 5", TARGETS).metrics["source"] == "b"
     assert by_rule(front, "max accuracy with latency_zcu104 <= 5", TARGETS).metrics["source"] == "a"
     with pytest.raises(SelectionError, match="unknown metric 'accuracy_zcu104'"):
