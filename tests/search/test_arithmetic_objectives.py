@@ -21,6 +21,8 @@ from search.analysis.reference import ReferenceBox
 from search.analysis.reference import knee
 from search.analysis.selection import SelectionError
 from search.analysis.selection import by_rule
+from search.cascade.study import is_target_accuracy
+from search.cascade.study import non_dominated
 from search.config import load_study
 from search.engine.final import Candidate
 from search.engine.final import front
@@ -124,3 +126,21 @@ def test_export_picks_by_the_dpu_accuracy_where_the_front_has_it() -> None:
     assert by_rule(front, "max accuracy with latency_zcu104 <= 5", TARGETS).metrics["source"] == "a"
     with pytest.raises(SelectionError, match="unknown metric 'accuracy_zcu104'"):
         by_rule(front.drop(columns="f3_accuracy_zcu104"), "max accuracy_zcu104", TARGETS)
+
+
+def test_a_cascade_keeps_no_accuracy_it_did_not_measure() -> None:
+    """A cascade's metrics start from its stage-1 member's: the member's DPU accuracy is not the cascade's (nothing
+    scores a cascade under the DPU's arithmetic), so it is dropped and the cascade cannot join a front that has it
+    as an objective."""
+    assert is_target_accuracy("accuracy_zcu104") and is_target_accuracy("test_accuracy_zcu104_images")
+    assert not any(
+        map(
+            is_target_accuracy,
+            ("accuracy", "test_accuracy", "accuracy_images", "accuracy_drop", "test_accuracy_images", "latency_zcu104"),
+        )
+    )
+    member = candidate("member", 95.0, 90.0, (1.0, 10.0, 0.5))
+    cascade = Candidate(
+        member.recipe, "cascade", {"f3": {k: v for k, v in member.metrics["f3"].items() if not is_target_accuracy(k)}}
+    )
+    assert non_dominated([cascade], [member], OBJECTIVES) == [False]
