@@ -51,10 +51,12 @@ from hardware_models import extract
 from hardware_models import get_target
 from hardware_models import list_targets
 from hardware_models import resolve_profile
+from hardware_models.capability import PER_CHANNEL
 from hardware_models.capability import Deployment
 from hardware_models.capability import Precision
 from hardware_models.profiles import builtin_profile_path
 from hardware_models.targets import TARGETS
+from hardware_models.targets import capability
 from hardware_models.targets import deployment
 from spaces.compress.apply import LATE_BUDGET_FIELDS
 from spaces.compress.apply import Budget
@@ -65,6 +67,7 @@ from spaces.models.architectures import small_stems_at
 from spaces.quant.fake_quant import float_mode
 from spaces.quant.quantization import UNIFORM_BITS
 from spaces.quant.quantization import bit_widths
+from spaces.quant.target_arithmetic import target_model
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
 from spaces.validated import settings
@@ -153,6 +156,10 @@ class HardwareConfig:
     storage: str = field(default="packed", metadata={"choices": ("packed", "dpu_int8", "fp32", "packed_sparse")})
     cpu_runtime: str = field(default="onnxruntime", metadata={"choices": CPU_RUNTIMES})
     cpu_threads: int = field(default=0, metadata={"min": 0, "max": 64})
+    # Where the targets compute with different integer arithmetic (the DPU's power-of-two per-tensor int8 against
+    # onnxruntime's per-channel int8), score each recipe under each: `accuracy_<target>` beside `accuracy` (the
+    # per-channel one). Costs one more calibration and scoring pass per arithmetic and level; false keeps one.
+    accuracy_per_arithmetic: bool = True
 
     def __post_init__(self) -> None:
         names = []
@@ -170,6 +177,18 @@ class HardwareConfig:
     def names(self) -> tuple[str, ...]:
         """The metric name of each target, in order (`latency_<name>`)."""
         return tuple(target_name(t) for t in self.targets)
+
+    def arithmetics(self) -> dict[str, str]:
+        """Each target's metric name -> the integer arithmetic it computes (`hardware_models.capability`), where
+        this study scores accuracy per arithmetic: its targets differ and `accuracy_per_arithmetic` is on. Empty
+        otherwise: one accuracy serves every target, and nothing more is evaluated."""
+        kinds = {name: capability(capability_target(t)).arithmetic for name, t in zip(self.names, self.targets,
+                                                                                          strict=True)}
+        return kinds if self.accuracy_per_arithmetic and len(set(kinds.values())) > 1 else {}
+
+    def extra_arithmetics(self) -> tuple[str, ...]:
+        """The arithmetics scored beyond the per-channel one every recipe is built with (what the sizer prices)."""
+        return tuple(sorted(set(self.arithmetics().values()) - {PER_CHANNEL}))
 
 
 def profile_digests(hardware: HardwareConfig) -> dict[str, str]:
@@ -201,8 +220,11 @@ def level_fingerprint(level: LevelConfig, hardware: HardwareConfig, resolution: 
     for name in LATE_BUDGET_FIELDS:
         if getattr(level.budget, name) == Budget.__dataclass_fields__[name].default:
             del data["budget"][name]
-    fields = {"level": data, "hardware": asdict(hardware), "cost_rules": COST_RULES,
-              "profiles": profile_digests(hardware)}
+    machine = asdict(hardware)
+    del machine["accuracy_per_arithmetic"]  # a late field: keys made before it existed stay valid ...
+    fields = {"level": data, "hardware": machine, "cost_rules": COST_RULES, "profiles": profile_digests(hardware)}
+    if hardware.extra_arithmetics():  # ... unless it adds accuracies, which results cached without them lack
+        fields["arithmetics"] = hardware.extra_arithmetics()
     stems = small_stems_at(resolution) if resolution is not None else {}
     if stems:
         fields["stems"] = stems
@@ -469,6 +491,8 @@ class Evaluator:
             out["test_accuracy"] = accuracy(compressed.model, test, self.batcher, device=self.device)
             out["test_accuracy_images"] = len(test)
             out["test_split"] = f"test (first {len(test)} images)"
+        out.update(self._arithmetic_accuracies(compressed, fidelity, out))
+        if fidelity == Fidelity.F3:
             if self.checkpoints is not None:
                 self.checkpoints.mkdir(parents=True, exist_ok=True)
                 path = self.checkpoints / f"{compressed.recipe.hash()}.pt"
@@ -477,4 +501,27 @@ class Evaluator:
                                          input_shape=compressed.input_shape,
                                          num_classes=self.splits.info.num_classes), path)
                 out["checkpoint"] = path.name
+        return out
+
+    def _arithmetic_accuracies(self, compressed: CompressedModel, fidelity: Fidelity,
+                               scored: dict[str, Any]) -> dict[str, Any]:
+        """`accuracy_<target>` (and at F3 `test_accuracy_<target>`) per target, each under its target's arithmetic
+        (`HardwareConfig.arithmetics`), on the images `scored` (the per-channel accuracy) was measured on. The
+        per-channel targets repeat `accuracy`; each other arithmetic is scored once, its model calibrated on the
+        calibration split (`spaces.quant.target_arithmetic`)."""
+        level = self.fidelity.level(fidelity)
+        splits = {"": self.splits.val.first(level.val_images)}
+        if fidelity == Fidelity.F3:
+            splits["test_"] = self.splits.test.first(level.test_images)
+        found: dict[str, dict[str, float]] = {PER_CHANNEL: {p: scored[f"{p}accuracy"] for p in splits}}
+        out: dict[str, Any] = {}
+        for target, arithmetic in self.hardware.arithmetics().items():
+            if arithmetic not in found:
+                model = target_model(compressed.model, arithmetic, self.splits, self.batcher,
+                                     calib_images=level.budget.calib_images)
+                found[arithmetic] = {p: accuracy(model, data, self.batcher, device=self.device)
+                                     for p, data in splits.items()}
+            for prefix, data in splits.items():
+                name = f"{prefix}{per_target(PerTarget.ACCURACY, target)}"
+                out[name], out[f"{name}_images"] = found[arithmetic][prefix], len(data)
         return out

@@ -21,7 +21,7 @@ LEVELS = ("f1", "f2", "f3")  # `evaluators.candidate.Fidelity`'s values, the pre
 
 # Names that are never `<kind>_<target>`: without this list `accuracy_drop` would read as accuracy on "drop".
 SCALARS = frozenset({"accuracy", "accuracy_drop", "test_accuracy", "size_mb", "size_bytes", "params", "macs",
-                     "bops", "sparsity"})
+                     "bops", "sparsity", "accuracy_images", "accuracy_split", "test_accuracy_images"})
 
 
 class PerTarget(StrEnum):
@@ -34,6 +34,7 @@ class PerTarget(StrEnum):
     DEPLOYABLE = "deployable"  # bool
     RUNS_AS = "runs_as"  # the precision the board executes
     INT8_SHARE = "int8_share"  # share of the quantized Conv/Gemm layers the runtime executes as integer kernels
+    TEST_ACCURACY = "test_accuracy"  # F3: ACCURACY on the test split (final reports only)
     ACCURACY = "accuracy"  # accuracy under the target's own arithmetic, where targets compute differently
 
 
@@ -95,6 +96,22 @@ def parse_target_metric(name: str, targets: tuple[str, ...] | None = None) -> Ta
                 return TargetMetric(kind, target, bound)
         return None
     return None
+
+
+def is_accuracy(metric: str) -> bool:
+    """`accuracy` (the per-channel arithmetic's, validation) or `accuracy_<target>` (a target's own arithmetic):
+    maximised, bounded by chance and the teacher, compared with intervals."""
+    parsed = parse_target_metric(metric)
+    return metric == "accuracy" or (parsed is not None and parsed.kind == PerTarget.ACCURACY
+                                    and parsed.bound == Bound.POINT)
+
+
+def on_test(metric: str) -> str:
+    """The test-split name of a validation accuracy, what F3 reports: `accuracy` -> `test_accuracy`,
+    `accuracy_zcu104` -> `test_accuracy_zcu104`."""
+    if not is_accuracy(metric):
+        raise ValueError(f"{metric!r} is not an accuracy metric")
+    return f"test_{metric}"
 
 
 def column(level: str, metric: str) -> str:

@@ -32,6 +32,13 @@ from hardware_models.graph.executed import Network
 from hardware_models.graph.ops import Kind
 from hardware_models.graph.trace import Layer
 
+# The integer arithmetic a target computes a quantized network with (`Capability.arithmetic`); the names are
+# `spaces.quant.ptq_steps.Arithmetic`'s, which emulates each: onnxruntime's per-channel int8 and the DPU's
+# power-of-two per-tensor int8 (vai_q's fix positions).
+PER_CHANNEL = "per_channel"
+POWER_OF_TWO = "dpu"
+ARITHMETICS = (PER_CHANNEL, POWER_OF_TWO)
+
 NO_WEIGHTS = "no weight layers"  # runs_as of a network without convolutions or linear layers
 Bits = tuple[int, int]  # (weight_bits, act_bits), as spaces.quant.quantization.bit_widths gives them
 
@@ -124,6 +131,8 @@ class Capability:
     `fp16_fallback`: what an fp16 layer runs as where no runtime has fp16 kernels (None: refused).
     `float_network`: what a network that is float everywhere runs as when the target has no float
     datapath (the DPU: INT8, because Vitis AI quantizes it; None: it runs as it is).
+    `arithmetic`: how the target's integer kernels quantize (one of `ARITHMETICS`): a study whose targets differ
+    here scores each recipe's accuracy under each (`evaluators.candidate`, `accuracy_<target>`).
     """
 
     target: str
@@ -133,8 +142,11 @@ class Capability:
     operators: OperatorLimits | None = None
     toolchain: str = ""  # what turns the recipe into the deployed model (named in notes and reasons)
     notes: tuple[str, ...] = ()
+    arithmetic: str = PER_CHANNEL
 
     def __post_init__(self) -> None:
+        if self.arithmetic not in ARITHMETICS:
+            raise ValueError(f"{self.target}: arithmetic {self.arithmetic!r} is not one of {', '.join(ARITHMETICS)}")
         names = [r.runtime for r in self.runtimes]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"{self.target}: capabilities need at least one runtime, each listed once; got {names}")

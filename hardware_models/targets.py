@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from hardware_models.capability import POWER_OF_TWO
 from hardware_models.capability import Capability
 from hardware_models.capability import Deployment
 from hardware_models.capability import OperatorLimits
@@ -301,7 +302,7 @@ def _dpu_capability(target: str) -> Capability:
     board = DPU_BOARDS[target]
     support = tuple(RuntimeSupport(runtime=r, executes=_INT8, why=_VART) for r in DPU_RUNTIMES)
     return Capability(target=target, runtimes=support, fp16_fallback=None, float_network=Precision.INT8,
-                      toolchain="Vitis AI (vai_q quantizer, vai_c_xir compiler)",
+                      toolchain="Vitis AI (vai_q quantizer, vai_c_xir compiler)", arithmetic=POWER_OF_TWO,
                       operators=OperatorLimits(activations=DPU_ACTIVATIONS,
                                                channel_parallel=board.input_channel_parallelism),
                       notes=("the DPU has no float datapath: a float layer in a quantized network would run on the "

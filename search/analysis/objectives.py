@@ -1,6 +1,8 @@
 """What a study optimises and what it forbids, as names of result metrics.
 
-Metric names are those `evaluators.candidate` writes: `accuracy` (%, validation), `accuracy_drop` (points
+Metric names are those `evaluators.candidate` writes: `accuracy` (%, validation; the per-channel arithmetic's,
+what onnxruntime on the Pi computes), `accuracy_<target>` (% under that target's own arithmetic, where the study's
+targets compute differently: `accuracy_zcu104`, the DPU's power-of-two int8), `accuracy_drop` (points
 below the teacher on the same images), `latency_<target>` (ms), `energy_<target>` (mJ), `size_mb`,
 `macs`, `params`, `bops`. A constraint is a string such as `"latency_zcu104 <= 5"` or
 `"accuracy_drop <= 1"`; the same grammar serves `search.export --pick "max accuracy with ..."`.
@@ -19,6 +21,7 @@ from typing import Any
 from evaluators import metric_names as names
 from evaluators.metric_names import Bound
 from evaluators.metric_names import PerTarget
+from hardware_models.capability import PER_CHANNEL
 
 MAXIMISED = frozenset({"accuracy", "test_accuracy"})
 ACCURACY_METRICS = frozenset({"accuracy", "accuracy_drop", "test_accuracy"})  # known only after F1
@@ -31,22 +34,35 @@ BOUNDS = {"p90": Bound.HIGH}
 
 
 def direction(metric: str) -> str:
-    return "max" if metric in MAXIMISED else "min"
+    return "max" if metric in MAXIMISED or names.is_accuracy(metric) else "min"
 
 
-def default_objectives(targets: Sequence[str]) -> tuple[str, ...]:
-    """Accuracy, latency on every target, size.
+def arithmetic_accuracies(arithmetics: Mapping[str, str] | None) -> tuple[str, ...]:
+    """The accuracy objectives beside `accuracy` (the per-channel one): `accuracy_<t>` for the first target of each
+    other arithmetic in `arithmetics` (target -> arithmetic, `HardwareConfig.arithmetics`; empty: none). Targets
+    that share an arithmetic share its accuracy, so one of them names it (docs/design/two-accuracies.md)."""
+    firsts: dict[str, str] = {}
+    for target, arithmetic in (arithmetics or {}).items():
+        if arithmetic != PER_CHANNEL:
+            firsts.setdefault(arithmetic, target)
+    return tuple(names.per_target(PerTarget.ACCURACY, t) for t in firsts.values())
+
+
+def default_objectives(targets: Sequence[str], arithmetics: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Accuracy (one per arithmetic the targets compute with), latency on every target, size.
 
     Energy is reported but not optimised by default: each target's energy model is its board power times
     latency, with the power fixed for the target, so `energy_<t>` is proportional to `latency_<t>`. Two
     proportional objectives are one objective counted twice: they skew NSGA-II's crowding distance and the
     hypervolume towards that target. A study may still name `energy_<t>` in `[search] objectives`."""
-    return ("accuracy", *(names.latency(t) for t in targets), "size_mb")
+    return ("accuracy", *arithmetic_accuracies(arithmetics), *(names.latency(t) for t in targets), "size_mb")
 
 
-def known_metrics(targets: Sequence[str]) -> tuple[str, ...]:
-    return (*default_objectives(targets), *(names.energy(t) for t in targets), "accuracy_drop", "test_accuracy", "macs",
-            "params", "bops", "sparsity")
+def known_metrics(targets: Sequence[str], arithmetics: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    per_target = tuple(names.per_target(PerTarget.ACCURACY, t) for t in (arithmetics or {}))
+    return (*dict.fromkeys((*default_objectives(targets, arithmetics), *per_target)),
+            *(names.energy(t) for t in targets), "accuracy_drop", "test_accuracy",
+            *(names.on_test(a) for a in per_target), "macs", "params", "bops", "sparsity")
 
 
 @dataclass(frozen=True)
@@ -80,7 +96,9 @@ class Constraint:
 
     @property
     def needs_accuracy(self) -> bool:
-        return self.metric in ACCURACY_METRICS
+        parsed = names.parse_target_metric(self.metric)
+        return self.metric in ACCURACY_METRICS or (
+            parsed is not None and parsed.kind in (PerTarget.ACCURACY, PerTarget.TEST_ACCURACY))
 
 
 def parse_constraint(text: str, known: Sequence[str]) -> Constraint:

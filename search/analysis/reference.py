@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from evaluators import metric_names as names
 from search.analysis.intervals import Accuracy
 from search.analysis.intervals import Comparison
 from search.analysis.intervals import compare_accuracy
@@ -31,7 +32,9 @@ from search.analysis.pareto import hypervolume
 
 @dataclass(frozen=True)
 class ReferenceBox:
-    """Accuracy from `chance` to `teacher_accuracy` (%), each cost objective from 0 to the teacher's cost."""
+    """Accuracy from `chance` to `teacher_accuracy` (%), each cost objective from 0 to the teacher's cost. Every
+    accuracy objective (`accuracy`, and `accuracy_<target>` under a target's own arithmetic) spans the same
+    extent: the teacher's float accuracy is what each arithmetic tries to keep."""
 
     objectives: tuple[str, ...]
     chance: float
@@ -42,7 +45,7 @@ class ReferenceBox:
     def of_study(cls, objectives: Sequence[str], classes: int, teacher_accuracy: float,
                  teacher_metrics: Mapping[str, Any]) -> ReferenceBox:
         """The box of a study: its classes, its teacher's accuracy and the teacher recipe's F0 cost metrics."""
-        costs = tuple((o, float(teacher_metrics[o])) for o in objectives if o != "accuracy")
+        costs = tuple((o, float(teacher_metrics[o])) for o in objectives if not names.is_accuracy(o))
         return cls(tuple(objectives), 100.0 / classes, float(teacher_accuracy), costs)
 
     def with_accuracy(self, teacher_accuracy: float) -> ReferenceBox:
@@ -57,7 +60,7 @@ class ReferenceBox:
         span = self.teacher_accuracy - self.chance
         edge = dict(self.teacher_costs)
         for j, objective in enumerate(self.objectives):
-            if objective == "accuracy":
+            if names.is_accuracy(objective):
                 out[:, j] = np.clip(1.0 - (p[:, j] - self.chance) / span, 0.0, None) if span > 0 else np.nan
             else:
                 out[:, j] = p[:, j] / edge[objective]
@@ -73,23 +76,34 @@ class ReferenceBox:
 
     def as_dict(self) -> dict[str, list[float]]:
         """objective -> [low end, high end]: [chance, the teacher's accuracy]; [0, the teacher's cost] for a cost."""
-        return {"accuracy": [self.chance, self.teacher_accuracy], **{o: [0.0, c] for o, c in self.teacher_costs}}
+        accuracies = {o: [self.chance, self.teacher_accuracy] for o in self.objectives if names.is_accuracy(o)}
+        return {"accuracy": [self.chance, self.teacher_accuracy], **accuracies,
+                **{o: [0.0, c] for o, c in self.teacher_costs}}
 
 
-def relevantly_dominates(a: int, b: int, accuracies: Sequence[Accuracy], costs: np.ndarray) -> bool:
-    """Point `a` is no worse than `b` beyond relevance in any objective and better beyond it in one: accuracy
+Accuracies = Accuracy | tuple[Accuracy, ...]  # a point's accuracy, or one per accuracy objective (box order)
+
+
+def _row(accuracy: Accuracies) -> tuple[Accuracy, ...]:
+    return accuracy if isinstance(accuracy, tuple) else (accuracy,)
+
+
+def relevantly_dominates(a: int, b: int, accuracies: Sequence[Accuracies], costs: np.ndarray) -> bool:
+    """Point `a` is no worse than `b` beyond relevance in any objective and better beyond it in one: an accuracy
     beyond the difference's 95% interval, a cost by more than `intervals.COST_RELEVANCE` of its value."""
-    verdicts = [compare_accuracy(accuracies[a], accuracies[b]),
+    verdicts = [*(compare_accuracy(x, y) for x, y in zip(_row(accuracies[a]), _row(accuracies[b]), strict=True)),
                 *(compare_cost(float(x), float(y)) for x, y in zip(costs[a], costs[b], strict=True))]
     return Comparison.WORSE not in verdicts and Comparison.BETTER in verdicts
 
 
-def knee(accuracies: Sequence[Accuracy], costs: np.ndarray, box: ReferenceBox) -> int:
+def knee(accuracies: Sequence[Accuracies], costs: np.ndarray, box: ReferenceBox) -> int:
     """The best compromise of a front, as an index: among the points no other point beats beyond relevance, the
     one closest to the utopia corner of the study's box (accuracy weighs as much as all costs together).
 
     `costs` is n x (objectives without accuracy), in the box's objective order. Differences that are noise (an
-    accuracy inside its interval) or irrelevant (a cost within 2%) cannot make a point the knee.
+    accuracy inside its interval) or irrelevant (a cost within 2%) cannot make a point the knee. Where the box
+    has several accuracy objectives (one per target arithmetic), each point gives a tuple of them in box order
+    and they share the accuracy's weight equally.
     """
     n = len(accuracies)
     if n == 0:
@@ -97,10 +111,12 @@ def knee(accuracies: Sequence[Accuracy], costs: np.ndarray, box: ReferenceBox) -
     costs = np.asarray(costs, dtype=float).reshape(n, -1)
     alive = [i for i in range(n) if not any(relevantly_dominates(j, i, accuracies, costs) for j in range(n) if j != i)]
     alive = alive or list(range(n))  # ties are not transitive: never leave the front without a knee
-    points = np.column_stack([[a.percent for a in accuracies], costs])
-    order = ("accuracy", *(o for o in box.objectives if o != "accuracy"))
+    accuracy_names = tuple(o for o in box.objectives if names.is_accuracy(o)) or ("accuracy",)
+    points = np.column_stack([[[x.percent for x in _row(a)] for a in accuracies], costs])
+    order = (*accuracy_names, *(o for o in box.objectives if not names.is_accuracy(o)))
     unit = ReferenceBox(order, box.chance, box.teacher_accuracy, box.teacher_costs).unit(points)
-    weights = np.array([max(len(order) - 1, 1) if o == "accuracy" else 1.0 for o in order])
+    share = max(len(order) - len(accuracy_names), 1) / len(accuracy_names)
+    weights = np.array([share if names.is_accuracy(o) else 1.0 for o in order])
     distances = np.linalg.norm(unit[alive] * np.sqrt(weights), axis=1)
     return alive[int(np.argmin(distances))]
 

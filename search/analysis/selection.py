@@ -92,8 +92,10 @@ def knee(front: pd.DataFrame) -> Selected:
 
 
 def by_rule(front: pd.DataFrame, text: str, targets: tuple[str, ...]) -> Selected:
+    # a target's own accuracy (accuracy_zcu104) where the study scored one: its columns say so
+    own = [a for t in targets if names.column("f3", a := names.per_target(names.PerTarget.ACCURACY, t)) in front]
     try:
-        pick: Pick = parse_pick(text, known_metrics(targets))
+        pick: Pick = parse_pick(text, (*known_metrics(targets), *own))
     except ValueError as err:
         raise SelectionError(str(err)) from None
     if front.empty:

@@ -48,6 +48,12 @@ def f3_model(ctx: Context, candidate: Candidate) -> torch.nn.Module:
     return saved if saved is not None else ctx.evaluator.build(candidate.recipe, Fidelity.F3).model
 
 
+def is_target_accuracy(key: str) -> bool:
+    """`accuracy_zcu104`, `test_accuracy_zcu104` and their `_images`: an accuracy under one target's arithmetic."""
+    base = key.removeprefix("test_").removesuffix("_images")
+    return base != "accuracy" and names.is_accuracy(base)
+
+
 def score(ctx: Context, candidate: Candidate, teacher: Any, spec: CascadeSpec) -> Candidate | None:
     model = f3_model(ctx, candidate).eval()
     if not has_integer_layers(model):
@@ -59,7 +65,9 @@ def score(ctx: Context, candidate: Candidate, teacher: Any, spec: CascadeSpec) -
     shape = fitted.cascade.stages[0].input_shape
     costs = cascade_costs(stages, [precision_of(s) for s in stages], fitted.val.reach, ctx.config.hardware.names,
                           shape)
-    f3 = dict(candidate.metrics.get("f3", {}))
+    # the member's accuracies under other target arithmetics (accuracy_zcu104) are its own, not the cascade's, which
+    # nothing measures: left out, so such a cascade cannot join a front that has them as objectives
+    f3 = {k: v for k, v in candidate.metrics.get("f3", {}).items() if not is_target_accuracy(k)}
     teacher_size = float(ctx.evaluator.evaluate(TEACHER_RECIPE, Fidelity.F1)["size_mb"])  # cached F1 result
     f3.update({"accuracy": fitted.val.accuracy, "accuracy_images": fitted.val.images,
                "test_accuracy": reported.accuracy, "test_accuracy_images": reported.images,

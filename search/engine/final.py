@@ -17,6 +17,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from evaluators import metric_names as names
 from evaluators.candidate import Evaluator
 from evaluators.candidate import Fidelity
 from search.analysis.intervals import measured
@@ -74,9 +75,17 @@ def _unique(candidates: list[Candidate]) -> list[Candidate]:
     return list(seen.values())
 
 
+def objective_key(objective: str, accuracy_key: str = "accuracy") -> str:
+    """The result key an objective is read from: `accuracy_key` for `accuracy` (`test_accuracy` at F3), and for
+    another target's accuracy its test-split name when `accuracy_key` reads the test split."""
+    if objective == "accuracy":
+        return accuracy_key
+    return names.on_test(objective) if accuracy_key.startswith("test_") and names.is_accuracy(objective) else objective
+
+
 def points(candidates: list[Candidate], objectives: tuple[str, ...], level: str,
            accuracy_key: str = "accuracy") -> np.ndarray:
-    return np.array([[float(c.metrics[level][accuracy_key if o == "accuracy" else o]) for o in objectives]
+    return np.array([[float(c.metrics[level][objective_key(o, accuracy_key)]) for o in objectives]
                      for c in candidates], dtype=float).reshape(len(candidates), len(objectives))
 
 
@@ -94,8 +103,10 @@ def front_knee(front_: list[Candidate], box: ReferenceBox, level: str = "f2", ac
     alive = [i for i, c in enumerate(front_) if not c.failure and level in c.metrics]
     if not alive:
         return -1
-    costs = [o for o in box.objectives if o != "accuracy"]
-    accuracies = [measured(front_[i].metrics[level], accuracy_key) for i in alive]
+    costs = [o for o in box.objectives if not names.is_accuracy(o)]
+    kinds = [o for o in box.objectives if names.is_accuracy(o)] or ["accuracy"]
+    accuracies = [tuple(measured(front_[i].metrics[level], objective_key(o, accuracy_key)) for o in kinds)
+                  for i in alive]
     cost_points = np.array([[float(front_[i].metrics[level][o]) for o in costs] for i in alive])
     return alive[knee(accuracies, cost_points, box)]
 

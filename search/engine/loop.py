@@ -38,6 +38,7 @@ import optuna
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
+from evaluators import metric_names as names
 from evaluators.candidate import Evaluator
 from evaluators.candidate import Fidelity
 from search.analysis.objectives import Constraint
@@ -280,7 +281,7 @@ F1_STANDING = "f1_standing"  # the constraint an F1-only trial is told as infeas
 
 
 def told_values(metrics: dict[str, Any], objectives: tuple[str, ...]) -> list[float]:
-    return [float(metrics.get(o, WORST_ACCURACY if o == "accuracy" else math.nan)) for o in objectives]
+    return [float(metrics.get(o, WORST_ACCURACY if names.is_accuracy(o) else math.nan)) for o in objectives]
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, recipe: Recipe, outcome: Outcome, objectives: tuple[str, ...],

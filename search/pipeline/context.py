@@ -74,13 +74,14 @@ class Plan:
 
 def make_plan(config: StudyConfig) -> Plan:
     check_profiles(config.hardware.targets, config.source or "study")  # every door: file, config.json, Python
-    targets = config.hardware.names
-    known = known_metrics(targets)
-    objectives = config.search.objectives or default_objectives(targets)
-    bad = [o for o in objectives if o not in known or o in ("accuracy_drop", "test_accuracy")]
+    targets, arithmetics = config.hardware.names, config.hardware.arithmetics()
+    known = known_metrics(targets, arithmetics)
+    objectives = config.search.objectives or default_objectives(targets, arithmetics)
+    bad = [o for o in objectives if o not in known or o == "accuracy_drop" or o.startswith("test_accuracy")]
     if bad:
         raise ConfigError(f"{config.source}: search.objectives: {bad[0]!r} cannot be optimised; use any of "
-                          f"{', '.join(default_objectives(targets))}, energy_<target>, macs, params, bops")
+                          f"{', '.join(default_objectives(targets, arithmetics))}, energy_<target>, macs, params, "
+                          "bops")
     if "accuracy" not in objectives:
         raise ConfigError(f"{config.source}: search.objectives must include 'accuracy'")
     try:

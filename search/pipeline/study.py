@@ -19,6 +19,7 @@ from typing import Protocol
 
 import optuna
 
+from evaluators import metric_names as names
 from evaluators.candidate import Fidelity
 from search.analysis.reference import ReferenceBox
 from search.engine import final
@@ -206,7 +207,8 @@ def teacher_costs(ctx: Context) -> dict[str, float]:
     outside the box and the hypervolume of every run would be 0. Both forms depend only on the study's teacher
     and targets, so the box stays fixed by the study."""
     forms = [ctx.evaluator.evaluate(r, Fidelity.F1) for r in TEACHER_FORMS]
-    return {o: max(float(f[o]) for f in forms) for o in ctx.plan.objectives if o != "accuracy"}
+    return {o: max(float(f[o]) for f in forms) for o in ctx.plan.objectives
+            if not names.is_accuracy(o)}
 
 
 def reference_box(ctx: Context, split: str = "val") -> ReferenceBox:

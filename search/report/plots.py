@@ -89,17 +89,17 @@ def _cascades(ax: plt.Axes, c: pd.DataFrame, lat: str, shown: pd.Series) -> None
         ax.set_xlim(right=edge * 1.03)
 
 
-def _front(ax: plt.Axes, front: pd.DataFrame, lat: str) -> None:
+def _front(ax: plt.Axes, front: pd.DataFrame, lat: str, test: str = TEST) -> None:
     """The projection's own non-dominated staircase joined; the other front members marked, not joined."""
-    f = _numeric(front, lat, TEST)
+    f = _numeric(front, lat, test)
     if "state" in f:
         f = f[f["state"] != "FAIL"]
-    steps = staircase(f[TEST].tolist(), f[lat].tolist())
+    steps = staircase(f[test].tolist(), f[lat].tolist())
     on = f.iloc[steps]
     others = f.drop(index=on.index)
-    ax.plot(on[lat], on[TEST], "o", c="tab:red", ms=6, drawstyle="steps-post", ls="-",
+    ax.plot(on[lat], on[test], "o", c="tab:red", ms=6, drawstyle="steps-post", ls="-",
             label="front, non-dominated in this projection (F3, test)")
-    ax.scatter(others[lat], others[TEST], s=40, facecolors="none", edgecolors="tab:red",
+    ax.scatter(others[lat], others[test], s=40, facecolors="none", edgecolors="tab:red",
                label="other front members (kept by other objectives)")
     note = flat_note(f[lat].tolist(), "latency")
     if note:
@@ -109,7 +109,8 @@ def _front(ax: plt.Axes, front: pd.DataFrame, lat: str) -> None:
 
 def pareto_plot(path: Path, trials: pd.DataFrame, front: pd.DataFrame, baselines: pd.DataFrame,
                 targets: Sequence[str], *, title: str, highlight: dict[str, float] | None = None) -> None:
-    """One panel per target. Grey: every trial at F2 (validation). Red: the front at F3 (test): its members that
+    """One panel per target, its accuracy the target's own where the study scored one (`accuracy_zcu104`: the DPU's
+    arithmetic), else `accuracy`. Grey: every trial at F2 (validation). Red: the front at F3 (test): its members that
     are non-dominated in this panel's two axes joined as a staircase, the others as open circles (a many-objective
     front is not a curve in any one projection). Blue squares: the baseline recipes at F3 (test).
     Purple diamonds: cascades that joined the front (expected latency, test accuracy); arrows on the right edge
@@ -121,10 +122,12 @@ def pareto_plot(path: Path, trials: pd.DataFrame, front: pd.DataFrame, baselines
     for ax, target in zip(axes[0], targets, strict=True):
         lat = names.latency(target)
         lat2, lat3 = names.column("f2", lat), names.column("f3", lat)
-        acc2, test3 = names.column("f2", "accuracy"), TEST
+        own = names.per_target(names.PerTarget.ACCURACY, target)
+        acc = own if names.column("f2", own) in trials else "accuracy"
+        acc2, test3 = names.column("f2", acc), names.column("f3", names.on_test(acc))
         t = _numeric(trials, lat2, acc2)
         ax.scatter(t[lat2], t[acc2], s=14, c="0.65", label="trials (F2, validation)")
-        _front(ax, front, lat3)
+        _front(ax, front, lat3, test3)
         b = _numeric(baselines, lat3, test3)
         ax.scatter(b[lat3], b[test3], marker="s", s=36, c="tab:blue", label="baselines (F3, test)")
         for _, row in b.iterrows():
@@ -139,7 +142,7 @@ def pareto_plot(path: Path, trials: pd.DataFrame, front: pd.DataFrame, baselines
         if not len(shown):
             ax.text(0.5, 0.5, "no trial was scored (all rejected or failed)", ha="center", transform=ax.transAxes)
         ax.set_xlabel(f"modelled latency on {target} (ms{', log scale' if log else ''})")
-        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_ylabel("top-1 accuracy (%)" if acc == "accuracy" else f"top-1 accuracy (%), {target}'s arithmetic")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=10)

@@ -64,7 +64,8 @@ ACCURACIES = ("accuracy", "test_accuracy")
 def interval_columns(level: str, metrics: dict[str, Any]) -> dict[str, Any]:
     """`<level>_<accuracy>_low/_high`: the 95% Wilson interval of every accuracy whose image count is known."""
     row: dict[str, Any] = {}
-    for key in ACCURACIES:
+    per_target = [k for k in metrics if names.is_accuracy(k.removeprefix("test_")) and k not in ACCURACIES]
+    for key in (*ACCURACIES, *per_target):
         if key in metrics and f"{key}_images" in metrics:
             low, high = names.interval(names.column(level, key))
             row[low], row[high] = measured(metrics, key).interval
@@ -89,7 +90,8 @@ def ensure_columns(frame: pd.DataFrame, objectives: tuple[str, ...]) -> pd.DataF
     reading trials.csv never meet a missing column."""
     metrics = dict.fromkeys(("accuracy", "accuracy_drop", *objectives))
     wanted = [names.column(level, m) for level in LEVELS for m in metrics]
-    for column in [*wanted, "f3_test_accuracy"]:
+    tests = [names.column("f3", names.on_test(m)) for m in metrics if names.is_accuracy(m)]
+    for column in [*wanted, *tests]:
         if column not in frame:
             frame[column] = np.nan
     return frame
@@ -195,7 +197,7 @@ def _cost_fractions(front_: list[Candidate], box: ReferenceBox) -> dict[str, flo
     if not front_:
         return {}
     unit = box.unit(points(front_, box.objectives, "f3", "test_accuracy"))
-    return {o: float(unit[:, j].min()) for j, o in enumerate(box.objectives) if o != "accuracy"}
+    return {o: float(unit[:, j].min()) for j, o in enumerate(box.objectives) if not names.is_accuracy(o)}
 
 
 def _fmt(value: Any) -> str:
@@ -214,7 +216,8 @@ def _line(c: Candidate, objectives: tuple[str, ...]) -> str:
     name = c.recipe.label or describe(c.recipe)
     cells = [f"{c.source}", f"{name} (FAIL, {c.failure})" if c.failure else name,
              _accuracy_cell(f3, "test_accuracy"), _accuracy_cell(f3, "accuracy"),
-             *(_fmt(f3.get(o, "")) for o in objectives if o != "accuracy")]
+             *(_accuracy_cell(f3, names.on_test(o)) if names.is_accuracy(o) else _fmt(f3.get(o, ""))
+               for o in objectives if o != "accuracy")]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -224,7 +227,7 @@ def _best_lines(front_: list[Candidate], objectives: tuple[str, ...]) -> list[st
         return []
     lines = ["## Best recipe for each objective (front, F3)", ""]
     for o in objectives:
-        key = "test_accuracy" if o == "accuracy" else o
+        key = names.on_test(o) if names.is_accuracy(o) else o
         pick = max if direction(o) == "max" else min
         c = pick(alive, key=lambda c, k=key: float(c.metrics["f3"][k]))
         lines.append(f"- {o}: {c.source}, {describe(c.recipe)}: {key} = {_accuracy_cell(c.metrics['f3'], key)}")
@@ -242,7 +245,7 @@ def _knee_lines(front_: list[Candidate], summary: Summary) -> list[str]:
 
 
 def _table_lines(title: str, candidates: list[Candidate], objectives: tuple[str, ...]) -> list[str]:
-    costs = [o for o in objectives if o != "accuracy"]
+    costs = [f"test {o} %" if names.is_accuracy(o) else o for o in objectives if o != "accuracy"]
     return [title, "", "| from | recipe | test acc % [95% CI] (F3) | val acc % [95% CI] (F3) | " + " | ".join(costs)
             + " |", "|" + "---|" * (4 + len(costs)), *(_line(c, objectives) for c in candidates), ""]
 
@@ -253,10 +256,10 @@ def hypervolume_lines(summary: Summary, plot: str | None) -> list[str]:
     lines = ["## Hypervolume (normalised to the study's reference box)", "",
              f"- every feasible trial at F2 (validation): {summary.hypervolume_f2:.4g}; the front recipes at F3 "
              f"(test): {summary.hypervolume_f3:.4g}",
-             f"- box: accuracy from chance ({test['accuracy'][0]:.2f}%) to the teacher's accuracy "
+             f"- box: every accuracy from chance ({test['accuracy'][0]:.2f}%) to the teacher's accuracy "
              f"({test['accuracy'][1]:.2f}% test, {val['accuracy'][1]:.2f}% validation); "
              "each cost from 0 to the unmodified teacher's modelled cost (the costlier of fp32 and 8-bit PTQ): "
-             + ", ".join(f"{o} {v[1]:.4g}" for o, v in test.items() if o != "accuracy"),
+             + ", ".join(f"{o} {v[1]:.4g}" for o, v in test.items() if not names.is_accuracy(o)),
              "- 1 would be a free model as accurate as the teacher; fixed by the study, so runs compare.", ""]
     if summary.cost_fractions:
         lines[-1:-1] = ["- the cheapest front member's cost as a fraction of the teacher's (a volume is a product: an "

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from evaluators import metric_names as names
 from search.analysis.intervals import Comparison
 from search.analysis.intervals import compare_accuracy
 from search.analysis.intervals import compare_cost
@@ -48,16 +49,19 @@ class Verdict:
 
 
 def comparisons(member: Candidate, baseline: Candidate, objectives: tuple[str, ...]) -> list[Comparison]:
-    """`member` against `baseline` at F3, one `Comparison` per objective (accuracy: the test split)."""
+    """`member` against `baseline` at F3, one `Comparison` per objective (each accuracy: the test split, under its
+    own arithmetic)."""
     mine, theirs = member.metrics["f3"], baseline.metrics["f3"]
-    return [compare_accuracy(measured(mine, "test_accuracy"), measured(theirs, "test_accuracy")) if o == "accuracy"
-            else compare_cost(float(mine[o]), float(theirs[o])) for o in objectives]
+    return [compare_accuracy(measured(mine, names.on_test(o)), measured(theirs, names.on_test(o)))
+            if names.is_accuracy(o) else compare_cost(float(mine[o]), float(theirs[o])) for o in objectives]
 
 
-def _rank(verdicts: list[Comparison], accuracy_at: int) -> Outcome:
+def _rank(verdicts: list[Comparison], accuracy_at: list[int]) -> Outcome:
+    """Dominated: no objective worse beyond relevance and an accuracy (any arithmetic's) better beyond its
+    interval."""
     if Comparison.WORSE in verdicts:
         return Outcome.NOT_DOMINATED
-    if verdicts[accuracy_at] == Comparison.BETTER:
+    if any(verdicts[i] == Comparison.BETTER for i in accuracy_at):
         return Outcome.DOMINATED
     return Outcome.CHEAPER_AT_TIE if Comparison.BETTER in verdicts else Outcome.TIES
 
@@ -70,7 +74,7 @@ def judge(baseline: Candidate, front: list[Candidate], objectives: tuple[str, ..
     name = baseline.recipe.label or describe(baseline.recipe)
     if baseline.failure or "f3" not in baseline.metrics:
         return Verdict(name, Outcome.FAILED, reason=baseline.failure or "no F3 result")
-    acc = objectives.index("accuracy")
+    acc = [i for i, o in enumerate(objectives) if names.is_accuracy(o)]
     best: tuple[int, Candidate] | None = None
     for member in (m for m in scored(front) if "f3" in m.metrics):
         rank = PREFERENCE.index(_rank(comparisons(member, baseline, objectives), acc))
@@ -94,8 +98,9 @@ def verdict_lines(verdicts: list[Verdict]) -> list[str]:
     lines = ["## Baselines against the front (F3: test accuracy with 95% intervals, modelled costs)", "",
              f"Dominated by the front: {len(count[Outcome.DOMINATED])} of {len(verdicts)} "
              f"({', '.join(v.baseline for v in count[Outcome.DOMINATED]) or 'none'}). A front member dominates a "
-             "baseline only when its test accuracy is higher beyond the 95% interval of the difference (Newcombe) "
-             "and none of its costs is more than 2% worse; smaller differences read \"ties\".", ""]
+             "baseline only when a test accuracy (each target arithmetic's, where the study scores several) is "
+             "higher beyond the 95% interval of the difference (Newcombe), none is lower beyond it, and none of its "
+             "costs is more than 2% worse; smaller differences read \"ties\".", ""]
     lines += [f"- {o.value}: {len(count[o])}" for o in Outcome if o != Outcome.DOMINATED and count[o]]
     lines += ["", "| baseline | outcome | decided by | test accuracy difference, 95% interval (points) |",
               "|---|---|---|---|"]

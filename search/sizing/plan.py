@@ -344,6 +344,10 @@ class Workload:
     searched_unscored: dict[str, float] = field(default_factory=dict)
     baseline_qat: tuple[bool, ...] = ()
     searched_qat: float = 0.0
+    # Images every recipe's job runs per level to score its accuracy under the targets' other arithmetics
+    # (`HardwareConfig.extra_arithmetics`: the DPU's): each calibrates on `calib_images` and scores the level's
+    # validation (and at F3 test) images once more, on an emulated quantized network. Empty: one arithmetic.
+    arithmetic_images: dict[str, int] = field(default_factory=dict)
 
     def student_steps(self, level: str, top: int) -> int:
         """`level`'s student steps when the longest level (F3) gets `top`."""
@@ -373,6 +377,7 @@ def workload(config: StudyConfig, splits: Splits, baselines: list[Candidate]) ->
     iterative = (space.iterative_steps - 1) / len(space.schedules) if PruneSchedule.ITERATIVE in space.schedules else 0
     promoted = 1.0 / config.search.eta if config.search.promotion == PromotionKind.MOASHA else 1.0
     distils = any(kind != DistillKind.NONE for _, kind in [*searched, *owned])
+    extra = len(config.hardware.extra_arithmetics())
     return Workload(teacher_epoch_steps=len(splits.train) // config.teacher.train.batch_size,
                     teacher_eval_images=sizes["val"] + sizes["test"],
                     level_images={n: images(n) for n in ("f1", "f2", "f3")},
@@ -399,7 +404,9 @@ def workload(config: StudyConfig, splits: Splits, baselines: list[Candidate]) ->
                                              for n in ("f1", "f2", "f3")} for r in baselines),
                     searched_unscored={n: searched_unscored(space, getattr(fid, n).budget) for n in ("f1", "f2", "f3")},
                     baseline_qat=tuple(r.recipe.quant.kind == QuantKind.QAT for r in baselines),
-                    searched_qat=sum(k == QuantKind.QAT for k in space.quant_kinds) / len(space.quant_kinds))
+                    searched_qat=sum(k == QuantKind.QAT for k in space.quant_kinds) / len(space.quant_kinds),
+                    arithmetic_images={n: extra * (scored(n) + getattr(fid, n).budget.calib_images)
+                                       for n in ("f1", "f2", "f3")} if extra else {})
 
 
 @dataclass(frozen=True)
@@ -427,7 +434,7 @@ class Price:
         run on the finished recipe (fake-quantized when `quantized`), the others on the float network. `trains`:
         whether (or the share of recipes for which) the fine-tune steps run at all (`finetunes`); `qat`: whether (or
         the share for which) they are QAT steps; `unscored`: the images evaluated besides the scored ones (None: all
-        of the level's)."""
+        of the level's). Every job also scores the targets' other arithmetics (`Workload.arithmetic_images`)."""
         w = self.work
         phases = w.searched_recoveries if recoveries is None else recoveries
         profile = w.finetune_levels.get(name, 0)
@@ -436,7 +443,8 @@ class Price:
         unscored = w.level_images[name] - scored if unscored is None else unscored
         step = self.times.finetune_step * (1 + qat * (self.times.qat_ratio() - 1))
         return (JOB_OVERHEAD_S + trains * self.speed(network) * (steps + recovery) * step
-                + scored * self.eval_image(network, quantized) + unscored * self.eval_image(network, False))
+                + (scored + w.arithmetic_images.get(name, 0)) * self.eval_image(network, quantized)
+                + unscored * self.eval_image(network, False))
 
     @property
     def searched_networks(self) -> tuple[str, ...]:

@@ -65,6 +65,12 @@ def test_smoke_study_writes_every_output(mlp_study: tuple[Path, str]) -> None:
     front = pd.read_csv(out / "pareto.csv")
     assert len(front) >= 1 and front["knee"].sum() == 1
     assert front["f3_test_accuracy"].between(0, 100).all()
+    # zcu104 (the DPU's power-of-two int8) and rpi4 (per-channel int8) compute differently: each has its accuracy,
+    # an objective of the front, and they differ where the recipe's arithmetic does (sub-8-bit layers run at 8).
+    assert {"f2_accuracy_zcu104", "f2_accuracy_rpi4"} <= set(trials.columns)
+    assert (trials["f2_accuracy_rpi4"].dropna() == trials["f2_accuracy"].dropna()).all()
+    assert (trials["f2_accuracy_zcu104"].dropna() != trials["f2_accuracy"].dropna()).any()
+    assert front["f3_test_accuracy_zcu104"].between(0, 100).all()
     baselines = pd.read_csv(out / "baselines.csv")
     assert set(baselines["label"]) == {"FP32", "PTQ 8-bit", "QAT 8-bit", "QAT 4-bit"}
     # The FP32 baseline is the teacher itself: its F1 accuracy is the teacher's on the same images.
@@ -173,6 +179,29 @@ def test_a_tight_constraint_still_finds_a_front_of_feasible_recipes(mnist_root: 
     front = pd.read_csv(tmp_path / "t" / "pareto.csv")
     assert len(front) >= 1 and (front["f2_size_mb"] <= 0.02).all() and front["f3_test_accuracy"].notna().all()
     assert set(front["recipe_hash"]) <= set(trials.loc[trials["told"] == "f2", "recipe_hash"])
+
+
+def test_a_constraint_on_the_dpu_accuracy_applies_and_one_target_keeps_one_accuracy(
+        mnist_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """`accuracy_zcu104 >= 99.9` (the DPU arithmetic's accuracy; no MNIST MLP recipe reaches it here) is measured,
+    not rejected at F0, and leaves every trial infeasible by its own value. A study for the Pi alone scores one
+    accuracy: no accuracy_<target> column at all."""
+    strict = variant(tmp_path, 'baselines = "survey_quantization"',
+                     'baselines = "none"\nconstraints = ["accuracy_zcu104 >= 99.9"]', "strict.toml")
+    result = search_cli(*study_args(mnist_root, tmp_path / "s", cache_dir, "--trials", "3", study=str(strict)))
+    assert result.returncode == 0, result.stderr
+    trials = pd.read_csv(tmp_path / "s" / "trials.csv")
+    measured = trials[trials["f1_accuracy_zcu104"].notna()]
+    assert len(measured) >= 1 and (measured["f1_accuracy_zcu104"] < 99.9).all()
+    assert (~trials["feasible"].astype(bool)).all() and pd.read_csv(tmp_path / "s" / "pareto.csv").empty
+
+    alone = variant(tmp_path, 'targets = ["zcu104", "rpi4"]', 'targets = ["rpi4"]', "alone.toml")
+    result = search_cli(*study_args(mnist_root, tmp_path / "a", cache_dir, "--trials", "3", study=str(alone)))
+    assert result.returncode == 0, result.stderr
+    columns = set(pd.read_csv(tmp_path / "a" / "trials.csv").columns) | set(
+        pd.read_csv(tmp_path / "a" / "pareto.csv").columns)
+    assert not [c for c in columns if "accuracy_rpi4" in c or "accuracy_zcu104" in c]
+    assert "f3_test_accuracy" in columns
 
 
 def test_promotion_spends_f2_on_the_promising_share_and_the_ladder_on_all(mlp_study: tuple[Path, str],

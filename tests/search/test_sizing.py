@@ -8,8 +8,10 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 
+from evaluators.data.config import DataConfig
 from evaluators.data.config import prepare_data
 from evaluators.teacher.prepare import build_teacher
 from evaluators.training.precision import Precision
@@ -23,11 +25,14 @@ from search.sizing.plan import Workload
 from search.sizing.plan import measure
 from search.sizing.plan import plan_run
 from search.sizing.plan import teacher_choices
+from search.sizing.plan import workload
+from spaces.recipe import TEACHER
 from spaces.recipe import PruneKind
 from spaces.recipe import QuantKind
 from spaces.recipe import finetunes
 from tests.cli_helpers import search_cli
 from tests.cli_helpers import study_args
+from tests.user_data import write_generated_imagefolder
 
 # The MNIST smoke study's work as `workload` counts it (20,000 training images at batch 128, 5,000 validation
 # and 10,000 test images, 2 front recipes and 4 survey baselines): written out so the rule is checked on its own.
@@ -288,3 +293,31 @@ def test_a_teacher_cut_to_one_epoch_trains_with_the_single_pass_settings() -> No
     assert ready.apply(config).teacher == config.teacher  # a trained teacher is not retrained
     cpu = load_study("resnet50_cifar10", "cpu").teacher
     assert cpu.for_epochs(1).train.optimizer == "adamw"
+
+
+def test_scoring_a_second_arithmetic_is_priced_at_every_level(tmp_path: Path) -> None:
+    """A study whose targets compute differently (zcu104: the DPU's power-of-two int8; rpi4: per-channel) scores
+    each recipe once more per level: it calibrates the DPU model on `calib_images` and scores the level's
+    validation (and at F3 test) images on it. The plan prices exactly those images, at the quantized rate; one
+    target (or the switch off) prices none, and the sized plan still fits the budget."""
+    root = write_generated_imagefolder(tmp_path / "g", classes=3, per_class=20, size=16,
+                                       splits=("train", "val", "test"))
+    splits, _ = prepare_data(DataConfig(dataset="imagefolder", root=str(root), resolution=16), cache_dir=tmp_path)
+    config = load_study("mlp_mnist", "smoke")
+    assert config.hardware.extra_arithmetics() == ("dpu",)
+    two = workload(config, splits, [])
+    one = workload(replace(config, hardware=replace(config.hardware, targets=("rpi4",))), splits, [])
+    off = workload(replace(config, hardware=replace(config.hardware, accuracy_per_arithmetic=False)), splits, [])
+    assert one.arithmetic_images == off.arithmetic_images == {}
+    for level in ("f1", "f2", "f3"):
+        calib = getattr(config.fidelity, level).budget.calib_images
+        assert two.arithmetic_images[level] == two.scored_images[level] + calib
+    times = replace(TIMES, eval_quant={TEACHER: 1e-3})
+    for level, steps in (("f1", 0), ("f2", 30), ("f3", 80)):
+        extra = Price(times, two).level(level, steps, quantized=True) - Price(times, one).level(level, steps,
+                                                                                                quantized=True)
+        assert extra == pytest.approx(two.arithmetic_images[level] * 1e-3)
+    plan = plan_run(replace(config, search=replace(config.search, budget="60s")), times, two)
+    assert sum(plan.estimate.values()) <= 60 * 1.05
+    assert plan.counts.trials <= plan_run(replace(config, search=replace(config.search, budget="60s")), times,
+                                          one).counts.trials

@@ -29,12 +29,15 @@ from spaces.compress.apply import Budget
 from spaces.compress.apply import apply
 from spaces.compress.sensitivity import resolve
 from spaces.models.architectures import create_model
+from spaces.quant.dpu_emulation import fix_positions
 from spaces.quant.quantization import bit_widths
 from spaces.quant.quantization import resolve_bits
+from spaces.quant.target_arithmetic import target_model
 from spaces.recipe import TEACHER
 from spaces.recipe import Allocation
 from spaces.recipe import DistillKind
 from spaces.recipe import PruneKind
+from spaces.recipe import Quantization
 from spaces.recipe import QuantKind
 from spaces.recipe import Recipe
 from spaces.space import BitGrouping
@@ -178,3 +181,18 @@ def test_thesis_table_formats_one_row_per_recipe() -> None:
     rows = [Row("PTQ ResNet-50", 71.234, 23.5, 23.5, 1300.0, 12.0, "70.08%")]
     text = format_table(rows, "the validation split")
     assert "PTQ ResNet-50" in text and "71.23" in text and "70.08%" in text
+
+
+@pytest.mark.parametrize("student", CIFAR_STUDENTS)
+def test_every_student_s_dpu_model_calibrates_on_the_calibration_split_only(cifar, student: str) -> None:
+    """`accuracy_zcu104`'s model (the recipe's float network re-quantized by the DPU's arithmetic) builds for every
+    student of the space with validation and test poisoned: its fix positions read the calibration split alone."""
+    splits, batcher = cifar
+    torch.manual_seed(0)
+    teacher = create_model("resnet18", in_channels=3, resolution=32).eval()
+    recipe = Recipe(student=student, quant=Quantization(kind=QuantKind.PTQ, weight_bits=4, act_bits=8))
+    built = apply(recipe, teacher, splits, batcher, TINY)
+    dpu = target_model(built.model, "dpu", splits, batcher, calib_images=TINY.calib_images)
+    assert fix_positions(dpu) and all(isinstance(p, int) for p in fix_positions(dpu).values())
+    with torch.no_grad():
+        assert torch.isfinite(dpu(torch.randn(2, 3, 32, 32))).all()
