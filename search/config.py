@@ -242,18 +242,23 @@ def from_json(raw: dict, where: str) -> StudyConfig:
     return build(StudyConfig, raw, where)
 
 
+def json_object(path: Path, fix: str = "re-run or re-export") -> dict:
+    """A JSON object from a run folder or a bundle, or a one-line ConfigError naming the file and `fix`."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: unreadable ({str(error).splitlines()[0]}); {fix}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: not a JSON object; {fix}")
+    return raw
+
+
 def config_of_run(run: Path, study: str | None, profile: str | None) -> StudyConfig:
     """The config a command acting on a run must use: the run's own `config.json` (sized by its plan: the teacher,
     the budgets and the search it really had), else the study file at its profile (a run not started yet)."""
     path = run / "config.json"
     if path.is_file():
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ConfigError(f"{path}: unreadable ({str(error).splitlines()[0]}); re-run the study") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: not a JSON object; re-run the study")
-        return from_json(raw, str(path))
+        return from_json(json_object(path, "re-run the study"), str(path))
     if study is None:
         raise ConfigError(f"{run} holds no config.json of a run; give --study (or run the study first)")
     return load_study(study, profile)

@@ -35,6 +35,7 @@ from search.config import check_study_code
 from search.config import config_as_json
 from search.config import config_of_run
 from search.config import from_json
+from search.config import json_object
 from search.config import load_study
 from search.config import trust_study
 from search.delivery import export_selected
@@ -110,17 +111,6 @@ def run_config(args: argparse.Namespace) -> StudyConfig:
         config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher,
                                                                          code=str(Path(args.code).resolve())))
     return config
-
-
-def json_object(path: Path) -> dict:
-    """A JSON object from a run folder or a bundle, or a one-line ConfigError naming the file."""
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path}: unreadable ({str(error).splitlines()[0]}); re-run or re-export") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: not a JSON object; re-run or re-export")
-    return raw
 
 
 def export(args: argparse.Namespace) -> int:

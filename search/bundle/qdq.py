@@ -54,7 +54,7 @@ from spaces.quant.fake_quant import WeightQuantizer
 from spaces.quant.fake_quant import quantizer_mode
 from spaces.quant.marks import BIAS_BOUND
 from spaces.quant.marks import MARK_DOMAIN
-from spaces.quant.placement import quantize_block_output
+from spaces.quant.target_arithmetic import float_copy
 from spaces.recipe import INT_BITS
 
 OPSET, INT4_OPSET = 17, 21  # INT4 initializers need opset 21
@@ -124,18 +124,9 @@ def encoding_of(weight_bits: int, act_bits: int, weight_container: str = "int8")
 
 
 def float_network(model: nn.Module) -> nn.Module:
-    """A copy with the fake quantizers removed: the (BN-folded) float network they wrap, plain torch classes."""
-    plain = copy.deepcopy(model)
-    for layer in plain.modules():
-        if isinstance(layer, QUANT_LAYERS):
-            del layer.weight_quant, layer.act_quant
-            layer.__class__ = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
-        if "out_quant" in layer._modules:
-            del layer.out_quant
-        for key, hook in list(layer._forward_hooks.items()):
-            if hook is quantize_block_output:
-                del layer._forward_hooks[key]
-    return plain.eval()
+    """A copy with the fake quantizers removed: the (BN-folded) float network they wrap, plain torch classes
+    (`spaces.quant.target_arithmetic.float_copy`: the DPU accuracy re-quantizes the same network)."""
+    return float_copy(model)
 
 
 def export_float(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
