@@ -116,7 +116,9 @@ def start_ray(address: str | None, workers: int, modules: list[Any]) -> bool:
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=False)
     else:
-        ray.init(num_cpus=workers, include_dashboard=False, runtime_env=env, log_to_driver=False,
+        # "local": a new instance of our own; with no address Ray would join the latest cluster anyone started on
+        # this machine (`ray start`, recorded in /tmp/ray/ray_current_cluster), sized and torn down by them
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, runtime_env=env, log_to_driver=False,
                  _temp_dir=os.environ.get("RAY_TMPDIR"))
     return True
 

@@ -184,7 +184,8 @@ def test_ray_tune_optuna_search_drives_the_space(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "0")  # the other test worker's peak is not this test's OOM
     # A short folder: Ray's socket paths under it must stay within the 107 bytes AF_UNIX allows.
     ray_dir = tempfile.TemporaryDirectory(prefix="ray")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_dir.name, log_to_driver=False)
+    # "local": never join a cluster another test (or user) left on this machine (/tmp/ray/ray_current_cluster)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=ray_dir.name, log_to_driver=False)
     try:
         searcher = OptunaSearch(space=space.define_by_run, metric="score", mode="max",
                                 sampler=optuna.samplers.RandomSampler(seed=0))
@@ -198,7 +199,8 @@ def test_ray_tune_optuna_search_drives_the_space(tmp_path: Path, monkeypatch: py
     finally:
         ray.shutdown()
         ray_dir.cleanup()
-    assert not results.errors and len(results) == 2
+    assert not results.errors, [str(e)[-1500:] for e in results.errors]  # the workers' tracebacks, for CI's log
+    assert len(results) == 2
     assert all(len(r.metrics["hash"]) == 16 for r in results)
 
 
