@@ -4,6 +4,7 @@ is stable across processes, and Ray Tune's OptunaSearch drives the same space.""
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import subprocess
@@ -162,8 +163,7 @@ def test_recipe_hash_is_the_same_in_another_process() -> None:
 
 @pytest.mark.ray
 def test_ray_tune_optuna_search_drives_the_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ray = pytest.importorskip("ray")
-    from ray import tune
+    pytest.importorskip("ray")
     from ray.tune.search.optuna import OptunaSearch
 
     space = SearchSpace(SpaceConfig(students=(TEACHER, "resnet18")), "resnet18")
@@ -174,34 +174,51 @@ def test_ray_tune_optuna_search_drives_the_space(tmp_path: Path, monkeypatch: py
         checks.validate(Recipe.from_json(config["recipe"]), "resnet18")
         assert space.from_params(config) == Recipe.from_json(config["recipe"])
 
-    def trainable(config: dict) -> dict:
-        recipe = Recipe.from_json(config["recipe"])
-        checks.validate(recipe, "resnet18")
-        return {"score": recipe.prune.ratio, "hash": recipe.hash()}
-
-    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the workers import spaces too
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # nothing written under ~/.ray
-    monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "0")  # the other test worker's peak is not this test's OOM
-    # A short folder: Ray's socket paths under it must stay within the 107 bytes AF_UNIX allows.
-    ray_dir = tempfile.TemporaryDirectory(prefix="ray")
-    # "local": never join a cluster another test (or user) left on this machine (/tmp/ray/ray_current_cluster)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=ray_dir.name, log_to_driver=False)
+    # Tune runs in a process of its own, as a user's sweep does: after another Ray session in this process (the
+    # API's ray test), Tune's actors were cancelled before they started ("actor never ran"), here and on CI.
+    ray_dir = tempfile.TemporaryDirectory(prefix="ray")  # short: Ray's socket paths must stay within 107 bytes
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled",  # nothing written under ~/.ray
+           "RAY_memory_monitor_refresh_ms": "0"}  # the other test worker's peak is not this test's OOM
     try:
-        searcher = OptunaSearch(space=space.define_by_run, metric="score", mode="max",
-                                sampler=optuna.samplers.RandomSampler(seed=0))
-        tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=2,
-                                                                  max_concurrent_trials=1),
-                           # a worker lost on a loaded CI machine is retried, as a user's sweep would be: the
-                           # test is about the space driving Tune, not about the machine
-                           run_config=tune.RunConfig(storage_path=str(tmp_path / "results"), verbose=0,
-                                                     failure_config=tune.FailureConfig(max_failures=2)))
-        results = tuner.fit()
+        done = subprocess.run([sys.executable, "-c", TUNE_SWEEP, ray_dir.name, str(tmp_path / "results")], env=env,
+                              capture_output=True, text=True, timeout=600)
     finally:
-        ray.shutdown()
         ray_dir.cleanup()
-    assert not results.errors, [str(e)[-1500:] for e in results.errors]  # the workers' tracebacks, for CI's log
-    assert len(results) == 2
-    assert all(len(r.metrics["hash"]) == 16 for r in results)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not out["errors"], out["errors"]  # the workers' tracebacks, for CI's log
+    assert len(out["hashes"]) == 2 and all(len(h) == 16 for h in out["hashes"])
+
+
+TUNE_SWEEP = """
+import json, sys
+import optuna, ray
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+from spaces.compress import checks
+from spaces.recipe import TEACHER, Recipe
+from spaces.space import SearchSpace, SpaceConfig
+
+def trainable(config):
+    recipe = Recipe.from_json(config["recipe"])
+    checks.validate(recipe, "resnet18")
+    return {"score": recipe.prune.ratio, "hash": recipe.hash()}
+
+space = SearchSpace(SpaceConfig(students=(TEACHER, "resnet18")), "resnet18")
+# "local": never join a cluster another test (or user) left on this machine (/tmp/ray/ray_current_cluster)
+ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=sys.argv[1], log_to_driver=False)
+try:
+    searcher = OptunaSearch(space=space.define_by_run, metric="score", mode="max",
+                            sampler=optuna.samplers.RandomSampler(seed=0))
+    tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=2,
+                                                              max_concurrent_trials=1),
+                       run_config=tune.RunConfig(storage_path=sys.argv[2], verbose=0))
+    results = tuner.fit()
+finally:
+    ray.shutdown()
+print(json.dumps({"errors": [str(e)[-1500:] for e in results.errors],
+                  "hashes": [r.metrics.get("hash", "") for r in results if not r.error]}))
+"""
 
 
 @pytest.mark.parametrize("resolution", [32, 224])
