@@ -58,7 +58,9 @@ def correct_biases(
     """Correct every Conv2d/Linear bias of `qmodel` in place; returns the mean |correction| per layer.
 
     `reference` is the float model `qmodel` was made from (BatchNorm is folded here if it is not yet).
-    Layers without a bias get one (zeros), since the correction has to go somewhere.
+    Layers without a bias get one (zeros), since the correction has to go somewhere. A layer with an output
+    quantizer (onnxruntime's scheme) is corrected on what enters it: with a ReLU folded into its range, its output
+    is clipped at zero and its mean is not the convolution's.
     """
     reference = fold_batchnorm(reference).eval()
     qmodel.eval()
@@ -82,7 +84,16 @@ def correct_biases(
         applied[name] = float(delta.abs().mean())
         return output + delta.view(1, -1, *[1] * (output.dim() - 2))
 
-    handles = [qmodel.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n in names]
+    handles = []
+    for n in names:
+        layer = qmodel.get_submodule(n)
+        out_quant = layer._modules.get("out_quant")
+        if out_quant is None:
+            handles.append(layer.register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)))
+        else:  # the layer requantizes its own output, a ReLU folded in (`spaces.quant.placement`): the float
+            # reference's means are those of the convolution, so correct what enters the output quantizer
+            handles.append(out_quant.register_forward_pre_hook(
+                lambda q, args, layer=layer, n=n: (hook(layer, args, args[0], n), *args[1:])))
     try:
         qmodel(images)
     finally:
