@@ -104,17 +104,21 @@ class Row:
         return self.integer_layers / self.layers if self.layers else 1.0
 
 
-def _session(path: Path, level: str) -> ort.InferenceSession:
+def session(path: Path, level: str, *, profile_prefix: str | None = None) -> ort.InferenceSession:
+    """One thread at `level`, as the Pi runner opens a file; with `profile_prefix`, onnxruntime's profiler on."""
     options = ort.SessionOptions()
     options.graph_optimization_level = LEVELS[level]
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def time_alternately(paths: list[Path], level: str, shape: tuple[int, ...], budget_s: float) -> list[float]:
     """Median ms per file, the files run in turn (load on a shared machine hits them alike); >= 5 rounds."""
-    sessions = [_session(p, level) for p in paths]
+    sessions = [session(p, level) for p in paths]
     feed = {"input": np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)}
     for s in sessions:
         s.run(None, feed)

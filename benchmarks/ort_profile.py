@@ -18,12 +18,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from benchmarks.int8_execution import STUDIES
 from benchmarks.int8_execution import STUDY_SIZE
 from benchmarks.int8_execution import recipe_of
+from benchmarks.int8_execution import session
 from benchmarks.int8_execution import trained
 from evaluators.data.batches import Batcher
 from evaluators.data.config import DataConfig
@@ -37,16 +37,11 @@ from spaces.compress.apply import apply
 
 def operator_ms(path: Path, shape: tuple[int, ...], runs: int) -> dict[str, float]:
     """Mean kernel milliseconds per run of each operator type of `path` (one thread, EXTENDED)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.enable_profiling = True
-    options.profile_file_prefix = str(path.with_suffix(""))
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: np.random.default_rng(0).random((1, *shape), dtype=np.float32)}
+    profiled = session(path, "extended", profile_prefix=str(path.with_suffix("")))
+    feed = {profiled.get_inputs()[0].name: np.random.default_rng(0).random((1, *shape), dtype=np.float32)}
     for _ in range(3 + runs):
-        session.run(None, feed)
-    events = json.loads(Path(session.end_profiling()).read_text())
+        profiled.run(None, feed)
+    events = json.loads(Path(profiled.end_profiling()).read_text())
     kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
     total: collections.Counter[str] = collections.Counter()
     for event in kernels[-len(kernels) * runs // (3 + runs):]:  # the timed runs, not the warm-up ones
